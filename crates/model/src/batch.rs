@@ -1,0 +1,50 @@
+//! The input of one forward pass: new tokens of several sequences, flattened, each sequence
+//! with the block table of its paged KV cache. Prefill, prefill that continues a cached prefix,
+//! and decode are the same thing here: a chunk of new tokens after `cached` old ones.
+
+/// New tokens of one sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqChunk<'a> {
+    /// Tokens to run now. Their positions are `cached..cached + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// How many tokens of this sequence are already in the KV cache.
+    pub cached: usize,
+    /// KV blocks of the sequence, in position order; must cover `cached + tokens.len()`.
+    pub block_table: &'a [u32],
+}
+
+impl SeqChunk<'_> {
+    /// The sequence length after this chunk.
+    pub fn context_len(&self) -> usize {
+        self.cached + self.tokens.len()
+    }
+}
+
+/// Which positions the forward returns logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Logits {
+    /// One row per sequence: its last new token (what sampling needs).
+    #[default]
+    Last,
+    /// One row per new token, in batch order.
+    All,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Batch<'a> {
+    pub seqs: Vec<SeqChunk<'a>>,
+    pub logits: Logits,
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(seqs: Vec<SeqChunk<'a>>) -> Self {
+        Self {
+            seqs,
+            logits: Logits::Last,
+        }
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.tokens.len()).sum()
+    }
+}

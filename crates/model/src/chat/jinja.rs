@@ -1,0 +1,79 @@
+//! Jinja chat templates (tokenizer_config.json's or GGUF's `chat_template`), rendered with
+//! minijinja the way transformers' `apply_chat_template` renders them.
+
+use super::{ChatMessage, Role};
+use crate::error::{ModelError, Result};
+use crate::tokenizer::Tokenizer;
+use minijinja::{context, Environment, Error, ErrorKind};
+
+pub struct JinjaTemplate {
+    env: Environment<'static>,
+}
+
+fn template_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::ChatTemplate(e.to_string())
+}
+
+impl JinjaTemplate {
+    pub fn new(source: &str) -> Result<Self> {
+        let mut env = Environment::new();
+        // transformers renders with trim_blocks and lstrip_blocks, and python string methods.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |message: String| -> std::result::Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, message))
+        });
+        env.add_template_owned("chat", source.to_string()).map_err(template_err)?;
+        Ok(Self { env })
+    }
+
+    /// The prompt text. A trailing assistant message is cut right after its content so the model
+    /// continues it (transformers' `continue_final_message`).
+    pub fn render(&self, tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<String> {
+        let continued = messages.last().filter(|m| m.role == Role::Assistant);
+        let items: Vec<_> = messages
+            .iter()
+            .map(|m| context! { role => m.role.as_str(), content => m.content })
+            .collect();
+        let template = self.env.get_template("chat").map_err(template_err)?;
+        let text = template
+            .render(context! {
+                messages => items,
+                add_generation_prompt => continued.is_none(),
+                bos_token => tokenizer.bos_token().unwrap_or_default(),
+                eos_token => tokenizer.eos_token().unwrap_or_default(),
+            })
+            .map_err(template_err)?;
+        match continued {
+            Some(last) => cut_after_final_message(&text, &last.content),
+            None => Ok(text),
+        }
+    }
+}
+
+fn cut_after_final_message(text: &str, message: &str) -> Result<String> {
+    let at = text.rfind(message.trim()).ok_or_else(|| {
+        ModelError::ChatTemplate("the template dropped the final assistant message; cannot continue it".into())
+    })?;
+    // Keep the message's own trailing spaces where the template kept them.
+    let keep = if text[at..].starts_with(message.trim_start()) {
+        message.trim_start().len()
+    } else {
+        message.trim().len()
+    };
+    Ok(text[..at + keep].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_after_a_continued_message() {
+        let text = "<|im_start|>assistant\nThought: <|im_end|>\n";
+        assert_eq!(cut_after_final_message(text, "Thought: ").unwrap(), "<|im_start|>assistant\nThought: ");
+        let trimmed = "<|im_start|>assistant\nThought:<|im_end|>\n";
+        assert_eq!(cut_after_final_message(trimmed, "Thought: ").unwrap(), "<|im_start|>assistant\nThought:");
+    }
+}

@@ -1,0 +1,108 @@
+//! Chat templates: a conversation to prompt token ids.
+//! - Mistral instruct models (a vocabulary with `[INST]`/`[/INST]` control tokens) are encoded
+//!   token for token as `mistral-common` encodes them.
+//! - Any other model's jinja `chat_template` is rendered with Hugging Face semantics.
+//!
+//! A trailing assistant message is a prefix for the model to continue, never a closed turn.
+
+mod jinja;
+mod mistral;
+
+use crate::error::{ModelError, Result};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "system" => Ok(Role::System),
+            "user" => Ok(Role::User),
+            "assistant" => Ok(Role::Assistant),
+            other => Err(ModelError::ChatTemplate(format!("unknown role `{other}`"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+pub enum ChatTemplate {
+    MistralInstruct,
+    Jinja(jinja::JinjaTemplate),
+    /// The model ships no template: only raw prompts can be served.
+    None,
+}
+
+impl ChatTemplate {
+    /// Chooses the template for a model from its vocabulary and its jinja source, if any.
+    pub fn for_model(tokenizer: &Tokenizer, jinja_source: Option<&str>) -> Result<Self> {
+        if tokenizer.is_control("[INST]") && tokenizer.is_control("[/INST]") {
+            return Ok(ChatTemplate::MistralInstruct);
+        }
+        match jinja_source {
+            Some(source) => Ok(ChatTemplate::Jinja(jinja::JinjaTemplate::new(source)?)),
+            None => Ok(ChatTemplate::None),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChatTemplate::MistralInstruct => "mistral-instruct",
+            ChatTemplate::Jinja(_) => "jinja",
+            ChatTemplate::None => "none",
+        }
+    }
+
+    /// The prompt ids for `messages`, ready for generation.
+    pub fn encode(&self, tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        if messages.is_empty() {
+            return Err(ModelError::ChatTemplate("a conversation needs at least one message".into()));
+        }
+        match self {
+            ChatTemplate::MistralInstruct => mistral::encode(tokenizer, messages),
+            ChatTemplate::Jinja(template) => {
+                let text = template.render(tokenizer, messages)?;
+                let mut ids = tokenizer.encode(&text)?;
+                // Templates usually spell BOS themselves; add it only where one is missing.
+                if let (true, Some(bos)) = (tokenizer.add_bos(), tokenizer.bos_id()) {
+                    if ids.first() != Some(&bos) {
+                        ids.insert(0, bos);
+                    }
+                }
+                Ok(ids)
+            }
+            ChatTemplate::None => Err(ModelError::ChatTemplate(
+                "this model has no chat template; send a raw prompt instead".into(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The model crate knows math and weights, nothing else: a Mistral/Llama-family transformer
+//! whose forward runs a flat batch of new tokens from several sequences over a paged KV cache;
+//! loaders for safetensors, GGUF and random weights; tokenizers; chat templates; and the
+//! device/dtype policy. No HTTP, no queues: the engine above decides what runs when.
+
+mod attention;
+pub mod batch;
+pub mod chat;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod kv_cache;
+pub mod load;
+pub mod model;
+pub mod rope;
+pub mod tokenizer;
+pub mod weights;
+
+pub use batch::{Batch, Logits, SeqChunk};
+pub use chat::{ChatMessage, ChatTemplate, Role};
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};
+pub use kv_cache::KvCache;
+pub use load::{load, LoadedModel, ModelSource};
+pub use model::Model;
+pub use tokenizer::{Detokenizer, Tokenizer};

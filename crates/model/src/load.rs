@@ -1,0 +1,133 @@
+//! From a model reference (a GGUF file, a safetensors directory, or a random shape) to a ready
+//! model: weights, tokenizer, chat template and end-of-sequence ids.
+
+use crate::chat::ChatTemplate;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{GgufFile, GgufWeights, RandomDType, RandomWeights, SafetensorsWeights};
+use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where a model's files are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    Gguf(PathBuf),
+    Safetensors(PathBuf),
+    /// Random weights at a named shape, with a tokenizer.json to go with them.
+    Random {
+        shape: String,
+        seed: u64,
+        dtype: RandomDType,
+        tokenizer: PathBuf,
+    },
+}
+
+impl ModelSource {
+    /// A path: a `.gguf` file or a directory with `config.json`.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            if path.join("config.json").exists() {
+                return Ok(ModelSource::Safetensors(path.to_path_buf()));
+            }
+            return Err(ModelError::Unsupported(format!("{} has no config.json", path.display())));
+        }
+        let mut magic = [0u8; 4];
+        let read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+        match read {
+            Ok(()) if &magic == b"GGUF" => Ok(ModelSource::Gguf(path.to_path_buf())),
+            Ok(()) => Err(ModelError::Unsupported(format!("{} is not a GGUF file", path.display()))),
+            Err(e) => Err(ModelError::io(path, e)),
+        }
+    }
+}
+
+pub struct LoadedModel {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub chat_template: ChatTemplate,
+}
+
+impl LoadedModel {
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+}
+
+/// Loads a model; `progress(done, total)` reports loaded layers.
+pub fn load(source: &ModelSource, device: &Device, progress: &mut dyn FnMut(usize, usize)) -> Result<LoadedModel> {
+    match source {
+        ModelSource::Gguf(path) => {
+            let file = Arc::new(GgufFile::open(path)?);
+            let config = file.config()?;
+            let tokenizer = Tokenizer::from_gguf(&file)?;
+            let chat_template = ChatTemplate::for_model(&tokenizer, file.string("tokenizer.chat_template"))?;
+            let mut weights = GgufWeights::new(file, &config, device);
+            let model = Model::load(&config, &mut weights, device, progress)?;
+            Ok(LoadedModel {
+                model,
+                tokenizer,
+                chat_template,
+            })
+        }
+        ModelSource::Safetensors(dir) => {
+            let config = ModelConfig::from_hf_json(&read(&dir.join("config.json"))?)?;
+            let mut tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+            if let Ok(text) = read(&dir.join("generation_config.json")) {
+                tokenizer.add_eos_ids(generation_eos_ids(&text));
+            }
+            let jinja = read(&dir.join("tokenizer_config.json"))
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|v| v["chat_template"].as_str().map(str::to_string));
+            let chat_template = ChatTemplate::for_model(&tokenizer, jinja.as_deref())?;
+            let mut weights = SafetensorsWeights::open(dir, device, DType::F32)?;
+            let model = Model::load(&config, &mut weights, device, progress)?;
+            Ok(LoadedModel {
+                model,
+                tokenizer,
+                chat_template,
+            })
+        }
+        ModelSource::Random {
+            shape,
+            seed,
+            dtype,
+            tokenizer,
+        } => {
+            let config = ModelConfig::named(shape)?;
+            let tokenizer = Tokenizer::from_file(tokenizer)?;
+            if tokenizer.vocab_size() > config.vocab_size {
+                return Err(ModelError::Config(format!(
+                    "tokenizer has {} tokens, shape `{shape}` only {}",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                )));
+            }
+            let chat_template = ChatTemplate::for_model(&tokenizer, None)?;
+            let mut weights = RandomWeights::new(&config, *seed, *dtype, device);
+            let model = Model::load(&config, &mut weights, device, progress)?;
+            Ok(LoadedModel {
+                model,
+                tokenizer,
+                chat_template,
+            })
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))
+}
+
+/// `eos_token_id` of a generation_config.json: one id or a list.
+fn generation_eos_ids(json: &str) -> Vec<u32> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    match &v["eos_token_id"] {
+        serde_json::Value::Number(n) => n.as_u64().map(|id| vec![id as u32]).unwrap_or_default(),
+        serde_json::Value::Array(ids) => ids.iter().filter_map(|id| id.as_u64()).map(|id| id as u32).collect(),
+        _ => Vec::new(),
+    }
+}

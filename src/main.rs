@@ -1,0 +1,30 @@
+//! `ferrollama`: the command line. `run` chats with a model from the terminal; the server,
+//! the model store and the benchmark arrive as their own subcommands.
+
+mod resolve;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ferrollama", version, about = "Ollama-compatible LLM inference server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Chat once with a model: stream its reply to a prompt, then print speeds.
+    Run(run::RunArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run::run(args),
+    }
+}

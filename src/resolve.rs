@@ -1,0 +1,37 @@
+//! The one place a model reference from the command line becomes files. Today: a path, or
+//! `random:<shape>[:<f32|q8_0|q4_0>]`. The model store (Ollama names, pulls) will grow here.
+
+use anyhow::{bail, Context};
+use ferrollama_model::weights::RandomDType;
+use ferrollama_model::ModelSource;
+use std::path::{Path, PathBuf};
+
+/// The Mistral v3 tokenizer that random-weight models use (their vocabulary is Mistral's).
+fn default_random_tokenizer() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/tiny-mistral/tokenizer.json")
+}
+
+pub fn resolve(reference: &str) -> anyhow::Result<ModelSource> {
+    if let Some(spec) = reference.strip_prefix("random:") {
+        let mut parts = spec.split(':');
+        let shape = parts.next().unwrap_or_default().to_string();
+        let dtype: RandomDType = match parts.next() {
+            Some(d) => d.parse().map_err(anyhow::Error::msg)?,
+            None => RandomDType::Q4_0,
+        };
+        if parts.next().is_some() {
+            bail!("expected random:<shape>[:<dtype>], got `{reference}`");
+        }
+        return Ok(ModelSource::Random {
+            shape,
+            seed: 0,
+            dtype,
+            tokenizer: default_random_tokenizer(),
+        });
+    }
+    let path = Path::new(reference);
+    if !path.exists() {
+        bail!("model `{reference}` not found: give a GGUF file, a safetensors directory, or random:<shape>");
+    }
+    ModelSource::from_path(path).with_context(|| format!("cannot load `{reference}`"))
+}
