@@ -62,30 +62,27 @@ pub(super) fn encode(tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<
     Ok(ids)
 }
 
-/// Joins runs of same-role messages with a blank line and takes out the system text (every
-/// non-empty system message, joined likewise). A system message still ends a run: the user
-/// messages around it stay separate turns.
+/// Joins runs of same-role messages with a blank line (skipping empty ones) and takes out the
+/// system text (every non-empty system message, joined likewise). A system message still ends
+/// a run: the user messages around it stay separate turns.
 fn split_turns(messages: &[ChatMessage]) -> (Vec<(Role, String)>, Option<String>) {
-    let mut turns: Vec<(Role, String)> = Vec::new();
+    let mut runs: Vec<(Role, Vec<&str>)> = Vec::new();
     let mut system: Vec<&str> = Vec::new();
     let mut run_open = false;
     for m in messages {
         if m.role == Role::System {
-            if !m.content.is_empty() {
-                system.push(&m.content);
-            }
+            system.push(&m.content);
             run_open = false;
             continue;
         }
-        match turns.last_mut() {
-            Some((role, text)) if run_open && *role == m.role => {
-                text.push_str("\n\n");
-                text.push_str(&m.content);
-            }
-            _ => turns.push((m.role, m.content.clone())),
+        match runs.last_mut() {
+            Some((role, parts)) if run_open && *role == m.role => parts.push(&m.content),
+            _ => runs.push((m.role, vec![&m.content])),
         }
         run_open = true;
     }
-    let system = (!system.is_empty()).then(|| system.join("\n\n"));
-    (turns, system)
+    let join = |parts: &[&str]| parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("\n\n");
+    let turns = runs.iter().map(|(role, parts)| (*role, join(parts))).collect();
+    let system = join(&system);
+    (turns, (!system.is_empty()).then_some(system))
 }

@@ -61,7 +61,7 @@ impl Tokenizer {
         let dummy_prefix = inner
             .encode_fast("a", false)
             .ok()
-            .and_then(|enc| enc.get_tokens().first().cloned())
+            .and_then(|enc| enc.get_ids().first().and_then(|&id| inner.id_to_token(id)))
             .is_some_and(|t| t.starts_with('▁'));
         Self {
             inner,
