@@ -7,7 +7,11 @@ mod run;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ferrollama", version, about = "Ollama-compatible LLM inference server")]
+#[command(
+    name = "ferrollama",
+    version,
+    about = "Ollama-compatible LLM inference server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -29,7 +29,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let source = resolve(&args.model)?;
     let device = select_device(DeviceRequest::Auto)?;
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers").expect("valid template"),
+        ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers")
+            .expect("valid template"),
     );
     bar.set_message(args.model.clone());
     let loaded = ferrollama_model::load(&source, &device, &mut |done, total| {
@@ -48,7 +49,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let context = loaded.config().max_position_embeddings;
     if prompt.len() >= context {
-        bail!("the prompt has {} tokens; the model's context is {context}", prompt.len());
+        bail!(
+            "the prompt has {} tokens; the model's context is {context}",
+            prompt.len()
+        );
     }
     let max_len = context.min(prompt.len() + args.max_tokens);
     let blocks = max_len.div_ceil(BLOCK_SIZE);

@@ -72,7 +72,11 @@ impl ModelConfig {
             }
         }
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        let rope_scaling = raw.rope_scaling.map(|s| s.into_scaling()).transpose()?.flatten();
+        let rope_scaling = raw
+            .rope_scaling
+            .map(|s| s.into_scaling())
+            .transpose()?
+            .flatten();
         let config = ModelConfig {
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
@@ -230,7 +234,9 @@ mod tests {
             "num_attention_heads":2,"rope_scaling":{"rope_type":"llama3","factor":8.0,
             "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#;
         let config = ModelConfig::from_hf_json(json).unwrap();
-        assert!(matches!(config.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+        assert!(
+            matches!(config.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0)
+        );
         assert_eq!(config.num_kv_heads, 2);
         assert_eq!(config.head_dim, 4);
     }

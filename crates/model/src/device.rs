@@ -46,9 +46,13 @@ mod tests {
     #[test]
     fn dtype_policy() {
         assert_eq!(compute_dtype(Accelerator::Cpu), DType::F32);
-        let t4 = Accelerator::Cuda { compute_capability: (7, 5) };
+        let t4 = Accelerator::Cuda {
+            compute_capability: (7, 5),
+        };
         assert_eq!(compute_dtype(t4), DType::F16);
-        let h100 = Accelerator::Cuda { compute_capability: (9, 0) };
+        let h100 = Accelerator::Cuda {
+            compute_capability: (9, 0),
+        };
         assert_eq!(compute_dtype(h100), DType::BF16);
     }
 

@@ -69,7 +69,8 @@ impl KvCache {
 
     /// The slot index of `position` in a sequence with `block_table`.
     pub(crate) fn slot(&self, block_table: &[u32], position: usize) -> usize {
-        block_table[position / self.block_size] as usize * self.block_size + position % self.block_size
+        block_table[position / self.block_size] as usize * self.block_size
+            + position % self.block_size
     }
 
     /// Rejects block tables that do not cover their sequence or name blocks we do not have.
@@ -81,7 +82,10 @@ impl KvCache {
                 block_table.len()
             )));
         }
-        if let Some(bad) = block_table[..needed].iter().find(|&&b| b as usize >= self.num_blocks) {
+        if let Some(bad) = block_table[..needed]
+            .iter()
+            .find(|&&b| b as usize >= self.num_blocks)
+        {
             return Err(ModelError::Batch(format!(
                 "block {bad} out of range (the cache has {})",
                 self.num_blocks

@@ -32,13 +32,20 @@ impl ModelSource {
             if path.join("config.json").exists() {
                 return Ok(ModelSource::Safetensors(path.to_path_buf()));
             }
-            return Err(ModelError::Unsupported(format!("{} has no config.json", path.display())));
+            return Err(ModelError::Unsupported(format!(
+                "{} has no config.json",
+                path.display()
+            )));
         }
         let mut magic = [0u8; 4];
-        let read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+        let read = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
         match read {
             Ok(()) if &magic == b"GGUF" => Ok(ModelSource::Gguf(path.to_path_buf())),
-            Ok(()) => Err(ModelError::Unsupported(format!("{} is not a GGUF file", path.display()))),
+            Ok(()) => Err(ModelError::Unsupported(format!(
+                "{} is not a GGUF file",
+                path.display()
+            ))),
             Err(e) => Err(ModelError::io(path, e)),
         }
     }
@@ -57,13 +64,18 @@ impl LoadedModel {
 }
 
 /// Loads a model; `progress(done, total)` reports loaded layers.
-pub fn load(source: &ModelSource, device: &Device, progress: &mut dyn FnMut(usize, usize)) -> Result<LoadedModel> {
+pub fn load(
+    source: &ModelSource,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<LoadedModel> {
     match source {
         ModelSource::Gguf(path) => {
             let file = Arc::new(GgufFile::open(path)?);
             let config = file.config()?;
             let tokenizer = Tokenizer::from_gguf(&file)?;
-            let chat_template = ChatTemplate::for_model(&tokenizer, file.string("tokenizer.chat_template"))?;
+            let chat_template =
+                ChatTemplate::for_model(&tokenizer, file.string("tokenizer.chat_template"))?;
             let mut weights = GgufWeights::new(file, &config, device);
             let model = Model::load(&config, &mut weights, device, progress)?;
             Ok(LoadedModel {
@@ -127,7 +139,11 @@ fn generation_eos_ids(json: &str) -> Vec<u32> {
     let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
     match &v["eos_token_id"] {
         serde_json::Value::Number(n) => n.as_u64().map(|id| vec![id as u32]).unwrap_or_default(),
-        serde_json::Value::Array(ids) => ids.iter().filter_map(|id| id.as_u64()).map(|id| id as u32).collect(),
+        serde_json::Value::Array(ids) => ids
+            .iter()
+            .filter_map(|id| id.as_u64())
+            .map(|id| id as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }

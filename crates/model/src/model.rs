@@ -102,7 +102,11 @@ impl Model {
             sliding_window: c.sliding_window,
         };
         let n = batch.num_tokens();
-        let ids: Vec<u32> = batch.seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let ids: Vec<u32> = batch
+            .seqs
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
         let slots = TokenSlots::new(cache, &batch.seqs);
         let (cos, sin) = self.rope.cos_sin(&slots.positions, &self.device)?;
         let eps = c.rms_norm_eps as f32;
@@ -110,8 +114,14 @@ impl Model {
         let mut x = self.embedding.embedding(&Tensor::new(ids, &self.device)?)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, eps)?;
-            let q = layer.q.forward(&h)?.reshape((1, n, c.num_heads, c.head_dim))?;
-            let k = layer.k.forward(&h)?.reshape((1, n, c.num_kv_heads, c.head_dim))?;
+            let q = layer
+                .q
+                .forward(&h)?
+                .reshape((1, n, c.num_heads, c.head_dim))?;
+            let k = layer
+                .k
+                .forward(&h)?
+                .reshape((1, n, c.num_kv_heads, c.head_dim))?;
             let v = layer.v.forward(&h)?;
             let q = rope_thd(&q.contiguous()?, &cos, &sin)?;
             let k = rope_thd(&k.contiguous()?, &cos, &sin)?;
@@ -153,7 +163,11 @@ impl Model {
             if seq.tokens.is_empty() {
                 return Err(ModelError::Batch("a sequence without new tokens".into()));
             }
-            if let Some(&bad) = seq.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            if let Some(&bad) = seq
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.config.vocab_size)
+            {
                 return Err(ModelError::Batch(format!(
                     "token id {bad} is outside the vocabulary of {}",
                     self.config.vocab_size

@@ -13,7 +13,12 @@ fn messages(conversation: &Value) -> Vec<ChatMessage> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| ChatMessage::new(m["role"].as_str().unwrap().parse().unwrap(), m["content"].as_str().unwrap()))
+        .map(|m| {
+            ChatMessage::new(
+                m["role"].as_str().unwrap().parse().unwrap(),
+                m["content"].as_str().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -37,7 +42,9 @@ fn mistral_v3_matches_mistral_common() {
         if CONTROL_TEXT.contains(&name) || conversation.get("error").is_some() {
             continue;
         }
-        let ours = template.encode(&tokenizer, &messages(conversation)).unwrap();
+        let ours = template
+            .encode(&tokenizer, &messages(conversation))
+            .unwrap();
         assert_eq!(ours, ids(&conversation["ids"]), "{name}");
         compared += 1;
     }
@@ -54,13 +61,17 @@ fn trailing_assistant_message_is_continued() {
     let conversations = refs["conversations"].as_array().unwrap();
     let find = |name: &str| conversations.iter().find(|c| c["name"] == name).unwrap();
 
-    let open = template.encode(&tokenizer, &messages(find("trailing_assistant_no_prefix"))).unwrap();
+    let open = template
+        .encode(&tokenizer, &messages(find("trailing_assistant_no_prefix")))
+        .unwrap();
     let hi = tokenizer.encode("Hi").unwrap();
     let hello = tokenizer.encode("Hello").unwrap();
     assert_eq!(open, [&[1, 3][..], &hi, &[4], &hello].concat());
     assert_ne!(open.last(), Some(&2), "no EOS after a continued message");
 
-    let duo = template.encode(&tokenizer, &messages(find("duo_chat_thought_prefix"))).unwrap();
+    let duo = template
+        .encode(&tokenizer, &messages(find("duo_chat_thought_prefix")))
+        .unwrap();
     assert_eq!(duo, ids(&find("duo_chat_thought_prefix")["ids"]));
 }
 
@@ -72,23 +83,47 @@ fn fim_shaped_message_gets_control_tokens() {
     let tokenizer = tiny_tokenizer();
     let refs = json(&tiny_refs("mistral_common_chat.json"));
     let control = &refs["control_tokens"];
-    for (name, id) in [("[PREFIX]", 11), ("[MIDDLE]", 12), ("[SUFFIX]", 13), ("[INST]", 3), ("[/INST]", 4)] {
+    for (name, id) in [
+        ("[PREFIX]", 11),
+        ("[MIDDLE]", 12),
+        ("[SUFFIX]", 13),
+        ("[INST]", 3),
+        ("[/INST]", 4),
+    ] {
         assert_eq!(control[name], id, "reference vocabulary");
         assert_eq!(tokenizer.token_to_id(name), Some(id));
         assert!(tokenizer.is_control(name), "{name} is a control token");
     }
     let template = ChatTemplate::for_model(&tokenizer, None).unwrap();
     let prompt = "<s>[SUFFIX]def b():\n    return 2\n[PREFIX]def a():\n";
-    let ids = template.encode(&tokenizer, &[ChatMessage::new(Role::User, prompt)]).unwrap();
+    let ids = template
+        .encode(&tokenizer, &[ChatMessage::new(Role::User, prompt)])
+        .unwrap();
     // Around control tokens there is no SentencePiece `▁` (Hugging Face semantics).
     assert_eq!(&ids[..4], &[1, 3, 1, 13], "BOS, [INST], <s>, [SUFFIX]");
     let after_suffix = &ids[4..];
-    let prefix_at = after_suffix.iter().position(|&t| t == 11).expect("[PREFIX] is one token");
+    let prefix_at = after_suffix
+        .iter()
+        .position(|&t| t == 11)
+        .expect("[PREFIX] is one token");
     // The suffix comes out as in mistral-common's own FIM encoding (`encode_fim`).
-    let fim = refs["fim"].as_array().unwrap().iter().find(|f| f["name"] == "fim_basic").unwrap();
+    let fim = refs["fim"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "fim_basic")
+        .unwrap();
     let fim_ids = common::ids(&fim["ids"]);
-    assert_eq!(&after_suffix[..prefix_at], &fim_ids[2..fim_ids.iter().position(|&t| t == 11).unwrap()]);
-    assert_eq!(tokenizer.decode(&after_suffix[prefix_at + 1..after_suffix.len() - 1]).unwrap(), "def a():\n");
+    assert_eq!(
+        &after_suffix[..prefix_at],
+        &fim_ids[2..fim_ids.iter().position(|&t| t == 11).unwrap()]
+    );
+    assert_eq!(
+        tokenizer
+            .decode(&after_suffix[prefix_at + 1..after_suffix.len() - 1])
+            .unwrap(),
+        "def a():\n"
+    );
     assert_eq!(ids.last(), Some(&4), "[/INST] closes the turn");
 }
 
@@ -98,7 +133,8 @@ fn fim_shaped_message_gets_control_tokens() {
 fn jinja_template_matches_llama_cpp() {
     let gguf = ferrollama_model::weights::GgufFile::open(&smollm2_gguf()).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
-    let template = ChatTemplate::for_model(&tokenizer, gguf.string("tokenizer.chat_template")).unwrap();
+    let template =
+        ChatTemplate::for_model(&tokenizer, gguf.string("tokenizer.chat_template")).unwrap();
     assert_eq!(template.name(), "jinja");
     let refs = json(&repo_root().join("models/fixtures/smollm2/llamacpp_refs.json"));
     let chats = refs["chats"].as_array().unwrap();
@@ -113,7 +149,8 @@ fn jinja_template_matches_llama_cpp() {
 fn jinja_continues_a_trailing_assistant_message() {
     let gguf = ferrollama_model::weights::GgufFile::open(&smollm2_gguf()).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
-    let template = ChatTemplate::for_model(&tokenizer, gguf.string("tokenizer.chat_template")).unwrap();
+    let template =
+        ChatTemplate::for_model(&tokenizer, gguf.string("tokenizer.chat_template")).unwrap();
     let conversation = [
         ChatMessage::new(Role::User, "How do I create an issue?"),
         ChatMessage::new(Role::Assistant, "Thought: "),

@@ -28,7 +28,12 @@ fn greedy_replies_match_llama_cpp() {
     for chat in chats {
         let prompt = ids(&chat["prompt_ids"]);
         let expected = ids(&chat["greedy_ids"]);
-        let gaps: Vec<f32> = chat["top2_gaps"].as_array().unwrap().iter().map(|g| g.as_f64().unwrap() as f32).collect();
+        let gaps: Vec<f32> = chat["top2_gaps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_f64().unwrap() as f32)
+            .collect();
         let ours = greedy(&model, &prompt, expected.len(), &eog);
         match ours.ids.iter().zip(&expected).position(|(a, b)| a != b) {
             None => {
@@ -41,11 +46,18 @@ fn greedy_replies_match_llama_cpp() {
                     "{:?}: parts from llama.cpp at step {step} (llama.cpp's top-2 gap {}, ours {ours_gap})",
                     chat["messages"][0]["content"], gaps[step]
                 );
-                assert!(gaps[step] < TIE && ours_gap < TIE, "a real divergence at step {step}: {:?}", chat["messages"]);
+                assert!(
+                    gaps[step] < TIE && ours_gap < TIE,
+                    "a real divergence at step {step}: {:?}",
+                    chat["messages"]
+                );
             }
         }
     }
-    eprintln!("{identical} of {} replies identical to llama.cpp's", chats.len());
+    eprintln!(
+        "{identical} of {} replies identical to llama.cpp's",
+        chats.len()
+    );
     assert!(identical >= 1, "no reply is token-identical");
 }
 
@@ -53,10 +65,19 @@ fn greedy_replies_match_llama_cpp() {
 fn knows_the_capital_of_france() {
     let model = load_model(&smollm2_gguf());
     let messages = [
-        ChatMessage::new(ferrollama_model::Role::System, "You are a helpful assistant. Answer in one short sentence."),
-        ChatMessage::new(ferrollama_model::Role::User, "What is the capital of France?"),
+        ChatMessage::new(
+            ferrollama_model::Role::System,
+            "You are a helpful assistant. Answer in one short sentence.",
+        ),
+        ChatMessage::new(
+            ferrollama_model::Role::User,
+            "What is the capital of France?",
+        ),
     ];
-    let prompt = model.chat_template.encode(&model.tokenizer, &messages).unwrap();
+    let prompt = model
+        .chat_template
+        .encode(&model.tokenizer, &messages)
+        .unwrap();
     let reply = greedy(&model, &prompt, 32, model.tokenizer.eos_ids());
     let text = model.tokenizer.decode(&reply.ids).unwrap();
     assert!(text.contains("Paris"), "{text:?}");

@@ -27,7 +27,10 @@ fn check_against_transformers(model_path: &std::path::Path, refs_name: &str, log
         let reference = &expected_logits[i * VOCAB..(i + 1) * VOCAB];
         let ours = &got.logits[0];
         let max_abs = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let max_err = reference.iter().zip(ours).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let max_err = reference
+            .iter()
+            .zip(ours)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(
             max_err <= 1e-4 * max_abs,
             "{name}: last logits differ by {max_err} (max |logit| {max_abs})"
@@ -40,21 +43,36 @@ fn check_against_transformers(model_path: &std::path::Path, refs_name: &str, log
 fn f32_safetensors_matches_transformers() {
     let refs = json(&tiny_refs("transformers.json"));
     assert!(prompts(&refs).len() >= 8);
-    assert!(prompts(&refs).iter().all(|p| p["greedy_ids"].as_array().unwrap().len() == 32));
-    check_against_transformers(&tiny_dir(), "transformers.json", "transformers_last_logits.f32");
+    assert!(prompts(&refs)
+        .iter()
+        .all(|p| p["greedy_ids"].as_array().unwrap().len() == 32));
+    check_against_transformers(
+        &tiny_dir(),
+        "transformers.json",
+        "transformers_last_logits.f32",
+    );
 }
 
 /// Mistral v0.1's sliding window: the same weights with `sliding_window = 8`.
 #[test]
 fn sliding_window_matches_transformers() {
     let dir = tempdir("sliding");
-    for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for file in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         std::os::unix::fs::symlink(tiny_dir().join(file), dir.join(file)).unwrap();
     }
     let mut config = json(&tiny_dir().join("config.json"));
     config["sliding_window"] = 8.into();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    check_against_transformers(&dir, "transformers_sliding.json", "transformers_sliding_last_logits.f32");
+    check_against_transformers(
+        &dir,
+        "transformers_sliding.json",
+        "transformers_sliding_last_logits.f32",
+    );
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
@@ -83,7 +101,12 @@ fn gguf_f16_gives_the_f32_greedy_tokens() {
 fn gguf_logits_match_llama_cpp_at_every_position() {
     let refs = json(&tiny_refs("llamacpp.json"));
     let prompt_ids = |name: &str| {
-        let prompt = refs["prompts"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap();
+        let prompt = refs["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap();
         ids(&prompt["input_ids"])
     };
     for quant in ["f16", "q8_0", "q4_0"] {
@@ -103,7 +126,10 @@ fn gguf_logits_match_llama_cpp_at_every_position() {
             }
         }
         assert!(rows >= 16, "{quant}: only {rows} positions compared");
-        assert!(worst >= 0.999, "{quant}: worst cosine {worst} against llama.cpp");
+        assert!(
+            worst >= 0.999,
+            "{quant}: worst cosine {worst} against llama.cpp"
+        );
         eprintln!("{quant}: worst cosine against llama.cpp over {rows} positions: {worst:.6}");
     }
 }

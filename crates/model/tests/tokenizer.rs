@@ -19,9 +19,19 @@ fn texts_and_ids(path: &std::path::Path, key: &str) -> Vec<(String, Vec<u32>)> {
 /// Whether `text` spells a control token somewhere after its start: there sentencepiece
 /// and llama.cpp add a `▁` after the control token, Hugging Face does not (we follow HF).
 fn control_inside(tokenizer: &Tokenizer, text: &str) -> bool {
-    ["<s>", "</s>", "[INST]", "[/INST]", "[SUFFIX]", "[PREFIX]", "<|im_start|>", "<|im_end|>", "[REFERENCE_DOC"]
-        .iter()
-        .any(|c| text.contains(c) && (tokenizer.token_to_id(c).is_some() || c.starts_with("[REF")))
+    [
+        "<s>",
+        "</s>",
+        "[INST]",
+        "[/INST]",
+        "[SUFFIX]",
+        "[PREFIX]",
+        "<|im_start|>",
+        "<|im_end|>",
+        "[REFERENCE_DOC",
+    ]
+    .iter()
+    .any(|c| text.contains(c) && (tokenizer.token_to_id(c).is_some() || c.starts_with("[REF")))
 }
 
 #[test]
@@ -36,7 +46,11 @@ fn mistral_tokenizer_json_matches_sentencepiece() {
         }
         let expected = ids(&entry["ids"]);
         assert_eq!(tokenizer.encode(text).unwrap(), expected, "{text:?}");
-        assert_eq!(tokenizer.decode(&expected).unwrap(), entry["decoded"].as_str().unwrap(), "decode {text:?}");
+        assert_eq!(
+            tokenizer.decode(&expected).unwrap(),
+            entry["decoded"].as_str().unwrap(),
+            "decode {text:?}"
+        );
         compared += 1;
     }
     assert!(compared >= 25, "{compared}");
@@ -57,12 +71,20 @@ fn gguf_sentencepiece_tokenizer_matches_tokenizer_json_and_llama_cpp() {
     let llama_cpp = texts_and_ids(&tiny_refs("llamacpp.json"), "tokenize");
     texts.extend(llama_cpp.iter().cloned());
     for (text, _) in &texts {
-        assert_eq!(from_gguf.encode(text).unwrap(), from_json.encode(text).unwrap(), "{text:?}");
+        assert_eq!(
+            from_gguf.encode(text).unwrap(),
+            from_json.encode(text).unwrap(),
+            "{text:?}"
+        );
     }
     let mut compared = 0;
     for (text, expected) in &llama_cpp {
         if !control_inside(&from_gguf, text) {
-            assert_eq!(&from_gguf.encode(text).unwrap(), expected, "llama.cpp on {text:?}");
+            assert_eq!(
+                &from_gguf.encode(text).unwrap(),
+                expected,
+                "llama.cpp on {text:?}"
+            );
             compared += 1;
         }
     }
@@ -80,8 +102,15 @@ fn gguf_byte_level_tokenizer_matches_llama_cpp() {
         assert_eq!(&tokenizer.encode(text).unwrap(), expected, "{text:?}");
     }
     let eog = ids(&json(&refs)["eog_ids"]);
-    assert!(tokenizer.eos_ids().contains(&2), "<|im_end|> ends generation");
-    assert!(tokenizer.eos_ids().iter().all(|id| eog.contains(id)), "{:?} vs llama.cpp {eog:?}", tokenizer.eos_ids());
+    assert!(
+        tokenizer.eos_ids().contains(&2),
+        "<|im_end|> ends generation"
+    );
+    assert!(
+        tokenizer.eos_ids().iter().all(|id| eog.contains(id)),
+        "{:?} vs llama.cpp {eog:?}",
+        tokenizer.eos_ids()
+    );
 }
 
 const STREAM_TEXTS: &[&str] = &[
@@ -105,7 +134,10 @@ fn check_streaming(tokenizer: &Tokenizer) {
         for &id in &ids {
             match detokenizer.push(tokenizer, id).unwrap() {
                 Some(delta) => {
-                    assert!(!delta.contains('\u{FFFD}'), "{text:?}: replacement char in {delta:?}");
+                    assert!(
+                        !delta.contains('\u{FFFD}'),
+                        "{text:?}: replacement char in {delta:?}"
+                    );
                     streamed.push_str(&delta);
                     held = 0;
                 }

@@ -21,10 +21,14 @@ impl JinjaTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> std::result::Result<String, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, message))
-        });
-        env.add_template_owned("chat", source.to_string()).map_err(template_err)?;
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<String, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
+        env.add_template_owned("chat", source.to_string())
+            .map_err(template_err)?;
         Ok(Self { env })
     }
 
@@ -54,7 +58,9 @@ impl JinjaTemplate {
 
 fn cut_after_final_message(text: &str, message: &str) -> Result<String> {
     let at = text.rfind(message.trim()).ok_or_else(|| {
-        ModelError::ChatTemplate("the template dropped the final assistant message; cannot continue it".into())
+        ModelError::ChatTemplate(
+            "the template dropped the final assistant message; cannot continue it".into(),
+        )
     })?;
     // Keep the message's own trailing spaces where the template kept them.
     let keep = if text[at..].starts_with(message.trim_start()) {
@@ -72,8 +78,14 @@ mod tests {
     #[test]
     fn cuts_after_a_continued_message() {
         let text = "<|im_start|>assistant\nThought: <|im_end|>\n";
-        assert_eq!(cut_after_final_message(text, "Thought: ").unwrap(), "<|im_start|>assistant\nThought: ");
+        assert_eq!(
+            cut_after_final_message(text, "Thought: ").unwrap(),
+            "<|im_start|>assistant\nThought: "
+        );
         let trimmed = "<|im_start|>assistant\nThought:<|im_end|>\n";
-        assert_eq!(cut_after_final_message(trimmed, "Thought: ").unwrap(), "<|im_start|>assistant\nThought:");
+        assert_eq!(
+            cut_after_final_message(trimmed, "Thought: ").unwrap(),
+            "<|im_start|>assistant\nThought:"
+        );
     }
 }

@@ -18,7 +18,9 @@ pub(super) fn encode(tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<
             .ok_or_else(|| ModelError::ChatTemplate(format!("vocabulary lacks {name}")))
     };
     let (inst, end_inst) = (control("[INST]")?, control("[/INST]")?);
-    let bos = tokenizer.bos_id().ok_or_else(|| ModelError::ChatTemplate("no BOS token".into()))?;
+    let bos = tokenizer
+        .bos_id()
+        .ok_or_else(|| ModelError::ChatTemplate("no BOS token".into()))?;
     let eos = *tokenizer
         .eos_ids()
         .first()
@@ -81,8 +83,18 @@ fn split_turns(messages: &[ChatMessage]) -> (Vec<(Role, String)>, Option<String>
         }
         run_open = true;
     }
-    let join = |parts: &[&str]| parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("\n\n");
-    let turns = runs.iter().map(|(role, parts)| (*role, join(parts))).collect();
+    let join = |parts: &[&str]| {
+        parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    };
+    let turns = runs
+        .iter()
+        .map(|(role, parts)| (*role, join(parts)))
+        .collect();
     let system = join(&system);
     (turns, (!system.is_empty()).then_some(system))
 }

@@ -85,7 +85,9 @@ impl ChatTemplate {
     /// The prompt ids for `messages`, ready for generation.
     pub fn encode(&self, tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>> {
         if messages.is_empty() {
-            return Err(ModelError::ChatTemplate("a conversation needs at least one message".into()));
+            return Err(ModelError::ChatTemplate(
+                "a conversation needs at least one message".into(),
+            ));
         }
         match self {
             ChatTemplate::MistralInstruct => mistral::encode(tokenizer, messages),

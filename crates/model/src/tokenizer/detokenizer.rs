@@ -35,7 +35,10 @@ impl Detokenizer {
     /// The text still held back (an unfinished byte sequence), at the end of generation.
     pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<Option<String>> {
         let text = tokenizer.decode(&self.ids)?;
-        let rest = text.strip_prefix(self.prefix.as_str()).unwrap_or(&text).to_string();
+        let rest = text
+            .strip_prefix(self.prefix.as_str())
+            .unwrap_or(&text)
+            .to_string();
         *self = Self::default();
         Ok((!rest.is_empty()).then_some(rest))
     }

@@ -28,7 +28,14 @@ const CONTROL: u64 = 3;
 const USER_DEFINED: u64 = 4;
 
 /// End-of-generation texts that llama.cpp treats as such when they are control tokens.
-const END_OF_GENERATION: &[&str] = &["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>"];
+const END_OF_GENERATION: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<EOT>",
+];
 
 pub(super) struct Built {
     pub tokenizer: tokenizers::Tokenizer,
@@ -38,7 +45,10 @@ pub(super) struct Built {
 }
 
 pub(super) fn build(file: &GgufFile) -> Result<Built> {
-    let kind = file.string("tokenizer.ggml.model").unwrap_or_default().to_string();
+    let kind = file
+        .string("tokenizer.ggml.model")
+        .unwrap_or_default()
+        .to_string();
     let tokens: Vec<String> = file
         .array("tokenizer.ggml.tokens")
         .ok_or_else(|| ModelError::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?
@@ -49,12 +59,23 @@ pub(super) fn build(file: &GgufFile) -> Result<Built> {
         Some(values) => values.iter().map(|v| as_u64(v).unwrap_or(1)).collect(),
         None => vec![1; tokens.len()],
     };
-    let id = |key: &str| file.uint(key).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
+    let id = |key: &str| {
+        file.uint(key)
+            .map(|v| v as u32)
+            .filter(|&v| (v as usize) < tokens.len())
+    };
 
     let (mut tokenizer, default_add_bos) = match kind.as_str() {
-        "llama" => (sentencepiece_bpe(file, &tokens, id("tokenizer.ggml.unknown_token_id"))?, true),
+        "llama" => (
+            sentencepiece_bpe(file, &tokens, id("tokenizer.ggml.unknown_token_id"))?,
+            true,
+        ),
         "gpt2" => (byte_level_bpe(file, &tokens)?, false),
-        other => return Err(ModelError::Unsupported(format!("GGUF tokenizer model `{other}`"))),
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "GGUF tokenizer model `{other}`"
+            )))
+        }
     };
 
     // Control tokens are matched in text as whole special tokens; user-defined ones as plain
@@ -70,14 +91,21 @@ pub(super) fn build(file: &GgufFile) -> Result<Built> {
     tokenizer
         .add_special_tokens(added(&|t| t == CONTROL || t == UNKNOWN, true))
         .map_err(tok_err)?;
-    tokenizer.add_tokens(added(&|t| t == USER_DEFINED, false)).map_err(tok_err)?;
+    tokenizer
+        .add_tokens(added(&|t| t == USER_DEFINED, false))
+        .map_err(tok_err)?;
 
-    let mut eos: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
-        .iter()
-        .filter_map(|key| id(key))
-        .collect();
+    let mut eos: Vec<u32> = [
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.eom_token_id",
+    ]
+    .iter()
+    .filter_map(|key| id(key))
+    .collect();
     for (i, (text, &t)) in tokens.iter().zip(&types).enumerate() {
-        if t == CONTROL && END_OF_GENERATION.contains(&text.as_str()) && !eos.contains(&(i as u32)) {
+        if t == CONTROL && END_OF_GENERATION.contains(&text.as_str()) && !eos.contains(&(i as u32))
+        {
             eos.push(i as u32);
         }
     }
@@ -85,18 +113,30 @@ pub(super) fn build(file: &GgufFile) -> Result<Built> {
         tokenizer,
         bos: id("tokenizer.ggml.bos_token_id"),
         eos,
-        add_bos: file.bool("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos),
+        add_bos: file
+            .bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(default_add_bos),
     })
 }
 
-fn sentencepiece_bpe(file: &GgufFile, tokens: &[String], unk: Option<u32>) -> Result<tokenizers::Tokenizer> {
+fn sentencepiece_bpe(
+    file: &GgufFile,
+    tokens: &[String],
+    unk: Option<u32>,
+) -> Result<tokenizers::Tokenizer> {
     let scores: Vec<f32> = file
         .array("tokenizer.ggml.scores")
-        .ok_or_else(|| ModelError::Tokenizer("SentencePiece GGUF without tokenizer.ggml.scores".into()))?
+        .ok_or_else(|| {
+            ModelError::Tokenizer("SentencePiece GGUF without tokenizer.ggml.scores".into())
+        })?
         .iter()
         .map(|v| v.to_f32().map_err(tok_err))
         .collect::<Result<_>>()?;
-    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
     let merges = merges_from_scores(tokens, &scores, &vocab);
     let mut builder = BPE::builder()
         .vocab_and_merges(vocab, merges)
@@ -162,14 +202,23 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<tokenizers::Toke
                 .ok_or_else(|| tok_err(format!("bad merge `{m}`")))
         })
         .collect::<Result<_>>()?;
-    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(tok_err)?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
 
     // The pre-tokenizer regex depends on the model family, which GGUF names in `pre`.
     let byte_level = ByteLevel::new(false, true, true);
     let pre: PreTokenizerWrapper = match file.string("tokenizer.ggml.pre").unwrap_or("gpt2") {
-        "smollm" | "starcoder" | "refact" => PreSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "smollm" | "starcoder" | "refact" => {
+            PreSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
         "llama3" | "llama-bpe" | "smaug-bpe" => regex_then_bytes(LLAMA3_REGEX)?,
         "qwen2" => regex_then_bytes(QWEN2_REGEX)?,
         _ => byte_level.into(),
@@ -183,6 +232,15 @@ const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn regex_then_bytes(regex: &str) -> Result<PreTokenizerWrapper> {
-    let split = Split::new(SplitPattern::Regex(regex.into()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?;
-    Ok(PreSequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into())
+    let split = Split::new(
+        SplitPattern::Regex(regex.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(tok_err)?;
+    Ok(PreSequence::new(vec![
+        split.into(),
+        ByteLevel::new(false, true, false).into(),
+    ])
+    .into())
 }

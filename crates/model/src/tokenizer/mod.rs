@@ -29,7 +29,8 @@ fn tok_err(e: impl std::fmt::Display) -> ModelError {
 impl Tokenizer {
     /// Loads `tokenizer.json`; `tokenizer_config.json` beside it (if any) names bos and eos.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
         let config: serde_json::Value = path
             .parent()
             .map(|dir| dir.join("tokenizer_config.json"))
@@ -54,7 +55,12 @@ impl Tokenizer {
     /// Rebuilds the tokenizer a GGUF file describes (`llama` SentencePiece or `gpt2` BPE).
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let built = gguf::build(file)?;
-        Ok(Self::new(built.tokenizer, built.bos, built.eos, built.add_bos))
+        Ok(Self::new(
+            built.tokenizer,
+            built.bos,
+            built.eos,
+            built.add_bos,
+        ))
     }
 
     fn new(inner: tokenizers::Tokenizer, bos: Option<u32>, eos: Vec<u32>, add_bos: bool) -> Self {
@@ -127,7 +133,12 @@ impl Tokenizer {
             .get_added_vocabulary()
             .get_vocab()
             .get(token)
-            .and_then(|id| self.inner.get_added_tokens_decoder().get(id).map(|t| t.special))
+            .and_then(|id| {
+                self.inner
+                    .get_added_tokens_decoder()
+                    .get(id)
+                    .map(|t| t.special)
+            })
             .unwrap_or(false)
     }
 

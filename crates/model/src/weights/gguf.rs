@@ -69,10 +69,9 @@ impl GgufFile {
         let dtype = info.ggml_dtype;
         let bytes = elems / dtype.block_size() * dtype.type_size();
         let start = (self.content.tensor_data_offset + info.offset) as usize;
-        let data = self
-            .mmap
-            .get(start..start + bytes)
-            .ok_or_else(|| ModelError::Unsupported(format!("tensor {name} lies past the end of the file")))?;
+        let data = self.mmap.get(start..start + bytes).ok_or_else(|| {
+            ModelError::Unsupported(format!("tensor {name} lies past the end of the file"))
+        })?;
         let info = gguf_file::TensorInfo {
             ggml_dtype: dtype,
             shape: info.shape.clone(),
@@ -86,7 +85,9 @@ impl GgufFile {
     pub fn config(&self) -> Result<ModelConfig> {
         let arch = self.string("general.architecture").unwrap_or("llama");
         if arch != "llama" && arch != "mistral" {
-            return Err(ModelError::Unsupported(format!("GGUF architecture `{arch}`")));
+            return Err(ModelError::Unsupported(format!(
+                "GGUF architecture `{arch}`"
+            )));
         }
         let key = |k: &str| format!("{arch}.{k}");
         let need = |k: &str| {
@@ -105,15 +106,24 @@ impl GgufFile {
         };
         let rope_scaling = if self.has_tensor("rope_freqs.weight") {
             let (info, data) = self.raw_tensor("rope_freqs.weight")?;
-            let t = qtensor_from_ggml(info.ggml_dtype, data, info.shape.dims().to_vec(), &Device::Cpu)?;
-            Some(RopeScaling::Factors(t.dequantize(&Device::Cpu)?.to_vec1::<f32>()?))
+            let t = qtensor_from_ggml(
+                info.ggml_dtype,
+                data,
+                info.shape.dims().to_vec(),
+                &Device::Cpu,
+            )?;
+            Some(RopeScaling::Factors(
+                t.dequantize(&Device::Cpu)?.to_vec1::<f32>()?,
+            ))
         } else {
             match self.string(&key("rope.scaling.type")) {
                 Some("linear") => Some(RopeScaling::Linear {
                     factor: self.float(&key("rope.scaling.factor")).unwrap_or(1.0),
                 }),
                 Some("none") | None => None,
-                Some(other) => return Err(ModelError::Unsupported(format!("rope scaling `{other}`"))),
+                Some(other) => {
+                    return Err(ModelError::Unsupported(format!("rope scaling `{other}`")))
+                }
             }
         };
         let config = ModelConfig {
@@ -122,15 +132,23 @@ impl GgufFile {
             intermediate_size: need("feed_forward_length")?,
             num_layers: need("block_count")?,
             num_heads,
-            num_kv_heads: self.uint(&key("attention.head_count_kv")).map_or(num_heads, |v| v as usize),
+            num_kv_heads: self
+                .uint(&key("attention.head_count_kv"))
+                .map_or(num_heads, |v| v as usize),
             head_dim: self
                 .uint(&key("attention.key_length"))
                 .map_or(hidden_size / num_heads.max(1), |v| v as usize),
-            rms_norm_eps: self.float(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            rms_norm_eps: self
+                .float(&key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5),
             rope_theta: self.float(&key("rope.freq_base")).unwrap_or(10000.0),
             rope_scaling,
-            max_position_embeddings: self.uint(&key("context_length")).map_or(4096, |v| v as usize),
-            sliding_window: self.uint(&key("attention.sliding_window")).map(|v| v as usize),
+            max_position_embeddings: self
+                .uint(&key("context_length"))
+                .map_or(4096, |v| v as usize),
+            sliding_window: self
+                .uint(&key("attention.sliding_window"))
+                .map(|v| v as usize),
             tie_word_embeddings: !self.has_tensor(&Param::Output.gguf_name()),
         };
         config.validate()?;
@@ -213,7 +231,10 @@ impl WeightSource for GgufWeights {
     }
 
     fn vector(&mut self, param: Param) -> Result<Tensor> {
-        Ok(self.qtensor(param)?.dequantize(&self.device)?.to_dtype(DType::F32)?)
+        Ok(self
+            .qtensor(param)?
+            .dequantize(&self.device)?
+            .to_dtype(DType::F32)?)
     }
 
     fn contains(&self, param: Param) -> bool {
@@ -230,6 +251,9 @@ mod tests {
         // 2 heads of dim 4, one byte per row: llama.cpp turns rows [0,1,2,3] of a head into
         // [0,2,1,3] (reshape(h, 2, d/2).swapaxes(1, 2)).
         let permuted = [0u8, 2, 1, 3, 4, 6, 5, 7];
-        assert_eq!(unpermute_rotary_rows(&permuted, 8, 2), vec![0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(
+            unpermute_rotary_rows(&permuted, 8, 2),
+            vec![0, 1, 2, 3, 4, 5, 6, 7]
+        );
     }
 }

@@ -74,7 +74,17 @@ impl Param {
         use Param::*;
         let mut params = vec![TokenEmbedding];
         for l in 0..num_layers {
-            params.extend([AttnNorm(l), Q(l), K(l), V(l), O(l), FfnNorm(l), Gate(l), Up(l), Down(l)]);
+            params.extend([
+                AttnNorm(l),
+                Q(l),
+                K(l),
+                V(l),
+                O(l),
+                FfnNorm(l),
+                Gate(l),
+                Up(l),
+                Down(l),
+            ]);
         }
         params.extend([OutputNorm, Output]);
         params

@@ -22,7 +22,9 @@ impl std::str::FromStr for RandomDType {
             "f32" => Ok(Self::F32),
             "q8_0" => Ok(Self::Q8_0),
             "q4_0" => Ok(Self::Q4_0),
-            other => Err(format!("unknown random weight type `{other}` (f32, q8_0, q4_0)")),
+            other => Err(format!(
+                "unknown random weight type `{other}` (f32, q8_0, q4_0)"
+            )),
         }
     }
 }
@@ -70,7 +72,11 @@ impl WeightSource for RandomWeights {
         let (rows, cols) = self.shape(param);
         // Uniform in ±sqrt(3/cols) has variance 1/cols: activations keep their size.
         let scale = (3.0 / cols as f32).sqrt();
-        let t = Tensor::from_vec(self.values(param, rows * cols, scale), (rows, cols), &Device::Cpu)?;
+        let t = Tensor::from_vec(
+            self.values(param, rows * cols, scale),
+            (rows, cols),
+            &Device::Cpu,
+        )?;
         let quantized = match self.dtype {
             RandomDType::F32 => return Ok(QMatMul::Tensor(t.to_device(&self.device)?)),
             RandomDType::Q8_0 => QTensor::quantize_onto(&t, GgmlDType::Q8_0, &self.device)?,
@@ -109,6 +115,7 @@ impl SplitMix64 {
 }
 
 fn fnv1a(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }

