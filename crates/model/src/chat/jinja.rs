@@ -75,6 +75,41 @@ fn cut_after_final_message(text: &str, message: &str) -> Result<String> {
 mod tests {
     use super::*;
 
+    fn tokenizer() -> Tokenizer {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/fixtures/tiny-mistral/tokenizer.json"
+        );
+        Tokenizer::from_file(std::path::Path::new(path)).unwrap()
+    }
+
+    #[test]
+    fn renders_with_hugging_face_variables() {
+        let source = "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content | trim }}{% endfor %}\n\
+                      {% if add_generation_prompt %}<gen>{% endif %}{{ eos_token }}";
+        let template = JinjaTemplate::new(source).unwrap();
+        let messages = [ChatMessage::new(Role::User, " hi ")];
+        // trim_blocks drops the newline after `{% endfor %}`, as transformers renders it.
+        assert_eq!(
+            template.render(&tokenizer(), &messages).unwrap(),
+            "<s>[user]hi<gen></s>"
+        );
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let source = "{% if messages[0].role != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}";
+        let template = JinjaTemplate::new(source).unwrap();
+        let err = template
+            .render(&tokenizer(), &[ChatMessage::new(Role::Assistant, "x")])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("first message must be from the user"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn cuts_after_a_continued_message() {
         let text = "<|im_start|>assistant\nThought: <|im_end|>\n";
