@@ -132,11 +132,7 @@ fn sentencepiece_bpe(
         .iter()
         .map(|v| v.to_f32().map_err(tok_err))
         .collect::<Result<_>>()?;
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
+    let vocab = vocab_of(tokens);
     let merges = merges_from_scores(tokens, &scores, &vocab);
     let mut builder = BPE::builder()
         .vocab_and_merges(vocab, merges)
@@ -160,6 +156,14 @@ fn sentencepiece_bpe(
     ];
     tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
     Ok(tokenizer)
+}
+
+fn vocab_of(tokens: &[String]) -> Vocab {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect()
 }
 
 /// transformers' `generate_merges`: every split of every piece into two pieces of the
@@ -202,11 +206,7 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<tokenizers::Toke
                 .ok_or_else(|| tok_err(format!("bad merge `{m}`")))
         })
         .collect::<Result<_>>()?;
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
+    let vocab = vocab_of(tokens);
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()
