@@ -1,0 +1,360 @@
+//! The engine loop, on its own thread: take new requests, plan a step, run the model once on
+//! that batch, sample a token per finished chunk, send events, free what finished or was
+//! cancelled. The handle is what the rest of the program holds.
+
+use crate::block_pool::BlockPool;
+use crate::request::{Event, FinishReason, GenerationRequest, Timings, Usage};
+use crate::scheduler::{Scheduler, SchedulerConfig, StepPlan};
+use crate::sequence::Sequence;
+use ferrollama_model::{Batch, KvCache, LoadedModel, SeqChunk};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub block_size: usize,
+    /// Bytes of KV cache (`--kv-cache-memory`).
+    pub kv_cache_memory: usize,
+    pub max_batch_tokens: usize,
+    pub max_seqs: usize,
+    pub prefix_caching: bool,
+    pub chunked_prefill: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: ferrollama_model::kv_cache::DEFAULT_BLOCK_SIZE,
+            kv_cache_memory: 1 << 30,
+            max_batch_tokens: 512,
+            max_seqs: 32,
+            prefix_caching: true,
+            chunked_prefill: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {prompt} tokens; the model's context holds {context}")]
+    PromptTooLong { prompt: usize, context: usize },
+    #[error("the prompt needs {needed} KV cache blocks; the cache has {total} (raise --kv-cache-memory)")]
+    CacheTooSmall { needed: usize, total: usize },
+    #[error("invalid sampling parameters: {0}")]
+    Sampling(String),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// What the engine is doing, for tests and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub running: usize,
+    pub waiting: usize,
+    pub free_blocks: usize,
+    pub total_blocks: usize,
+    pub preemptions: u64,
+    pub steps: u64,
+}
+
+enum Command {
+    Submit(Box<Sequence>),
+}
+
+/// The caller's side of one request: events until `Finished`. Dropping it cancels the request.
+pub struct RequestStream {
+    rx: UnboundedReceiver<Event>,
+}
+
+impl RequestStream {
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// For callers outside an async runtime.
+    pub fn blocking_next(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
+    }
+}
+
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    stats: Arc<Mutex<EngineStats>>,
+    next_id: Arc<AtomicU64>,
+    context: usize,
+    capacity_blocks: usize,
+    block_size: usize,
+}
+
+impl EngineHandle {
+    pub fn submit(&self, request: GenerationRequest) -> Result<RequestStream, EngineError> {
+        if request.prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if request.prompt.len() >= self.context {
+            return Err(EngineError::PromptTooLong {
+                prompt: request.prompt.len(),
+                context: self.context,
+            });
+        }
+        let needed = (request.prompt.len() + 1).div_ceil(self.block_size);
+        if needed > self.capacity_blocks {
+            return Err(EngineError::CacheTooSmall {
+                needed,
+                total: self.capacity_blocks,
+            });
+        }
+        request.sampling.validate().map_err(EngineError::Sampling)?;
+        let (tx, rx) = unbounded_channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let seq = Sequence::new(id, request, tx);
+        self.commands
+            .send(Command::Submit(Box::new(seq)))
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(RequestStream { rx })
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    /// The model's context length in tokens.
+    pub fn context_len(&self) -> usize {
+        self.context
+    }
+}
+
+/// Starts the engine thread. It runs until every handle is dropped and its work is done.
+pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> EngineHandle {
+    let model_config = model.config();
+    let num_blocks = KvCache::blocks_for_bytes(model_config, config.block_size, config.kv_cache_memory).max(1);
+    let (commands, inbox) = mpsc::channel();
+    let stats = Arc::new(Mutex::new(EngineStats {
+        free_blocks: num_blocks,
+        total_blocks: num_blocks,
+        ..Default::default()
+    }));
+    let handle = EngineHandle {
+        commands,
+        stats: stats.clone(),
+        next_id: Arc::new(AtomicU64::new(0)),
+        context: model_config.max_position_embeddings,
+        capacity_blocks: num_blocks,
+        block_size: config.block_size,
+    };
+    let mut engine = Engine {
+        cache: KvCache::new(model_config, config.block_size, num_blocks),
+        pool: BlockPool::new(num_blocks, config.prefix_caching),
+        scheduler: Scheduler::new(SchedulerConfig {
+            block_size: config.block_size,
+            max_batch_tokens: config.max_batch_tokens,
+            max_seqs: config.max_seqs,
+            chunked_prefill: config.chunked_prefill,
+        }),
+        max_len: model_config.max_position_embeddings.min(num_blocks * config.block_size),
+        model,
+        stats,
+    };
+    std::thread::Builder::new()
+        .name("ferrollama-engine".into())
+        .spawn(move || engine.run(inbox))
+        .expect("spawn the engine thread");
+    handle
+}
+
+struct Engine {
+    model: Arc<LoadedModel>,
+    cache: KvCache,
+    pool: BlockPool,
+    scheduler: Scheduler,
+    /// No sequence grows past this: the model's context, or the whole cache.
+    max_len: usize,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+impl Engine {
+    fn run(&mut self, inbox: mpsc::Receiver<Command>) {
+        loop {
+            let idle = self.scheduler.running.is_empty() && self.scheduler.waiting.is_empty();
+            let command = if idle {
+                match inbox.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                }
+            } else {
+                inbox.try_recv().ok()
+            };
+            if let Some(Command::Submit(seq)) = command {
+                self.scheduler.waiting.push_back(*seq);
+                while let Ok(Command::Submit(seq)) = inbox.try_recv() {
+                    self.scheduler.waiting.push_back(*seq);
+                }
+            }
+            self.drop_cancelled();
+            let plan = self.scheduler.schedule(&mut self.pool);
+            if !plan.chunks.is_empty() {
+                self.step(&plan);
+            }
+            self.publish_stats(plan.preempted);
+        }
+    }
+
+    /// Requests whose caller hung up give their blocks back before the next step.
+    fn drop_cancelled(&mut self) {
+        let pool = &mut self.pool;
+        self.scheduler.running.retain_mut(|seq| {
+            let gone = seq.events.is_closed();
+            if gone {
+                seq.free_blocks(pool);
+            }
+            !gone
+        });
+        self.scheduler.waiting.retain(|seq| !seq.events.is_closed());
+    }
+
+    fn step(&mut self, plan: &StepPlan) {
+        let now = Instant::now();
+        let running = &mut self.scheduler.running;
+        for &(i, _) in &plan.chunks {
+            running[i].first_scheduled.get_or_insert(now);
+        }
+        let chunks = plan
+            .chunks
+            .iter()
+            .map(|&(i, take)| {
+                let seq = &running[i];
+                SeqChunk {
+                    tokens: &seq.tokens[seq.computed..seq.computed + take],
+                    cached: seq.computed,
+                    block_table: &seq.blocks,
+                }
+            })
+            .collect();
+        let logits = self
+            .model
+            .model
+            .forward(&Batch::new(chunks), &mut self.cache)
+            .and_then(|l| Ok(l.to_vec2::<f32>()?));
+        let mut rows = match logits {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The batch failed as a whole: its requests get the error, the others go on.
+                tracing::error!("forward failed: {e}");
+                let failed: Vec<usize> = plan.chunks.iter().map(|&(i, _)| i).collect();
+                self.finish_many(&failed, FinishReason::Error, Some(e.to_string()));
+                return;
+            }
+        };
+
+        let mut finished = Vec::new();
+        for (&(i, take), row) in plan.chunks.iter().zip(rows.iter_mut()) {
+            let seq = &mut self.scheduler.running[i];
+            seq.computed += take;
+            seq.register_full_blocks(&mut self.pool, self.scheduler.config.block_size);
+            if seq.pending() > 0 {
+                continue; // a prompt chunk: no token yet
+            }
+            if let Some(reason) = self.next_token(i, row) {
+                finished.push((i, reason));
+            }
+        }
+        // Highest index first, so the remaining indices stay valid.
+        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        for (i, reason) in finished {
+            self.finish(i, reason, None);
+        }
+    }
+
+    /// Samples, detokenizes and sends the next token of running sequence `i`; returns a
+    /// finish reason if that ends it.
+    fn next_token(&mut self, i: usize, logits: &mut [f32]) -> Option<FinishReason> {
+        let tokenizer = &self.model.tokenizer;
+        let seq = &mut self.scheduler.running[i];
+        let generated = seq.generated();
+        let token = seq.sampler.sample(logits, &seq.tokens, generated);
+        seq.tokens.push(token);
+        seq.first_token.get_or_insert_with(Instant::now);
+
+        // The model's own end tokens always stop, whatever else was asked.
+        if !seq.ignore_eos && tokenizer.eos_ids().contains(&token) {
+            let text = seq.drain_text(tokenizer);
+            send_token(seq, text, token);
+            return Some(FinishReason::Stop);
+        }
+        let text = match seq.detokenizer.push(tokenizer, token) {
+            Ok(text) => text.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("detokenize: {e}");
+                String::new()
+            }
+        };
+        let release = seq.stop.push(&text);
+        send_token(seq, release.text, token);
+        if release.stopped {
+            return Some(FinishReason::Stop);
+        }
+        if seq.generated() >= seq.max_tokens || seq.tokens.len() >= self.max_len {
+            return Some(FinishReason::Length);
+        }
+        None
+    }
+
+    fn finish_many(&mut self, indices: &[usize], reason: FinishReason, error: Option<String>) {
+        let mut indices = indices.to_vec();
+        indices.sort_unstable_by(|a, b| b.cmp(a));
+        for i in indices {
+            self.finish(i, reason, error.clone());
+        }
+    }
+
+    fn finish(&mut self, i: usize, reason: FinishReason, error: Option<String>) {
+        let mut seq = self.scheduler.running.remove(i);
+        seq.free_blocks(&mut self.pool);
+        if reason == FinishReason::Length {
+            let text = seq.drain_text(&self.model.tokenizer);
+            if !text.is_empty() {
+                let _ = seq.events.send(Event::Token {
+                    text,
+                    token_id: *seq.tokens.last().expect("a generated token"),
+                });
+            }
+        }
+        let end = Instant::now();
+        let first_scheduled = seq.first_scheduled.unwrap_or(end);
+        let first_token = seq.first_token.unwrap_or(end);
+        let _ = seq.events.send(Event::Finished {
+            reason,
+            usage: Usage {
+                prompt_tokens: seq.prompt_len,
+                cached_tokens: seq.cached_prompt_tokens.unwrap_or(0),
+                generated_tokens: seq.generated(),
+            },
+            timings: Timings {
+                queue: first_scheduled - seq.arrived,
+                prefill: first_token - first_scheduled,
+                decode: end - first_token,
+            },
+            error,
+        });
+    }
+
+    fn publish_stats(&self, preempted: usize) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        stats.running = self.scheduler.running.len();
+        stats.waiting = self.scheduler.waiting.len();
+        stats.free_blocks = self.pool.num_free();
+        stats.preemptions += preempted as u64;
+        stats.steps += 1;
+    }
+}
+
+fn send_token(seq: &Sequence, text: String, token_id: u32) {
+    // A closed channel means the caller hung up; the next step drops the sequence.
+    let _ = seq.events.send(Event::Token { text, token_id });
+}

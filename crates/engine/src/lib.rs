@@ -1,0 +1,20 @@
+//! The engine turns requests (prompt token ids, sampling parameters, stop criteria) into
+//! streams of events, serving many at once: continuous batching over the model's paged KV
+//! cache, with chunked prefill, prefix caching and preemption by recompute. It knows token
+//! ids and text, never HTTP.
+//!
+//! Where things are: the loop in `engine.rs`, what runs each step in `scheduler.rs`, KV
+//! blocks and the prefix cache in `block_pool.rs`, token choice in `sampler.rs`, stop strings
+//! in `stop.rs`.
+
+pub mod block_pool;
+pub mod engine;
+pub mod request;
+pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+pub mod stop;
+
+pub use engine::{start, EngineConfig, EngineError, EngineHandle, EngineStats, RequestStream};
+pub use request::{Event, FinishReason, GenerationRequest, Timings, Usage};
+pub use sampler::SamplingParams;

@@ -1,0 +1,102 @@
+//! Decides what runs in each step. No prefill or decode phases: every running sequence gets
+//! the tokens it needs (one for a decode, a chunk for a prompt) under a per-step token budget,
+//! oldest first; waiting requests are admitted while the budget, the sequence cap and the free
+//! blocks allow. When blocks run out, the newest running sequence is preempted: it gives its
+//! blocks back and will recompute them later (vLLM's preemption by recompute).
+
+use crate::block_pool::BlockPool;
+use crate::sequence::Sequence;
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub block_size: usize,
+    /// Most tokens in one forward pass (`--max-batch-tokens`).
+    pub max_batch_tokens: usize,
+    /// Most sequences running at once (`--max-seqs`, `OLLAMA_NUM_PARALLEL`).
+    pub max_seqs: usize,
+    /// Split long prompts across steps so running streams keep getting tokens.
+    pub chunked_prefill: bool,
+}
+
+/// One step's work: for each scheduled sequence (an index into `running`), how many of its
+/// pending tokens to run.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StepPlan {
+    pub chunks: Vec<(usize, usize)>,
+    /// Sequences preempted while planning (for statistics).
+    pub preempted: usize,
+}
+
+pub struct Scheduler {
+    pub config: SchedulerConfig,
+    pub waiting: VecDeque<Sequence>,
+    /// In admission order: the last is the newest.
+    pub running: Vec<Sequence>,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        Self {
+            config,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    pub fn schedule(&mut self, pool: &mut BlockPool) -> StepPlan {
+        let bs = self.config.block_size;
+        let mut plan = StepPlan::default();
+        let mut budget = self.config.max_batch_tokens;
+
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let seq = &self.running[i];
+            let take = self.chunk_size(seq.pending(), budget, plan.chunks.is_empty());
+            if take == 0 {
+                i += 1;
+                continue;
+            }
+            let len = seq.computed + take;
+            if self.running[i].reserve(pool, len, bs) {
+                plan.chunks.push((i, take));
+                budget = budget.saturating_sub(take);
+                i += 1;
+                continue;
+            }
+            // Out of blocks: the newest running sequence makes room (possibly this one).
+            let mut victim = self.running.pop().expect("running is not empty");
+            victim.free_blocks(pool);
+            self.waiting.push_front(victim);
+            plan.preempted += 1;
+        }
+
+        while budget > 0 && self.running.len() < self.config.max_seqs {
+            let Some(mut seq) = self.waiting.pop_front() else { break };
+            let found = seq.take_cached_prefix(pool, bs);
+            seq.cached_prompt_tokens.get_or_insert(found.min(seq.prompt_len));
+            let take = self.chunk_size(seq.pending(), budget, plan.chunks.is_empty());
+            if take == 0 || !seq.reserve(pool, seq.computed + take, bs) {
+                seq.free_blocks(pool);
+                self.waiting.push_front(seq);
+                break;
+            }
+            plan.chunks.push((self.running.len(), take));
+            budget = budget.saturating_sub(take);
+            self.running.push(seq);
+        }
+        plan
+    }
+
+    /// How many of `pending` tokens fit this step.
+    fn chunk_size(&self, pending: usize, budget: usize, batch_empty: bool) -> usize {
+        if self.config.chunked_prefill {
+            pending.min(budget)
+        } else if pending <= budget || batch_empty {
+            // Unchunked, a long prompt runs whole, alone if it must.
+            pending
+        } else {
+            0
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! One request in flight: its tokens, its KV blocks, and its output state.
+
+use crate::block_pool::{block_hash, BlockHash, BlockPool};
+use crate::request::{Event, GenerationRequest};
+use crate::sampler::Sampler;
+use crate::stop::StopMatcher;
+use ferrollama_model::Detokenizer;
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+
+pub struct Sequence {
+    pub id: u64,
+    /// Prompt, then generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Tokens whose keys and values are in the cache.
+    pub computed: usize,
+    pub blocks: Vec<u32>,
+    /// Names of the full blocks registered so far (a prefix of `blocks`).
+    pub hashes: Vec<BlockHash>,
+    /// Prompt tokens found in the prefix cache at first admission.
+    pub cached_prompt_tokens: Option<usize>,
+    pub max_tokens: usize,
+    pub ignore_eos: bool,
+    pub sampler: Sampler,
+    pub detokenizer: Detokenizer,
+    pub stop: StopMatcher,
+    pub events: UnboundedSender<Event>,
+    pub arrived: Instant,
+    pub first_scheduled: Option<Instant>,
+    pub first_token: Option<Instant>,
+}
+
+impl Sequence {
+    pub fn new(id: u64, request: GenerationRequest, events: UnboundedSender<Event>) -> Self {
+        Self {
+            id,
+            prompt_len: request.prompt.len(),
+            tokens: request.prompt,
+            computed: 0,
+            blocks: Vec::new(),
+            hashes: Vec::new(),
+            cached_prompt_tokens: None,
+            max_tokens: request.max_tokens,
+            ignore_eos: request.ignore_eos,
+            sampler: Sampler::new(request.sampling),
+            detokenizer: Detokenizer::new(),
+            stop: StopMatcher::new(request.stop),
+            events,
+            arrived: Instant::now(),
+            first_scheduled: None,
+            first_token: None,
+        }
+    }
+
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Tokens not yet in the cache (the prompt, or a decode's last token, or everything
+    /// again after a preemption).
+    pub fn pending(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+
+    /// Grows the block table to hold `len` tokens; false (and nothing taken) if the pool
+    /// has too few free blocks.
+    pub fn reserve(&mut self, pool: &mut BlockPool, len: usize, block_size: usize) -> bool {
+        let needed = len.div_ceil(block_size).saturating_sub(self.blocks.len());
+        if needed > pool.num_free() {
+            return false;
+        }
+        for _ in 0..needed {
+            self.blocks.push(pool.allocate().expect("counted free blocks"));
+        }
+        true
+    }
+
+    /// Reuses cached blocks for the longest cached prefix of the tokens, leaving at least one
+    /// token to compute (its logits are needed). Returns how many tokens were found.
+    pub fn take_cached_prefix(&mut self, pool: &mut BlockPool, block_size: usize) -> usize {
+        debug_assert!(self.blocks.is_empty() && self.computed == 0);
+        let full = (self.tokens.len() - 1) / block_size;
+        let mut parent = None;
+        for chunk in self.tokens.chunks(block_size).take(full) {
+            let hash = block_hash(parent, chunk);
+            match pool.take_cached(hash) {
+                Some(block) => {
+                    self.blocks.push(block);
+                    self.hashes.push(hash);
+                    parent = Some(hash);
+                }
+                None => break,
+            }
+        }
+        self.computed = self.blocks.len() * block_size;
+        self.computed
+    }
+
+    /// Registers the blocks that became full in the prefix cache.
+    pub fn register_full_blocks(&mut self, pool: &mut BlockPool, block_size: usize) {
+        while (self.hashes.len() + 1) * block_size <= self.computed {
+            let i = self.hashes.len();
+            let hash = block_hash(self.hashes.last().copied(), &self.tokens[i * block_size..(i + 1) * block_size]);
+            pool.register(self.blocks[i], hash);
+            self.hashes.push(hash);
+        }
+    }
+
+    /// The text still held back (an unfinished character, a possible start of a stop string)
+    /// when generation ends for another reason: it is output after all, unless it completes
+    /// a stop string.
+    pub fn drain_text(&mut self, tokenizer: &ferrollama_model::Tokenizer) -> String {
+        let rest = self.detokenizer.finish(tokenizer).ok().flatten().unwrap_or_default();
+        let release = self.stop.push(&rest);
+        if release.stopped {
+            return release.text;
+        }
+        release.text + &self.stop.flush()
+    }
+
+    /// Gives every block back; the sequence will recompute from scratch if it runs again.
+    pub fn free_blocks(&mut self, pool: &mut BlockPool) {
+        pool.release(&self.blocks);
+        self.blocks.clear();
+        self.hashes.clear();
+        self.computed = 0;
+    }
+}

@@ -1,0 +1,253 @@
+//! The engine against the model run alone: continuous batching must not change what a
+//! request gets. Tiny-mistral f32 and SmolLM2 Q4_1, greedy unless a test says otherwise.
+
+#[path = "../../model/tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use ferrollama_engine::{start, EngineConfig, EngineHandle, Event, FinishReason, GenerationRequest, SamplingParams, Usage};
+use ferrollama_model::{KvCache, LoadedModel};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Outcome {
+    text: String,
+    ids: Vec<u32>,
+    reason: FinishReason,
+    usage: Usage,
+    finished_at: Instant,
+}
+
+fn collect(mut stream: ferrollama_engine::RequestStream) -> Outcome {
+    let (mut text, mut ids) = (String::new(), Vec::new());
+    loop {
+        match stream.blocking_next().expect("a Finished event") {
+            Event::Token { text: t, token_id } => {
+                text.push_str(&t);
+                ids.push(token_id);
+            }
+            Event::Finished { reason, usage, error, .. } => {
+                assert!(error.is_none(), "{error:?}");
+                return Outcome { text, ids, reason, usage, finished_at: Instant::now() };
+            }
+        }
+    }
+}
+
+fn greedy_request(prompt: Vec<u32>, max_tokens: usize) -> GenerationRequest {
+    GenerationRequest {
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        ..GenerationRequest::new(prompt, max_tokens)
+    }
+}
+
+/// After every test: nothing runs, every block is free.
+fn assert_all_free(engine: &EngineHandle) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = engine.stats();
+        if stats.running == 0 && stats.waiting == 0 && stats.free_blocks == stats.total_blocks {
+            return;
+        }
+        assert!(Instant::now() < deadline, "blocks still in use: {stats:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn tiny() -> Arc<LoadedModel> {
+    Arc::new(load_model(&tiny_dir()))
+}
+
+/// Prompts of different lengths cut from a long tokenized text.
+fn prompts(model: &LoadedModel, count: usize) -> Vec<Vec<u32>> {
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(20) + "日本語 🦀 code: fn main() {}";
+    let ids = model.tokenizer.encode_prompt(&text).unwrap();
+    (0..count).map(|i| ids[..3 + i * 7 % ids.len().min(120)].to_vec()).collect()
+}
+
+/// Where the batched tokens differ from the alone run, the alone run's best two logits must
+/// have been within 1e-4 of each other there.
+fn check_batch_invariance(model: Arc<LoadedModel>, n_new: usize) {
+    let prompts = prompts(&model, 16);
+    let engine = start(model.clone(), EngineConfig { max_seqs: 16, ..Default::default() });
+    let streams: Vec<_> = prompts.iter().map(|p| engine.submit(greedy_request(p.clone(), n_new)).unwrap()).collect();
+    let outcomes: Vec<Outcome> = streams.into_iter().map(collect).collect();
+    for (prompt, batched) in prompts.iter().zip(&outcomes) {
+        let alone = greedy(&model, prompt, n_new, &[]);
+        assert_eq!(batched.ids.len(), n_new);
+        if let Some(step) = batched.ids.iter().zip(&alone.ids).position(|(a, b)| a != b) {
+            let gap = top2_gap(&alone.logits[step]);
+            assert!(gap < 1e-4, "prompt of {} tokens: step {step} differs with a top-2 gap of {gap}", prompt.len());
+        }
+    }
+    assert_all_free(&engine);
+}
+
+#[test]
+fn batch_invariance_tiny_mistral() {
+    check_batch_invariance(tiny(), 24);
+}
+
+#[test]
+fn batch_invariance_smollm2() {
+    check_batch_invariance(Arc::new(load_model(&smollm2_gguf())), 12);
+}
+
+/// A short request sent while a long generation runs finishes first.
+#[test]
+fn continuous_not_static() {
+    let model = tiny();
+    let engine = start(model.clone(), EngineConfig::default());
+    let mut long = engine.submit(greedy_request(prompts(&model, 2)[1].clone(), 256)).unwrap();
+    assert!(matches!(long.blocking_next(), Some(Event::Token { .. })), "the long one is running");
+    let short = collect(engine.submit(greedy_request(prompts(&model, 3)[2].clone(), 8)).unwrap());
+    let long = collect(long);
+    assert_eq!(short.ids.len(), 8);
+    assert_eq!(long.ids.len(), 255, "256 tokens, one read above");
+    assert!(short.finished_at < long.finished_at);
+    assert_all_free(&engine);
+}
+
+/// 64 blocks, 32 requests of about 100 prompt tokens and 64 new ones: they cannot all fit,
+/// so some are preempted and recomputed, and still give what they give alone.
+#[test]
+fn preemption_by_recompute_keeps_outputs() {
+    let model = tiny();
+    let bytes = KvCache::bytes_per_block(model.config(), 16) * 64;
+    let config = EngineConfig { kv_cache_memory: bytes, max_seqs: 32, ..Default::default() };
+    let engine = start(model.clone(), config);
+    assert_eq!(engine.stats().total_blocks, 64);
+    let text = "Preemption test number {i}: ".to_string() + &"lorem ipsum dolor sit amet ".repeat(15);
+    let prompts: Vec<Vec<u32>> = (0..32)
+        .map(|i| {
+            let ids = model.tokenizer.encode_prompt(&text.replace("{i}", &i.to_string())).unwrap();
+            ids[..96 + i % 8].to_vec()
+        })
+        .collect();
+    let streams: Vec<_> = prompts.iter().map(|p| engine.submit(greedy_request(p.clone(), 64)).unwrap()).collect();
+    let outcomes: Vec<Outcome> = streams.into_iter().map(collect).collect();
+    for (prompt, outcome) in prompts.iter().zip(&outcomes) {
+        assert_eq!(outcome.ids, greedy(&model, prompt, 64, &[]).ids);
+    }
+    let stats = engine.stats();
+    assert!(stats.preemptions >= 1, "{stats:?}");
+    assert_all_free(&engine);
+}
+
+/// A second request sharing a long prefix reads it from the cache, and gives the same output
+/// as with caching off.
+#[test]
+fn prefix_cache_reuses_shared_blocks() {
+    let model = tiny();
+    let shared = model.tokenizer.encode_prompt(&"A shared system prompt about GitLab Duo. ".repeat(110)).unwrap();
+    assert!(shared.len() >= 1000, "{}", shared.len());
+    let with_suffix = |s: &str| [shared.clone(), model.tokenizer.encode(s).unwrap()].concat();
+    let (first, second) = (with_suffix("First question?"), with_suffix("Second question, longer?"));
+
+    let run = |caching: bool| {
+        let engine = start(model.clone(), EngineConfig { prefix_caching: caching, ..Default::default() });
+        let a = collect(engine.submit(greedy_request(first.clone(), 8)).unwrap());
+        let b = collect(engine.submit(greedy_request(second.clone(), 16)).unwrap());
+        assert_all_free(&engine);
+        (a, b)
+    };
+    let (a_on, b_on) = run(true);
+    let (_, b_off) = run(false);
+    assert_eq!(a_on.usage.cached_tokens, 0);
+    let shared_full_blocks = shared.len() / 16 * 16;
+    assert!(
+        b_on.usage.cached_tokens * 10 >= shared_full_blocks * 9,
+        "cached {} of {shared_full_blocks}",
+        b_on.usage.cached_tokens
+    );
+    assert_eq!(b_off.usage.cached_tokens, 0);
+    assert_eq!(b_on.ids, b_off.ids);
+    assert_eq!(b_on.text, b_off.text);
+}
+
+/// The same seed at temperature 0.8 gives the same text alone and amid 15 other requests.
+#[test]
+fn seeded_sampling_is_batch_independent() {
+    let model = tiny();
+    let engine = start(model.clone(), EngineConfig::default());
+    let prompts = prompts(&model, 16);
+    let request = |prompt: &Vec<u32>, seed| GenerationRequest {
+        sampling: SamplingParams { seed: Some(seed), ..SamplingParams::default() },
+        ..GenerationRequest::new(prompt.clone(), 40)
+    };
+    let alone = collect(engine.submit(request(&prompts[5], 42)).unwrap());
+    let streams: Vec<_> = prompts.iter().enumerate().map(|(i, p)| engine.submit(request(p, if i == 5 { 42 } else { i as u64 })).unwrap()).collect();
+    let together: Vec<Outcome> = streams.into_iter().map(collect).collect();
+    assert_eq!(together[5].ids, alone.ids);
+    assert_eq!(together[5].text, alone.text);
+    assert_ne!(together[4].ids, alone.ids, "other seeds differ");
+    assert_all_free(&engine);
+}
+
+/// Stop strings that span tokens, several at once, one a prefix of another: the output stops
+/// before the earliest match and never contains it.
+#[test]
+fn stop_strings() {
+    let model = tiny();
+    let engine = start(model.clone(), EngineConfig::default());
+    let prompt = prompts(&model, 4)[3].clone();
+    let free = collect(engine.submit(greedy_request(prompt.clone(), 40)).unwrap());
+    // A stop string that starts inside one token's text and ends in a later one.
+    let chars: Vec<char> = free.text.chars().collect();
+    assert!(chars.len() > 40, "{:?}", free.text);
+    let stop: String = chars[20..30].iter().collect();
+    let longer: String = chars[20..34].iter().collect();
+    let cut = free.text.find(&stop).unwrap();
+    for stops in [vec![stop.clone()], vec![longer.clone(), stop.clone(), "never-there".into()]] {
+        let mut request = greedy_request(prompt.clone(), 40);
+        request.stop = stops;
+        let stopped = collect(engine.submit(request).unwrap());
+        assert_eq!(stopped.reason, FinishReason::Stop);
+        assert_eq!(stopped.text, free.text[..cut]);
+        assert!(!stopped.text.contains(&stop));
+    }
+    assert_all_free(&engine);
+}
+
+/// Clients that go away free their blocks by the next step; the others go on.
+#[test]
+fn dropped_streams_are_cancelled() {
+    let model = tiny();
+    let engine = start(model.clone(), EngineConfig::default());
+    let prompts = prompts(&model, 8);
+    let mut streams: Vec<_> = prompts.iter().map(|p| engine.submit(greedy_request(p.clone(), 500)).unwrap()).collect();
+    for s in streams.iter_mut() {
+        assert!(matches!(s.blocking_next(), Some(Event::Token { .. })));
+    }
+    let keep = streams.pop().unwrap();
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while engine.stats().running > 1 {
+        assert!(Instant::now() < deadline, "{:?}", engine.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let kept = collect(keep);
+    assert_eq!(kept.ids.len(), 499);
+    assert_eq!(kept.reason, FinishReason::Length);
+    assert_all_free(&engine);
+}
+
+#[test]
+fn impossible_requests_are_refused() {
+    let model = tiny();
+    let small = KvCache::bytes_per_block(model.config(), 16) * 4;
+    let engine = start(model.clone(), EngineConfig { kv_cache_memory: small, ..Default::default() });
+    assert!(engine.submit(GenerationRequest::new(vec![], 4)).is_err());
+    let long = vec![1u32; 100];
+    assert!(matches!(engine.submit(GenerationRequest::new(long, 4)), Err(ferrollama_engine::EngineError::CacheTooSmall { .. })));
+    let too_long = vec![1u32; model.config().max_position_embeddings];
+    assert!(matches!(engine.submit(GenerationRequest::new(too_long, 4)), Err(ferrollama_engine::EngineError::PromptTooLong { .. })));
+    let bad = GenerationRequest { sampling: SamplingParams { temperature: -1.0, ..Default::default() }, ..GenerationRequest::new(vec![1, 2], 4) };
+    assert!(engine.submit(bad).is_err());
+    // A generation that would outgrow the whole cache stops with `length`.
+    let outcome = collect(engine.submit(greedy_request(vec![1u32; 40], 1000)).unwrap());
+    assert_eq!(outcome.reason, FinishReason::Length);
+    assert_eq!(40 + outcome.ids.len(), 64);
+    assert_all_free(&engine);
+}
