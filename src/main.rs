@@ -1,6 +1,7 @@
-//! `ferrollama`: the command line. `run` chats with a model from the terminal; the server,
-//! the model store and the benchmark arrive as their own subcommands.
+//! `ferrollama`: the command line. `run` chats with a model from the terminal through the
+//! engine; the server, the model store and the benchmark arrive as their own subcommands.
 
+mod engine_args;
 mod resolve;
 mod run;
 

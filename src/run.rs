@@ -1,13 +1,15 @@
-//! `ferrollama run MODEL PROMPT`: one chat turn from the terminal, greedy, streamed.
-//! Until the engine lands this drives the model directly, one sequence over a private cache.
+//! `ferrollama run MODEL PROMPT`: one chat turn from the terminal, streamed through the
+//! engine, then prompt and generation speeds.
 
+use crate::engine_args::EngineArgs;
 use crate::resolve::resolve;
-use anyhow::{bail, Context};
+use anyhow::Context;
+use ferrollama_engine::{Event, GenerationRequest, SamplingParams};
 use ferrollama_model::device::{select_device, DeviceRequest};
-use ferrollama_model::{Batch, ChatMessage, Detokenizer, KvCache, Role, SeqChunk};
+use ferrollama_model::{ChatMessage, Role};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
-use std::time::Instant;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -15,15 +17,20 @@ pub struct RunArgs {
     pub model: String,
     /// The user message.
     pub prompt: String,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 256)]
-    pub max_tokens: usize,
     /// A system message.
     #[arg(long)]
     pub system: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 (the default here) is greedy and reproducible.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
-
-const BLOCK_SIZE: usize = 16;
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let source = resolve(&args.model)?;
@@ -39,67 +46,55 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     })
     .with_context(|| format!("loading {}", args.model))?;
     bar.finish_and_clear();
+    let model = Arc::new(loaded);
 
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(ChatMessage::new(Role::System, system.clone()));
     }
     messages.push(ChatMessage::new(Role::User, args.prompt.clone()));
-    let prompt = loaded.chat_template.encode(&loaded.tokenizer, &messages)?;
+    let prompt = model.chat_template.encode(&model.tokenizer, &messages)?;
 
-    let context = loaded.config().max_position_embeddings;
-    if prompt.len() >= context {
-        bail!(
-            "the prompt has {} tokens; the model's context is {context}",
-            prompt.len()
-        );
-    }
-    let max_len = context.min(prompt.len() + args.max_tokens);
-    let blocks = max_len.div_ceil(BLOCK_SIZE);
-    let mut cache = KvCache::new(loaded.config(), BLOCK_SIZE, blocks);
-    let block_table: Vec<u32> = (0..blocks as u32).collect();
-
-    let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
-    let mut detokenizer = Detokenizer::new();
+    let engine = ferrollama_engine::start(model, args.engine.config());
+    let sampling = match args.temperature {
+        t if t <= 0.0 => SamplingParams::greedy(),
+        t => SamplingParams {
+            temperature: t,
+            seed: args.seed,
+            ..SamplingParams::default()
+        },
+    };
+    let mut stream = engine.submit(GenerationRequest {
+        sampling,
+        ..GenerationRequest::new(prompt, args.max_tokens)
+    })?;
     let mut stdout = std::io::stdout();
-    let start = Instant::now();
-    let mut tokens = prompt.clone();
-    let mut new = &prompt[..];
-    let mut prefill_time = None;
-    let mut generated = 0usize;
-    while tokens.len() < max_len {
-        let chunk = SeqChunk {
-            tokens: new,
-            cached: tokens.len() - new.len(),
-            block_table: &block_table,
-        };
-        let logits = model.forward(&Batch::new(vec![chunk]), &mut cache)?;
-        let next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
-        prefill_time.get_or_insert_with(|| start.elapsed());
-        generated += 1;
-        if tokenizer.eos_ids().contains(&next) {
-            break;
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            Event::Token { text, .. } => {
+                print!("{text}");
+                stdout.flush()?;
+            }
+            Event::Finished {
+                usage,
+                timings,
+                error,
+                ..
+            } => {
+                println!();
+                if let Some(error) = error {
+                    anyhow::bail!("generation failed: {error}");
+                }
+                let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
+                eprintln!(
+                    "prompt: {} tokens, {:.1} tokens/s | generation: {} tokens, {:.1} tokens/s",
+                    usage.prompt_tokens,
+                    rate(usage.prompt_tokens - usage.cached_tokens, timings.prefill),
+                    usage.generated_tokens,
+                    rate(usage.generated_tokens.saturating_sub(1), timings.decode),
+                );
+            }
         }
-        tokens.push(next);
-        if let Some(text) = detokenizer.push(tokenizer, next)? {
-            print!("{text}");
-            stdout.flush()?;
-        }
-        new = &tokens[tokens.len() - 1..];
     }
-    if let Some(text) = detokenizer.finish(tokenizer)? {
-        print!("{text}");
-    }
-    println!();
-
-    let prefill = prefill_time.unwrap_or_default();
-    let decode = start.elapsed() - prefill;
-    eprintln!(
-        "prompt: {} tokens, {:.1} tokens/s | generation: {} tokens, {:.1} tokens/s",
-        prompt.len(),
-        prompt.len() as f64 / prefill.as_secs_f64(),
-        generated,
-        (generated.saturating_sub(1)) as f64 / decode.as_secs_f64().max(1e-9),
-    );
     Ok(())
 }

@@ -140,6 +140,9 @@ mod tests {
     fn hashes_chain_over_the_prefix() {
         let first = block_hash(None, &[1, 2]);
         assert_ne!(block_hash(Some(first), &[3, 4]), block_hash(None, &[3, 4]));
-        assert_eq!(block_hash(Some(first), &[3, 4]), block_hash(Some(block_hash(None, &[1, 2])), &[3, 4]));
+        assert_eq!(
+            block_hash(Some(first), &[3, 4]),
+            block_hash(Some(block_hash(None, &[1, 2])), &[3, 4])
+        );
     }
 }

@@ -133,7 +133,8 @@ impl EngineHandle {
 /// Starts the engine thread. It runs until every handle is dropped and its work is done.
 pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> EngineHandle {
     let model_config = model.config();
-    let num_blocks = KvCache::blocks_for_bytes(model_config, config.block_size, config.kv_cache_memory).max(1);
+    let num_blocks =
+        KvCache::blocks_for_bytes(model_config, config.block_size, config.kv_cache_memory).max(1);
     let (commands, inbox) = mpsc::channel();
     let stats = Arc::new(Mutex::new(EngineStats {
         free_blocks: num_blocks,
@@ -157,7 +158,9 @@ pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> EngineHandle {
             max_seqs: config.max_seqs,
             chunked_prefill: config.chunked_prefill,
         }),
-        max_len: model_config.max_position_embeddings.min(num_blocks * config.block_size),
+        max_len: model_config
+            .max_position_embeddings
+            .min(num_blocks * config.block_size),
         model,
         stats,
     };

@@ -93,7 +93,11 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let mut candidates: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
         if p.top_k > 0 && p.top_k < candidates.len() {
             candidates.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
             candidates.truncate(p.top_k);
@@ -142,7 +146,11 @@ impl Sampler {
                 if seen.insert(t) {
                     if let Some(l) = logits.get_mut(t as usize) {
                         // As llama.cpp: shrink positive logits, grow negative ones.
-                        *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                        *l = if *l > 0.0 {
+                            *l / p.repeat_penalty
+                        } else {
+                            *l * p.repeat_penalty
+                        };
                     }
                 }
             }
@@ -174,7 +182,12 @@ pub fn argmax(row: &[f32]) -> u32 {
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.finish()
 }
 
@@ -237,13 +250,24 @@ mod tests {
         };
         let draw = |params: &SamplingParams| {
             let mut s = Sampler::new(params.clone());
-            (0..50).map(|_| s.sample(&mut logits(), &[], 0)).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut logits(), &[], 0))
+                .collect::<Vec<_>>()
         };
         let a = draw(&params);
         assert_eq!(a, draw(&params));
-        assert!(a.iter().all(|&t| t == 1 || t == 4), "top_k 2 keeps tokens 1 and 4");
+        assert!(
+            a.iter().all(|&t| t == 1 || t == 4),
+            "top_k 2 keeps tokens 1 and 4"
+        );
         assert!(a.contains(&1) && a.contains(&4));
-        assert_ne!(a, draw(&SamplingParams { seed: Some(43), ..params }));
+        assert_ne!(
+            a,
+            draw(&SamplingParams {
+                seed: Some(43),
+                ..params
+            })
+        );
     }
 
     #[test]
@@ -259,7 +283,11 @@ mod tests {
         let mut s = Sampler::new(params.clone());
         // p(1) ≈ 0.39, p(4) ≈ 0.35: top_p 0.5 keeps exactly those two.
         assert!((0..100).all(|_| matches!(s.sample(&mut logits(), &[], 0), 1 | 4)));
-        let mut s = Sampler::new(SamplingParams { top_p: 1.0, min_p: 0.5, ..params });
+        let mut s = Sampler::new(SamplingParams {
+            top_p: 1.0,
+            min_p: 0.5,
+            ..params
+        });
         assert!((0..100).all(|_| matches!(s.sample(&mut logits(), &[], 0), 1 | 2 | 4)));
     }
 }

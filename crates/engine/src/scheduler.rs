@@ -48,11 +48,12 @@ impl Scheduler {
         let bs = self.config.block_size;
         let mut plan = StepPlan::default();
         let mut budget = self.config.max_batch_tokens;
+        let mut prefilling = false;
 
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let seq = &self.running[i];
-            let take = self.chunk_size(seq.pending(), budget, plan.chunks.is_empty());
+            let take = self.chunk_size(seq.pending(), budget, &mut prefilling);
             if take == 0 {
                 i += 1;
                 continue;
@@ -72,10 +73,13 @@ impl Scheduler {
         }
 
         while budget > 0 && self.running.len() < self.config.max_seqs {
-            let Some(mut seq) = self.waiting.pop_front() else { break };
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
             let found = seq.take_cached_prefix(pool, bs);
-            seq.cached_prompt_tokens.get_or_insert(found.min(seq.prompt_len));
-            let take = self.chunk_size(seq.pending(), budget, plan.chunks.is_empty());
+            seq.cached_prompt_tokens
+                .get_or_insert(found.min(seq.prompt_len));
+            let take = self.chunk_size(seq.pending(), budget, &mut prefilling);
             if take == 0 || !seq.reserve(pool, seq.computed + take, bs) {
                 seq.free_blocks(pool);
                 self.waiting.push_front(seq);
@@ -88,15 +92,17 @@ impl Scheduler {
         plan
     }
 
-    /// How many of `pending` tokens fit this step.
-    fn chunk_size(&self, pending: usize, budget: usize, batch_empty: bool) -> usize {
-        if self.config.chunked_prefill {
+    /// How many of `pending` tokens run this step. Unchunked, the first prompt of a step runs
+    /// whole even past the budget (the step then takes as long as that prompt).
+    fn chunk_size(&self, pending: usize, budget: usize, prefilling: &mut bool) -> usize {
+        let take = if pending <= 1 || self.config.chunked_prefill {
             pending.min(budget)
-        } else if pending <= budget || batch_empty {
-            // Unchunked, a long prompt runs whole, alone if it must.
+        } else if pending <= budget || !*prefilling {
             pending
         } else {
             0
-        }
+        };
+        *prefilling |= take > 1;
+        take
     }
 }

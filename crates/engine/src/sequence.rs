@@ -71,7 +71,8 @@ impl Sequence {
             return false;
         }
         for _ in 0..needed {
-            self.blocks.push(pool.allocate().expect("counted free blocks"));
+            self.blocks
+                .push(pool.allocate().expect("counted free blocks"));
         }
         true
     }
@@ -101,7 +102,10 @@ impl Sequence {
     pub fn register_full_blocks(&mut self, pool: &mut BlockPool, block_size: usize) {
         while (self.hashes.len() + 1) * block_size <= self.computed {
             let i = self.hashes.len();
-            let hash = block_hash(self.hashes.last().copied(), &self.tokens[i * block_size..(i + 1) * block_size]);
+            let hash = block_hash(
+                self.hashes.last().copied(),
+                &self.tokens[i * block_size..(i + 1) * block_size],
+            );
             pool.register(self.blocks[i], hash);
             self.hashes.push(hash);
         }
@@ -111,7 +115,12 @@ impl Sequence {
     /// when generation ends for another reason: it is output after all, unless it completes
     /// a stop string.
     pub fn drain_text(&mut self, tokenizer: &ferrollama_model::Tokenizer) -> String {
-        let rest = self.detokenizer.finish(tokenizer).ok().flatten().unwrap_or_default();
+        let rest = self
+            .detokenizer
+            .finish(tokenizer)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let release = self.stop.push(&rest);
         if release.stopped {
             return release.text;

@@ -26,15 +26,26 @@ impl StopMatcher {
     pub fn push(&mut self, delta: &str) -> Release {
         self.held.push_str(delta);
         // The earliest complete stop string ends generation; text before it is released.
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             let text = self.held[..at].to_string();
             self.held.clear();
-            return Release { text, stopped: true };
+            return Release {
+                text,
+                stopped: true,
+            };
         }
         let keep = self.longest_partial_match();
         let text = self.held[..self.held.len() - keep].to_string();
         self.held.drain(..self.held.len() - keep);
-        Release { text, stopped: false }
+        Release {
+            text,
+            stopped: false,
+        }
     }
 
     /// The held text, when generation ends for another reason.
@@ -77,26 +88,50 @@ mod tests {
 
     #[test]
     fn stop_spanning_tokens() {
-        assert_eq!(run(&["Observation:"], &["Thought: x\nObs", "erva", "tion: y"]), ("Thought: x\n".into(), true));
+        assert_eq!(
+            run(&["Observation:"], &["Thought: x\nObs", "erva", "tion: y"]),
+            ("Thought: x\n".into(), true)
+        );
     }
 
     #[test]
     fn partial_match_is_held_then_released() {
         let mut m = StopMatcher::new(vec!["[INST]".into()]);
-        assert_eq!(m.push("a ["), Release { text: "a ".into(), stopped: false });
-        assert_eq!(m.push("b"), Release { text: "[b".into(), stopped: false });
+        assert_eq!(
+            m.push("a ["),
+            Release {
+                text: "a ".into(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.push("b"),
+            Release {
+                text: "[b".into(),
+                stopped: false
+            }
+        );
     }
 
     #[test]
     fn earliest_of_several_and_prefix_of_another() {
         assert_eq!(run(&["ab", "abc"], &["xab", "c"]), ("x".into(), true));
-        assert_eq!(run(&["world", "lo"], &["hello world"]), ("hel".into(), true));
-        assert_eq!(run(&["\n\n", "END"], &["a\n", "b\n", "\nEND"]), ("a\nb".into(), true));
+        assert_eq!(
+            run(&["world", "lo"], &["hello world"]),
+            ("hel".into(), true)
+        );
+        assert_eq!(
+            run(&["\n\n", "END"], &["a\n", "b\n", "\nEND"]),
+            ("a\nb".into(), true)
+        );
     }
 
     #[test]
     fn unicode_and_no_match() {
         assert_eq!(run(&["日本"], &["今日は日", "本"]), ("今日は".into(), true));
-        assert_eq!(run(&["zzz"], &["no ", "stop ", "here z"]), ("no stop here z".into(), false));
+        assert_eq!(
+            run(&["zzz"], &["no ", "stop ", "here z"]),
+            ("no stop here z".into(), false)
+        );
     }
 }

@@ -5,7 +5,10 @@
 mod common;
 
 use common::*;
-use ferrollama_engine::{start, EngineConfig, EngineHandle, Event, FinishReason, GenerationRequest, SamplingParams, Usage};
+use ferrollama_engine::{
+    start, EngineConfig, EngineHandle, Event, FinishReason, GenerationRequest, SamplingParams,
+    Usage,
+};
 use ferrollama_model::{KvCache, LoadedModel};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +29,20 @@ fn collect(mut stream: ferrollama_engine::RequestStream) -> Outcome {
                 text.push_str(&t);
                 ids.push(token_id);
             }
-            Event::Finished { reason, usage, error, .. } => {
+            Event::Finished {
+                reason,
+                usage,
+                error,
+                ..
+            } => {
                 assert!(error.is_none(), "{error:?}");
-                return Outcome { text, ids, reason, usage, finished_at: Instant::now() };
+                return Outcome {
+                    text,
+                    ids,
+                    reason,
+                    usage,
+                    finished_at: Instant::now(),
+                };
             }
         }
     }
@@ -61,24 +75,40 @@ fn tiny() -> Arc<LoadedModel> {
 
 /// Prompts of different lengths cut from a long tokenized text.
 fn prompts(model: &LoadedModel, count: usize) -> Vec<Vec<u32>> {
-    let text = "The quick brown fox jumps over the lazy dog. ".repeat(20) + "日本語 🦀 code: fn main() {}";
+    let text =
+        "The quick brown fox jumps over the lazy dog. ".repeat(20) + "日本語 🦀 code: fn main() {}";
     let ids = model.tokenizer.encode_prompt(&text).unwrap();
-    (0..count).map(|i| ids[..3 + i * 7 % ids.len().min(120)].to_vec()).collect()
+    (0..count)
+        .map(|i| ids[..3 + i * 7 % ids.len().min(120)].to_vec())
+        .collect()
 }
 
 /// Where the batched tokens differ from the alone run, the alone run's best two logits must
 /// have been within 1e-4 of each other there.
 fn check_batch_invariance(model: Arc<LoadedModel>, n_new: usize) {
     let prompts = prompts(&model, 16);
-    let engine = start(model.clone(), EngineConfig { max_seqs: 16, ..Default::default() });
-    let streams: Vec<_> = prompts.iter().map(|p| engine.submit(greedy_request(p.clone(), n_new)).unwrap()).collect();
+    let engine = start(
+        model.clone(),
+        EngineConfig {
+            max_seqs: 16,
+            ..Default::default()
+        },
+    );
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(greedy_request(p.clone(), n_new)).unwrap())
+        .collect();
     let outcomes: Vec<Outcome> = streams.into_iter().map(collect).collect();
     for (prompt, batched) in prompts.iter().zip(&outcomes) {
         let alone = greedy(&model, prompt, n_new, &[]);
         assert_eq!(batched.ids.len(), n_new);
         if let Some(step) = batched.ids.iter().zip(&alone.ids).position(|(a, b)| a != b) {
             let gap = top2_gap(&alone.logits[step]);
-            assert!(gap < 1e-4, "prompt of {} tokens: step {step} differs with a top-2 gap of {gap}", prompt.len());
+            assert!(
+                gap < 1e-4,
+                "prompt of {} tokens: step {step} differs with a top-2 gap of {gap}",
+                prompt.len()
+            );
         }
     }
     assert_all_free(&engine);
@@ -99,9 +129,18 @@ fn batch_invariance_smollm2() {
 fn continuous_not_static() {
     let model = tiny();
     let engine = start(model.clone(), EngineConfig::default());
-    let mut long = engine.submit(greedy_request(prompts(&model, 2)[1].clone(), 256)).unwrap();
-    assert!(matches!(long.blocking_next(), Some(Event::Token { .. })), "the long one is running");
-    let short = collect(engine.submit(greedy_request(prompts(&model, 3)[2].clone(), 8)).unwrap());
+    let mut long = engine
+        .submit(greedy_request(prompts(&model, 2)[1].clone(), 256))
+        .unwrap();
+    assert!(
+        matches!(long.blocking_next(), Some(Event::Token { .. })),
+        "the long one is running"
+    );
+    let short = collect(
+        engine
+            .submit(greedy_request(prompts(&model, 3)[2].clone(), 8))
+            .unwrap(),
+    );
     let long = collect(long);
     assert_eq!(short.ids.len(), 8);
     assert_eq!(long.ids.len(), 255, "256 tokens, one read above");
@@ -115,17 +154,28 @@ fn continuous_not_static() {
 fn preemption_by_recompute_keeps_outputs() {
     let model = tiny();
     let bytes = KvCache::bytes_per_block(model.config(), 16) * 64;
-    let config = EngineConfig { kv_cache_memory: bytes, max_seqs: 32, ..Default::default() };
+    let config = EngineConfig {
+        kv_cache_memory: bytes,
+        max_seqs: 32,
+        ..Default::default()
+    };
     let engine = start(model.clone(), config);
     assert_eq!(engine.stats().total_blocks, 64);
-    let text = "Preemption test number {i}: ".to_string() + &"lorem ipsum dolor sit amet ".repeat(15);
+    let text =
+        "Preemption test number {i}: ".to_string() + &"lorem ipsum dolor sit amet ".repeat(15);
     let prompts: Vec<Vec<u32>> = (0..32)
         .map(|i| {
-            let ids = model.tokenizer.encode_prompt(&text.replace("{i}", &i.to_string())).unwrap();
+            let ids = model
+                .tokenizer
+                .encode_prompt(&text.replace("{i}", &i.to_string()))
+                .unwrap();
             ids[..96 + i % 8].to_vec()
         })
         .collect();
-    let streams: Vec<_> = prompts.iter().map(|p| engine.submit(greedy_request(p.clone(), 64)).unwrap()).collect();
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(greedy_request(p.clone(), 64)).unwrap())
+        .collect();
     let outcomes: Vec<Outcome> = streams.into_iter().map(collect).collect();
     for (prompt, outcome) in prompts.iter().zip(&outcomes) {
         assert_eq!(outcome.ids, greedy(&model, prompt, 64, &[]).ids);
@@ -140,13 +190,25 @@ fn preemption_by_recompute_keeps_outputs() {
 #[test]
 fn prefix_cache_reuses_shared_blocks() {
     let model = tiny();
-    let shared = model.tokenizer.encode_prompt(&"A shared system prompt about GitLab Duo. ".repeat(110)).unwrap();
+    let shared = model
+        .tokenizer
+        .encode_prompt(&"A shared system prompt about GitLab Duo. ".repeat(110))
+        .unwrap();
     assert!(shared.len() >= 1000, "{}", shared.len());
     let with_suffix = |s: &str| [shared.clone(), model.tokenizer.encode(s).unwrap()].concat();
-    let (first, second) = (with_suffix("First question?"), with_suffix("Second question, longer?"));
+    let (first, second) = (
+        with_suffix("First question?"),
+        with_suffix("Second question, longer?"),
+    );
 
     let run = |caching: bool| {
-        let engine = start(model.clone(), EngineConfig { prefix_caching: caching, ..Default::default() });
+        let engine = start(
+            model.clone(),
+            EngineConfig {
+                prefix_caching: caching,
+                ..Default::default()
+            },
+        );
         let a = collect(engine.submit(greedy_request(first.clone(), 8)).unwrap());
         let b = collect(engine.submit(greedy_request(second.clone(), 16)).unwrap());
         assert_all_free(&engine);
@@ -173,11 +235,22 @@ fn seeded_sampling_is_batch_independent() {
     let engine = start(model.clone(), EngineConfig::default());
     let prompts = prompts(&model, 16);
     let request = |prompt: &Vec<u32>, seed| GenerationRequest {
-        sampling: SamplingParams { seed: Some(seed), ..SamplingParams::default() },
+        sampling: SamplingParams {
+            seed: Some(seed),
+            ..SamplingParams::default()
+        },
         ..GenerationRequest::new(prompt.clone(), 40)
     };
     let alone = collect(engine.submit(request(&prompts[5], 42)).unwrap());
-    let streams: Vec<_> = prompts.iter().enumerate().map(|(i, p)| engine.submit(request(p, if i == 5 { 42 } else { i as u64 })).unwrap()).collect();
+    let streams: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            engine
+                .submit(request(p, if i == 5 { 42 } else { i as u64 }))
+                .unwrap()
+        })
+        .collect();
     let together: Vec<Outcome> = streams.into_iter().map(collect).collect();
     assert_eq!(together[5].ids, alone.ids);
     assert_eq!(together[5].text, alone.text);
@@ -199,7 +272,10 @@ fn stop_strings() {
     let stop: String = chars[20..30].iter().collect();
     let longer: String = chars[20..34].iter().collect();
     let cut = free.text.find(&stop).unwrap();
-    for stops in [vec![stop.clone()], vec![longer.clone(), stop.clone(), "never-there".into()]] {
+    for stops in [
+        vec![stop.clone()],
+        vec![longer.clone(), stop.clone(), "never-there".into()],
+    ] {
         let mut request = greedy_request(prompt.clone(), 40);
         request.stop = stops;
         let stopped = collect(engine.submit(request).unwrap());
@@ -216,7 +292,10 @@ fn dropped_streams_are_cancelled() {
     let model = tiny();
     let engine = start(model.clone(), EngineConfig::default());
     let prompts = prompts(&model, 8);
-    let mut streams: Vec<_> = prompts.iter().map(|p| engine.submit(greedy_request(p.clone(), 500)).unwrap()).collect();
+    let mut streams: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(greedy_request(p.clone(), 500)).unwrap())
+        .collect();
     for s in streams.iter_mut() {
         assert!(matches!(s.blocking_next(), Some(Event::Token { .. })));
     }
@@ -237,17 +316,69 @@ fn dropped_streams_are_cancelled() {
 fn impossible_requests_are_refused() {
     let model = tiny();
     let small = KvCache::bytes_per_block(model.config(), 16) * 4;
-    let engine = start(model.clone(), EngineConfig { kv_cache_memory: small, ..Default::default() });
+    let engine = start(
+        model.clone(),
+        EngineConfig {
+            kv_cache_memory: small,
+            ..Default::default()
+        },
+    );
     assert!(engine.submit(GenerationRequest::new(vec![], 4)).is_err());
     let long = vec![1u32; 100];
-    assert!(matches!(engine.submit(GenerationRequest::new(long, 4)), Err(ferrollama_engine::EngineError::CacheTooSmall { .. })));
+    assert!(matches!(
+        engine.submit(GenerationRequest::new(long, 4)),
+        Err(ferrollama_engine::EngineError::CacheTooSmall { .. })
+    ));
     let too_long = vec![1u32; model.config().max_position_embeddings];
-    assert!(matches!(engine.submit(GenerationRequest::new(too_long, 4)), Err(ferrollama_engine::EngineError::PromptTooLong { .. })));
-    let bad = GenerationRequest { sampling: SamplingParams { temperature: -1.0, ..Default::default() }, ..GenerationRequest::new(vec![1, 2], 4) };
+    assert!(matches!(
+        engine.submit(GenerationRequest::new(too_long, 4)),
+        Err(ferrollama_engine::EngineError::PromptTooLong { .. })
+    ));
+    let bad = GenerationRequest {
+        sampling: SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        },
+        ..GenerationRequest::new(vec![1, 2], 4)
+    };
     assert!(engine.submit(bad).is_err());
     // A generation that would outgrow the whole cache stops with `length`.
     let outcome = collect(engine.submit(greedy_request(vec![1u32; 40], 1000)).unwrap());
     assert_eq!(outcome.reason, FinishReason::Length);
     assert_eq!(40 + outcome.ids.len(), 64);
+    assert_all_free(&engine);
+}
+
+/// The model's own end token stops generation whatever stop strings the user gives
+/// (Ollama #4524 lost them), and is not part of the text.
+#[test]
+fn end_of_sequence_stops_despite_user_stops() {
+    let model = Arc::new(load_model(&smollm2_gguf()));
+    let engine = start(model.clone(), EngineConfig::default());
+    let messages = [ferrollama_model::ChatMessage::new(
+        ferrollama_model::Role::User,
+        "What is 2 + 2?",
+    )];
+    let prompt = model
+        .chat_template
+        .encode(&model.tokenizer, &messages)
+        .unwrap();
+    let request = GenerationRequest {
+        sampling: SamplingParams::greedy(),
+        stop: vec!["never appears".into(), "Observation:".into()],
+        ..GenerationRequest::new(prompt, 64)
+    };
+    let outcome = collect(engine.submit(request).unwrap());
+    assert_eq!(outcome.reason, FinishReason::Stop);
+    assert!(outcome.ids.len() < 64, "{:?}", outcome.text);
+    assert!(model
+        .tokenizer
+        .eos_ids()
+        .contains(outcome.ids.last().unwrap()));
+    assert!(
+        outcome.text.contains('4') && !outcome.text.contains("<|im_end|>"),
+        "{:?}",
+        outcome.text
+    );
     assert_all_free(&engine);
 }
