@@ -1,9 +1,11 @@
-//! `ferrollama`: the command line. `run` chats with a model from the terminal through the
-//! engine; the server, the model store and the benchmark arrive as their own subcommands.
+//! `ferrollama`: the command line. `serve` runs the HTTP APIs, `run` chats with a model from
+//! the terminal; the model store and the benchmark arrive as their own subcommands.
 
 mod engine_args;
+mod loading;
 mod resolve;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI and Ollama APIs.
+    Serve(serve::ServeArgs),
     /// Chat once with a model: stream its reply to a prompt, then print speeds.
     Run(run::RunArgs),
 }
@@ -30,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Serve(args) => serve::serve(args),
         Command::Run(args) => run::run(args),
     }
 }

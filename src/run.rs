@@ -2,12 +2,9 @@
 //! engine, then prompt and generation speeds.
 
 use crate::engine_args::EngineArgs;
-use crate::resolve::resolve;
-use anyhow::Context;
+use crate::loading::load_with_progress;
 use ferrollama_engine::{Event, GenerationRequest, SamplingParams};
-use ferrollama_model::device::{select_device, DeviceRequest};
 use ferrollama_model::{ChatMessage, Role};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -33,20 +30,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let source = resolve(&args.model)?;
-    let device = select_device(DeviceRequest::Auto)?;
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers")
-            .expect("valid template"),
-    );
-    bar.set_message(args.model.clone());
-    let loaded = ferrollama_model::load(&source, &device, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })
-    .with_context(|| format!("loading {}", args.model))?;
-    bar.finish_and_clear();
-    let model = Arc::new(loaded);
+    let model = Arc::new(load_with_progress(&args.model)?.model);
 
     let mut messages = Vec::new();
     if let Some(system) = &args.system {

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite, set-up included: the Python side (a venv with the test model), then
-# every Rust test in release mode (model math is too slow unoptimised).
+# The whole test suite, set-up included: a venv with the test model and the Python clients,
+# every Rust test in release mode (model math is too slow unoptimised), then the real clients
+# (openai, litellm, ollama) against the real server process.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 SMOLLM2_GGUF="$(models/smollm2-path.sh)"
 export SMOLLM2_GGUF
 echo "SmolLM2 test model: $SMOLLM2_GGUF"
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+
 cargo test --release --workspace "$@"
+
+cargo build --release --bin ferrollama
+export FERROLLAMA_BIN="${CARGO_TARGET_DIR:-$root/target}/release/ferrollama"
+.venv/bin/python -m pytest -q tests/clients

@@ -1,0 +1,95 @@
+//! The HTTP layer: OpenAI-compatible `/v1` (SSE streaming) and Ollama's `/api` (NDJSON
+//! streaming) over one engine. Handlers parse and validate, render chat templates, tokenize,
+//! and turn engine events into each API's shapes; they never touch tensors.
+//!
+//! Where things are: routes here, `openai.rs`, `ollama.rs`, the engine bridge in
+//! `generation.rs`, model names in `names.rs`, error shapes in `error.rs`.
+
+mod error;
+mod generation;
+mod names;
+mod ollama;
+mod openai;
+mod state;
+
+pub use names::ModelNames;
+pub use state::AppState;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use error::ApiError;
+
+/// Largest request body: long prompts fit, memory-exhausting ones do not.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(ollama::root).head(ollama::root))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{*id}", get(openai::get_model))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/version", get(ollama::version))
+        .route("/ferrollama/stats", get(stats))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The engine's state (running and waiting sequences, KV blocks): for tests and operators.
+async fn stats(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    let s = state.engine.stats();
+    axum::Json(serde_json::json!({
+        "running": s.running, "waiting": s.waiting, "free_blocks": s.free_blocks,
+        "total_blocks": s.total_blocks, "preemptions": s.preemptions, "steps": s.steps,
+    }))
+}
+
+async fn not_found(request: Request) -> Response {
+    let message = format!("no route for {} {}", request.method(), request.uri().path());
+    let error = ApiError {
+        status: StatusCode::NOT_FOUND,
+        message,
+        param: None,
+    };
+    if request.uri().path().starts_with("/v1") {
+        error.openai().into_response()
+    } else {
+        error.ollama().into_response()
+    }
+}
+
+/// With an API key configured, every request needs `Authorization: Bearer <key>`. Without
+/// one, any header is accepted (the AI Gateway sends `Bearer None`).
+async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_ref()) {
+            let error = ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "missing or wrong API key".into(),
+                param: None,
+            };
+            return if request.uri().path().starts_with("/v1") {
+                error.openai().into_response()
+            } else {
+                error.ollama().into_response()
+            };
+        }
+    }
+    next.run(request).await
+}

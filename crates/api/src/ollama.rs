@@ -1,0 +1,389 @@
+//! Ollama's own API: /api/generate and /api/chat (NDJSON streaming by default), /api/tags,
+//! /api/show, /api/ps, /api/version, and `GET /`.
+
+use crate::error::{ApiError, OllamaError};
+use crate::generation::{collect, finish_reason, submit_all, Merged};
+use crate::state::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ferrollama_engine::{Event, GenerationRequest, SamplingParams, Timings, Usage};
+use ferrollama_model::{ChatMessage, Role};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Options {
+    temperature: Option<f32>,
+    top_k: Option<i64>,
+    top_p: Option<f32>,
+    min_p: Option<f32>,
+    num_predict: Option<i64>,
+    repeat_penalty: Option<f32>,
+    repeat_last_n: Option<i64>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    seed: Option<i64>,
+    stop: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct GenerateBody {
+    model: String,
+    #[serde(default)]
+    prompt: String,
+    system: Option<String>,
+    #[serde(default)]
+    raw: bool,
+    stream: Option<bool>,
+    #[serde(default)]
+    options: Options,
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    model: String,
+    messages: Vec<ChatMessageBody>,
+    stream: Option<bool>,
+    #[serde(default)]
+    options: Options,
+}
+
+#[derive(Deserialize)]
+struct ChatMessageBody {
+    role: String,
+    #[serde(default)]
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct ShowBody {
+    #[serde(alias = "name")]
+    model: String,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+impl Options {
+    /// Ollama's defaults where the request says nothing.
+    fn request(&self, prompt: Vec<u32>, context: usize) -> Result<GenerationRequest, ApiError> {
+        let d = SamplingParams::default();
+        let sampling = SamplingParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.map_or(d.top_k, |k| k.max(0) as usize),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
+            repeat_last_n: self.repeat_last_n.map_or(d.repeat_last_n, |n| {
+                if n < 0 {
+                    context
+                } else {
+                    n as usize
+                }
+            }),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            seed: self.seed.filter(|&s| s >= 0).map(|s| s as u64),
+        };
+        sampling.validate().map_err(ApiError::bad_request)?;
+        let room = context.saturating_sub(prompt.len());
+        // num_predict: -1 (or absent) means until the context ends.
+        let max_tokens = match self.num_predict {
+            Some(n) if n > 0 => n as usize,
+            _ => room,
+        };
+        Ok(GenerationRequest {
+            prompt,
+            sampling,
+            max_tokens: max_tokens.max(1),
+            stop: self.stop.clone().unwrap_or_default(),
+            ignore_eos: false,
+        })
+    }
+}
+
+fn now_rfc3339() -> String {
+    // Ollama stamps each chunk; seconds since the epoch in RFC 3339 without a time crate.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil-date algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn final_fields(state: &AppState, usage: &Usage, timings: &Timings, reason: &str) -> Value {
+    let ns = |d: Duration| d.as_nanos() as u64;
+    json!({
+        "done": true,
+        "done_reason": reason,
+        "total_duration": ns(timings.queue + timings.prefill + timings.decode),
+        "load_duration": ns(state.load_duration),
+        "prompt_eval_count": usage.prompt_tokens,
+        "prompt_eval_duration": ns(timings.prefill),
+        "eval_count": usage.generated_tokens,
+        "eval_duration": ns(timings.decode),
+    })
+}
+
+pub async fn generate(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    generate_inner(state, body).await.map_err(ApiError::ollama)
+}
+
+async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> {
+    let body: GenerateBody = parse(&body)?;
+    state.check_model(&body.model)?;
+    if body.prompt.is_empty() {
+        // Ollama answers an empty prompt by loading the model: nothing to generate.
+        return Ok(Json(json!({"model": body.model, "created_at": now_rfc3339(), "response": "", "done": true, "done_reason": "load"})).into_response());
+    }
+    let prompt = if body.raw {
+        state.model.tokenizer.encode_prompt(&body.prompt)?
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = &body.system {
+            messages.push(ChatMessage::new(Role::System, system.clone()));
+        }
+        messages.push(ChatMessage::new(Role::User, body.prompt.clone()));
+        state
+            .model
+            .chat_template
+            .encode(&state.model.tokenizer, &messages)?
+    };
+    state.check_context(prompt.len())?;
+    let request = body.options.request(prompt, state.context())?;
+    let merged = submit_all(&state.engine, vec![request])?;
+    respond(
+        state,
+        merged,
+        body.model,
+        body.stream.unwrap_or(true),
+        false,
+    )
+    .await
+}
+
+pub async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    chat_inner(state, body).await.map_err(ApiError::ollama)
+}
+
+async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> {
+    let body: ChatBody = parse(&body)?;
+    state.check_model(&body.model)?;
+    if body.messages.is_empty() {
+        return Ok(
+            Json(json!({"model": body.model, "created_at": now_rfc3339(),
+            "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "load"}))
+            .into_response(),
+        );
+    }
+    let messages = body
+        .messages
+        .iter()
+        .map(|m| {
+            Ok(ChatMessage::new(
+                m.role
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("unknown role `{}`", m.role)))?,
+                m.content.clone(),
+            ))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let prompt = state
+        .model
+        .chat_template
+        .encode(&state.model.tokenizer, &messages)?;
+    state.check_context(prompt.len())?;
+    let request = body.options.request(prompt, state.context())?;
+    let merged = submit_all(&state.engine, vec![request])?;
+    respond(state, merged, body.model, body.stream.unwrap_or(true), true).await
+}
+
+/// One JSON object per token (NDJSON) with a final one carrying counts and timings, or one
+/// object with everything when `stream` is false.
+async fn respond(
+    state: AppState,
+    merged: Merged,
+    model: String,
+    stream: bool,
+    chat: bool,
+) -> Result<Response, ApiError> {
+    let piece = move |text: &str| {
+        if chat {
+            json!({"message": {"role": "assistant", "content": text}})
+        } else {
+            json!({"response": text})
+        }
+    };
+    if !stream {
+        let result = collect(merged, 1).await?.remove(0);
+        let mut body = piece(&result.text);
+        merge(
+            &mut body,
+            json!({"model": model, "created_at": now_rfc3339()}),
+        );
+        merge(
+            &mut body,
+            final_fields(
+                &state,
+                &result.usage,
+                &result.timings,
+                finish_reason(result.reason),
+            ),
+        );
+        if !chat {
+            body["context"] = json!([]);
+        }
+        return Ok(Json(body).into_response());
+    }
+    let lines = UnboundedReceiverStream::new(merged).filter_map(move |(_, event)| {
+        let mut line = match event {
+            Event::Token { text, .. } if text.is_empty() => return None,
+            Event::Token { text, .. } => {
+                let mut line = piece(&text);
+                line["done"] = json!(false);
+                line
+            }
+            Event::Finished {
+                reason,
+                usage,
+                timings,
+                error,
+            } => {
+                if let Some(error) = error {
+                    return Some(Ok::<_, std::convert::Infallible>(format!(
+                        "{}\n",
+                        json!({"error": error})
+                    )));
+                }
+                let mut line = piece("");
+                merge(
+                    &mut line,
+                    final_fields(&state, &usage, &timings, finish_reason(reason)),
+                );
+                line
+            }
+        };
+        merge(
+            &mut line,
+            json!({"model": model, "created_at": now_rfc3339()}),
+        );
+        Some(Ok(format!("{line}\n")))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
+        into.extend(from);
+    }
+}
+
+fn details(state: &AppState) -> Value {
+    let c = state.model.config();
+    let params = (c.vocab_size * c.hidden_size * if c.tie_word_embeddings { 1 } else { 2 })
+        + c.num_layers
+            * (c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+                + c.num_heads * c.head_dim * c.hidden_size
+                + 3 * c.hidden_size * c.intermediate_size);
+    json!({"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
+           "parameter_size": format!("{:.1}M", params as f64 / 1e6), "quantization_level": ""})
+}
+
+fn digest(state: &AppState) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    state.names.primary.hash(&mut h);
+    state.size_bytes.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+pub async fn tags(State(state): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = state
+        .names
+        .all
+        .iter()
+        .map(|name| json!({"name": name, "model": name, "modified_at": now_rfc3339(), "size": state.size_bytes,
+                            "digest": digest(&state), "details": details(&state)}))
+        .collect();
+    Json(json!({"models": models}))
+}
+
+pub async fn ps(State(state): State<AppState>) -> Json<Value> {
+    let name = &state.names.primary;
+    Json(
+        json!({"models": [{"name": name, "model": name, "size": state.size_bytes, "digest": digest(&state),
+                             "details": details(&state), "expires_at": "2999-01-01T00:00:00Z", "size_vram": 0}]}),
+    )
+}
+
+pub async fn show(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, OllamaError> {
+    let body: ShowBody = parse(&body).map_err(ApiError::ollama)?;
+    state.check_model(&body.model).map_err(ApiError::ollama)?;
+    let c = state.model.config();
+    Ok(Json(json!({
+        "modelfile": format!("FROM {}\n", state.names.primary),
+        "parameters": "",
+        "template": state.model.chat_template.name(),
+        "details": details(&state),
+        "model_info": {
+            "general.architecture": "llama",
+            "llama.context_length": c.max_position_embeddings,
+            "llama.embedding_length": c.hidden_size,
+            "llama.block_count": c.num_layers,
+            "llama.attention.head_count": c.num_heads,
+            "llama.attention.head_count_kv": c.num_kv_heads,
+            "llama.vocab_size": c.vocab_size,
+        },
+        "capabilities": ["completion"],
+        "modified_at": now_rfc3339(),
+    })))
+}
+
+pub async fn version() -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+pub async fn root() -> &'static str {
+    "Ollama is running"
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_419), (2025, 11, 27));
+    }
+}

@@ -1,0 +1,533 @@
+//! The OpenAI-compatible surface: /v1/chat/completions, /v1/completions, /v1/models.
+
+use crate::error::{ApiError, OpenAiError};
+use crate::generation::{collect, finish_reason, submit_all, Merged};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ferrollama_engine::{Event, GenerationRequest, SamplingParams, Usage};
+use ferrollama_model::{ChatMessage, Role};
+use futures_util::stream::{self, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+/// Parameters shared by chat and text completions.
+#[derive(Deserialize)]
+struct Params {
+    model: String,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    n: Option<i64>,
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    seed: Option<u64>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    #[allow(dead_code)]
+    user: Option<String>,
+    top_k: Option<i64>,
+    min_p: Option<f32>,
+    repeat_penalty: Option<f32>,
+    #[serde(default)]
+    ignore_eos: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    #[serde(flatten)]
+    params: Params,
+    messages: Vec<Message>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    role: String,
+    content: Option<Content>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CompletionBody {
+    #[serde(flatten)]
+    params: Params,
+    prompt: Prompt,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+const MAX_STOPS: usize = 32;
+const MAX_STOP_LEN: usize = 1024;
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+struct Plan {
+    sampling: SamplingParams,
+    max_tokens: Option<usize>,
+    n: usize,
+    stop: Vec<String>,
+    ignore_eos: bool,
+}
+
+impl Params {
+    /// Validates and maps to engine parameters. Missing values take OpenAI's defaults
+    /// (temperature 1, top_p 1, no top_k or repeat penalty).
+    fn plan(&self) -> Result<Plan, ApiError> {
+        let n = self.n.unwrap_or(1);
+        if !(1..=8).contains(&n) {
+            return Err(ApiError::invalid(
+                "n",
+                format!("n must be between 1 and 8, got {n}"),
+            ));
+        }
+        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+            None => None,
+            Some(m) if m >= 1 => Some(m as usize),
+            Some(m) => {
+                return Err(ApiError::invalid(
+                    "max_tokens",
+                    format!("max_tokens must be at least 1, got {m}"),
+                ))
+            }
+        };
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(
+                "temperature",
+                format!("temperature must be between 0 and 2, got {temperature}"),
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid(
+                "top_p",
+                format!("top_p must be in (0, 1], got {top_p}"),
+            ));
+        }
+        let top_k = match self.top_k {
+            None | Some(-1) | Some(0) => 0,
+            Some(k) if k > 0 => k as usize,
+            Some(k) => {
+                return Err(ApiError::invalid(
+                    "top_k",
+                    format!("top_k must be positive, got {k}"),
+                ))
+            }
+        };
+        for (name, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if let Some(v) = value {
+                if !(-2.0..=2.0).contains(&v) {
+                    return Err(ApiError::invalid(
+                        name,
+                        format!("{name} must be between -2 and 2, got {v}"),
+                    ));
+                }
+            }
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > MAX_STOPS || stop.iter().any(|s| s.len() > MAX_STOP_LEN) {
+            return Err(ApiError::invalid(
+                "stop",
+                format!("at most {MAX_STOPS} stop strings of {MAX_STOP_LEN} bytes"),
+            ));
+        }
+        let sampling = SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p: self.min_p.unwrap_or(0.0),
+            repeat_penalty: self.repeat_penalty.unwrap_or(1.0),
+            repeat_last_n: 64,
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            seed: self.seed,
+        };
+        sampling.validate().map_err(ApiError::bad_request)?;
+        Ok(Plan {
+            sampling,
+            max_tokens,
+            n: n as usize,
+            stop,
+            ignore_eos: self.ignore_eos,
+        })
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+impl Plan {
+    /// One engine request per choice; `choice` seeds differ so n samples differ.
+    fn request(&self, prompt: Vec<u32>, context: usize, choice: usize) -> GenerationRequest {
+        let room = context.saturating_sub(prompt.len());
+        let mut sampling = self.sampling.clone();
+        sampling.seed = sampling.seed.map(|s| s.wrapping_add(choice as u64));
+        GenerationRequest {
+            max_tokens: self.max_tokens.unwrap_or(room).max(1),
+            prompt,
+            sampling,
+            stop: self.stop.clone(),
+            ignore_eos: self.ignore_eos,
+        }
+    }
+}
+
+fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must not be empty"));
+    }
+    messages
+        .iter()
+        .map(|m| {
+            let role: Role = m.role.parse().map_err(|_| {
+                ApiError::invalid(
+                    "messages",
+                    format!("unknown role `{}` (system, user, assistant)", m.role),
+                )
+            })?;
+            let content = match &m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
+                                    "messages",
+                                    format!("unsupported content part `{kind}`"),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(ChatMessage::new(role, content))
+        })
+        .collect()
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, OpenAiError> {
+    chat(state, body).await.map_err(ApiError::openai)
+}
+
+async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
+    let body: ChatBody = parse(&body)?;
+    state.check_model(&body.params.model)?;
+    let plan = body.params.plan()?;
+    let messages = chat_messages(&body.messages)?;
+    let prompt = state
+        .model
+        .chat_template
+        .encode(&state.model.tokenizer, &messages)?;
+    state.check_context(prompt.len())?;
+    let requests = (0..plan.n)
+        .map(|i| plan.request(prompt.clone(), state.context(), i))
+        .collect();
+    let merged = submit_all(&state.engine, requests)?;
+    let meta = ResponseMeta::new("chat.completion", &body.params.model);
+    if body.params.stream {
+        return Ok(stream(
+            merged,
+            plan.n,
+            meta,
+            body.params.include_usage(),
+            true,
+        ));
+    }
+    let results = collect(merged, plan.n).await?;
+    let choices: Vec<Value> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            json!({"index": i, "message": {"role": "assistant", "content": r.text},
+                   "logprobs": null, "finish_reason": finish_reason(r.reason)})
+        })
+        .collect();
+    let usage = total_usage(results.iter().map(|r| &r.usage), true);
+    Ok(Json(meta.body(json!(choices), Some(usage))).into_response())
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, OpenAiError> {
+    complete(state, body).await.map_err(ApiError::openai)
+}
+
+async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
+    let body: CompletionBody = parse(&body)?;
+    state.check_model(&body.params.model)?;
+    let plan = body.params.plan()?;
+    let tokenizer = &state.model.tokenizer;
+    let prompts: Vec<Vec<u32>> = match &body.prompt {
+        Prompt::Text(t) => vec![tokenizer.encode_prompt(t)?],
+        Prompt::Texts(ts) => ts
+            .iter()
+            .map(|t| tokenizer.encode_prompt(t))
+            .collect::<Result<_, _>>()?,
+        Prompt::Tokens(ids) => vec![ids.clone()],
+        Prompt::TokenLists(lists) => lists.clone(),
+    };
+    if prompts.is_empty() || prompts.len() > 32 {
+        return Err(ApiError::invalid("prompt", "give between 1 and 32 prompts"));
+    }
+    let vocab = state.model.config().vocab_size;
+    for p in &prompts {
+        if p.iter().any(|&t| t as usize >= vocab) {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("token ids must be below {vocab}"),
+            ));
+        }
+        state.check_context(p.len())?;
+    }
+    // Choice i*n + j is the j-th sample of prompt i.
+    let requests: Vec<_> = prompts
+        .iter()
+        .flat_map(|p| (0..plan.n).map(|j| plan.request(p.clone(), state.context(), j)))
+        .collect();
+    let choices = requests.len();
+    let merged = submit_all(&state.engine, requests)?;
+    let meta = ResponseMeta::new("text_completion", &body.params.model);
+    if body.params.stream {
+        return Ok(stream(
+            merged,
+            choices,
+            meta,
+            body.params.include_usage(),
+            false,
+        ));
+    }
+    let results = collect(merged, choices).await?;
+    let choices: Vec<Value> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| json!({"index": i, "text": r.text, "logprobs": null, "finish_reason": finish_reason(r.reason)}))
+        .collect();
+    // Prompt tokens count once per prompt, not once per sample.
+    let usage = total_usage(results.iter().step_by(plan.n).map(|r| &r.usage), false);
+    let generated: usize = results.iter().map(|r| r.usage.generated_tokens).sum();
+    let usage = with_completion_tokens(usage, generated);
+    Ok(Json(meta.body(json!(choices), Some(usage))).into_response())
+}
+
+struct ResponseMeta {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: String,
+}
+
+impl ResponseMeta {
+    fn new(object: &'static str, model: &str) -> Self {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = if object == "chat.completion" {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        };
+        Self {
+            id: format!("{prefix}-{created:x}{n:08x}"),
+            object,
+            created,
+            model: model.to_string(),
+        }
+    }
+
+    fn body(&self, choices: Value, usage: Option<Value>) -> Value {
+        let mut body = json!({"id": self.id, "object": self.object, "created": self.created,
+                              "model": self.model, "system_fingerprint": null, "choices": choices});
+        if let Some(usage) = usage {
+            body["usage"] = usage;
+        }
+        body
+    }
+}
+
+fn total_usage<'a>(usages: impl Iterator<Item = &'a Usage>, count_generated: bool) -> Value {
+    let (mut prompt, mut cached, mut generated) = (0, 0, 0);
+    for (i, u) in usages.enumerate() {
+        // Chat choices share one prompt: count it once.
+        if i == 0 || !count_generated {
+            prompt += u.prompt_tokens;
+            cached += u.cached_tokens;
+        }
+        generated += u.generated_tokens;
+    }
+    json!({"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated,
+           "prompt_tokens_details": {"cached_tokens": cached}})
+}
+
+fn with_completion_tokens(mut usage: Value, generated: usize) -> Value {
+    let prompt = usage["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+    usage["completion_tokens"] = json!(generated);
+    usage["total_tokens"] = json!(prompt + generated);
+    usage
+}
+
+/// Server-sent events: one chunk per token per choice, a last chunk with the finish reason,
+/// optionally a usage chunk, then `[DONE]`.
+fn stream(
+    merged: Merged,
+    choices: usize,
+    meta: ResponseMeta,
+    include_usage: bool,
+    chat: bool,
+) -> Response {
+    let object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let chunk = move |choices: Value, usage: Option<Value>| {
+        let mut body = json!({"id": meta.id, "object": object, "created": meta.created, "model": meta.model,
+                              "system_fingerprint": null, "choices": choices});
+        if include_usage {
+            body["usage"] = usage.unwrap_or(Value::Null);
+        }
+        SseEvent::default().data(body.to_string())
+    };
+    let delta = move |index: usize, text: Option<&str>, role: bool, finish: Option<&str>| {
+        if chat {
+            let mut d = json!({});
+            if role {
+                d["role"] = json!("assistant");
+            }
+            if let Some(t) = text {
+                d["content"] = json!(t);
+            }
+            json!([{"index": index, "delta": d, "logprobs": null, "finish_reason": finish}])
+        } else {
+            json!([{"index": index, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}])
+        }
+    };
+    let mut started = vec![false; choices];
+    let mut usages: Vec<Option<Usage>> = vec![None; choices];
+    let events = UnboundedReceiverStream::new(merged).flat_map(move |(i, event)| {
+        let mut out = Vec::new();
+        if chat && !started[i] {
+            started[i] = true;
+            out.push(chunk(delta(i, Some(""), true, None), None));
+        }
+        match event {
+            Event::Token { text, .. } if !text.is_empty() => {
+                out.push(chunk(delta(i, Some(&text), false, None), None))
+            }
+            Event::Token { .. } => {}
+            Event::Finished {
+                reason,
+                usage,
+                error,
+                ..
+            } => {
+                if let Some(error) = error {
+                    out.push(SseEvent::default().data(
+                        json!({"error": {"message": error, "type": "server_error"}}).to_string(),
+                    ));
+                }
+                out.push(chunk(
+                    delta(i, None, false, Some(finish_reason(reason))),
+                    None,
+                ));
+                usages[i] = Some(usage);
+                if usages.iter().all(Option::is_some) {
+                    if include_usage {
+                        let usage = total_usage(usages.iter().flatten(), chat);
+                        out.push(chunk(json!([]), Some(usage)));
+                    }
+                    out.push(SseEvent::default().data("[DONE]"));
+                }
+            }
+        }
+        stream::iter(out.into_iter().map(Ok::<_, Infallible>))
+    });
+    Sse::new(events).into_response()
+}
+
+pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .names
+        .all
+        .iter()
+        .map(|id| model_object(&state, id))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, OpenAiError> {
+    if !state.names.matches(&id) {
+        return Err(ApiError::not_found(format!("The model `{id}` does not exist")).openai());
+    }
+    Ok(Json(model_object(&state, &id)))
+}
+
+fn model_object(state: &AppState, id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": state.created, "owned_by": "ferrollama"})
+}

@@ -1,0 +1,49 @@
+//! Loads a model for a subcommand, with a progress bar on the terminal.
+
+use crate::resolve::resolve;
+use anyhow::Context;
+use ferrollama_model::device::{select_device, DeviceRequest};
+use ferrollama_model::{LoadedModel, ModelSource};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::{Duration, Instant};
+
+pub struct Loaded {
+    pub model: LoadedModel,
+    pub took: Duration,
+    /// Bytes of weights on disk (0 for random weights).
+    pub size_bytes: u64,
+}
+
+pub fn load_with_progress(reference: &str) -> anyhow::Result<Loaded> {
+    let source = resolve(reference)?;
+    let device = select_device(DeviceRequest::Auto)?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers")
+            .expect("valid template"),
+    );
+    bar.set_message(reference.to_string());
+    let start = Instant::now();
+    let model = ferrollama_model::load(&source, &device, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("loading {reference}"))?;
+    bar.finish_and_clear();
+    let size_bytes = match &source {
+        ModelSource::Gguf(path) => std::fs::metadata(path).map_or(0, |m| m.len()),
+        ModelSource::Safetensors(dir) => std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0),
+        ModelSource::Random { .. } => 0,
+    };
+    Ok(Loaded {
+        model,
+        took: start.elapsed(),
+        size_bytes,
+    })
+}

@@ -1,0 +1,100 @@
+//! `ferrollama serve`: the OpenAI and Ollama APIs on one port (11434 by default).
+
+use crate::engine_args::EngineArgs;
+use crate::loading::load_with_progress;
+use anyhow::Context;
+use ferrollama_api::{router, AppState, ModelNames};
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A GGUF file, a safetensors directory, or random:<shape>[:<dtype>].
+    #[arg(long, short)]
+    pub model: String,
+    /// The name the model answers to (default: its file name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where to listen, as Ollama reads it: host:port.
+    #[arg(long, env = "OLLAMA_HOST", default_value = "127.0.0.1:11434")]
+    pub host: String,
+    /// Overrides the port of --host.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Require `Authorization: Bearer <key>` on every request.
+    #[arg(long, env = "FERROLLAMA_API_KEY")]
+    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let address = listen_address(&args.host, args.port)?;
+    let loaded = load_with_progress(&args.model)?;
+    let names = ModelNames::new(args.name.as_deref(), &args.model, &loaded.model);
+    let model = Arc::new(loaded.model);
+    let engine = ferrollama_engine::start(model.clone(), args.engine.config());
+    let stats = engine.stats();
+    let state = AppState {
+        engine,
+        model,
+        names: Arc::new(names.clone()),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        load_duration: loaded.took,
+        size_bytes: loaded.size_bytes,
+        api_key: args.api_key.filter(|k| !k.is_empty()).map(Into::into),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&address).await.with_context(|| format!("cannot listen on {address}"))?;
+        let local = listener.local_addr()?;
+        println!(
+            "ferrollama {} listening on http://{local}: model {} (also {}), loaded in {:.1}s, KV cache {} blocks",
+            env!("CARGO_PKG_VERSION"),
+            names.primary,
+            names.all[1..].join(", "),
+            loaded.took.as_secs_f64(),
+            stats.total_blocks,
+        );
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; })
+            .await?;
+        anyhow::Ok(())
+    })
+}
+
+/// `OLLAMA_HOST` style: `host`, `host:port`, `:port`, optionally with `http://`.
+fn listen_address(host: &str, port: Option<u16>) -> anyhow::Result<String> {
+    let host = host.trim_start_matches("http://").trim_end_matches('/');
+    let (name, default_port) = match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && !name.ends_with(':') => {
+            (name, port.parse::<u16>().context("bad port in --host")?)
+        }
+        _ => (host, 11434),
+    };
+    let name = if name.is_empty() { "127.0.0.1" } else { name };
+    Ok(format!("{name}:{}", port.unwrap_or(default_port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listen_address;
+
+    #[test]
+    fn ollama_host_forms() {
+        assert_eq!(
+            listen_address("127.0.0.1:11434", None).unwrap(),
+            "127.0.0.1:11434"
+        );
+        assert_eq!(listen_address("0.0.0.0", None).unwrap(), "0.0.0.0:11434");
+        assert_eq!(listen_address(":8080", None).unwrap(), "127.0.0.1:8080");
+        assert_eq!(
+            listen_address("http://10.0.0.5:11434", Some(9)).unwrap(),
+            "10.0.0.5:9"
+        );
+    }
+}

@@ -1,0 +1,63 @@
+"""Starts the real `ferrollama serve` on a free port for the client tests.
+
+The binary comes from FERROLLAMA_BIN (tests/run.sh sets it); the model is tiny-mistral (random
+weights, the real Mistral v3 tokenizer and chat format), served as `mistral:instruct`.
+"""
+import os
+import pathlib
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server():
+    binary = os.environ.get("FERROLLAMA_BIN", str(ROOT / "target/release/ferrollama"))
+    port = free_port()
+    model = ROOT / "models/fixtures/tiny-mistral"
+    proc = subprocess.Popen(
+        [binary, "serve", "--model", str(model), "--name", "mistral:instruct", "--port", str(port),
+         "--max-seqs", "16", "--kv-cache-memory", "64MiB"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if requests.get(base + "/", timeout=1).text == "Ollama is running":
+                break
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("server did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
+        time.sleep(0.2)
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    assert proc.returncode in (0, -15), f"server exited with {proc.returncode}"
+
+
+def engine_idle(base, timeout=1.0):
+    """True once no sequence runs and every KV block is free."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = requests.get(base + "/ferrollama/stats").json()
+        if s["running"] == 0 and s["waiting"] == 0 and s["free_blocks"] == s["total_blocks"]:
+            return True
+        time.sleep(0.02)
+    return False

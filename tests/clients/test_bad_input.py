@@ -1,0 +1,103 @@
+"""Malformed and hostile requests: each gets the right status in its API's error shape, and a
+normal request right after it still works."""
+import json
+
+import pytest
+import requests
+
+from conftest import engine_idle
+
+CHAT = {"model": "mistral:instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+LONG = "word " * 3000  # over the 2048-token context
+
+V1_CASES = [
+    ("bad json", "/v1/chat/completions", b"{not json", 400),
+    ("empty body", "/v1/chat/completions", b"", 400),
+    ("json array", "/v1/chat/completions", b"[]", 400),
+    ("invalid utf-8", "/v1/chat/completions", b'{"model": "mistral:instruct", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400),
+    ("no messages field", "/v1/chat/completions", {"model": "mistral:instruct"}, 400),
+    ("no model", "/v1/chat/completions", {"messages": CHAT["messages"]}, 400),
+    ("unknown model", "/v1/chat/completions", {**CHAT, "model": "gpt-9"}, 404),
+    ("empty messages", "/v1/chat/completions", {**CHAT, "messages": []}, 400),
+    ("unknown role", "/v1/chat/completions", {**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, 400),
+    ("content wrong type", "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": 42}]}, 400),
+    ("image part", "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400),
+    ("messages not a list", "/v1/chat/completions", {**CHAT, "messages": "hi"}, 400),
+    ("n=0", "/v1/chat/completions", {**CHAT, "n": 0}, 400),
+    ("n=100", "/v1/chat/completions", {**CHAT, "n": 100}, 400),
+    ("max_tokens -1", "/v1/chat/completions", {**CHAT, "max_tokens": -1}, 400),
+    ("max_tokens string", "/v1/chat/completions", {**CHAT, "max_tokens": "ten"}, 400),
+    ("temperature -1", "/v1/chat/completions", {**CHAT, "temperature": -1}, 400),
+    ("temperature 5", "/v1/chat/completions", {**CHAT, "temperature": 5}, 400),
+    ("top_p 0", "/v1/chat/completions", {**CHAT, "top_p": 0}, 400),
+    ("top_p 2", "/v1/chat/completions", {**CHAT, "top_p": 2}, 400),
+    ("presence 9", "/v1/chat/completions", {**CHAT, "presence_penalty": 9}, 400),
+    ("1000 stop strings", "/v1/chat/completions", {**CHAT, "stop": [f"s{i}" for i in range(1000)]}, 400),
+    ("stop wrong type", "/v1/chat/completions", {**CHAT, "stop": 5}, 400),
+    ("prompt over context", "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": LONG}]}, 400),
+    ("stream not bool", "/v1/chat/completions", {**CHAT, "stream": "yes"}, 400),
+    ("completion prompt over context", "/v1/completions", {"model": "mistral:instruct", "prompt": LONG}, 400),
+    ("completion token out of vocab", "/v1/completions", {"model": "mistral:instruct", "prompt": [1, 99999999]}, 400),
+    ("completion empty list", "/v1/completions", {"model": "mistral:instruct", "prompt": []}, 400),
+    ("completion prompt object", "/v1/completions", {"model": "mistral:instruct", "prompt": {"a": 1}}, 400),
+    ("unknown route", "/v1/embeddings", {"model": "mistral:instruct", "input": "x"}, 404),
+]
+
+API_CASES = [
+    ("bad json", "/api/generate", b"{", 400),
+    ("unknown model", "/api/generate", {"model": "nope", "prompt": "hi"}, 404),
+    ("unknown chat model", "/api/chat", {"model": "nope", "messages": []}, 404),
+    ("unknown role", "/api/chat", {"model": "mistral:instruct", "messages": [{"role": "x", "content": "y"}]}, 400),
+    ("options wrong type", "/api/generate", {"model": "mistral:instruct", "prompt": "hi", "options": {"temperature": "hot"}}, 400),
+    ("prompt over context", "/api/generate", {"model": "mistral:instruct", "prompt": LONG, "stream": False}, 400),
+    ("show unknown", "/api/show", {"model": "nope"}, 404),
+]
+
+
+def post(base, path, body):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return requests.post(base + path, data=data, headers={"Content-Type": "application/json"}, timeout=30)
+
+
+def check_normal(base):
+    r = post(base, "/v1/chat/completions", CHAT)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
+
+
+@pytest.mark.parametrize("name,path,body,status", V1_CASES, ids=[c[0] for c in V1_CASES])
+def test_openai_errors(server, name, path, body, status):
+    r = post(server, path, body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert isinstance(error["message"], str) and error["message"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    check_normal(server)
+
+
+@pytest.mark.parametrize("name,path,body,status", API_CASES, ids=[c[0] for c in API_CASES])
+def test_ollama_errors(server, name, path, body, status):
+    r = post(server, path, body)
+    assert r.status_code == status, r.text
+    assert isinstance(r.json()["error"], str)
+    check_normal(server)
+
+
+def test_oversized_body(server):
+    r = post(server, "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "x" * (9 << 20)}]})
+    assert r.status_code == 413
+    check_normal(server)
+
+
+def test_prompt_over_context_names_the_counts(server):
+    r = post(server, "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": LONG}]})
+    assert "2048" in r.json()["error"]["message"]
+
+
+def test_max_tokens_past_context_stops_with_length(server):
+    prompt = "word " * 2000
+    r = post(server, "/v1/completions", {"model": "mistral:instruct", "prompt": prompt, "max_tokens": 500, "ignore_eos": True, "temperature": 0})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"] == 2048
+    assert engine_idle(server)
