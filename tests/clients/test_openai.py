@@ -76,3 +76,15 @@ def test_http_reply_equals_engine_reply(client, server):
     b = requests.post(server + "/api/chat", json={"model": "mistral:instruct", "messages": MESSAGES, "stream": False,
                                                   "options": {"temperature": 0, "num_predict": 20, "repeat_penalty": 1.0}}).json()
     assert a.choices[0].message.content == b["message"]["content"]
+
+
+def test_http_reply_equals_cli_engine_reply(client):
+    """The same conversation through `ferrollama run` (the engine directly) and through HTTP."""
+    import os
+    import subprocess
+    from conftest import ROOT
+    binary = os.environ.get("FERROLLAMA_BIN", str(ROOT / "target/release/ferrollama"))
+    out = subprocess.run([binary, "run", str(ROOT / "models/fixtures/tiny-mistral"), "Say hi.", "--system", "You are terse.",
+                          "--max-tokens", "20"], capture_output=True, text=True, check=True).stdout
+    http = client.chat.completions.create(model="mistral:instruct", messages=MESSAGES, max_tokens=20, temperature=0)
+    assert out.removesuffix("\n") == http.choices[0].message.content
