@@ -72,6 +72,12 @@ impl From<ferrollama_model::ModelError> for ApiError {
     }
 }
 
+/// A request body as JSON; any failure (syntax, types, invalid UTF-8) is a 400.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
 pub struct OpenAiError(pub ApiError);
 
 impl IntoResponse for OpenAiError {

@@ -1,7 +1,7 @@
 //! Ollama's own API: /api/generate and /api/chat (NDJSON streaming by default), /api/tags,
 //! /api/show, /api/ps, /api/version, and `GET /`.
 
-use crate::error::{ApiError, OllamaError};
+use crate::error::{parse, ApiError, OllamaError};
 use crate::generation::{collect, finish_reason, submit_all, Merged};
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
@@ -66,11 +66,6 @@ struct ChatMessageBody {
 struct ShowBody {
     #[serde(alias = "name")]
     model: String,
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
 impl Options {

@@ -1,6 +1,6 @@
 //! The OpenAI-compatible surface: /v1/chat/completions, /v1/completions, /v1/models.
 
-use crate::error::{ApiError, OpenAiError};
+use crate::error::{parse, ApiError, OpenAiError};
 use crate::generation::{collect, finish_reason, submit_all, Merged};
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -99,11 +99,6 @@ enum Prompt {
 
 const MAX_STOPS: usize = 32;
 const MAX_STOP_LEN: usize = 1024;
-
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
-}
 
 struct Plan {
     sampling: SamplingParams,

@@ -2,6 +2,8 @@
 //! then a draw from the sequence's own seeded generator (so a sequence's output does not
 //! depend on what else shares its batch).
 
+use ferrollama_model::rng::SplitMix64;
+
 /// Sampling parameters of one request. Defaults are Ollama's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -81,7 +83,7 @@ impl Sampler {
         let seed = params.seed.unwrap_or_else(random_seed);
         Self {
             params,
-            rng: SplitMix64(seed),
+            rng: SplitMix64::new(seed),
         }
     }
 
@@ -127,7 +129,7 @@ impl Sampler {
             candidates.retain(|c| c.1 >= floor);
         }
         let total: f32 = candidates.iter().map(|c| c.1).sum();
-        let mut draw = self.rng.uniform() * total;
+        let mut draw = self.rng.unit() * total;
         for &(id, prob) in &candidates {
             draw -= prob;
             if draw <= 0.0 {
@@ -189,23 +191,6 @@ fn random_seed() -> u64 {
             .as_nanos(),
     );
     h.finish()
-}
-
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
 }
 
 #[cfg(test)]

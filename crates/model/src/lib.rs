@@ -12,6 +12,7 @@ pub mod error;
 pub mod kv_cache;
 pub mod load;
 pub mod model;
+pub mod rng;
 pub mod rope;
 pub mod tokenizer;
 pub mod weights;

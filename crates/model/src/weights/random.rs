@@ -4,6 +4,7 @@
 use super::{Param, WeightSource};
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::rng::SplitMix64;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
@@ -62,8 +63,8 @@ impl RandomWeights {
 
     fn values(&self, param: Param, len: usize, scale: f32) -> Vec<f32> {
         // Each parameter gets its own stream, so the load order does not matter.
-        let mut rng = SplitMix64(self.seed ^ fnv1a(&format!("{param:?}")));
-        (0..len).map(|_| rng.uniform() * scale).collect()
+        let mut rng = SplitMix64::new(self.seed ^ fnv1a(&format!("{param:?}")));
+        (0..len).map(|_| (rng.unit() * 2.0 - 1.0) * scale).collect()
     }
 }
 
@@ -94,23 +95,6 @@ impl WeightSource for RandomWeights {
 
     fn contains(&self, param: Param) -> bool {
         param != Param::Output || !self.config.tie_word_embeddings
-    }
-}
-
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 }
 
