@@ -18,6 +18,7 @@ fn check_against_transformers(model_path: &std::path::Path, refs_name: &str, log
     let refs = json(&tiny_refs(refs_name));
     let expected_logits = read_f32(&tiny_refs(logits_name));
     assert!(prompts(&refs).len() * VOCAB == expected_logits.len());
+    let mut worst = 0f32;
     for (i, prompt) in prompts(&refs).iter().enumerate() {
         let name = prompt["name"].as_str().unwrap();
         let input = ids(&prompt["input_ids"]);
@@ -36,7 +37,12 @@ fn check_against_transformers(model_path: &std::path::Path, refs_name: &str, log
             "{name}: last logits differ by {max_err} (max |logit| {max_abs})"
         );
         assert_eq!(got.ids, expected, "{name}: greedy continuation differs");
+        worst = worst.max(max_err / max_abs);
     }
+    eprintln!(
+        "{refs_name}: worst last-logit error {worst:.2e} x max|logit| over {} prompts",
+        prompts(&refs).len()
+    );
 }
 
 #[test]
