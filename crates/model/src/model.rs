@@ -6,10 +6,11 @@ use crate::batch::{Batch, Logits};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
+use crate::linear::Linear;
 use crate::rope::Rope;
 use crate::weights::{Param, WeightSource};
 use candle_core::quantized::QMatMul;
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::ops::rms_norm;
 use candle_nn::rotary_emb::rope_thd;
 
@@ -19,20 +20,20 @@ pub struct Model {
     embedding: QMatMul,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: Linear,
     rope: Rope,
 }
 
 struct Layer {
     attn_norm: Tensor,
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 impl Model {
@@ -52,24 +53,24 @@ impl Model {
         for l in 0..config.num_layers {
             let layer = Layer {
                 attn_norm: weights.vector(Param::AttnNorm(l))?,
-                q: weights.matrix(Param::Q(l))?,
-                k: weights.matrix(Param::K(l))?,
-                v: weights.matrix(Param::V(l))?,
-                o: weights.matrix(Param::O(l))?,
+                q: Linear::new(weights.matrix(Param::Q(l))?)?,
+                k: Linear::new(weights.matrix(Param::K(l))?)?,
+                v: Linear::new(weights.matrix(Param::V(l))?)?,
+                o: Linear::new(weights.matrix(Param::O(l))?)?,
                 ffn_norm: weights.vector(Param::FfnNorm(l))?,
-                gate: weights.matrix(Param::Gate(l))?,
-                up: weights.matrix(Param::Up(l))?,
-                down: weights.matrix(Param::Down(l))?,
+                gate: Linear::new(weights.matrix(Param::Gate(l))?)?,
+                up: Linear::new(weights.matrix(Param::Up(l))?)?,
+                down: Linear::new(weights.matrix(Param::Down(l))?)?,
             };
             layers.push(layer);
             progress(l + 2, total);
         }
         let output_norm = weights.vector(Param::OutputNorm)?;
-        let lm_head = if weights.contains(Param::Output) {
+        let lm_head = Linear::new(if weights.contains(Param::Output) {
             weights.matrix(Param::Output)?
         } else {
             embedding.clone()
-        };
+        })?;
         progress(total, total);
         Ok(Self {
             config: config.clone(),

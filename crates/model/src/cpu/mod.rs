@@ -1,0 +1,3 @@
+//! CPU kernels for what candle does slowly.
+
+pub mod q4_1;
