@@ -8,11 +8,7 @@ use candle_core::{Module, Tensor};
 
 pub enum Linear {
     Candle(QMatMul),
-    CpuQ4_1 {
-        data: Vec<u8>,
-        rows: usize,
-        cols: usize,
-    },
+    CpuQ4_1(cpu::q4_1::Q4_1Matrix),
 }
 
 impl Linear {
@@ -20,11 +16,11 @@ impl Linear {
         if let QMatMul::QTensor(q) = &matrix {
             if q.dtype() == GgmlDType::Q4_1 && q.device().is_cpu() {
                 let (rows, cols) = q.shape().dims2()?;
-                return Ok(Linear::CpuQ4_1 {
-                    data: q.data()?.into_owned(),
+                return Ok(Linear::CpuQ4_1(cpu::q4_1::Q4_1Matrix::from_ggml(
+                    &q.data()?,
                     rows,
                     cols,
-                });
+                )));
             }
         }
         Ok(Linear::Candle(matrix))
@@ -34,11 +30,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Candle(m) => Ok(m.forward(x)?),
-            Linear::CpuQ4_1 { data, rows, cols } => {
+            Linear::CpuQ4_1(matrix) => {
                 let tokens = x.dim(0)?;
                 let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                let out = cpu::q4_1::matmul(data, *rows, *cols, &input, tokens);
-                Ok(Tensor::from_vec(out, (tokens, *rows), x.device())?)
+                let out = cpu::q4_1::matmul(matrix, &input, tokens);
+                Ok(Tensor::from_vec(out, (tokens, matrix.rows()), x.device())?)
             }
         }
     }

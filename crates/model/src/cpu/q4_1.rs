@@ -12,6 +12,39 @@ const BLOCK: usize = 32;
 /// d (f16), m (f16), 16 bytes of nibbles.
 const Q4_1_BYTES: usize = 20;
 
+/// A Q4_1 matrix with its block scales decoded to f32 once, at load, instead of for every
+/// token (decoding them in the inner loop cost a third of the time).
+pub struct Q4_1Matrix {
+    rows: usize,
+    cols: usize,
+    /// `(d, m)` per block, row-major.
+    scales: Vec<(f32, f32)>,
+    /// 16 bytes of nibbles per block, row-major.
+    nibbles: Vec<[u8; 16]>,
+}
+
+impl Q4_1Matrix {
+    /// From ggml's raw bytes of a `rows × cols` Q4_1 tensor.
+    pub fn from_ggml(raw: &[u8], rows: usize, cols: usize) -> Self {
+        debug_assert_eq!(raw.len(), rows * cols / BLOCK * Q4_1_BYTES);
+        let blocks = raw.chunks_exact(Q4_1_BYTES);
+        let scales = blocks.clone().map(block_scales).collect();
+        let nibbles = blocks
+            .map(|b| b[4..20].try_into().expect("16 nibble bytes"))
+            .collect();
+        Self {
+            rows,
+            cols,
+            scales,
+            nibbles,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
 /// One Q8_1 block of activations, with ggml's rounding: `d` in f16, `s = f16(d * Σq)`.
 #[derive(Clone, Copy)]
 struct Q8_1 {
@@ -41,12 +74,10 @@ fn quantize_row(x: &[f32]) -> Vec<Q8_1> {
         .collect()
 }
 
-/// `out[t][r] = Σ_k w[r][k] * x[t][k]` for a Q4_1 matrix `w` of `rows × cols` (raw ggml bytes)
-/// and `x` of `tokens × cols`.
-pub fn matmul(w: &[u8], rows: usize, cols: usize, x: &[f32], tokens: usize) -> Vec<f32> {
-    let blocks = cols / BLOCK;
-    debug_assert_eq!(w.len(), rows * blocks * Q4_1_BYTES);
-    let xq: Vec<Vec<Q8_1>> = x.par_chunks_exact(cols).map(quantize_row).collect();
+/// `out[t][r] = Σ_k w[r][k] * x[t][k]` for `x` of `tokens × cols`.
+pub fn matmul(w: &Q4_1Matrix, x: &[f32], tokens: usize) -> Vec<f32> {
+    let (rows, blocks) = (w.rows, w.cols / BLOCK);
+    let xq: Vec<Vec<Q8_1>> = x.par_chunks_exact(w.cols).map(quantize_row).collect();
     let dot = pick_dot();
     // Rows in parallel; each row's weights stay in cache while every token uses them.
     let mut out_t = vec![0f32; rows * tokens];
@@ -54,9 +85,10 @@ pub fn matmul(w: &[u8], rows: usize, cols: usize, x: &[f32], tokens: usize) -> V
         .par_chunks_mut(tokens)
         .enumerate()
         .for_each(|(r, out)| {
-            let row = &w[r * blocks * Q4_1_BYTES..(r + 1) * blocks * Q4_1_BYTES];
+            let span = r * blocks..(r + 1) * blocks;
+            let (scales, nibbles) = (&w.scales[span.clone()], &w.nibbles[span]);
             for (o, xs) in out.iter_mut().zip(&xq) {
-                *o = dot(row, xs);
+                *o = dot(scales, nibbles, xs);
             }
         });
     // [rows, tokens] → [tokens, rows]
@@ -69,12 +101,12 @@ pub fn matmul(w: &[u8], rows: usize, cols: usize, x: &[f32], tokens: usize) -> V
     out
 }
 
-type Dot = fn(&[u8], &[Q8_1]) -> f32;
+type Dot = fn(&[(f32, f32)], &[[u8; 16]], &[Q8_1]) -> f32;
 
 fn pick_dot() -> Dot {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        return |w, x| unsafe { dot_avx2(w, x) };
+        return |s, n, x| unsafe { dot_avx2(s, n, x) };
     }
     dot_scalar
 }
@@ -85,13 +117,12 @@ fn block_scales(b: &[u8]) -> (f32, f32) {
     (d, m)
 }
 
-fn dot_scalar(w: &[u8], x: &[Q8_1]) -> f32 {
+fn dot_scalar(scales: &[(f32, f32)], nibbles: &[[u8; 16]], x: &[Q8_1]) -> f32 {
     let mut sum = 0f32;
-    for (b, y) in w.chunks_exact(Q4_1_BYTES).zip(x) {
-        let (d, m) = block_scales(b);
+    for ((&(d, m), q4), y) in scales.iter().zip(nibbles).zip(x) {
         let mut sumi = 0i32;
         for j in 0..BLOCK / 2 {
-            let q = b[4 + j];
+            let q = q4[j];
             sumi +=
                 (q & 0x0F) as i32 * y.qs[j] as i32 + (q >> 4) as i32 * y.qs[j + BLOCK / 2] as i32;
         }
@@ -102,15 +133,14 @@ fn dot_scalar(w: &[u8], x: &[Q8_1]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(w: &[u8], x: &[Q8_1]) -> f32 {
+unsafe fn dot_avx2(scales: &[(f32, f32)], nibbles: &[[u8; 16]], x: &[Q8_1]) -> f32 {
     use std::arch::x86_64::*;
     let low = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut sum = 0f32;
-    for (b, y) in w.chunks_exact(Q4_1_BYTES).zip(x) {
-        let (d, m) = block_scales(b);
+    for ((&(d, m), q4), y) in scales.iter().zip(nibbles).zip(x) {
         // 16 bytes of nibbles → 32 unsigned bytes: low nibbles first (values 0..16), then high.
-        let packed = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
+        let packed = _mm_loadu_si128(q4.as_ptr() as *const __m128i);
         let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
         let q4 = _mm256_and_si256(both, low);
         let q8 = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
@@ -148,7 +178,8 @@ mod tests {
         )
         .unwrap();
         let raw = q.data().unwrap();
-        let ours = matmul(&raw, rows, cols, &x, tokens);
+        let matrix = Q4_1Matrix::from_ggml(&raw, rows, cols);
+        let ours = matmul(&matrix, &x, tokens);
 
         let wd = q.dequantize(&Device::Cpu).unwrap();
         let xt = Tensor::from_vec(x.clone(), (tokens, cols), &Device::Cpu).unwrap();
@@ -165,8 +196,9 @@ mod tests {
         let xq: Vec<Vec<Q8_1>> = x.chunks(cols).map(quantize_row).collect();
         for t in 0..tokens {
             for r in 0..rows {
-                let row = &raw[r * (cols / 32) * 20..(r + 1) * (cols / 32) * 20];
-                let scalar = dot_scalar(row, &xq[t]);
+                let span = r * (cols / 32)..(r + 1) * (cols / 32);
+                let scalar =
+                    dot_scalar(&matrix.scales[span.clone()], &matrix.nibbles[span], &xq[t]);
                 assert!((scalar - ours[t * rows + r]).abs() <= 1e-5 * (1.0 + scalar.abs()));
             }
         }
