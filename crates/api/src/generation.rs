@@ -9,15 +9,20 @@ use tokio::sync::mpsc;
 /// every choice (their forwarders fail to send and drop their engine streams).
 pub type Merged = mpsc::UnboundedReceiver<(usize, Event)>;
 
+/// Submits the choices of one request. Each run of `forks` choices shares a prompt (OpenAI's
+/// `n`): the first reads it, the others start from its cached blocks. A refusal comes back
+/// before any choice runs for long: earlier streams are dropped, which cancels them.
 pub fn submit_all(
     engine: &EngineHandle,
     requests: Vec<GenerationRequest>,
+    forks: usize,
 ) -> Result<Merged, ApiError> {
-    // Submit everything first, so a refusal comes back before any work starts.
-    let streams = requests
-        .into_iter()
-        .map(|r| engine.submit(r))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut streams = Vec::with_capacity(requests.len());
+    let mut requests = requests.into_iter().peekable();
+    while requests.peek().is_some() {
+        let group: Vec<_> = requests.by_ref().take(forks.max(1)).collect();
+        streams.extend(engine.submit_forks(group)?);
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     for (index, mut stream) in streams.into_iter().enumerate() {
         let tx = tx.clone();

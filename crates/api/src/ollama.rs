@@ -174,7 +174,7 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
     };
     state.check_context(prompt.len())?;
     let request = body.options.request(prompt, state.context())?;
-    let merged = submit_all(&state.engine, vec![request])?;
+    let merged = submit_all(&state.engine, vec![request], 1)?;
     respond(
         state,
         merged,
@@ -217,7 +217,7 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
         .encode(&state.model.tokenizer, &messages)?;
     state.check_context(prompt.len())?;
     let request = body.options.request(prompt, state.context())?;
-    let merged = submit_all(&state.engine, vec![request])?;
+    let merged = submit_all(&state.engine, vec![request], 1)?;
     respond(state, merged, body.model, body.stream.unwrap_or(true), true).await
 }
 

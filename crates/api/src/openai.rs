@@ -278,7 +278,7 @@ async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let requests = (0..plan.n)
         .map(|i| plan.request(prompt.clone(), state.context(), i))
         .collect();
-    let merged = submit_all(&state.engine, requests)?;
+    let merged = submit_all(&state.engine, requests, plan.n)?;
     let meta = ResponseMeta::new("chat.completion", &body.params.model);
     if body.params.stream {
         return Ok(stream(
@@ -342,7 +342,7 @@ async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         .flat_map(|p| (0..plan.n).map(|j| plan.request(p.clone(), state.context(), j)))
         .collect();
     let choices = requests.len();
-    let merged = submit_all(&state.engine, requests)?;
+    let merged = submit_all(&state.engine, requests, plan.n)?;
     let meta = ResponseMeta::new("text_completion", &body.params.model);
     if body.params.stream {
         return Ok(stream(

@@ -93,7 +93,42 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// Several choices over one prompt (OpenAI's `n`): the first reads the prompt, the others
+    /// start from its cached blocks (with prefix caching on) instead of reading it again.
+    pub fn submit_forks(
+        &self,
+        requests: Vec<GenerationRequest>,
+    ) -> Result<Vec<RequestStream>, EngineError> {
+        // Validate every choice before any starts.
+        let made = requests
+            .into_iter()
+            .map(|r| self.sequence(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let leader = made.first().map(|(seq, _)| seq.id);
+        let mut streams = Vec::with_capacity(made.len());
+        for (i, (mut seq, stream)) in made.into_iter().enumerate() {
+            seq.leader = leader.filter(|_| i > 0);
+            self.commands
+                .send(Command::Submit(Box::new(seq)))
+                .map_err(|_| EngineError::Stopped)?;
+            streams.push(stream);
+        }
+        Ok(streams)
+    }
+
     pub fn submit(&self, request: GenerationRequest) -> Result<RequestStream, EngineError> {
+        let (seq, stream) = self.sequence(request)?;
+        self.commands
+            .send(Command::Submit(Box::new(seq)))
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(stream)
+    }
+
+    /// Validates a request and makes its sequence.
+    fn sequence(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<(Sequence, RequestStream), EngineError> {
         if request.prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -113,11 +148,7 @@ impl EngineHandle {
         request.sampling.validate().map_err(EngineError::Sampling)?;
         let (tx, rx) = unbounded_channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let seq = Sequence::new(id, request, tx);
-        self.commands
-            .send(Command::Submit(Box::new(seq)))
-            .map_err(|_| EngineError::Stopped)?;
-        Ok(RequestStream { rx })
+        Ok((Sequence::new(id, request, tx), RequestStream { rx }))
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -72,17 +72,20 @@ impl Scheduler {
             plan.preempted += 1;
         }
 
-        while budget > 0 && self.running.len() < self.config.max_seqs {
-            let Some(mut seq) = self.waiting.pop_front() else {
-                break;
-            };
+        let mut next = 0;
+        while budget > 0 && self.running.len() < self.config.max_seqs && next < self.waiting.len() {
+            if self.leader_still_reading(&self.waiting[next]) {
+                next += 1; // admitted once its leader's prompt blocks are cached
+                continue;
+            }
+            let mut seq = self.waiting.remove(next).expect("index in range");
             let found = seq.take_cached_prefix(pool, bs);
             seq.cached_prompt_tokens
                 .get_or_insert(found.min(seq.prompt_len));
             let take = self.chunk_size(seq.pending(), budget, &mut prefilling);
             if take == 0 || !seq.reserve(pool, seq.computed + take, bs) {
                 seq.free_blocks(pool);
-                self.waiting.push_front(seq);
+                self.waiting.insert(next, seq);
                 break;
             }
             plan.chunks.push((self.running.len(), take));
@@ -90,6 +93,19 @@ impl Scheduler {
             self.running.push(seq);
         }
         plan
+    }
+
+    /// A forked sequence (one of `n` choices over one prompt) waits while its leader is still
+    /// reading the prompt; then the prefix cache hands it the leader's full blocks.
+    fn leader_still_reading(&self, seq: &Sequence) -> bool {
+        let Some(leader) = seq.leader else {
+            return false;
+        };
+        self.waiting.iter().any(|s| s.id == leader)
+            || self
+                .running
+                .iter()
+                .any(|s| s.id == leader && s.computed < s.prompt_len)
     }
 
     /// How many of `pending` tokens run this step. Unchunked, the first prompt of a step runs

@@ -10,6 +10,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 pub struct Sequence {
     pub id: u64,
+    /// For the 2nd..nth choice over one prompt: the sequence that reads the prompt first.
+    pub leader: Option<u64>,
     /// Prompt, then generated tokens.
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
@@ -35,6 +37,7 @@ impl Sequence {
     pub fn new(id: u64, request: GenerationRequest, events: UnboundedSender<Event>) -> Self {
         Self {
             id,
+            leader: None,
             prompt_len: request.prompt.len(),
             tokens: request.prompt,
             computed: 0,

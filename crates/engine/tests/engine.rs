@@ -382,3 +382,30 @@ fn end_of_sequence_stops_despite_user_stops() {
     );
     assert_all_free(&engine);
 }
+
+/// OpenAI's `n`: forked choices read the prompt once; the others start from its cached blocks.
+#[test]
+fn forks_share_the_prompt() {
+    let model = tiny();
+    let engine = start(model.clone(), EngineConfig::default());
+    let prompt = model
+        .tokenizer
+        .encode_prompt(&"Shared prompt for several choices. ".repeat(30))
+        .unwrap();
+    let full_blocks = (prompt.len() - 1) / 16 * 16;
+    let streams = engine
+        .submit_forks((0..3).map(|_| greedy_request(prompt.clone(), 12)).collect())
+        .unwrap();
+    let outcomes: Vec<Outcome> = streams.into_iter().map(collect).collect();
+    assert_eq!(outcomes[0].usage.cached_tokens, 0);
+    for follower in &outcomes[1..] {
+        assert_eq!(
+            follower.usage.cached_tokens,
+            full_blocks,
+            "prompt of {} tokens",
+            prompt.len()
+        );
+        assert_eq!(follower.ids, outcomes[0].ids);
+    }
+    assert_all_free(&engine);
+}
