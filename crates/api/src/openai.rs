@@ -284,6 +284,7 @@ async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         return Ok(stream(
             merged,
             plan.n,
+            plan.n,
             meta,
             body.params.include_usage(),
             true,
@@ -298,7 +299,7 @@ async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
                    "logprobs": null, "finish_reason": finish_reason(r.reason)})
         })
         .collect();
-    let usage = total_usage(results.iter().map(|r| &r.usage), true);
+    let usage = usage_json(results.iter().map(|r| &r.usage), plan.n);
     Ok(Json(meta.body(json!(choices), Some(usage))).into_response())
 }
 
@@ -348,6 +349,7 @@ async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         return Ok(stream(
             merged,
             choices,
+            plan.n,
             meta,
             body.params.include_usage(),
             false,
@@ -359,10 +361,7 @@ async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         .enumerate()
         .map(|(i, r)| json!({"index": i, "text": r.text, "logprobs": null, "finish_reason": finish_reason(r.reason)}))
         .collect();
-    // Prompt tokens count once per prompt, not once per sample.
-    let usage = total_usage(results.iter().step_by(plan.n).map(|r| &r.usage), false);
-    let generated: usize = results.iter().map(|r| r.usage.generated_tokens).sum();
-    let usage = with_completion_tokens(usage, generated);
+    let usage = usage_json(results.iter().map(|r| &r.usage), plan.n);
     Ok(Json(meta.body(json!(choices), Some(usage))).into_response())
 }
 
@@ -403,11 +402,12 @@ impl ResponseMeta {
     }
 }
 
-fn total_usage<'a>(usages: impl Iterator<Item = &'a Usage>, count_generated: bool) -> Value {
+/// Usage over all choices. Choices come in groups of `per_prompt` samples of one prompt
+/// (OpenAI's `n`): a prompt counts once per group, generated tokens once per choice.
+fn usage_json<'a>(usages: impl Iterator<Item = &'a Usage>, per_prompt: usize) -> Value {
     let (mut prompt, mut cached, mut generated) = (0, 0, 0);
     for (i, u) in usages.enumerate() {
-        // Chat choices share one prompt: count it once.
-        if i == 0 || !count_generated {
+        if i % per_prompt.max(1) == 0 {
             prompt += u.prompt_tokens;
             cached += u.cached_tokens;
         }
@@ -417,18 +417,12 @@ fn total_usage<'a>(usages: impl Iterator<Item = &'a Usage>, count_generated: boo
            "prompt_tokens_details": {"cached_tokens": cached}})
 }
 
-fn with_completion_tokens(mut usage: Value, generated: usize) -> Value {
-    let prompt = usage["prompt_tokens"].as_u64().unwrap_or(0) as usize;
-    usage["completion_tokens"] = json!(generated);
-    usage["total_tokens"] = json!(prompt + generated);
-    usage
-}
-
 /// Server-sent events: one chunk per token per choice, a last chunk with the finish reason,
 /// optionally a usage chunk, then `[DONE]`.
 fn stream(
     merged: Merged,
     choices: usize,
+    per_prompt: usize,
     meta: ResponseMeta,
     include_usage: bool,
     chat: bool,
@@ -491,7 +485,7 @@ fn stream(
                 usages[i] = Some(usage);
                 if usages.iter().all(Option::is_some) {
                     if include_usage {
-                        let usage = total_usage(usages.iter().flatten(), chat);
+                        let usage = usage_json(usages.iter().flatten(), per_prompt);
                         out.push(chunk(json!([]), Some(usage)));
                     }
                     out.push(SseEvent::default().data("[DONE]"));

@@ -76,6 +76,8 @@ impl SamplingParams {
 pub struct Sampler {
     params: SamplingParams,
     rng: SplitMix64,
+    /// Reused across tokens: one vocabulary-sized buffer per sequence, not per token.
+    candidates: Vec<(u32, f32)>,
 }
 
 impl Sampler {
@@ -84,6 +86,7 @@ impl Sampler {
         Self {
             params,
             rng: SplitMix64::new(seed),
+            candidates: Vec::new(),
         }
     }
 
@@ -91,15 +94,20 @@ impl Sampler {
     /// `generated` how many of them, at its end, were generated.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32], generated: usize) -> u32 {
         self.apply_penalties(logits, context, generated);
-        let p = &self.params;
-        if p.temperature == 0.0 {
+        if self.params.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut candidates: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l))
-            .collect();
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
+        candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        let token = self.draw(&mut candidates);
+        self.candidates = candidates;
+        token
+    }
+
+    /// top-k, softmax with temperature, top-p, min-p, then a draw.
+    fn draw(&mut self, candidates: &mut Vec<(u32, f32)>) -> u32 {
+        let p = &self.params;
         if p.top_k > 0 && p.top_k < candidates.len() {
             candidates.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
             candidates.truncate(p.top_k);
@@ -130,7 +138,7 @@ impl Sampler {
         }
         let total: f32 = candidates.iter().map(|c| c.1).sum();
         let mut draw = self.rng.unit() * total;
-        for &(id, prob) in &candidates {
+        for &(id, prob) in candidates.iter() {
             draw -= prob;
             if draw <= 0.0 {
                 return id;
