@@ -1,5 +1,6 @@
 //! `ferrollama`: the command line. `serve` runs the HTTP APIs, `run` chats with a model from
-//! the terminal; the model store and the benchmark arrive as their own subcommands.
+//! the terminal, `bench` measures any OpenAI-compatible server; the model store arrives as its
+//! own subcommands.
 
 mod engine_args;
 mod loading;
@@ -26,6 +27,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Chat once with a model: stream its reply to a prompt, then print speeds.
     Run(run::RunArgs),
+    /// Load-test an OpenAI-compatible server: throughput, TTFT, TPOT, ITL and latency over a
+    /// concurrency sweep or Poisson request rates.
+    Bench(ferrollama_bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +40,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::serve(args),
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => ferrollama_bench::run(args),
     }
 }

@@ -18,7 +18,7 @@ pub struct KvCache {
     layers: Vec<LayerCache>,
 }
 
-pub(crate) struct LayerCache {
+pub struct LayerCache {
     pub keys: Vec<f32>,
     pub values: Vec<f32>,
 }
@@ -59,11 +59,11 @@ impl KvCache {
         self.num_blocks
     }
 
-    pub(crate) fn slot_width(&self) -> usize {
+    pub fn slot_width(&self) -> usize {
         self.slot_width
     }
 
-    pub(crate) fn layer_mut(&mut self, layer: usize) -> &mut LayerCache {
+    pub fn layer_mut(&mut self, layer: usize) -> &mut LayerCache {
         &mut self.layers[layer]
     }
 

@@ -3,7 +3,7 @@
 //! loaders for safetensors, GGUF and random weights; tokenizers; chat templates; and the
 //! device/dtype policy. No HTTP, no queues: the engine above decides what runs when.
 
-mod attention;
+pub mod attention;
 pub mod batch;
 pub mod chat;
 pub mod config;
@@ -11,7 +11,7 @@ mod cpu;
 pub mod device;
 pub mod error;
 pub mod kv_cache;
-mod linear;
+pub mod linear;
 pub mod load;
 pub mod model;
 pub mod rng;

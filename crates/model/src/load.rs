@@ -130,6 +130,17 @@ pub fn load(
     }
 }
 
+/// The tokenizer alone, from a GGUF file, a `tokenizer.json`, or a directory holding one.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if path.is_dir() {
+        return Tokenizer::from_file(&path.join("tokenizer.json"));
+    }
+    match ModelSource::from_path(path) {
+        Ok(ModelSource::Gguf(path)) => Tokenizer::from_gguf(&GgufFile::open(&path)?),
+        _ => Tokenizer::from_file(path),
+    }
+}
+
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))
 }

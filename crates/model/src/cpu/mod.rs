@@ -1,3 +1,3 @@
-//! CPU kernels for what candle does slowly.
+//! CPU kernels for what candle's CPU backend does slowly.
 
-pub mod q4_1;
+pub mod quant;
