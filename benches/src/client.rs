@@ -104,7 +104,7 @@ async fn stream(
     if let Some(key) = &target.api_key {
         request = request.bearer_auth(key);
     }
-    let response = request.send().await.map_err(|e| e.to_string())?;
+    let response = request.send().await.map_err(|e| with_causes(&e))?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
@@ -116,7 +116,7 @@ async fn stream(
     let mut chunks = 0u64;
     let mut usage_tokens = None;
     while let Some(piece) = bytes.next().await {
-        let piece = piece.map_err(|e| e.to_string())?;
+        let piece = piece.map_err(|e| with_causes(&e))?;
         let now = Instant::now();
         pending.extend_from_slice(&piece);
         // Server-sent events: one `data: {json}` per line.
@@ -159,6 +159,18 @@ async fn stream(
     }
     record.output_tokens = usage_tokens.unwrap_or(chunks);
     Ok(())
+}
+
+/// reqwest's message and every cause under it ("error sending request" alone says little).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The first model the server lists, for when none was named.

@@ -130,8 +130,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 pub async fn bench(args: &BenchArgs) -> Result<Report> {
     let levels = levels(args)?;
+    // A fresh connection per request: servers close idle keep-alive connections on their own
+    // schedule (llama-server does), and a request sent on one they just closed fails.
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(0)
         .build()?;
     let model = match &args.model {
         Some(m) => m.clone(),

@@ -1,0 +1,220 @@
+"""A fake GitLab for configure-gitlab.sh: GET /api/v4/version and POST /api/graphql.
+
+It answers the queries the script makes from in-memory state, validates every mutation's input
+against one of two schema versions the way GraphQL would (unknown or missing fields, bad enum
+values), applies it, and records it. `old` is GitLab 17.6-like: aiFeatureSettingUpdate takes
+`feature` (one) and models have no `identifier`; `new` takes `features` (a list) and has them.
+"""
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+FEATURES = ["CODE_GENERATIONS", "CODE_COMPLETIONS", "DUO_CHAT", "DUO_CHAT_EXPLAIN_CODE"]
+PROVIDERS = ["DISABLED", "VENDORED", "SELF_HOSTED"]
+MODELS = ["MISTRAL", "MIXTRAL", "CODEGEMMA", "CODESTRAL", "CODELLAMA", "DEEPSEEKCODER"]
+MODEL_GID = "gid://gitlab/Ai::SelfHostedModel/"
+ROOT_GID = "gid://gitlab/User/1"
+
+# input type -> (required fields, optional fields), per schema version
+INPUTS = {
+    "old": {
+        "AiFeatureSettingUpdateInput": ({"feature", "provider"}, {"aiSelfHostedModelId", "clientMutationId"}),
+        "AiSelfHostedModelCreateInput": ({"name", "model", "endpoint"}, {"apiToken", "clientMutationId"}),
+        "AiSelfHostedModelUpdateInput": ({"id", "name", "model", "endpoint"}, {"apiToken", "clientMutationId"}),
+    },
+    "new": {
+        "AiFeatureSettingUpdateInput": ({"features", "provider"},
+                                        {"aiSelfHostedModelId", "offeredModelRef", "clientMutationId"}),
+        "AiSelfHostedModelCreateInput": ({"name", "model", "endpoint"},
+                                         {"apiToken", "identifier", "clientMutationId"}),
+        "AiSelfHostedModelUpdateInput": ({"id", "name", "model", "endpoint"},
+                                         {"apiToken", "identifier", "clientMutationId"}),
+    },
+}
+for version in INPUTS.values():
+    version["UserAddOnAssignmentCreateInput"] = ({"addOnPurchaseId", "userId"}, {"clientMutationId"})
+MUTATION_INPUT = {
+    "aiSelfHostedModelCreate": "AiSelfHostedModelCreateInput",
+    "aiSelfHostedModelUpdate": "AiSelfHostedModelUpdateInput",
+    "aiFeatureSettingUpdate": "AiFeatureSettingUpdateInput",
+    "userAddOnAssignmentCreate": "UserAddOnAssignmentCreateInput",
+}
+
+
+class GraphQLError(Exception):
+    pass
+
+
+class FakeGitLab:
+    def __init__(self, schema, token="test-token", unavailable_for=0, add_ons=("DUO_ENTERPRISE",)):
+        self.schema = schema
+        self.token = token
+        self.unavailable_for = unavailable_for  # first N /api/v4/version calls answer 502
+        self.models = []
+        self.settings = {}  # feature (lower case) -> (provider, model gid or None)
+        self.purchases = [{"id": f"gid://gitlab/GitlabSubscriptions::AddOnPurchase/{i + 1}", "name": name,
+                           "purchasedQuantity": 5} for i, name in enumerate(add_ons)]
+        self.assigned = set()  # (purchase gid, user gid)
+        self.fail_mutation = None  # a mutation name whose payload reports an error
+        self.mutations = []  # (name, input) in the order received
+        self.version_calls = 0
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    # --- state helpers used by the tests ---
+    def add_model(self, name, endpoint, identifier=None):
+        gid = f"{MODEL_GID}{len(self.models) + 1}"
+        self.models.append({"id": gid, "name": name, "model": "mistral", "endpoint": endpoint,
+                            "identifier": identifier, "apiToken": "x"})
+        return gid
+
+    def mutation_names(self):
+        return [name for name, _ in self.mutations]
+
+    # --- GraphQL ---
+    def graphql(self, query, variables):
+        mutation = re.match(r"\s*mutation\s*\(\$input:\s*(\w+)!\)\s*\{\s*(\w+)\(input:\s*\$input\)", query)
+        if mutation:
+            return self.mutate(mutation.group(2), mutation.group(1), variables.get("input"))
+        data = {}
+        for alias, type_name in re.findall(r"(\w+):\s*__type\(name:\s*\"(\w+)\"\)", query):
+            required, optional = INPUTS[self.schema].get(type_name, (set(), set()))
+            fields = sorted(required | optional)
+            data[alias] = {"inputFields": [{"name": f} for f in fields]} if fields else None
+        if "aiSelfHostedModels" in query:
+            if "identifier" in query and self.schema == "old":
+                raise GraphQLError("Field 'identifier' doesn't exist on type 'AiSelfHostedModel'")
+            nodes = []
+            for m in self.models:
+                node = {k: m[k] for k in ("id", "name", "model", "endpoint")}
+                if self.schema == "new":
+                    node["identifier"] = m["identifier"]
+                nodes.append(node)
+            data["aiSelfHostedModels"] = {"nodes": nodes}
+        if "aiFeatureSettings" in query:
+            nodes = []
+            for feature in FEATURES:
+                provider, model = self.settings.get(feature.lower(), ("vendored", None))
+                nodes.append({"feature": feature.lower(), "provider": provider,
+                              "selfHostedModel": {"id": model} if model else None})
+            data["aiFeatureSettings"] = {"nodes": nodes}
+        if "currentUser" in query:
+            data["currentUser"] = {"id": ROOT_GID, "username": "root"}
+        if "addOnPurchases" in query:
+            data["addOnPurchases"] = [
+                dict(p, assignedQuantity=sum(1 for a in self.assigned if a[0] == p["id"])) for p in self.purchases]
+        if "selfManagedAddOnEligibleUsers" in query:
+            kinds = {p["name"] for p in self.purchases}
+            if variables.get("type") not in kinds:
+                raise GraphQLError(f"no add-on purchase of type {variables.get('type')}")
+            ids = variables["ids"]
+            assignments = [{"addOnPurchase": {"name": p["name"]}} for p in self.purchases
+                           if p["id"] in ids and (p["id"], ROOT_GID) in self.assigned]
+            data["selfManagedAddOnEligibleUsers"] = {"nodes": [
+                {"id": ROOT_GID, "username": "root", "addOnAssignments": {"nodes": assignments}}]}
+        if not data:
+            raise GraphQLError(f"fake GitLab does not know this query: {query}")
+        return data
+
+    def mutate(self, name, input_type, value):
+        if MUTATION_INPUT.get(name) != input_type:
+            raise GraphQLError(f"{name} takes {MUTATION_INPUT.get(name)}, not {input_type}")
+        required, optional = INPUTS[self.schema][input_type]
+        if not isinstance(value, dict):
+            raise GraphQLError(f"Variable $input of type {input_type}! was provided invalid value")
+        for key in value:
+            if key not in required | optional:
+                raise GraphQLError(f"Variable $input of type {input_type}! was provided invalid value for "
+                                   f"{key} (Field is not defined on {input_type})")
+        for key in required - set(value):
+            raise GraphQLError(f"Variable $input of type {input_type}! was provided invalid value for "
+                               f"{key} (Expected value to not be null)")
+        self.mutations.append((name, value))
+        if name == self.fail_mutation:
+            return {name: {"errors": [f"{name} refused by the fake"]}}
+
+        if name == "aiSelfHostedModelCreate":
+            if value["model"] not in MODELS:
+                raise GraphQLError(f"invalid AiAcceptedSelfHostedModels value {value['model']}")
+            gid = self.add_model(value["name"], value["endpoint"], value.get("identifier"))
+            return {name: {"errors": [], "selfHostedModel": {"id": gid}}}
+        if name == "aiSelfHostedModelUpdate":
+            model = next((m for m in self.models if m["id"] == value["id"]), None)
+            if model is None:
+                return {name: {"errors": ["Self-hosted model not found"]}}
+            model.update(name=value["name"], model=value["model"].lower(), endpoint=value["endpoint"],
+                         identifier=value.get("identifier"))
+            return {name: {"errors": []}}
+        if name == "aiFeatureSettingUpdate":
+            features = value["features"] if "features" in value else [value["feature"]]
+            if not isinstance(features, list) or any(f not in FEATURES for f in features):
+                raise GraphQLError(f"invalid AiFeatures value in {features}")
+            if value["provider"] not in PROVIDERS:
+                raise GraphQLError(f"invalid AiFeatureProviders value {value['provider']}")
+            model = value.get("aiSelfHostedModelId")
+            if value["provider"] == "SELF_HOSTED" and model not in [m["id"] for m in self.models]:
+                return {name: {"errors": ["Self-hosted model can't be blank"]}}
+            for f in features:
+                self.settings[f.lower()] = (value["provider"].lower(), model)
+            return {name: {"errors": []}}
+        if name == "userAddOnAssignmentCreate":
+            if value["addOnPurchaseId"] not in [p["id"] for p in self.purchases] or value["userId"] != ROOT_GID:
+                raise GraphQLError("The resource that you are attempting to access does not exist")
+            self.assigned.add((value["addOnPurchaseId"], value["userId"]))
+            return {name: {"errors": []}}
+        raise GraphQLError(f"unknown mutation {name}")
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send_json(self, status, body):
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def authorized(self):
+                return self.headers.get("Authorization") == f"Bearer {fake.token}"
+
+            def do_GET(self):
+                if self.path != "/api/v4/version":
+                    return self.send_json(404, {"message": "404 Not Found"})
+                with fake.lock:
+                    fake.version_calls += 1
+                    if fake.version_calls <= fake.unavailable_for:
+                        return self.send_json(502, {"message": "GitLab is not responding"})
+                if not self.authorized():
+                    return self.send_json(401, {"message": "401 Unauthorized"})
+                self.send_json(200, {"version": "17.6.0-ee" if fake.schema == "old" else "17.10.0-ee"})
+
+            def do_POST(self):
+                if self.path != "/api/graphql":
+                    return self.send_json(404, {"message": "404 Not Found"})
+                if not self.authorized():
+                    return self.send_json(401, {"message": "401 Unauthorized"})
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.lock:
+                    try:
+                        data = fake.graphql(body["query"], body.get("variables") or {})
+                    except GraphQLError as e:
+                        return self.send_json(200, {"errors": [{"message": str(e)}]})
+                self.send_json(200, {"data": data})
+
+        return Handler

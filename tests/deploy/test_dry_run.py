@@ -1,0 +1,327 @@
+"""up.sh and down.sh --dry-run: the cloud CLI calls they print, and the cloud-init files up.sh
+renders. Fake `aws` and `gcloud` commands on PATH record any call, so a dry run that runs a
+cloud CLI fails the test.
+"""
+import base64
+import os
+import pathlib
+import shlex
+import subprocess
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+PRIVATE = "10.42.0.0/16"
+BYPASS = "AIGW_AUTH__BYPASS_EXTERNAL"
+SHA = "ab" * 32
+TYPES = {
+    "aws": {"gitlab": "c6i.xlarge", "gateway": "t2.medium", "llm": "g4dn.xlarge"},
+    "gcp": {"gitlab": "c2-standard-4", "gateway": "e2-medium", "llm": "n1-standard-4"},
+}
+DISKS = {"gitlab": 50, "gateway": 20, "llm": 50}
+IPS = {"gitlab": "10.42.0.10", "gateway": "10.42.1.11", "llm": "10.42.1.12"}
+
+
+@pytest.fixture
+def fake_clis(tmp_path):
+    """PATH with `aws` and `gcloud` that log their arguments and fail."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "cli-calls.log"
+    for cli in ("aws", "gcloud"):
+        fake = bin_dir / cli
+        fake.write_text(f'#!/bin/sh\necho "{cli} $*" >> {log}\nexit 1\n')
+        fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", HOME=str(tmp_path))
+    yield env, log
+    assert not log.exists(), "a dry run ran a cloud CLI:\n" + log.read_text()
+
+
+def run(env, script, *args):
+    return subprocess.run([str(DEPLOY / script), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def dry_up(fake_clis, tmp_path, cloud, *extra, name="demo"):
+    env, _ = fake_clis
+    render = tmp_path / f"render-{cloud}"
+    result = run(env, "up.sh", "--cloud", cloud, "--domain", "gitlab.example.com", "--name", name,
+                 "--ferrollama-url", "https://example.com/ferrollama", "--ferrollama-sha256", SHA,
+                 "--dry-run", "--render-dir", str(render), *extra)
+    assert result.returncode == 0, result.stderr
+    calls = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert calls and all(c[0] == {"aws": "aws", "gcp": "gcloud"}[cloud] for c in calls), result.stdout
+    return calls, render, result
+
+
+def opt(call, flag):
+    """The value after FLAG in a call (None when absent)."""
+    return call[call.index(flag) + 1] if flag in call else None
+
+
+def write_files(path):
+    """path -> decoded content of a rendered cloud-init file's write_files."""
+    doc = yaml.safe_load(path.read_text())
+    files = {}
+    for f in doc["write_files"]:
+        content = f.get("content", "")
+        files[f["path"]] = base64.b64decode(content).decode() if f.get("encoding") == "b64" else content
+    return files
+
+
+def everything_rendered(render):
+    return "\n".join(p.read_text() + "\n".join(write_files(p).values()) for p in render.glob("*.yaml"))
+
+
+# --- AWS ---
+
+def aws_role(call):
+    for spec in call[call.index("--tag-specifications") + 1:]:
+        if spec.startswith("ResourceType=instance,"):
+            return spec.split("Key=Name,Value=demo-")[1].rstrip("}]")
+
+
+def test_aws_instances_types_disks_and_no_public_address(fake_clis, tmp_path):
+    calls, render, _ = dry_up(fake_clis, tmp_path, "aws")
+    runs = {aws_role(c): c for c in calls if c[1:3] == ["ec2", "run-instances"]}
+    assert sorted(runs) == ["gateway", "gitlab", "llm"]
+    for role, call in runs.items():
+        assert opt(call, "--instance-type") == TYPES["aws"][role]
+        assert f"VolumeSize={DISKS[role]}," in opt(call, "--block-device-mappings")
+        assert opt(call, "--private-ip-address") == IPS[role]
+        assert "--no-associate-public-ip-address" in call and "--associate-public-ip-address" not in call
+        assert opt(call, "--user-data") == f"file://{render}/{role}.yaml"
+        assert (render / f"{role}.yaml").stat().st_size <= 16384  # EC2's user-data limit
+    # The only public address goes to GitLab.
+    associations = [c for c in calls if c[1:3] == ["ec2", "associate-address"]]
+    assert len(associations) == 1 and opt(associations[0], "--instance-id") == "dryrun-instance-gitlab"
+    nat = next(c for c in calls if c[1:3] == ["ec2", "create-nat-gateway"])
+    assert opt(nat, "--allocation-id") != opt(associations[0], "--allocation-id")
+    assert all(opt(c, "--region") == "us-east-1" for c in calls)
+
+
+def test_aws_ports_5052_and_11434_only_from_the_private_range(fake_clis, tmp_path):
+    calls, _, _ = dry_up(fake_clis, tmp_path, "aws")
+    rules = [(opt(c, "--group-id"), opt(c, "--port"), opt(c, "--cidr"))
+             for c in calls if c[1:3] == ["ec2", "authorize-security-group-ingress"]]
+    assert sorted(rules) == sorted([
+        ("dryrun-sg-gitlab", "22", "0.0.0.0/0"), ("dryrun-sg-gitlab", "80", "0.0.0.0/0"),
+        ("dryrun-sg-gitlab", "443", "0.0.0.0/0"),
+        ("dryrun-sg-gateway", "22", PRIVATE), ("dryrun-sg-gateway", "5052", PRIVATE),
+        ("dryrun-sg-llm", "22", PRIVATE), ("dryrun-sg-llm", "11434", PRIVATE),
+    ])
+    runs = {aws_role(c): opt(c, "--security-group-ids") for c in calls if c[1:3] == ["ec2", "run-instances"]}
+    assert runs == {"gitlab": "dryrun-sg-gitlab", "gateway": "dryrun-sg-gateway", "llm": "dryrun-sg-llm"}
+
+
+def test_aws_everything_created_is_tagged(fake_clis, tmp_path):
+    calls, _, _ = dry_up(fake_clis, tmp_path, "aws")
+    creating = [c for c in calls if c[2].split("-")[0] in ("create", "allocate", "import", "run")
+                and c[2] not in ("create-route",)]
+    assert len(creating) == 16
+    for call in creating:
+        specs = call[call.index("--tag-specifications") + 1:]
+        specs = [s for s in specs if s.startswith("ResourceType=")]
+        assert specs and all("{Key=ferrollama-deploy,Value=demo}" in s for s in specs), call
+
+
+# --- GCP ---
+
+def test_gcp_instances_types_disks_gpu_and_one_public_address(fake_clis, tmp_path):
+    calls, render, _ = dry_up(fake_clis, tmp_path, "gcp", "--project", "my-project")
+    creates = {c[4].removeprefix("demo-"): c for c in calls if c[1:4] == ["compute", "instances", "create"]}
+    assert sorted(creates) == ["gateway", "gitlab", "llm"]
+    for role, call in creates.items():
+        assert opt(call, "--machine-type") == TYPES["gcp"][role]
+        assert opt(call, "--boot-disk-size") == f"{DISKS[role]}GB"
+        assert opt(call, "--private-network-ip") == IPS[role]
+        assert opt(call, "--image-family") == "ubuntu-2404-lts-amd64"
+        assert opt(call, "--labels") == f"ferrollama-deploy=demo,ferrollama-role={role}"
+        assert opt(call, "--metadata-from-file") == f"user-data={render}/{role}.yaml"
+        assert opt(call, "--project") == "my-project"
+        if role == "gitlab":
+            assert opt(call, "--address") == "demo-gitlab-ip" and "--no-address" not in call
+        else:
+            assert "--no-address" in call and "--address" not in call
+    assert opt(creates["llm"], "--accelerator") == "type=nvidia-tesla-t4,count=1"
+    assert opt(creates["llm"], "--maintenance-policy") == "TERMINATE"
+    assert "--accelerator" not in creates["gitlab"] + creates["gateway"]
+
+
+def test_gcp_ports_5052_and_11434_only_from_the_private_range(fake_clis, tmp_path):
+    calls, _, _ = dry_up(fake_clis, tmp_path, "gcp")
+    rules = {c[4]: c for c in calls if c[1:4] == ["compute", "firewall-rules", "create"]}
+    allowed = {name: set(opt(c, "--allow").split(",")) for name, c in rules.items()}
+    assert allowed == {"demo-gitlab-public": {"tcp:22", "tcp:80", "tcp:443"},
+                       "demo-gateway-private": {"tcp:22", "tcp:5052"},
+                       "demo-llm-private": {"tcp:22", "tcp:11434"}}
+    assert opt(rules["demo-gitlab-public"], "--target-tags") == "demo-gitlab"
+    for name in ("demo-gateway-private", "demo-llm-private"):
+        assert opt(rules[name], "--source-ranges") == PRIVATE
+        assert opt(rules[name], "--target-tags") == name.removesuffix("-private")
+    # Each VM carries only its own tag, so only GitLab is behind the public rule.
+    tags = {c[4]: opt(c, "--tags") for c in calls if c[1:4] == ["compute", "instances", "create"]}
+    assert tags == {"demo-gitlab": "demo-gitlab", "demo-gateway": "demo-gateway", "demo-llm": "demo-llm"}
+
+
+def test_gcp_everything_without_labels_has_the_description(fake_clis, tmp_path):
+    calls, _, _ = dry_up(fake_clis, tmp_path, "gcp")
+    for call in calls:
+        if call[-1] == "create" or "create" in call[:5]:
+            if call[2:4] == ["routers", "nats"]:
+                continue  # deleted with its router
+            assert "--labels" in call or opt(call, "--description") == "ferrollama-deploy=demo", call
+
+
+# --- cloud-init contents, both clouds ---
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_bypass_only_with_eval(fake_clis, tmp_path, cloud):
+    calls, render, result = dry_up(fake_clis, tmp_path, cloud)
+    assert BYPASS not in result.stdout + result.stderr + everything_rendered(render)
+
+    calls, render, result = dry_up(fake_clis, tmp_path, cloud, "--eval")
+    assert "must never face the internet" in result.stderr
+    env = write_files(render / "gateway.yaml")["/etc/gitlab-ai-gateway/gateway.env"]
+    assert f"{BYPASS}=true" in env.splitlines()
+    for role in ("gitlab", "llm"):
+        assert BYPASS not in (render / f"{role}.yaml").read_text() + "".join(write_files(render / f"{role}.yaml").values())
+
+
+def test_rendered_roles(fake_clis, tmp_path):
+    license_file = tmp_path / "duo.gitlab-license"
+    license_file.write_text("LICENCE-DATA\n")
+    _, render, _ = dry_up(fake_clis, tmp_path, "aws", "--license", str(license_file),
+                          "--gateway-tag", "self-hosted-v17.9.1-ee", "--email", "admin@example.com")
+
+    gitlab = write_files(render / "gitlab.yaml")
+    rb = gitlab["/etc/gitlab/gitlab.rb"]
+    assert "external_url 'https://gitlab.example.com'" in rb
+    assert "letsencrypt['enable'] = true" in rb
+    assert "letsencrypt['contact_emails'] = ['admin@example.com']" in rb
+    assert "gitlab_rails['env'] = { 'AI_GATEWAY_URL' => 'http://10.42.1.11:5052' }" in rb
+    assert "gitlab_rails['initial_license_file'] = '/etc/gitlab/ferrollama.gitlab-license'" in rb
+    assert gitlab["/etc/gitlab/ferrollama.gitlab-license"] == "LICENCE-DATA\n"
+    settings = gitlab["/etc/ferrollama-deploy/settings.env"]
+    assert "GITLAB_PACKAGE=gitlab-ee=17.9.1-ee.0" in settings
+    assert "LLM_URL=http://10.42.1.12:11434" in settings
+    assert gitlab["/usr/local/bin/ferrollama-verify"] == (DEPLOY / "verify.sh").read_text()
+    assert gitlab["/usr/local/sbin/ferrollama-firstboot"] == (DEPLOY / "firstboot/gitlab.sh").read_text()
+
+    gateway = write_files(render / "gateway.yaml")
+    env = gateway["/etc/gitlab-ai-gateway/gateway.env"].splitlines()
+    assert "AIGW_GITLAB_URL=https://gitlab.example.com" in env
+    assert "AIGW_GITLAB_API_URL=https://gitlab.example.com/api/v4/" in env
+    assert "GATEWAY_IMAGE=gitlab/model-gateway:self-hosted-v17.9.1-ee" in gateway["/etc/ferrollama-deploy/settings.env"]
+
+    llm = write_files(render / "llm.yaml")
+    assert llm["/etc/systemd/system/ferrollama.service"] == (DEPLOY / "systemd/ferrollama.service").read_text()
+    assert llm["/usr/local/bin/ferrollama-healthcheck"] == (DEPLOY / "llm-healthcheck.sh").read_text()
+    env = llm["/etc/ferrollama/ferrollama.env"].splitlines()
+    assert "FERROLLAMA_NAME=mistral:instruct" in env and "OLLAMA_HOST=10.42.1.12:11434" in env
+    settings = llm["/etc/ferrollama-deploy/settings.env"]
+    assert "FERROLLAMA_URL='https://example.com/ferrollama'" in settings and f"FERROLLAMA_SHA256={SHA}" in settings
+    assert "MODEL_SHA256=ff82381e2bea77d91c1b824c7afb83f6fb73e9f7de9dda631bcdbca564aa5435" in settings
+
+
+def test_without_licence_no_licence_line(fake_clis, tmp_path):
+    _, render, _ = dry_up(fake_clis, tmp_path, "gcp")
+    rb = write_files(render / "gitlab.yaml")["/etc/gitlab/gitlab.rb"]
+    assert "initial_license_file" not in rb
+    assert "GITLAB_PACKAGE=gitlab-ee=17.6.0-ee.0" in write_files(render / "gitlab.yaml")["/etc/ferrollama-deploy/settings.env"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--cloud is required"),
+    (["--cloud", "azure", "--domain", "gitlab.example.com"], "--cloud must be aws or gcp"),
+    (["--cloud", "aws"], "--domain is required"),
+    (["--cloud", "aws", "--domain", "gitlab.example.com"], "--ferrollama-url"),
+    (["--cloud", "aws", "--domain", "gitlab.example.com", "--ferrollama-url", "https://e.com/f",
+      "--ferrollama-sha256", SHA, "--gitlab-version", "17.5.0"], "does not match gateway self-hosted-v17.6.0-ee"),
+    (["--cloud", "gcp", "--domain", "gitlab.example.com", "--ferrollama-url", "https://e.com/f",
+      "--ferrollama-sha256", SHA, "--name", "Bad_Name"], "--name must be"),
+])
+def test_bad_arguments_make_no_call(fake_clis, args, message):
+    env, _ = fake_clis
+    result = run(env, "up.sh", *args, "--dry-run")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+# --- down.sh ---
+
+def test_aws_down_deletes_only_what_carries_the_tag(fake_clis):
+    env, _ = fake_clis
+    result = run(env, "down.sh", "--cloud", "aws", "--name", "demo", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    calls = [shlex.split(line) for line in result.stdout.splitlines()]
+    listings = [c for c in calls if c[2].startswith("describe-")]
+    changes = [c for c in calls if not c[2].startswith("describe-") and c[2] != "wait"]
+    assert len(listings) == 9
+    for call in listings:
+        flag = "--filter" if call[2] == "describe-nat-gateways" else "--filters"
+        assert opt(call, flag) == "Name=tag:ferrollama-deploy,Values=demo", call
+    # Every change acts on what a listing returned (the dry-run placeholders), nothing else.
+    for call in changes:
+        ids = [a for a in call[3:] if a.startswith(("i-", "vpc-", "subnet-", "sg-", "igw-", "rtb-", "eipalloc-"))]
+        assert not ids and any(a.startswith("dryrun-") for a in call), call
+    verbs = [c[2] for c in changes]
+    assert verbs[0] == "terminate-instances" and verbs[-1] == "delete-vpc"
+    assert not any(v.startswith(("create", "run", "allocate")) for v in verbs)
+
+
+def test_gcp_down_lists_by_label_or_description(fake_clis):
+    env, _ = fake_clis
+    result = run(env, "down.sh", "--cloud", "gcp", "--name", "demo", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    calls = [shlex.split(line) for line in result.stdout.splitlines()]
+    listings = [c for c in calls if "list" in c]
+    assert len(listings) == 6
+    for call in listings:
+        assert opt(call, "--filter") in ("labels.ferrollama-deploy=demo", 'description="ferrollama-deploy=demo"')
+    deletes = [c for c in calls if "delete" in c]
+    assert [c[2] for c in deletes] == ["instances", "firewall-rules", "addresses", "routers", "networks", "networks"]
+    assert all("--quiet" in c and c[c.index("delete") + 1].startswith("dryrun-") for c in deletes)
+
+
+def test_aws_down_for_real_with_a_fake_cli(tmp_path):
+    """Not a dry run: the fake `aws` answers the listings, and down.sh deletes exactly those."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    (bin_dir / "aws").write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$2" in
+  describe-instances) printf 'i-1\\ti-2\\n' ;;
+  describe-nat-gateways) echo nat-1 ;;
+  describe-addresses) printf 'eipalloc-1\\teipalloc-2\\n' ;;
+  describe-internet-gateways) printf 'igw-1\\tvpc-1\\n' ;;
+  describe-subnets) printf 'subnet-1\\tsubnet-2\\n' ;;
+  describe-route-tables) echo rtb-1 ;;
+  describe-security-groups) echo None ;;
+  describe-key-pairs) echo key-1 ;;
+  describe-vpcs) echo vpc-1 ;;
+esac
+""")
+    (bin_dir / "aws").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    result = run(env, "down.sh", "--cloud", "aws", "--name", "demo", "--region", "eu-west-1")
+    assert result.returncode == 0, result.stderr
+    changes = [line.replace(" --region eu-west-1", "") for line in log.read_text().splitlines()
+               if not line.split()[1].startswith("describe-")]
+    assert changes == [
+        "ec2 terminate-instances --instance-ids i-1 i-2",
+        "ec2 wait instance-terminated --instance-ids i-1 i-2",
+        "ec2 delete-nat-gateway --nat-gateway-id nat-1",
+        "ec2 wait nat-gateway-deleted --nat-gateway-ids nat-1",
+        "ec2 release-address --allocation-id eipalloc-1",
+        "ec2 release-address --allocation-id eipalloc-2",
+        "ec2 detach-internet-gateway --internet-gateway-id igw-1 --vpc-id vpc-1",
+        "ec2 delete-internet-gateway --internet-gateway-id igw-1",
+        "ec2 delete-subnet --subnet-id subnet-1",
+        "ec2 delete-subnet --subnet-id subnet-2",
+        "ec2 delete-route-table --route-table-id rtb-1",
+        "ec2 delete-key-pair --key-pair-id key-1",
+        "ec2 delete-vpc --vpc-id vpc-1",
+    ]
