@@ -186,5 +186,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             lanes[i] += x[i] * y[i];
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    // A tree, not a chain of sixteen dependent adds.
+    for i in 0..8 {
+        lanes[i] += lanes[i + 8];
+    }
+    for i in 0..4 {
+        lanes[i] += lanes[i + 4];
+    }
+    (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]) + tail
 }
