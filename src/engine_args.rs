@@ -19,6 +19,9 @@ pub struct EngineArgs {
     /// Prefill each prompt in one step instead of in chunks.
     #[arg(long)]
     pub no_chunked_prefill: bool,
+    /// Threads for the model's math [default: RAYON_NUM_THREADS, else one per core].
+    #[arg(long, env = "FERROLLAMA_THREADS")]
+    pub threads: Option<usize>,
 }
 
 impl EngineArgs {
@@ -29,6 +32,7 @@ impl EngineArgs {
             max_seqs: self.max_seqs.max(1),
             prefix_caching: !self.no_prefix_caching,
             chunked_prefill: !self.no_chunked_prefill,
+            threads: self.threads.unwrap_or(0),
             ..EngineConfig::default()
         }
     }

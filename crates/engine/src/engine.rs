@@ -22,6 +22,8 @@ pub struct EngineConfig {
     pub max_seqs: usize,
     pub prefix_caching: bool,
     pub chunked_prefill: bool,
+    /// Threads of the engine's pool; 0 takes RAYON_NUM_THREADS, else one per core.
+    pub threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -33,6 +35,7 @@ impl Default for EngineConfig {
             max_seqs: 32,
             prefix_caching: true,
             chunked_prefill: true,
+            threads: 0,
         }
     }
 }
@@ -201,7 +204,6 @@ pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> EngineHandle {
     // each of the hundreds of loops in a step (measured: a sixth of decode time went to
     // futexes). Its own pool, because an idle engine parks its worker on the inbox.
     let pool = rayon::ThreadPoolBuilder::new()
-        // 0: RAYON_NUM_THREADS, else one per core.
         .num_threads(config.threads)
         .thread_name(|i| format!("ferrollama-worker-{i}"))
         .build()
