@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included: a venv with the test model and the Python clients,
-# every Rust test in release mode (model math is too slow unoptimised), then the real clients
-# (openai, litellm, ollama) against the real server process.
+# every Rust test in release mode (model math is too slow unoptimised), each micro-benchmark
+# once, the real clients (openai, litellm, ollama) and a `ferrollama bench` smoke run against
+# the real server process, then the deploy/ checks (shellcheck, cloud-init, systemd, dry runs).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -11,7 +12,10 @@ echo "SmolLM2 test model: $SMOLLM2_GGUF"
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 
 cargo test --release --workspace "$@"
+# Criterion runs each benchmark once under `cargo test`: the micro-benchmarks stay working.
+cargo test --release -p ferrollama-bench --benches
 
 cargo build --release --bin ferrollama
 export FERROLLAMA_BIN="${CARGO_TARGET_DIR:-$root/target}/release/ferrollama"
-.venv/bin/python -m pytest -q tests/clients
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/clients
+tests/deploy/run.sh
