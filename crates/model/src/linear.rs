@@ -14,13 +14,7 @@ pub enum Linear {
 impl Linear {
     pub fn new(matrix: QMatMul) -> Result<Self> {
         if let QMatMul::QTensor(q) = &matrix {
-            let format = match q.dtype() {
-                GgmlDType::Q4_0 => Some(Format::Q4_0),
-                GgmlDType::Q4_1 => Some(Format::Q4_1),
-                GgmlDType::Q8_0 => Some(Format::Q8_0),
-                _ => None,
-            };
-            if let (Some(format), true) = (format, q.device().is_cpu()) {
+            if let (Some(format), true) = (cpu_format(q.dtype()), q.device().is_cpu()) {
                 let (rows, cols) = q.shape().dims2()?;
                 return Ok(Linear::CpuQuant(QuantMatrix::from_ggml(
                     format,
@@ -44,5 +38,93 @@ impl Linear {
                 Ok(Tensor::from_vec(out, (tokens, matrix.rows()), x.device())?)
             }
         }
+    }
+}
+
+/// Matrices that read the same input (attention's q, k, v; the MLP's gate and up). When they
+/// share a CPU quant format they become one matrix: the input is quantized once and one
+/// parallel loop runs instead of several, which is what a small model's decode step is made
+/// of. Otherwise each runs on its own.
+pub enum Projections {
+    Fused {
+        matrix: QuantMatrix,
+        widths: Vec<usize>,
+    },
+    Separate(Vec<Linear>),
+}
+
+impl Projections {
+    pub fn new(parts: Vec<QMatMul>) -> Result<Self> {
+        if let Some((format, cols)) = common_cpu_format(&parts)? {
+            let mut raw = Vec::new();
+            let mut widths = Vec::with_capacity(parts.len());
+            for part in &parts {
+                let QMatMul::QTensor(q) = part else {
+                    unreachable!("checked by common_cpu_format")
+                };
+                raw.extend_from_slice(&q.data()?);
+                widths.push(q.shape().dims2()?.0);
+            }
+            let rows = widths.iter().sum();
+            let matrix = QuantMatrix::from_ggml(format, &raw, rows, cols);
+            return Ok(Projections::Fused { matrix, widths });
+        }
+        Ok(Projections::Separate(
+            parts.into_iter().map(Linear::new).collect::<Result<_>>()?,
+        ))
+    }
+
+    /// `x` is `[tokens, in_features]`; returns one `[tokens, out_features]` per matrix.
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Projections::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+            Projections::Fused { matrix, widths } => {
+                let tokens = x.dim(0)?;
+                let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let out = quant::matmul(matrix, &input, tokens);
+                let total = matrix.rows();
+                let mut offset = 0;
+                widths
+                    .iter()
+                    .map(|&width| {
+                        let mut part = Vec::with_capacity(tokens * width);
+                        for row in out.chunks_exact(total) {
+                            part.extend_from_slice(&row[offset..offset + width]);
+                        }
+                        offset += width;
+                        Ok(Tensor::from_vec(part, (tokens, width), x.device())?)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The one CPU quant format and input width all `parts` share, if they do.
+fn common_cpu_format(parts: &[QMatMul]) -> Result<Option<(Format, usize)>> {
+    let mut common = None;
+    for part in parts {
+        let QMatMul::QTensor(q) = part else {
+            return Ok(None);
+        };
+        let Some(format) = cpu_format(q.dtype()).filter(|_| q.device().is_cpu()) else {
+            return Ok(None);
+        };
+        let cols = q.shape().dims2()?.1;
+        match common {
+            None => common = Some((format, cols)),
+            Some(c) if c == (format, cols) => {}
+            Some(_) => return Ok(None),
+        }
+    }
+    Ok(common)
+}
+
+fn cpu_format(dtype: GgmlDType) -> Option<Format> {
+    match dtype {
+        GgmlDType::Q4_0 => Some(Format::Q4_0),
+        GgmlDType::Q4_1 => Some(Format::Q4_1),
+        GgmlDType::Q8_0 => Some(Format::Q8_0),
+        _ => None,
     }
 }

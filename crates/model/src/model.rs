@@ -6,7 +6,7 @@ use crate::batch::{Batch, Logits};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
-use crate::linear::Linear;
+use crate::linear::{Linear, Projections};
 use crate::rope::Rope;
 use crate::weights::{Param, WeightSource};
 use candle_core::quantized::QMatMul;
@@ -26,13 +26,12 @@ pub struct Model {
 
 struct Layer {
     attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k, v.
+    qkv: Projections,
     o: Linear,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// gate, up.
+    gate_up: Projections,
     down: Linear,
 }
 
@@ -53,13 +52,17 @@ impl Model {
         for l in 0..config.num_layers {
             let layer = Layer {
                 attn_norm: weights.vector(Param::AttnNorm(l))?,
-                q: Linear::new(weights.matrix(Param::Q(l))?)?,
-                k: Linear::new(weights.matrix(Param::K(l))?)?,
-                v: Linear::new(weights.matrix(Param::V(l))?)?,
+                qkv: Projections::new(vec![
+                    weights.matrix(Param::Q(l))?,
+                    weights.matrix(Param::K(l))?,
+                    weights.matrix(Param::V(l))?,
+                ])?,
                 o: Linear::new(weights.matrix(Param::O(l))?)?,
                 ffn_norm: weights.vector(Param::FfnNorm(l))?,
-                gate: Linear::new(weights.matrix(Param::Gate(l))?)?,
-                up: Linear::new(weights.matrix(Param::Up(l))?)?,
+                gate_up: Projections::new(vec![
+                    weights.matrix(Param::Gate(l))?,
+                    weights.matrix(Param::Up(l))?,
+                ])?,
                 down: Linear::new(weights.matrix(Param::Down(l))?)?,
             };
             layers.push(layer);
@@ -115,15 +118,13 @@ impl Model {
         let mut x = self.embedding.embedding(&Tensor::new(ids, &self.device)?)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, eps)?;
-            let q = layer
-                .q
+            let [q, k, v]: [Tensor; 3] = layer
+                .qkv
                 .forward(&h)?
-                .reshape((1, n, c.num_heads, c.head_dim))?;
-            let k = layer
-                .k
-                .forward(&h)?
-                .reshape((1, n, c.num_kv_heads, c.head_dim))?;
-            let v = layer.v.forward(&h)?;
+                .try_into()
+                .expect("three projections");
+            let q = q.reshape((1, n, c.num_heads, c.head_dim))?;
+            let k = k.reshape((1, n, c.num_kv_heads, c.head_dim))?;
             let q = rope_thd(&q.contiguous()?, &cos, &sin)?;
             let k = rope_thd(&k.contiguous()?, &cos, &sin)?;
 
@@ -135,8 +136,12 @@ impl Model {
             x = (x + layer.o.forward(&attn)?)?;
 
             let h = rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-            let mlp = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            let [gate, up]: [Tensor; 2] = layer
+                .gate_up
+                .forward(&h)?
+                .try_into()
+                .expect("two projections");
+            let mlp = layer.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
             x = (x + mlp)?;
         }
 
