@@ -65,6 +65,10 @@ pub fn write_kv(
     }
 }
 
+/// Query tokens of one sequence that one work item takes together (a prompt chunk is cut into
+/// runs of this many; a decoding token is a run of one).
+const RUN: usize = 16;
+
 /// `queries` is `[tokens, heads * head_dim]`; returns the attention output in the same shape.
 pub fn paged_attention(
     layer: &LayerCache,
@@ -79,93 +83,237 @@ pub fn paged_attention(
         sliding_window,
     } = shape;
     let group = num_heads / num_kv_heads;
-    let mut out = vec![0.0f32; queries.len()];
-    let attend = pick_attend();
-    // One work item per (token, KV head): the group of query heads that share a KV head read
-    // each key and value once between them.
-    out.par_chunks_mut(group * head_dim)
-        .enumerate()
-        .for_each(|(item, out)| {
-            let (t, kv_head) = (item / num_kv_heads, item % num_kv_heads);
-            let position = tokens.positions[t] as usize;
-            let first = sliding_window.map_or(0, |w| (position + 1).saturating_sub(w));
+    let kernels = pick_kernels();
+    // Work items: (a run of consecutive tokens of one sequence, a KV head). The query heads
+    // of the group, for every token of the run, read each key and value once between them.
+    let items: Vec<(usize, usize, usize)> = runs(&tokens.seq_of_token)
+        .into_iter()
+        .flat_map(|(t0, n)| (0..num_kv_heads).map(move |h| (t0, n, h)))
+        .collect();
+    let results: Vec<Vec<f32>> = items
+        .par_iter()
+        .map(|&(t0, n, kv_head)| {
+            let last = tokens.positions[t0 + n - 1] as usize;
+            let rows = (t0..t0 + n)
+                .flat_map(|t| {
+                    (0..group).map(move |g| {
+                        let head = kv_head * group + g;
+                        let q = &queries[(t * num_heads + head) * head_dim..][..head_dim];
+                        (q, tokens.positions[t] as usize)
+                    })
+                })
+                .collect();
             let work = Work {
                 layer,
-                slots: &tokens.seq_slots[tokens.seq_of_token[t]][first..=position],
-                queries: &queries[item * group * head_dim..][..group * head_dim],
+                slots: &tokens.seq_slots[tokens.seq_of_token[t0]][..=last],
+                rows,
+                window: sliding_window,
                 kv_offset: kv_head * head_dim,
                 width: num_kv_heads * head_dim,
                 head_dim,
             };
-            attend(&work, out);
-        });
+            let mut out = vec![0f32; n * group * head_dim];
+            if n == 1 {
+                (kernels.decode)(&work, &mut out);
+            } else {
+                (kernels.prefill)(&work, &mut out);
+            }
+            out
+        })
+        .collect();
+    let mut out = vec![0.0f32; queries.len()];
+    for (&(t0, n, kv_head), result) in items.iter().zip(&results) {
+        for (i, rows) in result.chunks_exact(group * head_dim).enumerate().take(n) {
+            let at = ((t0 + i) * num_heads + kv_head * group) * head_dim;
+            out[at..at + group * head_dim].copy_from_slice(rows);
+        }
+    }
     out
 }
 
-/// One work item: `queries` holds the group's heads back to back, as does `out`.
+/// `(first token, count)` for runs of at most `RUN` consecutive tokens of one sequence.
+fn runs(seq_of_token: &[usize]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for t in 1..=seq_of_token.len() {
+        if t == seq_of_token.len() || seq_of_token[t] != seq_of_token[start] || t - start == RUN {
+            runs.push((start, t - start));
+            start = t;
+        }
+    }
+    runs
+}
+
+/// One work item: query rows (a vector and its position each, token-major then head) against
+/// the keys and values of one KV head. `out` gets one `head_dim` row per query row.
 struct Work<'a> {
     layer: &'a LayerCache,
+    /// The sequence's slots from position 0 to the last query's.
     slots: &'a [usize],
-    queries: &'a [f32],
+    rows: Vec<(&'a [f32], usize)>,
+    window: Option<usize>,
     kv_offset: usize,
     width: usize,
     head_dim: usize,
 }
 
-type Attend = fn(&Work<'_>, &mut [f32]);
+impl Work<'_> {
+    /// The first position a query at `position` sees.
+    fn first(&self, position: usize) -> usize {
+        self.window.map_or(0, |w| (position + 1).saturating_sub(w))
+    }
+
+    fn key(&self, j: usize) -> &[f32] {
+        &self.layer.keys[self.slots[j] * self.width + self.kv_offset..][..self.head_dim]
+    }
+
+    fn value(&self, j: usize) -> &[f32] {
+        &self.layer.values[self.slots[j] * self.width + self.kv_offset..][..self.head_dim]
+    }
+}
+
+type Kernel = fn(&Work<'_>, &mut [f32]);
+
+struct Kernels {
+    decode: Kernel,
+    prefill: Kernel,
+}
 
 /// The same loops compiled twice: for AVX2 + FMA when the CPU has them (checked at run
 /// time, so the binary still runs anywhere), and for the baseline.
-fn pick_attend() -> Attend {
+fn pick_kernels() -> Kernels {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn attend_avx2(work: &Work<'_>, out: &mut [f32]) {
-            attend(work, out)
+        unsafe fn decode_avx2(work: &Work<'_>, out: &mut [f32]) {
+            decode(work, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn prefill_avx2(work: &Work<'_>, out: &mut [f32]) {
+            prefill(work, out)
         }
         // Safety: only reached where the CPU has AVX2 and FMA.
-        return |work, out| unsafe { attend_avx2(work, out) };
+        return Kernels {
+            decode: |work, out| unsafe { decode_avx2(work, out) },
+            prefill: |work, out| unsafe { prefill_avx2(work, out) },
+        };
     }
-    attend
+    Kernels { decode, prefill }
 }
 
+/// Rows of one token (a decode step): every row sees the same keys.
 #[inline(always)]
-fn attend(work: &Work<'_>, out: &mut [f32]) {
-    let Work {
-        layer,
-        slots,
-        queries,
-        kv_offset,
-        width,
-        head_dim,
-    } = *work;
+fn decode(work: &Work<'_>, out: &mut [f32]) {
+    let head_dim = work.head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let n = slots.len();
-    let group = queries.len() / head_dim;
+    let position = work.rows[0].1;
+    let first = work.first(position);
+    let n = position + 1 - first;
+    let group = work.rows.len();
     let mut scores = vec![0f32; group * n];
-    for (j, &slot) in slots.iter().enumerate() {
-        let k = &layer.keys[slot * width + kv_offset..][..head_dim];
-        for (g, q) in queries.chunks_exact(head_dim).enumerate() {
-            scores[g * n + j] = dot(q, k) * scale;
+    for j in first..=position {
+        let k = work.key(j);
+        for (g, (q, _)) in work.rows.iter().enumerate() {
+            scores[g * n + j - first] = dot(q, k) * scale;
         }
     }
     for row in scores.chunks_exact_mut(n) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for s in row.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        row.iter_mut().for_each(|s| *s /= sum);
+        softmax(row);
     }
-    for (j, &slot) in slots.iter().enumerate() {
-        let v = &layer.values[slot * width + kv_offset..][..head_dim];
+    for j in first..=position {
+        let v = work.value(j);
         for (g, out) in out.chunks_exact_mut(head_dim).enumerate() {
-            let weight = scores[g * n + j];
-            for (o, &x) in out.iter_mut().zip(v) {
-                *o += weight * x;
+            axpy(scores[g * n + j - first], v, out);
+        }
+    }
+}
+
+/// Keys per block of the prefill kernel, and query rows per register tile.
+const KEYS: usize = 16;
+const QUERIES: usize = 4;
+
+/// Rows of several tokens (a prompt chunk). Scores come block by block: sixteen keys are
+/// transposed once, then every four query rows meet them in a 4×16 register tile, with no
+/// horizontal sums. Keys a row must not see (later positions, outside the window) are masked.
+#[inline(always)]
+fn prefill(work: &Work<'_>, out: &mut [f32]) {
+    let head_dim = work.head_dim;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let last = work.rows.iter().map(|r| r.1).max().unwrap_or(0);
+    let start = work.rows.iter().map(|r| work.first(r.1)).min().unwrap_or(0);
+    let n = last + 1 - start;
+    let rows = work.rows.len();
+    let mut scores = vec![0f32; rows * n];
+    let zero = vec![0f32; head_dim];
+    let mut keys_t = vec![[0f32; KEYS]; head_dim];
+    for block in (start..=last).step_by(KEYS) {
+        let width = KEYS.min(last + 1 - block);
+        for (i, j) in (block..block + width).enumerate() {
+            for (d, &x) in work.key(j).iter().enumerate() {
+                keys_t[d][i] = x;
             }
         }
+        for r0 in (0..rows).step_by(QUERIES) {
+            let q: [&[f32]; QUERIES] =
+                std::array::from_fn(|i| work.rows.get(r0 + i).map_or(&zero[..], |r| r.0));
+            let tile = scores_tile(q, &keys_t);
+            for (i, tile_row) in tile.iter().enumerate().take(rows - r0) {
+                let at = (r0 + i) * n + block - start;
+                scores[at..at + width].copy_from_slice(&tile_row[..width]);
+            }
+        }
+    }
+    for (r, row) in scores.chunks_exact_mut(n).enumerate() {
+        let position = work.rows[r].1;
+        let (lo, hi) = (work.first(position) - start, position - start);
+        row.iter_mut().for_each(|s| *s *= scale);
+        softmax(&mut row[lo..=hi]);
+        row[..lo].fill(0.0);
+        row[hi + 1..].fill(0.0);
+    }
+    for j in start..=last {
+        let v = work.value(j);
+        for (r, out) in out.chunks_exact_mut(head_dim).enumerate() {
+            let p = scores[r * n + j - start];
+            if p != 0.0 {
+                axpy(p, v, out);
+            }
+        }
+    }
+}
+
+/// Four query rows against sixteen transposed keys: sixteen lanes per row, one broadcast
+/// multiply-add per dimension.
+#[inline(always)]
+fn scores_tile(q: [&[f32]; QUERIES], keys_t: &[[f32; KEYS]]) -> [[f32; KEYS]; QUERIES] {
+    let mut acc = [[0f32; KEYS]; QUERIES];
+    for (d, k) in keys_t.iter().enumerate() {
+        for i in 0..QUERIES {
+            let x = q[i][d];
+            for l in 0..KEYS {
+                acc[i][l] += x * k[l];
+            }
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for s in row.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    row.iter_mut().for_each(|s| *s /= sum);
+}
+
+/// `out += a · x`
+#[inline(always)]
+fn axpy(a: f32, x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o += a * v;
     }
 }
 
@@ -194,4 +342,20 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         lanes[i] += lanes[i + 4];
     }
     (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_at_sequences_and_at_the_run_length() {
+        let mut seq_of_token = vec![0; RUN + 3];
+        seq_of_token.extend([1, 2, 2]);
+        assert_eq!(
+            runs(&seq_of_token),
+            vec![(0, RUN), (RUN, 3), (RUN + 3, 1), (RUN + 4, 2)]
+        );
+        assert!(runs(&[]).is_empty());
+    }
 }
