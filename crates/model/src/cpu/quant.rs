@@ -337,10 +337,24 @@ mod avx2 {
         let low = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); N]; QUAD];
-        // Per-pair scalar corrections: Q4_1's `m · s`, Q4_0's `-8 · d · sum`.
+        // Q4_1's `m · s` per row and token.
         let mut extra = [[0f32; N]; QUAD];
         let blocks = quad.scales.len() / QUAD;
         for b in 0..blocks {
+            // What the four rows share of each token's block: its quants, its scale, and for
+            // Q4_0 the `8 · q` that turns unsigned nibbles back into `q - 8` (so the offset is
+            // subtracted in integers, once per token rather than once per row).
+            let mut q8 = [_mm256_setzero_si256(); N];
+            let mut yd = [_mm256_setzero_ps(); N];
+            let mut offset = [_mm256_setzero_si256(); N];
+            for t in 0..N {
+                let y = xs[t].get_unchecked(b);
+                q8[t] = _mm256_load_si256(y.qs.as_ptr() as *const __m256i);
+                yd[t] = _mm256_set1_ps(y.d);
+                if F == Q4_0 {
+                    offset[t] = dot_u8_i8::<VNNI>(_mm256_set1_epi8(8), q8[t], ones);
+                }
+            }
             // The quad's four scales (and mins) widened at once.
             let mut d = [0f32; QUAD];
             let bits = _mm_loadl_epi64(quad.scales.as_ptr().add(b * QUAD) as *const __m128i);
@@ -362,24 +376,21 @@ mod avx2 {
                     _mm256_and_si256(both, low)
                 };
                 let w_abs = if F == Q8_0 { _mm256_sign_epi8(w, w) } else { w };
+                let dr = _mm256_set1_ps(d[r]);
                 for t in 0..N {
-                    let y = xs[t].get_unchecked(b);
-                    let mut q8 = _mm256_load_si256(y.qs.as_ptr() as *const __m256i);
-                    if F == Q8_0 {
-                        q8 = _mm256_sign_epi8(q8, w);
-                    }
-                    // u8 × i8 products summed in fours to i32.
-                    let sums = if VNNI {
-                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w_abs, q8)
+                    let x = if F == Q8_0 {
+                        _mm256_sign_epi8(q8[t], w)
                     } else {
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, q8), ones)
+                        q8[t]
                     };
-                    let scale = _mm256_set1_ps(d[r] * y.d);
+                    let mut sums = dot_u8_i8::<VNNI>(w_abs, x, ones);
+                    if F == Q4_0 {
+                        sums = _mm256_sub_epi32(sums, offset[t]);
+                    }
+                    let scale = _mm256_mul_ps(dr, yd[t]);
                     acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[r][t]);
                     if F == Q4_1 {
-                        extra[r][t] += m[r] * y.s;
-                    } else if F == Q4_0 {
-                        extra[r][t] -= 8.0 * d[r] * y.d * y.sum as f32;
+                        extra[r][t] += m[r] * xs[t].get_unchecked(b).s;
                     }
                 }
             }
@@ -388,6 +399,16 @@ mod avx2 {
             for t in 0..N {
                 out[r][t] = hsum(acc[r][t]) + extra[r][t];
             }
+        }
+    }
+
+    /// u8 × i8 products summed in fours to i32: one VNNI instruction, or two AVX2 ones.
+    #[inline(always)]
+    unsafe fn dot_u8_i8<const VNNI: bool>(u: __m256i, i: __m256i, ones: __m256i) -> __m256i {
+        if VNNI {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, i)
+        } else {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, i), ones)
         }
     }
 
