@@ -83,7 +83,7 @@ pub fn paged_attention(
         sliding_window,
     } = shape;
     let group = num_heads / num_kv_heads;
-    let kernels = pick_kernels();
+    let attend = pick_attend();
     // Work items: (a run of consecutive tokens of one sequence, a KV head). The query heads
     // of the group, for every token of the run, read each key and value once between them.
     let items: Vec<(usize, usize, usize)> = runs(&tokens.seq_of_token)
@@ -113,11 +113,7 @@ pub fn paged_attention(
                 head_dim,
             };
             let mut out = vec![0f32; n * group * head_dim];
-            if n == 1 {
-                (kernels.decode)(&work, &mut out);
-            } else {
-                (kernels.prefill)(&work, &mut out);
-            }
+            attend(&work, &mut out);
             out
         })
         .collect();
@@ -172,71 +168,35 @@ impl Work<'_> {
     }
 }
 
-type Kernel = fn(&Work<'_>, &mut [f32]);
-
-struct Kernels {
-    decode: Kernel,
-    prefill: Kernel,
-}
+type Attend = fn(&Work<'_>, &mut [f32]);
 
 /// The same loops compiled twice: for AVX2 + FMA when the CPU has them (checked at run
 /// time, so the binary still runs anywhere), and for the baseline.
-fn pick_kernels() -> Kernels {
+fn pick_attend() -> Attend {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn decode_avx2(work: &Work<'_>, out: &mut [f32]) {
-            decode(work, out)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn prefill_avx2(work: &Work<'_>, out: &mut [f32]) {
-            prefill(work, out)
+        unsafe fn attend_avx2(work: &Work<'_>, out: &mut [f32]) {
+            attend(work, out)
         }
         // Safety: only reached where the CPU has AVX2 and FMA.
-        return Kernels {
-            decode: |work, out| unsafe { decode_avx2(work, out) },
-            prefill: |work, out| unsafe { prefill_avx2(work, out) },
-        };
+        return |work, out| unsafe { attend_avx2(work, out) };
     }
-    Kernels { decode, prefill }
-}
-
-/// Rows of one token (a decode step): every row sees the same keys.
-#[inline(always)]
-fn decode(work: &Work<'_>, out: &mut [f32]) {
-    let head_dim = work.head_dim;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let position = work.rows[0].1;
-    let first = work.first(position);
-    let n = position + 1 - first;
-    let group = work.rows.len();
-    let mut scores = vec![0f32; group * n];
-    for j in first..=position {
-        let k = work.key(j);
-        for (g, (q, _)) in work.rows.iter().enumerate() {
-            scores[g * n + j - first] = dot(q, k) * scale;
-        }
-    }
-    for row in scores.chunks_exact_mut(n) {
-        softmax(row);
-    }
-    for j in first..=position {
-        let v = work.value(j);
-        for (g, out) in out.chunks_exact_mut(head_dim).enumerate() {
-            axpy(scores[g * n + j - first], v, out);
-        }
-    }
+    attend
 }
 
 /// Keys per block of the prefill kernel, and query rows per register tile.
 const KEYS: usize = 16;
 const QUERIES: usize = 4;
 
-/// Rows of several tokens (a prompt chunk). Scores come block by block: sixteen keys are
+/// Every run, a decode step's single token or a prompt chunk's sixteen, takes this one path:
+/// the same arithmetic in the same order, so a prompt gives bit-identical activations however
+/// it is chunked (a quantized model would otherwise round some of them the other way).
+/// Scores come block by block: sixteen keys are
 /// transposed once, then every four query rows meet them in a 4×16 register tile, with no
 /// horizontal sums. Keys a row must not see (later positions, outside the window) are masked.
 #[inline(always)]
-fn prefill(work: &Work<'_>, out: &mut [f32]) {
+fn attend(work: &Work<'_>, out: &mut [f32]) {
     let head_dim = work.head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let last = work.rows.iter().map(|r| r.1).max().unwrap_or(0);
@@ -315,33 +275,6 @@ fn axpy(a: f32, x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o += a * v;
     }
-}
-
-/// A dot product in sixteen lanes, so the compiler keeps several vector FMAs in flight
-/// instead of one scalar chain.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = a16
-        .remainder()
-        .iter()
-        .zip(b16.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a16.zip(b16) {
-        for i in 0..16 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    // A tree, not a chain of sixteen dependent adds.
-    for i in 0..8 {
-        lanes[i] += lanes[i + 8];
-    }
-    for i in 0..4 {
-        lanes[i] += lanes[i + 4];
-    }
-    (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]) + tail
 }
 
 #[cfg(test)]
