@@ -68,8 +68,8 @@ model_path() {
             local path="$dir/mistral-1b-$1.gguf"
             if [ ! -f "$path" ]; then
                 local py="${BENCH_VENV:-$cache/bench-venv}"
-                [ -x "$py/bin/python" ] || python3 -m venv "$py"
-                "$py/bin/pip" install --quiet --disable-pip-version-check -r "$root/models/requirements-bench.txt"
+                [ -x "$py/bin/python" ] || python3 -m venv "$py" >&2
+                "$py/bin/pip" install --quiet --disable-pip-version-check -r "$root/models/requirements-bench.txt" >&2
                 mkdir -p "$dir"
                 "$py/bin/python" "$root/models/make_bench_gguf.py" --type "$1" --out "$path" >&2
             fi
@@ -91,6 +91,11 @@ trap stop_server EXIT
 
 # Both servers hold 16 sequences of up to 2048 tokens.
 start_server() { # which gguf log
+    # A leftover server on the port would be measured instead of ours.
+    if curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then
+        echo "port $port is already in use; stop what listens there" >&2
+        exit 1
+    fi
     case "$1" in
         ferrollama)
             RAYON_NUM_THREADS="$threads" "$FERROLLAMA_BIN" serve --model "$2" --name bench \

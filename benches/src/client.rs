@@ -141,6 +141,10 @@ async fn stream(
             let choice = &event["choices"][0];
             if let Some(reason) = choice["finish_reason"].as_str() {
                 record.finish_reason = Some(reason.to_string());
+                // A token that decodes to no text still ends the wait for the first token.
+                if last_text.is_none() && record.ttft == 0.0 {
+                    record.ttft = (now - start).as_secs_f64();
+                }
             }
             let text = choice["text"]
                 .as_str()

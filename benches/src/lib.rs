@@ -243,6 +243,9 @@ fn lengths(args: &BenchArgs) -> Lengths {
 }
 
 fn levels(args: &BenchArgs) -> Result<Vec<Load>> {
+    if args.max_concurrency == Some(0) {
+        bail!("--max-concurrency must be at least 1");
+    }
     if !args.request_rate.is_empty() {
         if let Some(bad) = args.request_rate.iter().find(|r| !(**r > 0.0)) {
             bail!("--request-rate must be positive, got {bad}");

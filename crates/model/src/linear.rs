@@ -2,7 +2,7 @@
 //! has a faster CPU kernel for the format (Q4_0, Q4_1, Q8_0: see `cpu::quant`).
 
 use crate::cpu::quant::{self, Format, QuantMatrix};
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{Module, Tensor};
 
@@ -32,6 +32,7 @@ impl Linear {
         match self {
             Linear::Candle(m) => Ok(m.forward(x)?),
             Linear::CpuQuant(matrix) => {
+                check_width(x, matrix)?;
                 let tokens = x.dim(0)?;
                 let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 let out = quant::matmul(matrix, &input, tokens);
@@ -79,6 +80,7 @@ impl Projections {
         match self {
             Projections::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
             Projections::Fused { matrix, widths } => {
+                check_width(x, matrix)?;
                 let tokens = x.dim(0)?;
                 let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 let out = quant::matmul(matrix, &input, tokens);
@@ -98,6 +100,19 @@ impl Projections {
             }
         }
     }
+}
+
+/// A malformed file can pair matrices of the wrong width; candle's path reports it, so do we.
+fn check_width(x: &Tensor, matrix: &QuantMatrix) -> Result<()> {
+    let width = x.dim(1)?;
+    if width != matrix.cols() {
+        return Err(ModelError::Config(format!(
+            "a {}-wide input meets a matrix of {} columns",
+            width,
+            matrix.cols()
+        )));
+    }
+    Ok(())
 }
 
 /// The one CPU quant format and input width all `parts` share, if they do.

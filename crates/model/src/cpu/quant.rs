@@ -103,6 +103,10 @@ impl QuantMatrix {
         self.rows
     }
 
+    pub fn cols(&self) -> usize {
+        self.blocks_per_row * BLOCK
+    }
+
     pub fn format(&self) -> Format {
         self.format
     }
@@ -170,7 +174,9 @@ fn quantize_row(x: &[f32]) -> Vec<Q8> {
 
 /// `out[t][r] = Σ_k w[r][k] · x[t][k]` for `x` of `tokens × cols`.
 pub fn matmul(w: &QuantMatrix, x: &[f32], tokens: usize) -> Vec<f32> {
-    let cols = w.blocks_per_row * BLOCK;
+    let cols = w.cols();
+    // The kernels index activation blocks unchecked: a short input must never reach them.
+    assert_eq!(x.len(), tokens * cols, "input is not tokens × cols");
     let xq: Vec<Vec<Q8>> = if tokens > 1 {
         x.par_chunks_exact(cols).map(quantize_row).collect()
     } else {
