@@ -321,12 +321,20 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn avx2_tile<const F: u8, const N: usize>(quad: Quad<'_>, xs: &[&[Q8]], out: &mut Out) {
+    pub(super) unsafe fn avx2_tile<const F: u8, const N: usize>(
+        quad: Quad<'_>,
+        xs: &[&[Q8]],
+        out: &mut Out,
+    ) {
         tile::<F, N, false>(quad, xs, out)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn vnni_tile<const F: u8, const N: usize>(quad: Quad<'_>, xs: &[&[Q8]], out: &mut Out) {
+    pub(super) unsafe fn vnni_tile<const F: u8, const N: usize>(
+        quad: Quad<'_>,
+        xs: &[&[Q8]],
+        out: &mut Out,
+    ) {
         tile::<F, N, true>(quad, xs, out)
     }
 
@@ -481,6 +489,83 @@ mod tests {
         // One token (the decode path) gives the same numbers as inside a batch.
         let single = matmul(&matrix, &x[..cols], 1);
         assert_eq!(single, ours[..rows]);
+    }
+
+    /// Both SIMD kernels against the scalar reference, whichever one `pick_kernel` would
+    /// choose on this CPU.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_simd_kernel_matches_the_scalar_reference() {
+        use std::arch::is_x86_feature_detected as has;
+        if !(has!("avx2") && has!("fma") && has!("f16c")) {
+            return; // nothing but the scalar kernel can run here
+        }
+        let vnni = has!("avx512vnni") && has!("avx512vl");
+        let (rows, cols) = (4, 128);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 60.0)
+            .collect();
+        let x: Vec<f32> = (0..4 * cols)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 30.0)
+            .collect();
+        let xq: Vec<Vec<Q8>> = x.chunks(cols).map(quantize_row).collect();
+        for (dtype, format) in [
+            (GgmlDType::Q4_0, Format::Q4_0),
+            (GgmlDType::Q4_1, Format::Q4_1),
+            (GgmlDType::Q8_0, Format::Q8_0),
+        ] {
+            let t = Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&t, dtype).unwrap();
+            let matrix = QuantMatrix::from_ggml(format, &q.data().unwrap(), rows, cols);
+            let xs: Vec<&[Q8]> = xq.iter().map(Vec::as_slice).collect();
+            let mut want = [[0f32; TOKENS_PER_PASS]; QUAD];
+            scalar_tile(format, matrix.quad(0), &xs, &mut want);
+            let mut kernels: Vec<(&str, [[f32; TOKENS_PER_PASS]; QUAD])> = Vec::new();
+            let mut got = [[0f32; TOKENS_PER_PASS]; QUAD];
+            // Safety: the features were checked above.
+            unsafe {
+                match format {
+                    Format::Q4_0 => {
+                        avx2::avx2_tile::<{ avx2::Q4_0 }, 4>(matrix.quad(0), &xs, &mut got)
+                    }
+                    Format::Q4_1 => {
+                        avx2::avx2_tile::<{ avx2::Q4_1 }, 4>(matrix.quad(0), &xs, &mut got)
+                    }
+                    Format::Q8_0 => {
+                        avx2::avx2_tile::<{ avx2::Q8_0 }, 4>(matrix.quad(0), &xs, &mut got)
+                    }
+                }
+            }
+            kernels.push(("avx2", got));
+            if vnni {
+                let mut got = [[0f32; TOKENS_PER_PASS]; QUAD];
+                unsafe {
+                    match format {
+                        Format::Q4_0 => {
+                            avx2::vnni_tile::<{ avx2::Q4_0 }, 4>(matrix.quad(0), &xs, &mut got)
+                        }
+                        Format::Q4_1 => {
+                            avx2::vnni_tile::<{ avx2::Q4_1 }, 4>(matrix.quad(0), &xs, &mut got)
+                        }
+                        Format::Q8_0 => {
+                            avx2::vnni_tile::<{ avx2::Q8_0 }, 4>(matrix.quad(0), &xs, &mut got)
+                        }
+                    }
+                }
+                kernels.push(("vnni", got));
+            }
+            for (name, got) in kernels {
+                for r in 0..QUAD {
+                    for t in 0..TOKENS_PER_PASS {
+                        let (a, b) = (want[r][t], got[r][t]);
+                        assert!(
+                            (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                            "{name} {format:?} r{r} t{t}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
