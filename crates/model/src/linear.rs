@@ -32,11 +32,12 @@ impl Linear {
         match self {
             Linear::Candle(m) => Ok(m.forward(x)?),
             Linear::CpuQuant(matrix) => {
-                check_width(x, matrix)?;
-                let tokens = x.dim(0)?;
-                let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                let out = quant::matmul(matrix, &input, tokens);
-                Ok(Tensor::from_vec(out, (tokens, matrix.rows()), x.device())?)
+                let out = quant_forward(matrix, x)?;
+                Ok(Tensor::from_vec(
+                    out,
+                    (x.dim(0)?, matrix.rows()),
+                    x.device(),
+                )?)
             }
         }
     }
@@ -80,10 +81,8 @@ impl Projections {
         match self {
             Projections::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
             Projections::Fused { matrix, widths } => {
-                check_width(x, matrix)?;
                 let tokens = x.dim(0)?;
-                let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                let out = quant::matmul(matrix, &input, tokens);
+                let out = quant_forward(matrix, x)?;
                 let total = matrix.rows();
                 let mut offset = 0;
                 widths
@@ -102,17 +101,18 @@ impl Projections {
     }
 }
 
-/// A malformed file can pair matrices of the wrong width; candle's path reports it, so do we.
-fn check_width(x: &Tensor, matrix: &QuantMatrix) -> Result<()> {
-    let width = x.dim(1)?;
+/// `x` (`[tokens, cols]`) through our CPU kernel: `[tokens, rows]`, flat. A malformed file
+/// can pair matrices of the wrong width; candle's path reports it, so do we.
+fn quant_forward(matrix: &QuantMatrix, x: &Tensor) -> Result<Vec<f32>> {
+    let (tokens, width) = x.dims2()?;
     if width != matrix.cols() {
         return Err(ModelError::Config(format!(
-            "a {}-wide input meets a matrix of {} columns",
-            width,
+            "a {width}-wide input meets a matrix of {} columns",
             matrix.cols()
         )));
     }
-    Ok(())
+    let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(quant::matmul(matrix, &input, tokens))
 }
 
 /// The one CPU quant format and input width all `parts` share, if they do.

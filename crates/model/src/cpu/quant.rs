@@ -230,9 +230,9 @@ fn pick_kernel(format: Format) -> Kernel {
         && std::arch::is_x86_feature_detected!("f16c")
     {
         return match format {
-            Format::Q4_0 => avx2::tile_any::<{ avx2::Q4_0 }>,
-            Format::Q4_1 => avx2::tile_any::<{ avx2::Q4_1 }>,
-            Format::Q8_0 => avx2::tile_any::<{ avx2::Q8_0 }>,
+            Format::Q4_0 => avx2::pick::<{ avx2::Q4_0 }>(),
+            Format::Q4_1 => avx2::pick::<{ avx2::Q4_1 }>(),
+            Format::Q8_0 => avx2::pick::<{ avx2::Q8_0 }>(),
         };
     }
     match format {
@@ -298,16 +298,30 @@ mod avx2 {
 
     type Out = [[f32; TOKENS_PER_PASS]; QUAD];
 
-    /// Picks the kernel compiled for the token count (a constant, so the accumulators live in
-    /// registers) and for the CPU (AVX-512 VNNI does the byte dot product in one instruction
-    /// where AVX2 needs two, and gives sixteen more registers).
-    pub fn tile_any<const F: u8>(quad: Quad<'_>, xs: &[&[Q8]], out: &mut Out) {
-        let vnni = std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512vl");
-        // Safety: `pick_kernel` hands these out only where the CPU has AVX2, FMA and F16C;
-        // VNNI is checked above (std caches the answer).
+    /// The kernel for format `F` on this CPU, chosen once per matrix product: AVX-512 VNNI
+    /// does the byte dot product in one instruction where AVX2 needs two, and gives sixteen
+    /// more registers. The caller has checked AVX2, FMA and F16C.
+    pub fn pick<const F: u8>() -> super::Kernel {
+        if std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            tile_any::<F, true>
+        } else {
+            tile_any::<F, false>
+        }
+    }
+
+    /// Dispatches on the token count, a constant inside, so the accumulators live in
+    /// registers.
+    pub(super) fn tile_any<const F: u8, const VNNI: bool>(
+        quad: Quad<'_>,
+        xs: &[&[Q8]],
+        out: &mut Out,
+    ) {
+        // Safety: handed out by `pick`, only where the CPU has the features (VNNI included
+        // when VNNI is true); the tests check the same before calling.
         unsafe {
-            match (xs.len(), vnni) {
+            match (xs.len(), VNNI) {
                 (1, true) => vnni_tile::<F, 1>(quad, xs, out),
                 (2, true) => vnni_tile::<F, 2>(quad, xs, out),
                 (3, true) => vnni_tile::<F, 3>(quad, xs, out),
@@ -321,20 +335,12 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn avx2_tile<const F: u8, const N: usize>(
-        quad: Quad<'_>,
-        xs: &[&[Q8]],
-        out: &mut Out,
-    ) {
+    unsafe fn avx2_tile<const F: u8, const N: usize>(quad: Quad<'_>, xs: &[&[Q8]], out: &mut Out) {
         tile::<F, N, false>(quad, xs, out)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn vnni_tile<const F: u8, const N: usize>(
-        quad: Quad<'_>,
-        xs: &[&[Q8]],
-        out: &mut Out,
-    ) {
+    unsafe fn vnni_tile<const F: u8, const N: usize>(quad: Quad<'_>, xs: &[&[Q8]], out: &mut Out) {
         tile::<F, N, true>(quad, xs, out)
     }
 
@@ -520,41 +526,27 @@ mod tests {
             let xs: Vec<&[Q8]> = xq.iter().map(Vec::as_slice).collect();
             let mut want = [[0f32; TOKENS_PER_PASS]; QUAD];
             scalar_tile(format, matrix.quad(0), &xs, &mut want);
-            let mut kernels: Vec<(&str, [[f32; TOKENS_PER_PASS]; QUAD])> = Vec::new();
-            let mut got = [[0f32; TOKENS_PER_PASS]; QUAD];
-            // Safety: the features were checked above.
-            unsafe {
-                match format {
-                    Format::Q4_0 => {
-                        avx2::avx2_tile::<{ avx2::Q4_0 }, 4>(matrix.quad(0), &xs, &mut got)
-                    }
-                    Format::Q4_1 => {
-                        avx2::avx2_tile::<{ avx2::Q4_1 }, 4>(matrix.quad(0), &xs, &mut got)
-                    }
-                    Format::Q8_0 => {
-                        avx2::avx2_tile::<{ avx2::Q8_0 }, 4>(matrix.quad(0), &xs, &mut got)
-                    }
-                }
-            }
-            kernels.push(("avx2", got));
+            let (plain, with_vnni): (Kernel, Kernel) = match format {
+                Format::Q4_0 => (
+                    avx2::tile_any::<{ avx2::Q4_0 }, false>,
+                    avx2::tile_any::<{ avx2::Q4_0 }, true>,
+                ),
+                Format::Q4_1 => (
+                    avx2::tile_any::<{ avx2::Q4_1 }, false>,
+                    avx2::tile_any::<{ avx2::Q4_1 }, true>,
+                ),
+                Format::Q8_0 => (
+                    avx2::tile_any::<{ avx2::Q8_0 }, false>,
+                    avx2::tile_any::<{ avx2::Q8_0 }, true>,
+                ),
+            };
+            let mut kernels = vec![("avx2", plain)];
             if vnni {
-                let mut got = [[0f32; TOKENS_PER_PASS]; QUAD];
-                unsafe {
-                    match format {
-                        Format::Q4_0 => {
-                            avx2::vnni_tile::<{ avx2::Q4_0 }, 4>(matrix.quad(0), &xs, &mut got)
-                        }
-                        Format::Q4_1 => {
-                            avx2::vnni_tile::<{ avx2::Q4_1 }, 4>(matrix.quad(0), &xs, &mut got)
-                        }
-                        Format::Q8_0 => {
-                            avx2::vnni_tile::<{ avx2::Q8_0 }, 4>(matrix.quad(0), &xs, &mut got)
-                        }
-                    }
-                }
-                kernels.push(("vnni", got));
+                kernels.push(("vnni", with_vnni));
             }
-            for (name, got) in kernels {
+            for (name, kernel) in kernels {
+                let mut got = [[0f32; TOKENS_PER_PASS]; QUAD];
+                kernel(matrix.quad(0), &xs, &mut got);
                 for r in 0..QUAD {
                     for t in 0..TOKENS_PER_PASS {
                         let (a, b) = (want[r][t], got[r][t]);
