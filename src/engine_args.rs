@@ -1,12 +1,34 @@
-//! Engine settings on the command line, shared by every subcommand that runs the engine.
+//! Engine settings on the command line, shared by every subcommand that runs the engine:
+//! where the model runs, in which dtype, with which attention, and how the KV cache is sized.
 
+use anyhow::Context;
+use candle_core::{DType, Device};
 use ferrollama_engine::EngineConfig;
+use ferrollama_model::device::{select_device, DeviceRequest};
+use ferrollama_model::memory::{activation_bytes, MemoryBudget};
+use ferrollama_model::{AttentionKind, LoadOptions, LoadedModel};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Memory for the KV cache, in bytes (suffixes K, M, G, KiB, MiB, GiB accepted).
-    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
-    pub kv_cache_memory: usize,
+    /// Where the model runs: auto (a GPU when this build and the machine have one, else the
+    /// CPU), cpu, cuda, cuda:N.
+    #[arg(long, env = "FERROLLAMA_DEVICE", default_value = "auto")]
+    pub device: DeviceRequest,
+    /// Float type of activations and KV cache: auto (f32 on the CPU; on CUDA bf16 where the
+    /// device and the build are 8.0+, else f16), f32, f16, bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: DTypeArg,
+    /// Attention implementation: auto (native on the CPU, our kernels on CUDA), native,
+    /// generic (candle ops on any device), cuda.
+    #[arg(long, default_value = "auto")]
+    pub attention: AttentionKind,
+    /// Memory for the KV cache, in bytes (suffixes K, M, G, KiB, MiB, GiB accepted)
+    /// [default: 1GiB on the CPU; on a GPU, what --gpu-memory-utilization leaves].
+    #[arg(long, value_parser = parse_bytes)]
+    pub kv_cache_memory: Option<usize>,
+    /// Share of the GPU's memory to fill with weights, activations and the KV cache.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
     /// Most tokens in one forward pass: prompt chunks and decodes together.
     #[arg(long, default_value_t = 512)]
     pub max_batch_tokens: usize,
@@ -25,15 +47,85 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    pub fn config(&self) -> EngineConfig {
-        EngineConfig {
-            kv_cache_memory: self.kv_cache_memory,
+    pub fn load_options(&self) -> anyhow::Result<LoadOptions> {
+        Ok(LoadOptions {
+            device: select_device(self.device)?,
+            dtype: self.dtype.0,
+            attention: self.attention,
+        })
+    }
+
+    /// The engine's settings for `model`; on a GPU the KV cache gets what the memory plan
+    /// leaves, and a configuration that cannot fit fails here, with the numbers.
+    pub fn config(&self, model: &LoadedModel) -> anyhow::Result<EngineConfig> {
+        let mut config = EngineConfig {
             max_batch_tokens: self.max_batch_tokens.max(1),
             max_seqs: self.max_seqs.max(1),
             prefix_caching: !self.no_prefix_caching,
             chunked_prefill: !self.no_chunked_prefill,
             threads: self.threads.unwrap_or(0),
             ..EngineConfig::default()
+        };
+        config.kv_cache_memory = match model.model.device() {
+            Device::Cpu => self.kv_cache_memory.unwrap_or(1 << 30),
+            device => self.gpu_kv_cache_memory(model, device, &config)?,
+        };
+        Ok(config)
+    }
+
+    fn gpu_kv_cache_memory(
+        &self,
+        model: &LoadedModel,
+        device: &Device,
+        config: &EngineConfig,
+    ) -> anyhow::Result<usize> {
+        if !(0.05..=1.0).contains(&self.gpu_memory_utilization) {
+            anyhow::bail!("--gpu-memory-utilization must be within 0.05..=1.0");
+        }
+        let (free, total) = ferrollama_model::device::gpu_memory(device)?;
+        let m = &model.model;
+        let budget = MemoryBudget {
+            total,
+            in_use: total - free,
+            utilization: self.gpu_memory_utilization,
+            activations: activation_bytes(
+                m.config(),
+                m.dtype(),
+                m.attention(),
+                config.max_batch_tokens,
+                config.max_seqs,
+                m.config().max_position_embeddings,
+            ),
+        };
+        // At least one full step's worth of blocks.
+        let min_blocks = config.max_batch_tokens.div_ceil(config.block_size) + 1;
+        let fits = budget
+            .kv_cache_bytes(m.kv_block_bytes(config.block_size), min_blocks)
+            .context("planning GPU memory")?;
+        match self.kv_cache_memory {
+            Some(asked) if asked > fits => anyhow::bail!(
+                "--kv-cache-memory {asked} bytes does not fit: the plan leaves {fits} bytes \
+                 (drop the flag to take all of it)"
+            ),
+            Some(asked) => Ok(asked),
+            None => Ok(fits),
+        }
+    }
+}
+
+/// `--dtype`: a float type, or `auto` (`None`) to follow the device.
+#[derive(Debug, Clone, Copy)]
+pub struct DTypeArg(pub Option<DType>);
+
+impl std::str::FromStr for DTypeArg {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self(None)),
+            "f32" => Ok(Self(Some(DType::F32))),
+            "f16" => Ok(Self(Some(DType::F16))),
+            "bf16" => Ok(Self(Some(DType::BF16))),
+            _ => Err(format!("unknown dtype `{text}` (auto, f32, f16, bf16)")),
         }
     }
 }

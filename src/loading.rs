@@ -2,8 +2,7 @@
 
 use crate::resolve::resolve;
 use anyhow::Context;
-use ferrollama_model::device::{select_device, DeviceRequest};
-use ferrollama_model::{LoadedModel, ModelSource};
+use ferrollama_model::{LoadOptions, LoadedModel, ModelSource};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::{Duration, Instant};
 
@@ -14,16 +13,15 @@ pub struct Loaded {
     pub size_bytes: u64,
 }
 
-pub fn load_with_progress(reference: &str) -> anyhow::Result<Loaded> {
+pub fn load_with_progress(reference: &str, options: &LoadOptions) -> anyhow::Result<Loaded> {
     let source = resolve(reference)?;
-    let device = select_device(DeviceRequest::Auto)?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers")
             .expect("valid template"),
     );
     bar.set_message(reference.to_string());
     let start = Instant::now();
-    let model = ferrollama_model::load(&source, &device, &mut |done, total| {
+    let model = ferrollama_model::load(&source, options, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })

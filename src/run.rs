@@ -30,7 +30,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let model = Arc::new(load_with_progress(&args.model)?.model);
+    let model = Arc::new(load_with_progress(&args.model, &args.engine.load_options()?)?.model);
 
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
@@ -39,7 +39,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     messages.push(ChatMessage::new(Role::User, args.prompt.clone()));
     let prompt = model.chat_template.encode(&model.tokenizer, &messages)?;
 
-    let engine = ferrollama_engine::start(model, args.engine.config());
+    let config = args.engine.config(&model)?;
+    let engine = ferrollama_engine::start(model, config)?;
     let sampling = match args.temperature {
         t if t <= 0.0 => SamplingParams::greedy(),
         t => SamplingParams {

@@ -29,10 +29,20 @@ pub struct ServeArgs {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let address = listen_address(&args.host, args.port)?;
-    let loaded = load_with_progress(&args.model)?;
+    let loaded = load_with_progress(&args.model, &args.engine.load_options()?)?;
     let names = ModelNames::new(args.name.as_deref(), &args.model, &loaded.model);
     let model = Arc::new(loaded.model);
-    let engine = ferrollama_engine::start(model.clone(), args.engine.config());
+    let config = args.engine.config(&model)?;
+    let engine = ferrollama_engine::start(model.clone(), config.clone())?;
+    let m = &model.model;
+    println!(
+        "device: {}, dtype {:?}, attention {}, KV cache {:.2} GiB = {} tokens",
+        ferrollama_model::device::describe(m.device()),
+        m.dtype(),
+        m.attention(),
+        config.kv_cache_memory as f64 / (1u64 << 30) as f64,
+        engine.stats().total_blocks * config.block_size,
+    );
     let stats = engine.stats();
     let state = AppState {
         engine,

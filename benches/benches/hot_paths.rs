@@ -11,10 +11,10 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferrollama_engine::sampler::{Sampler, SamplingParams};
-use ferrollama_model::attention::{paged_attention, HeadShape, TokenSlots};
+use ferrollama_model::attention::{Attention, HeadShape, Native, StepLayout};
 use ferrollama_model::linear::Linear;
 use ferrollama_model::rng::SplitMix64;
-use ferrollama_model::{Detokenizer, KvCache, ModelConfig, SeqChunk, Tokenizer};
+use ferrollama_model::{Detokenizer, ModelConfig, SeqChunk, Tokenizer};
 use std::hint::black_box;
 use std::path::Path;
 
@@ -72,11 +72,24 @@ fn attention(c: &mut Criterion) {
     for context in [1024usize, 2048, 4096] {
         let block_size = 16;
         let blocks = context / block_size;
-        let mut cache = KvCache::new(&config, block_size, blocks);
-        let width = cache.slot_width();
-        let layer = cache.layer_mut(0);
-        layer.keys = random(blocks * block_size * width, 3);
-        layer.values = random(blocks * block_size * width, 4);
+        let attention = Native::new(shape);
+        let width = shape.kv_width();
+        let slots = blocks * block_size;
+        let kv = attention.allocate(blocks, block_size).unwrap();
+        kv.keys
+            .slice_set(
+                &Tensor::from_vec(random(slots * width, 3), (slots, width), &Device::Cpu).unwrap(),
+                0,
+                0,
+            )
+            .unwrap();
+        kv.values
+            .slice_set(
+                &Tensor::from_vec(random(slots * width, 4), (slots, width), &Device::Cpu).unwrap(),
+                0,
+                0,
+            )
+            .unwrap();
         // Blocks in reverse order: a real table is not contiguous either.
         let table: Vec<u32> = (0..blocks as u32).rev().collect();
         let token = [1u32];
@@ -85,12 +98,26 @@ fn attention(c: &mut Criterion) {
             cached: context - 1,
             block_table: &table,
         };
-        let slots = TokenSlots::new(&cache, &[chunk]);
-        let queries = random(config.num_heads * config.head_dim, 5);
+        let layout = StepLayout::new(shape, block_size, &[chunk]);
+        let step = attention.prepare(&layout).unwrap();
+        let q = Tensor::from_vec(
+            random(config.num_heads * config.head_dim, 5),
+            (1, config.num_heads, config.head_dim),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let kv_new = |seed| {
+            Tensor::from_vec(
+                random(width, seed),
+                (1, config.num_kv_heads, config.head_dim),
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
+        let (k, v) = (kv_new(6), kv_new(7));
         group.throughput(Throughput::Elements(context as u64));
         group.bench_function(BenchmarkId::from_parameter(context), |b| {
-            let layer = cache.layer_mut(0);
-            b.iter(|| paged_attention(layer, &slots, black_box(&queries), shape))
+            b.iter(|| step.forward(&kv, black_box(&q), &k, &v).unwrap())
         });
     }
     group.finish();

@@ -11,7 +11,7 @@
 use ferrollama_engine::{
     start, EngineConfig, EngineHandle, Event, GenerationRequest, SamplingParams,
 };
-use ferrollama_model::{load, LoadedModel, ModelSource};
+use ferrollama_model::{load, LoadOptions, LoadedModel, ModelSource};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ fn main() {
     let path =
         std::env::var("SMOLLM2_GGUF").expect("set SMOLLM2_GGUF (models/smollm2-path.sh prints it)");
     let source = ModelSource::from_path(path.as_ref()).unwrap();
-    let model = Arc::new(load(&source, &candle_core::Device::Cpu, &mut |_, _| {}).unwrap());
+    let model = Arc::new(load(&source, &LoadOptions::cpu(), &mut |_, _| {}).unwrap());
     let text =
         "Ferrollama serves Mistral for GitLab Duo on one GPU; this is benchmark filler text. "
             .repeat(200);
@@ -35,7 +35,8 @@ fn main() {
             max_seqs: 32,
             ..Default::default()
         },
-    );
+    )
+    .unwrap();
     let prefill = (0..2)
         .map(|i| prefill_rate(&engine, &corpus[i..i + 1000]))
         .fold(0.0, f64::max);
@@ -57,7 +58,8 @@ fn main() {
                 chunked_prefill: chunked,
                 ..Default::default()
             },
-        );
+        )
+        .unwrap();
         let gap = worst_gap_during_prefill(&engine, &corpus, &model);
         println!("worst inter-token gap while a 2000-token prompt is prefilled, chunked prefill {}: {:.0} ms", if chunked { "on " } else { "off" }, gap.as_secs_f64() * 1e3);
     }

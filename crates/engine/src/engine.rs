@@ -165,10 +165,15 @@ impl EngineHandle {
 }
 
 /// Starts the engine thread. It runs until every handle is dropped and its work is done.
-pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> EngineHandle {
+/// Fails only when the model cannot allocate the KV cache.
+pub fn start(
+    model: Arc<LoadedModel>,
+    config: EngineConfig,
+) -> ferrollama_model::Result<EngineHandle> {
     let model_config = model.config();
     let num_blocks =
-        KvCache::blocks_for_bytes(model_config, config.block_size, config.kv_cache_memory).max(1);
+        (config.kv_cache_memory / model.model.kv_block_bytes(config.block_size)).max(1);
+    let cache = model.model.new_kv_cache(config.block_size, num_blocks)?;
     let (commands, inbox) = mpsc::channel();
     let stats = Arc::new(Mutex::new(EngineStats {
         free_blocks: num_blocks,
@@ -184,7 +189,7 @@ pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> EngineHandle {
         block_size: config.block_size,
     };
     let mut engine = Engine {
-        cache: KvCache::new(model_config, config.block_size, num_blocks),
+        cache,
         pool: BlockPool::new(num_blocks, config.prefix_caching),
         scheduler: Scheduler::new(SchedulerConfig {
             block_size: config.block_size,
@@ -212,7 +217,7 @@ pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> EngineHandle {
         .name("ferrollama-engine".into())
         .spawn(move || pool.install(move || engine.run(inbox)))
         .expect("spawn the engine thread");
-    handle
+    Ok(handle)
 }
 
 struct Engine {

@@ -9,7 +9,7 @@ use ferrollama_engine::{
     start, EngineConfig, EngineHandle, Event, FinishReason, GenerationRequest, SamplingParams,
     Usage,
 };
-use ferrollama_model::{KvCache, LoadedModel};
+use ferrollama_model::{AttentionKind, LoadedModel};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,8 +84,8 @@ fn prompts(model: &LoadedModel, count: usize) -> Vec<Vec<u32>> {
 }
 
 /// Where the batched tokens differ from the alone run, the alone run's best two logits must
-/// have been within 1e-4 of each other there.
-fn check_batch_invariance(model: Arc<LoadedModel>, n_new: usize) {
+/// have been within `tie` of each other there.
+fn check_batch_invariance(model: Arc<LoadedModel>, n_new: usize, tie: f32) {
     let prompts = prompts(&model, 16);
     let engine = start(
         model.clone(),
@@ -93,7 +93,8 @@ fn check_batch_invariance(model: Arc<LoadedModel>, n_new: usize) {
             max_seqs: 16,
             ..Default::default()
         },
-    );
+    )
+    .unwrap();
     let streams: Vec<_> = prompts
         .iter()
         .map(|p| engine.submit(greedy_request(p.clone(), n_new)).unwrap())
@@ -105,7 +106,7 @@ fn check_batch_invariance(model: Arc<LoadedModel>, n_new: usize) {
         if let Some(step) = batched.ids.iter().zip(&alone.ids).position(|(a, b)| a != b) {
             let gap = top2_gap(&alone.logits[step]);
             assert!(
-                gap < 1e-4,
+                gap < tie,
                 "prompt of {} tokens: step {step} differs with a top-2 gap of {gap}",
                 prompt.len()
             );
@@ -116,19 +117,41 @@ fn check_batch_invariance(model: Arc<LoadedModel>, n_new: usize) {
 
 #[test]
 fn batch_invariance_tiny_mistral() {
-    check_batch_invariance(tiny(), 24);
+    check_batch_invariance(tiny(), 24, EXACT);
 }
 
 #[test]
 fn batch_invariance_smollm2() {
-    check_batch_invariance(Arc::new(load_model(&smollm2_gguf())), 12);
+    check_batch_invariance(Arc::new(load_model(&smollm2_gguf())), 12, EXACT);
+}
+
+/// The native kernels compute each sequence alone, so batching changes no bit: only a tie
+/// closer than float noise may part.
+const EXACT: f32 = 1e-4;
+
+/// The same with attention in candle ops, the path that runs unchanged on CUDA. There a
+/// batch of decoding sequences shares one matmul whose key length is the longest sequence's,
+/// so sums run in another order than alone: f32 noise. Tiny-mistral (f32 throughout) keeps
+/// the native bound; on SmolLM2 that noise flips 8-bit activation roundings inside the Q4_1
+/// matmuls, which moves logits by up to about 1 (see `TIE` in crates/model/tests/smollm2.rs),
+/// so there only steps whose top two are within its 0.5 may part.
+#[test]
+fn batch_invariance_generic_attention_tiny_mistral() {
+    let model = load_model_with(&tiny_dir(), AttentionKind::Generic);
+    check_batch_invariance(Arc::new(model), 24, EXACT);
+}
+
+#[test]
+fn batch_invariance_generic_attention_smollm2() {
+    let model = load_model_with(&smollm2_gguf(), AttentionKind::Generic);
+    check_batch_invariance(Arc::new(model), 12, 0.5);
 }
 
 /// A short request sent while a long generation runs finishes first.
 #[test]
 fn continuous_not_static() {
     let model = tiny();
-    let engine = start(model.clone(), EngineConfig::default());
+    let engine = start(model.clone(), EngineConfig::default()).unwrap();
     let mut long = engine
         .submit(greedy_request(prompts(&model, 2)[1].clone(), 256))
         .unwrap();
@@ -152,14 +175,25 @@ fn continuous_not_static() {
 /// so some are preempted and recomputed, and still give what they give alone.
 #[test]
 fn preemption_by_recompute_keeps_outputs() {
-    let model = tiny();
-    let bytes = KvCache::bytes_per_block(model.config(), 16) * 64;
+    check_preemption(tiny());
+}
+
+#[test]
+fn preemption_by_recompute_keeps_outputs_generic_attention() {
+    check_preemption(Arc::new(load_model_with(
+        &tiny_dir(),
+        AttentionKind::Generic,
+    )));
+}
+
+fn check_preemption(model: Arc<LoadedModel>) {
+    let bytes = model.model.kv_block_bytes(16) * 64;
     let config = EngineConfig {
         kv_cache_memory: bytes,
         max_seqs: 32,
         ..Default::default()
     };
-    let engine = start(model.clone(), config);
+    let engine = start(model.clone(), config).unwrap();
     assert_eq!(engine.stats().total_blocks, 64);
     let text =
         "Preemption test number {i}: ".to_string() + &"lorem ipsum dolor sit amet ".repeat(15);
@@ -208,7 +242,8 @@ fn prefix_cache_reuses_shared_blocks() {
                 prefix_caching: caching,
                 ..Default::default()
             },
-        );
+        )
+        .unwrap();
         let a = collect(engine.submit(greedy_request(first.clone(), 8)).unwrap());
         let b = collect(engine.submit(greedy_request(second.clone(), 16)).unwrap());
         assert_all_free(&engine);
@@ -232,7 +267,7 @@ fn prefix_cache_reuses_shared_blocks() {
 #[test]
 fn seeded_sampling_is_batch_independent() {
     let model = tiny();
-    let engine = start(model.clone(), EngineConfig::default());
+    let engine = start(model.clone(), EngineConfig::default()).unwrap();
     let prompts = prompts(&model, 16);
     let request = |prompt: &Vec<u32>, seed| GenerationRequest {
         sampling: SamplingParams {
@@ -263,7 +298,7 @@ fn seeded_sampling_is_batch_independent() {
 #[test]
 fn stop_strings() {
     let model = tiny();
-    let engine = start(model.clone(), EngineConfig::default());
+    let engine = start(model.clone(), EngineConfig::default()).unwrap();
     let prompt = prompts(&model, 4)[3].clone();
     let free = collect(engine.submit(greedy_request(prompt.clone(), 40)).unwrap());
     // A stop string that starts inside one token's text and ends in a later one.
@@ -290,7 +325,7 @@ fn stop_strings() {
 #[test]
 fn dropped_streams_are_cancelled() {
     let model = tiny();
-    let engine = start(model.clone(), EngineConfig::default());
+    let engine = start(model.clone(), EngineConfig::default()).unwrap();
     let prompts = prompts(&model, 8);
     let mut streams: Vec<_> = prompts
         .iter()
@@ -315,14 +350,15 @@ fn dropped_streams_are_cancelled() {
 #[test]
 fn impossible_requests_are_refused() {
     let model = tiny();
-    let small = KvCache::bytes_per_block(model.config(), 16) * 4;
+    let small = model.model.kv_block_bytes(16) * 4;
     let engine = start(
         model.clone(),
         EngineConfig {
             kv_cache_memory: small,
             ..Default::default()
         },
-    );
+    )
+    .unwrap();
     assert!(engine.submit(GenerationRequest::new(vec![], 4)).is_err());
     let long = vec![1u32; 100];
     assert!(matches!(
@@ -354,7 +390,7 @@ fn impossible_requests_are_refused() {
 #[test]
 fn end_of_sequence_stops_despite_user_stops() {
     let model = Arc::new(load_model(&smollm2_gguf()));
-    let engine = start(model.clone(), EngineConfig::default());
+    let engine = start(model.clone(), EngineConfig::default()).unwrap();
     let messages = [ferrollama_model::ChatMessage::new(
         ferrollama_model::Role::User,
         "What is 2 + 2?",
@@ -387,7 +423,7 @@ fn end_of_sequence_stops_despite_user_stops() {
 #[test]
 fn forks_share_the_prompt() {
     let model = tiny();
-    let engine = start(model.clone(), EngineConfig::default());
+    let engine = start(model.clone(), EngineConfig::default()).unwrap();
     let prompt = model
         .tokenizer
         .encode_prompt(&"Shared prompt for several choices. ".repeat(30))

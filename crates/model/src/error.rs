@@ -22,6 +22,10 @@ pub enum ModelError {
     ChatTemplate(String),
     #[error("invalid batch: {0}")]
     Batch(String),
+    #[error("{0}")]
+    Device(String),
+    #[error("not enough GPU memory: {0}")]
+    Memory(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -1,6 +1,7 @@
 //! From a model reference (a GGUF file, a safetensors directory, or a random shape) to a ready
 //! model: weights, tokenizer, chat template and end-of-sequence ids.
 
+use crate::attention::AttentionKind;
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -51,6 +52,48 @@ impl ModelSource {
     }
 }
 
+/// Where and how the model computes.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// The activations' and KV cache's float type; `None` follows the device
+    /// ([`crate::device::compute_dtype`]).
+    pub dtype: Option<DType>,
+    pub attention: AttentionKind,
+}
+
+impl LoadOptions {
+    /// The CPU, f32, native attention.
+    pub fn cpu() -> Self {
+        Self::on(Device::Cpu)
+    }
+
+    pub fn on(device: Device) -> Self {
+        Self {
+            device,
+            dtype: None,
+            attention: AttentionKind::Auto,
+        }
+    }
+
+    pub fn with_attention(mut self, attention: AttentionKind) -> Self {
+        self.attention = attention;
+        self
+    }
+
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = Some(dtype);
+        self
+    }
+
+    pub fn dtype(&self) -> Result<DType> {
+        match self.dtype {
+            Some(dtype) => Ok(dtype),
+            None => crate::device::default_dtype(&self.device),
+        }
+    }
+}
+
 pub struct LoadedModel {
     pub model: Model,
     pub tokenizer: Tokenizer,
@@ -66,9 +109,14 @@ impl LoadedModel {
 /// Loads a model; `progress(done, total)` reports loaded layers.
 pub fn load(
     source: &ModelSource,
-    device: &Device,
+    options: &LoadOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<LoadedModel> {
+    let device = &options.device;
+    let dtype = options.dtype()?;
+    let mut build = |config: &ModelConfig, weights: &mut dyn crate::weights::WeightSource| {
+        Model::load(config, weights, device, dtype, options.attention, progress)
+    };
     match source {
         ModelSource::Gguf(path) => {
             let file = Arc::new(GgufFile::open(path)?);
@@ -77,7 +125,7 @@ pub fn load(
             let chat_template =
                 ChatTemplate::for_model(&tokenizer, file.string("tokenizer.chat_template"))?;
             let mut weights = GgufWeights::new(file, &config, device);
-            let model = Model::load(&config, &mut weights, device, progress)?;
+            let model = build(&config, &mut weights)?;
             Ok(LoadedModel {
                 model,
                 tokenizer,
@@ -95,8 +143,8 @@ pub fn load(
                 .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
                 .and_then(|v| v["chat_template"].as_str().map(str::to_string));
             let chat_template = ChatTemplate::for_model(&tokenizer, jinja.as_deref())?;
-            let mut weights = SafetensorsWeights::open(dir, device, DType::F32)?;
-            let model = Model::load(&config, &mut weights, device, progress)?;
+            let mut weights = SafetensorsWeights::open(dir, device, dtype)?;
+            let model = build(&config, &mut weights)?;
             Ok(LoadedModel {
                 model,
                 tokenizer,
@@ -120,7 +168,7 @@ pub fn load(
             }
             let chat_template = ChatTemplate::for_model(&tokenizer, None)?;
             let mut weights = RandomWeights::new(&config, *seed, *dtype, device);
-            let model = Model::load(&config, &mut weights, device, progress)?;
+            let model = build(&config, &mut weights)?;
             Ok(LoadedModel {
                 model,
                 tokenizer,

@@ -1,7 +1,7 @@
 //! The Mistral/Llama-family transformer: RMSNorm, rotary attention with grouped KV heads over
 //! the paged cache, SwiGLU MLP. One `forward` serves any mix of prefill and decode chunks.
 
-use crate::attention::{paged_attention, write_kv, HeadShape, TokenSlots};
+use crate::attention::{self, Attention, AttentionKind, HeadShape, StepLayout};
 use crate::batch::{Batch, Logits};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -10,13 +10,16 @@ use crate::linear::{Linear, Projections};
 use crate::rope::Rope;
 use crate::weights::{Param, WeightSource};
 use candle_core::quantized::QMatMul;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::rms_norm;
 use candle_nn::rotary_emb::rope_thd;
 
 pub struct Model {
     config: ModelConfig,
     device: Device,
+    /// The activations' (and the KV cache's) float type.
+    dtype: DType,
+    attention: Box<dyn Attention>,
     embedding: QMatMul,
     layers: Vec<Layer>,
     output_norm: Tensor,
@@ -36,41 +39,49 @@ struct Layer {
 }
 
 impl Model {
-    /// Loads every weight from `weights`; `progress(done, total)` reports each loaded layer.
+    /// Loads every weight from `weights` onto `device`, computing in `dtype` with the
+    /// attention implementation `attention` names; `progress(done, total)` reports each layer.
     pub fn load(
         config: &ModelConfig,
         weights: &mut dyn WeightSource,
         device: &Device,
+        dtype: DType,
+        attention: AttentionKind,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         config.validate()?;
+        let attention = attention::build(attention, head_shape(config), dtype, device)?;
+        // Dense matrices and norms compute in the model's dtype; quantized ones stay as they are.
+        let vector = |weights: &mut dyn WeightSource, param| -> Result<Tensor> {
+            Ok(weights.vector(param)?.to_dtype(dtype)?)
+        };
         // Embedding, the layers, then the head.
         let total = config.num_layers + 2;
-        let embedding = weights.matrix(Param::TokenEmbedding)?;
+        let embedding = in_dtype(weights.matrix(Param::TokenEmbedding)?, dtype)?;
         progress(1, total);
         let mut layers = Vec::with_capacity(config.num_layers);
         for l in 0..config.num_layers {
             let layer = Layer {
-                attn_norm: weights.vector(Param::AttnNorm(l))?,
+                attn_norm: vector(weights, Param::AttnNorm(l))?,
                 qkv: Projections::new(vec![
-                    weights.matrix(Param::Q(l))?,
-                    weights.matrix(Param::K(l))?,
-                    weights.matrix(Param::V(l))?,
+                    in_dtype(weights.matrix(Param::Q(l))?, dtype)?,
+                    in_dtype(weights.matrix(Param::K(l))?, dtype)?,
+                    in_dtype(weights.matrix(Param::V(l))?, dtype)?,
                 ])?,
-                o: Linear::new(weights.matrix(Param::O(l))?)?,
-                ffn_norm: weights.vector(Param::FfnNorm(l))?,
+                o: Linear::new(in_dtype(weights.matrix(Param::O(l))?, dtype)?)?,
+                ffn_norm: vector(weights, Param::FfnNorm(l))?,
                 gate_up: Projections::new(vec![
-                    weights.matrix(Param::Gate(l))?,
-                    weights.matrix(Param::Up(l))?,
+                    in_dtype(weights.matrix(Param::Gate(l))?, dtype)?,
+                    in_dtype(weights.matrix(Param::Up(l))?, dtype)?,
                 ])?,
-                down: Linear::new(weights.matrix(Param::Down(l))?)?,
+                down: Linear::new(in_dtype(weights.matrix(Param::Down(l))?, dtype)?)?,
             };
             layers.push(layer);
             progress(l + 2, total);
         }
-        let output_norm = weights.vector(Param::OutputNorm)?;
+        let output_norm = vector(weights, Param::OutputNorm)?;
         let lm_head = Linear::new(if weights.contains(Param::Output) {
-            weights.matrix(Param::Output)?
+            in_dtype(weights.matrix(Param::Output)?, dtype)?
         } else {
             embedding.clone()
         })?;
@@ -78,6 +89,8 @@ impl Model {
         Ok(Self {
             config: config.clone(),
             device: device.clone(),
+            dtype,
+            attention,
             embedding,
             layers,
             output_norm,
@@ -94,28 +107,55 @@ impl Model {
         &self.device
     }
 
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The attention implementation's name (`native`, `generic`, `cuda`).
+    pub fn attention(&self) -> &'static str {
+        self.attention.name()
+    }
+
+    /// Bytes of device memory one KV block of `block_size` tokens takes, every layer.
+    pub fn kv_block_bytes(&self, block_size: usize) -> usize {
+        let c = &self.config;
+        2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * self.dtype.size_in_bytes()
+    }
+
+    /// A KV cache of `num_blocks` blocks on the model's device, in its dtype and in the layout
+    /// of its attention implementation.
+    pub fn new_kv_cache(&self, block_size: usize, num_blocks: usize) -> Result<KvCache> {
+        let layers = (0..self.config.num_layers)
+            .map(|_| self.attention.allocate(num_blocks, block_size))
+            .collect::<Result<_>>()?;
+        Ok(KvCache::new(
+            block_size,
+            num_blocks,
+            self.attention.name(),
+            layers,
+        ))
+    }
+
     /// Runs one batch. Writes the new tokens' keys and values into `cache` and returns f32
     /// logits: `[sequences, vocab]` for [`Logits::Last`], `[tokens, vocab]` for [`Logits::All`].
     pub fn forward(&self, batch: &Batch<'_>, cache: &mut KvCache) -> Result<Tensor> {
         self.check(batch, cache)?;
         let c = &self.config;
-        let shape = HeadShape {
-            num_heads: c.num_heads,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-            sliding_window: c.sliding_window,
-        };
         let n = batch.num_tokens();
         let ids: Vec<u32> = batch
             .seqs
             .iter()
             .flat_map(|s| s.tokens.iter().copied())
             .collect();
-        let slots = TokenSlots::new(cache, &batch.seqs);
-        let (cos, sin) = self.rope.cos_sin(&slots.positions, &self.device)?;
+        // Everything about where the tokens go is built once here, not once per layer.
+        let layout = StepLayout::new(head_shape(c), cache.block_size(), &batch.seqs);
+        let step = self.attention.prepare(&layout)?;
+        let (cos, sin) = self.rope.cos_sin(&layout.positions, &self.device)?;
+        let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
         let eps = c.rms_norm_eps as f32;
 
-        let mut x = self.embedding.embedding(&Tensor::new(ids, &self.device)?)?;
+        let ids = Tensor::new(ids, &self.device)?;
+        let mut x = self.embedding.embedding(&ids)?.to_dtype(self.dtype)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, eps)?;
             let [q, k, v]: [Tensor; 3] = layer
@@ -128,11 +168,12 @@ impl Model {
             let q = rope_thd(&q.contiguous()?, &cos, &sin)?;
             let k = rope_thd(&k.contiguous()?, &cos, &sin)?;
 
-            let width = cache.slot_width();
-            let kv_layer = cache.layer_mut(l);
-            write_kv(kv_layer, width, &slots, &to_vec(&k)?, &to_vec(&v)?);
-            let attn = paged_attention(kv_layer, &slots, &to_vec(&q)?, shape);
-            let attn = Tensor::from_vec(attn, (n, c.num_heads * c.head_dim), &self.device)?;
+            let attn = step.forward(
+                &cache.layers[l],
+                &q.reshape((n, c.num_heads, c.head_dim))?,
+                &k.reshape((n, c.num_kv_heads, c.head_dim))?,
+                &v.reshape((n, c.num_kv_heads, c.head_dim))?,
+            )?;
             x = (x + layer.o.forward(&attn)?)?;
 
             let h = rms_norm(&x, &layer.ffn_norm, eps)?;
@@ -158,10 +199,17 @@ impl Model {
             }
         };
         let x = rms_norm(&x.contiguous()?, &self.output_norm, eps)?;
-        Ok(self.lm_head.forward(&x)?)
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 
     fn check(&self, batch: &Batch<'_>, cache: &KvCache) -> Result<()> {
+        if cache.layout != self.attention.name() {
+            return Err(ModelError::Batch(format!(
+                "a KV cache laid out for `{}` attention meets `{}`",
+                cache.layout,
+                self.attention.name()
+            )));
+        }
         if batch.seqs.is_empty() {
             return Err(ModelError::Batch("empty batch".into()));
         }
@@ -185,6 +233,20 @@ impl Model {
     }
 }
 
-fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+fn head_shape(c: &ModelConfig) -> HeadShape {
+    HeadShape {
+        num_heads: c.num_heads,
+        num_kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        sliding_window: c.sliding_window,
+    }
+}
+
+/// A dense matrix converted to `dtype`; a quantized one as it is.
+fn in_dtype(matrix: QMatMul, dtype: DType) -> Result<QMatMul> {
+    Ok(match matrix {
+        QMatMul::Tensor(t) => QMatMul::Tensor(t.to_dtype(dtype)?),
+        QMatMul::TensorF16(t) => QMatMul::Tensor(t.to_dtype(dtype)?),
+        quantized => quantized,
+    })
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ferrollama_model::{Batch, KvCache, LoadedModel, Logits, SeqChunk};
+use ferrollama_model::{Batch, LoadedModel, Logits, SeqChunk};
 
 fn long_prompt() -> Vec<u32> {
     let refs = json(&tiny_refs("transformers.json"));
@@ -70,7 +70,7 @@ fn mixed_batch_equals_sequences_alone() {
         .map(|&(tokens, _)| all_logits(&model, tokens, tokens.len()).pop().unwrap())
         .collect();
 
-    let mut cache = KvCache::new(model.config(), BLOCK_SIZE, 12);
+    let mut cache = model.model.new_kv_cache(BLOCK_SIZE, 12).unwrap();
     let tables: [Vec<u32>; 3] = [vec![11, 0], vec![5, 9], vec![2, 7]];
     for (i, &(tokens, cached)) in plans.iter().enumerate() {
         if cached > 0 {
@@ -108,7 +108,7 @@ fn mixed_batch_equals_sequences_alone() {
 #[test]
 fn bad_batches_are_errors_not_panics() {
     let model = load_model(&tiny_dir());
-    let mut cache = KvCache::new(model.config(), BLOCK_SIZE, 2);
+    let mut cache = model.model.new_kv_cache(BLOCK_SIZE, 2).unwrap();
     let tokens = [1u32; 40];
     let too_short = Batch::new(vec![SeqChunk {
         tokens: &tokens,

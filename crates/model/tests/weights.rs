@@ -4,12 +4,14 @@
 mod common;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::*;
 use ferrollama_model::weights::{
     GgufFile, GgufWeights, Param, RandomDType, RandomWeights, WeightSource,
 };
-use ferrollama_model::{load, Batch, KvCache, Logits, Model, ModelConfig, ModelSource, SeqChunk};
+use ferrollama_model::{
+    load, AttentionKind, Batch, LoadOptions, Logits, Model, ModelConfig, ModelSource, SeqChunk,
+};
 
 fn small_config() -> ModelConfig {
     ModelConfig {
@@ -28,7 +30,7 @@ fn small_config() -> ModelConfig {
 }
 
 fn logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = KvCache::new(model.config(), BLOCK_SIZE, 4);
+    let mut cache = model.new_kv_cache(BLOCK_SIZE, 4).unwrap();
     let mut batch = Batch::new(vec![SeqChunk {
         tokens,
         cached: 0,
@@ -61,7 +63,15 @@ fn permute_for_gguf(w: &Tensor, heads: usize) -> Tensor {
 fn k_quant_gguf_loads_and_tracks_f32() {
     let config = small_config();
     let mut source = RandomWeights::new(&config, 7, RandomDType::F32, &Device::Cpu);
-    let reference = Model::load(&config, &mut source, &Device::Cpu, &mut |_, _| {}).unwrap();
+    let reference = Model::load(
+        &config,
+        &mut source,
+        &Device::Cpu,
+        DType::F32,
+        AttentionKind::Native,
+        &mut |_, _| {},
+    )
+    .unwrap();
 
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for param in Param::all(config.num_layers) {
@@ -116,11 +126,21 @@ fn k_quant_gguf_loads_and_tracks_f32() {
         &config,
         &mut GgufWeights::new(gguf.clone(), &config, &cpu),
         &cpu,
+        DType::F32,
+        AttentionKind::Native,
         &mut |_, _| {},
     )
     .unwrap();
     let mut dequantized_weights = Dequantized(GgufWeights::new(gguf, &config, &cpu));
-    let dequantized = Model::load(&config, &mut dequantized_weights, &cpu, &mut |_, _| {}).unwrap();
+    let dequantized = Model::load(
+        &config,
+        &mut dequantized_weights,
+        &cpu,
+        DType::F32,
+        AttentionKind::Native,
+        &mut |_, _| {},
+    )
+    .unwrap();
     std::fs::remove_file(&path).unwrap();
 
     let tokens: Vec<u32> = (0..40).map(|i| (i * 37 % 512) as u32).collect();
@@ -173,7 +193,7 @@ fn random_weights_are_seeded() {
         tokenizer: tiny_dir().join("tokenizer.json"),
     };
     let run = |seed, dtype| {
-        let model = load(&source(seed, dtype), &Device::Cpu, &mut |_, _| {}).unwrap();
+        let model = load(&source(seed, dtype), &LoadOptions::cpu(), &mut |_, _| {}).unwrap();
         assert_eq!(model.config(), &ModelConfig::named("tiny").unwrap());
         logits(&model.model, &[1, 3, 23325, 4])
     };

@@ -2,7 +2,9 @@
 //! drives the model the way the engine will (paged cache, chunked prefill).
 #![allow(dead_code)]
 
-use ferrollama_model::{load, Batch, KvCache, LoadedModel, Logits, ModelSource, SeqChunk};
+use ferrollama_model::{
+    load, AttentionKind, Batch, KvCache, LoadOptions, LoadedModel, Logits, ModelSource, SeqChunk,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -73,8 +75,14 @@ pub fn read_f16(path: &Path) -> Vec<f32> {
 }
 
 pub fn load_model(path: &Path) -> LoadedModel {
+    load_model_with(path, AttentionKind::Native)
+}
+
+/// On the CPU, with the attention implementation `attention` names.
+pub fn load_model_with(path: &Path, attention: AttentionKind) -> LoadedModel {
     let source = ModelSource::from_path(path).unwrap();
-    load(&source, &candle_core::Device::Cpu, &mut |_, _| {}).unwrap()
+    let options = LoadOptions::cpu().with_attention(attention);
+    load(&source, &options, &mut |_, _| {}).unwrap()
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -108,7 +116,7 @@ pub fn top2_gap(row: &[f32]) -> f32 {
 /// a sequence's blocks are not contiguous in memory.
 pub fn cache_for(model: &LoadedModel, tokens: usize) -> (KvCache, Vec<u32>) {
     let blocks = tokens.div_ceil(BLOCK_SIZE) + 1;
-    let cache = KvCache::new(model.config(), BLOCK_SIZE, blocks * 2);
+    let cache = model.model.new_kv_cache(BLOCK_SIZE, blocks * 2).unwrap();
     let table = (0..blocks as u32).rev().map(|b| b * 2 + 1).collect();
     (cache, table)
 }

@@ -1,67 +1,134 @@
-//! Paged attention on the CPU: each new token attends causally over its own sequence, reading
-//! keys and values from the sequence's cache blocks (the new tokens' own keys are written there
-//! first, so prefill, continued prefill and decode are one code path).
+//! Paged attention on the CPU, over host memory: each new token attends causally over its own
+//! sequence, reading keys and values from the sequence's cache blocks (the new tokens' own keys
+//! are written there first, so prefill, continued prefill and decode are one code path).
+//! Layout: keys and values are f32 `[slots, kv_heads * head_dim]`, slot `block * block_size + i`.
 
-use crate::batch::SeqChunk;
-use crate::kv_cache::{KvCache, LayerCache};
+use super::{Attention, HeadShape, LayerKv, StepAttention, StepLayout};
+use crate::error::{ModelError, Result};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
-/// Shapes of the attention heads.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadShape {
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
-    pub sliding_window: Option<usize>,
+pub struct Native {
+    shape: HeadShape,
 }
 
-/// Where each new token of a batch sits: its cache slot and its position.
-pub struct TokenSlots {
-    pub slots: Vec<usize>,
-    pub positions: Vec<u32>,
-    /// For each token, the slot of every position its sequence has up to and including it.
+impl Native {
+    pub fn new(shape: HeadShape) -> Self {
+        Self { shape }
+    }
+}
+
+impl Attention for Native {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn allocate(&self, num_blocks: usize, block_size: usize) -> Result<LayerKv> {
+        let shape = (num_blocks * block_size, self.shape.kv_width());
+        Ok(LayerKv {
+            keys: Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
+            values: Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
+        })
+    }
+
+    fn prepare<'a>(&'a self, step: &'a StepLayout) -> Result<Box<dyn StepAttention + 'a>> {
+        let mut seq_of_token = Vec::with_capacity(step.num_tokens());
+        let mut seq_slots = Vec::with_capacity(step.seqs.len());
+        for (i, seq) in step.seqs.iter().enumerate() {
+            seq_of_token.extend(std::iter::repeat_n(i, seq.new));
+            seq_slots.push(
+                (0..seq.context_len())
+                    .map(|p| step.slot(seq, p) as usize)
+                    .collect(),
+            );
+        }
+        Ok(Box::new(NativeStep {
+            step,
+            slots: step.slots.iter().map(|&s| s as usize).collect(),
+            seq_of_token,
+            seq_slots,
+        }))
+    }
+}
+
+/// Where each new token of a step sits: its cache slot, its sequence, and the slot of every
+/// position its sequence has up to and including it.
+struct NativeStep<'a> {
+    step: &'a StepLayout,
+    slots: Vec<usize>,
     seq_of_token: Vec<usize>,
     seq_slots: Vec<Vec<usize>>,
 }
 
-impl TokenSlots {
-    pub fn new(cache: &KvCache, seqs: &[SeqChunk<'_>]) -> Self {
-        let mut slots = Vec::new();
-        let mut positions = Vec::new();
-        let mut seq_of_token = Vec::new();
-        let mut seq_slots = Vec::with_capacity(seqs.len());
-        for (i, seq) in seqs.iter().enumerate() {
-            let all: Vec<usize> = (0..seq.context_len())
-                .map(|p| cache.slot(seq.block_table, p))
-                .collect();
-            for p in seq.cached..seq.context_len() {
-                slots.push(all[p]);
-                positions.push(p as u32);
-                seq_of_token.push(i);
-            }
-            seq_slots.push(all);
-        }
-        Self {
-            slots,
-            positions,
-            seq_of_token,
-            seq_slots,
-        }
+impl StepAttention for NativeStep<'_> {
+    fn forward(&self, kv: &LayerKv, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let n = self.slots.len();
+        let width = self.step.shape.kv_width();
+        let write = WriteSlots {
+            slots: &self.slots,
+            width,
+        };
+        kv.keys.inplace_op2(&k.contiguous()?, &write)?;
+        kv.values.inplace_op2(&v.contiguous()?, &write)?;
+        let q = q.contiguous()?;
+        let out = {
+            let (keys, _) = kv.keys.storage_and_layout();
+            let (values, _) = kv.values.storage_and_layout();
+            let (queries, q_layout) = q.storage_and_layout();
+            let queries = &cpu_f32(&queries)?[q_layout.start_offset()..][..q.elem_count()];
+            paged_attention(
+                cpu_f32(&keys)?,
+                cpu_f32(&values)?,
+                self,
+                queries,
+                self.step.shape,
+            )
+        };
+        let s = self.step.shape;
+        Ok(Tensor::from_vec(
+            out,
+            (n, s.num_heads * s.head_dim),
+            &Device::Cpu,
+        )?)
     }
 }
 
-/// Stores the new tokens' keys and values (`[tokens, kv_heads * head_dim]`, row-major).
-pub fn write_kv(
-    layer: &mut LayerCache,
+fn cpu_f32(storage: &Storage) -> Result<&[f32]> {
+    match storage {
+        Storage::Cpu(cpu) => Ok(cpu.as_slice::<f32>()?),
+        _ => Err(ModelError::Unsupported(
+            "native attention needs f32 tensors on the CPU".into(),
+        )),
+    }
+}
+
+/// Copies the rows of a `[tokens, width]` tensor into the cache slots of those tokens.
+struct WriteSlots<'a> {
+    slots: &'a [usize],
     width: usize,
-    tokens: &TokenSlots,
-    keys: &[f32],
-    values: &[f32],
-) {
-    for (t, &slot) in tokens.slots.iter().enumerate() {
-        let (dst, src) = (slot * width..(slot + 1) * width, t * width..(t + 1) * width);
-        layer.keys[dst.clone()].copy_from_slice(&keys[src.clone()]);
-        layer.values[dst].copy_from_slice(&values[src]);
+}
+
+impl InplaceOp2 for WriteSlots<'_> {
+    fn name(&self) -> &'static str {
+        "write-kv-slots"
+    }
+
+    fn cpu_fwd(
+        &self,
+        cache: &mut CpuStorage,
+        _: &Layout,
+        rows: &CpuStorage,
+        rows_layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(cache), CpuStorage::F32(rows)) = (cache, rows) else {
+            candle_core::bail!("write-kv-slots: f32 only")
+        };
+        let rows = &rows[rows_layout.start_offset()..];
+        let w = self.width;
+        for (t, &slot) in self.slots.iter().enumerate() {
+            cache[slot * w..(slot + 1) * w].copy_from_slice(&rows[t * w..(t + 1) * w]);
+        }
+        Ok(())
     }
 }
 
@@ -70,9 +137,10 @@ pub fn write_kv(
 const RUN: usize = 16;
 
 /// `queries` is `[tokens, heads * head_dim]`; returns the attention output in the same shape.
-pub fn paged_attention(
-    layer: &LayerCache,
-    tokens: &TokenSlots,
+fn paged_attention(
+    keys: &[f32],
+    values: &[f32],
+    tokens: &NativeStep<'_>,
     queries: &[f32],
     shape: HeadShape,
 ) -> Vec<f32> {
@@ -93,18 +161,19 @@ pub fn paged_attention(
     let results: Vec<Vec<f32>> = items
         .par_iter()
         .map(|&(t0, n, kv_head)| {
-            let last = tokens.positions[t0 + n - 1] as usize;
+            let last = tokens.step.positions[t0 + n - 1] as usize;
             let rows = (t0..t0 + n)
                 .flat_map(|t| {
                     (0..group).map(move |g| {
                         let head = kv_head * group + g;
                         let q = &queries[(t * num_heads + head) * head_dim..][..head_dim];
-                        (q, tokens.positions[t] as usize)
+                        (q, tokens.step.positions[t] as usize)
                     })
                 })
                 .collect();
             let work = Work {
-                layer,
+                keys,
+                values,
                 slots: &tokens.seq_slots[tokens.seq_of_token[t0]][..=last],
                 rows,
                 window: sliding_window,
@@ -143,7 +212,8 @@ fn runs(seq_of_token: &[usize]) -> Vec<(usize, usize)> {
 /// One work item: query rows (a vector and its position each, token-major then head) against
 /// the keys and values of one KV head. `out` gets one `head_dim` row per query row.
 struct Work<'a> {
-    layer: &'a LayerCache,
+    keys: &'a [f32],
+    values: &'a [f32],
     /// The sequence's slots from position 0 to the last query's.
     slots: &'a [usize],
     rows: Vec<(&'a [f32], usize)>,
@@ -160,11 +230,11 @@ impl Work<'_> {
     }
 
     fn key(&self, j: usize) -> &[f32] {
-        &self.layer.keys[self.slots[j] * self.width + self.kv_offset..][..self.head_dim]
+        &self.keys[self.slots[j] * self.width + self.kv_offset..][..self.head_dim]
     }
 
     fn value(&self, j: usize) -> &[f32] {
-        &self.layer.values[self.slots[j] * self.width + self.kv_offset..][..self.head_dim]
+        &self.values[self.slots[j] * self.width + self.kv_offset..][..self.head_dim]
     }
 }
 

@@ -1,0 +1,163 @@
+//! The attention implementations against each other on the CPU: the generic path (candle ops,
+//! the code that runs unchanged on CUDA) must give the native kernels' logits, over batches
+//! that mix prompt chunks, continued prompts and decoding tokens in scattered blocks.
+
+mod common;
+
+use candle_core::{DType, Device};
+use common::*;
+use ferrollama_model::weights::SafetensorsWeights;
+use ferrollama_model::{AttentionKind, Batch, LoadedModel, Logits, Model, ModelConfig, SeqChunk};
+
+/// Three sequences over three steps: prompts, a decode beside a new prompt, a continued
+/// prompt chunk beside decodes. Every logit row of every step, in order.
+fn mixed_steps(model: &Model) -> Vec<Vec<f32>> {
+    let vocab = model.config().vocab_size as u32;
+    let ids: Vec<u32> = (0..64u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let tables: [Vec<u32>; 3] = [vec![5, 9, 2, 30], vec![7, 1, 33, 40], vec![11, 12, 50, 3]];
+    let mut cache = model.new_kv_cache(BLOCK_SIZE, 64).unwrap();
+    // (sequence, cached, new)
+    let steps: [&[(usize, usize, usize)]; 3] = [
+        &[(0, 0, 20), (1, 0, 7)],
+        &[(0, 20, 1), (1, 7, 1), (2, 0, 30)],
+        &[(0, 21, 1), (2, 30, 1), (1, 8, 9)],
+    ];
+    let mut rows = Vec::new();
+    for step in steps {
+        let seqs = step
+            .iter()
+            .map(|&(s, cached, new)| SeqChunk {
+                tokens: &ids[s * 3 + cached..s * 3 + cached + new],
+                cached,
+                block_table: &tables[s],
+            })
+            .collect();
+        let mut batch = Batch::new(seqs);
+        batch.logits = Logits::All;
+        let logits = model.forward(&batch, &mut cache).unwrap();
+        rows.extend(logits.to_vec2::<f32>().unwrap());
+    }
+    rows
+}
+
+/// The worst row's max |a - b| over its largest |a|.
+fn worst_relative(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| {
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            diff / scale
+        })
+        .fold(0f32, f32::max)
+}
+
+fn tiny(attention: AttentionKind) -> LoadedModel {
+    load_model_with(&tiny_dir(), attention)
+}
+
+#[test]
+fn generic_equals_native_on_tiny_mistral_f32() {
+    let native = mixed_steps(&tiny(AttentionKind::Native).model);
+    let generic = mixed_steps(&tiny(AttentionKind::Generic).model);
+    assert_eq!(native.len(), 20 + 7 + 32 + 11);
+    let worst = worst_relative(&native, &generic);
+    eprintln!("tiny-mistral f32: generic vs native, worst relative logit error {worst:e}");
+    assert!(worst <= 1e-5, "{worst}");
+}
+
+/// Mistral v0.1's sliding window, on tiny-mistral's weights with a window of 8.
+#[test]
+fn generic_equals_native_with_a_sliding_window() {
+    let base = tiny(AttentionKind::Native);
+    let config = ModelConfig {
+        sliding_window: Some(8),
+        ..base.config().clone()
+    };
+    let load = |attention| {
+        let mut weights = SafetensorsWeights::open(&tiny_dir(), &Device::Cpu, DType::F32).unwrap();
+        Model::load(
+            &config,
+            &mut weights,
+            &Device::Cpu,
+            DType::F32,
+            attention,
+            &mut |_, _| {},
+        )
+        .unwrap()
+    };
+    let native = mixed_steps(&load(AttentionKind::Native));
+    let generic = mixed_steps(&load(AttentionKind::Generic));
+    let worst = worst_relative(&native, &generic);
+    assert!(worst <= 1e-5, "{worst}");
+    // The window matters: without it the same steps give other logits.
+    let unwindowed = mixed_steps(&base.model);
+    assert!(worst_relative(&native, &unwindowed) > 1e-3);
+}
+
+/// SmolLM2 Q4_1 rounds activations to 8 bits inside every matmul, so f32 noise from another
+/// summation order can flip a rounding and move logits by up to about 1 (see `TIE` in
+/// smollm2.rs). Greedy replies may part only where both top-2 gaps are within that tie, and
+/// the logits stay close overall.
+#[test]
+fn generic_tracks_native_on_smollm2() {
+    const TIE: f32 = 0.5;
+    let native = load_model_with(&smollm2_gguf(), AttentionKind::Native);
+    let generic = load_model_with(&smollm2_gguf(), AttentionKind::Generic);
+    let (a, b) = (mixed_steps(&native.model), mixed_steps(&generic.model));
+    let worst = a
+        .iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    eprintln!("smollm2: generic vs native, worst |logit difference| {worst}");
+    assert!(worst < 1.5, "{worst}");
+    let messages = [ferrollama_model::ChatMessage::new(
+        ferrollama_model::Role::User,
+        "Write two sentences about the sea.",
+    )];
+    let prompt = native
+        .chat_template
+        .encode(&native.tokenizer, &messages)
+        .unwrap();
+    let (a, b) = (
+        greedy(&native, &prompt, 32, &[]),
+        greedy(&generic, &prompt, 32, &[]),
+    );
+    if let Some(step) = a.ids.iter().zip(&b.ids).position(|(x, y)| x != y) {
+        let gaps = (top2_gap(&a.logits[step]), top2_gap(&b.logits[step]));
+        eprintln!("smollm2: generic parts from native at step {step}, top-2 gaps {gaps:?}");
+        assert!(gaps.0 < TIE && gaps.1 < TIE, "a real divergence: {gaps:?}");
+    }
+}
+
+/// The dtype a T4 computes in, through the same generic path, on the CPU: tiny-mistral in
+/// f16 (weights, activations, KV cache) tracks f32 to f16 precision.
+#[test]
+fn generic_attention_in_f16_tracks_f32() {
+    let source = ferrollama_model::ModelSource::from_path(&tiny_dir()).unwrap();
+    let options = ferrollama_model::LoadOptions::cpu()
+        .with_attention(AttentionKind::Generic)
+        .with_dtype(DType::F16);
+    let half = ferrollama_model::load(&source, &options, &mut |_, _| {}).unwrap();
+    assert_eq!(half.model.dtype(), DType::F16);
+    let full = mixed_steps(&tiny(AttentionKind::Native).model);
+    let worst = worst_relative(&full, &mixed_steps(&half.model));
+    eprintln!("tiny-mistral f16 vs f32: worst relative logit error {worst:e}");
+    assert!(worst < 2e-2, "{worst}");
+}
+
+#[test]
+fn a_cache_from_another_attention_is_refused() {
+    let native = tiny(AttentionKind::Native);
+    let generic = tiny(AttentionKind::Generic);
+    let mut cache = native.model.new_kv_cache(BLOCK_SIZE, 4).unwrap();
+    let batch = Batch::new(vec![SeqChunk {
+        tokens: &[1, 2, 3],
+        cached: 0,
+        block_table: &[0],
+    }]);
+    let err = generic.model.forward(&batch, &mut cache).unwrap_err();
+    assert!(err.to_string().contains("laid out for `native`"), "{err}");
+}
