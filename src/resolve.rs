@@ -1,14 +1,22 @@
 //! The one place a model reference from the command line becomes files. Today: a path, or
-//! `random:<shape>[:<f32|q8_0|q4_0>]`. The model store (Ollama names, pulls) will grow here.
+//! `random:<shape>[:<f32|f16|q8_0|q4_0>]`. The model store (Ollama names, pulls) will grow here.
 
 use anyhow::{bail, Context};
 use ferrollama_model::weights::RandomDType;
 use ferrollama_model::ModelSource;
 use std::path::{Path, PathBuf};
 
-/// The Mistral v3 tokenizer that random-weight models use (their vocabulary is Mistral's).
+/// The Mistral v3 tokenizer that random-weight models use (their vocabulary is Mistral's):
+/// in the checkout the binary was built from, else in the current directory's (a binary
+/// copied to another machine runs from a checkout there).
 fn default_random_tokenizer() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/tiny-mistral/tokenizer.json")
+    let in_repo = "models/fixtures/tiny-mistral/tokenizer.json";
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join(in_repo);
+    if built_from.exists() {
+        built_from
+    } else {
+        PathBuf::from(in_repo)
+    }
 }
 
 pub fn resolve(reference: &str) -> anyhow::Result<ModelSource> {

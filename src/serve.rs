@@ -9,7 +9,7 @@ use std::sync::Arc;
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// A GGUF file, a safetensors directory, or random:<shape>[:<dtype>].
-    #[arg(long, short)]
+    #[arg(long, short, env = "FERROLLAMA_MODEL")]
     pub model: String,
     /// The name the model answers to (default: its file name).
     #[arg(long)]

@@ -2,7 +2,9 @@
 # The whole test suite, set-up included: a venv with the test model and the Python clients,
 # every Rust test in release mode (model math is too slow unoptimised), each micro-benchmark
 # once, the real clients (openai, litellm, ollama) and a `ferrollama bench` smoke run against
-# the real server process, then the deploy/ checks (shellcheck, cloud-init, systemd, dry runs).
+# the real server process, then the deploy/ checks (shellcheck, cloud-init, systemd, dry runs),
+# the Dockerfile.cuda lint, and the CUDA build with its GPU tests (tests/cuda.sh; they skip,
+# saying so, without a GPU).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -19,3 +21,9 @@ cargo build --release --bin ferrollama
 export FERROLLAMA_BIN="${CARGO_TARGET_DIR:-$root/target}/release/ferrollama"
 .venv/bin/python -m pytest -q -p no:cacheprovider tests/clients
 tests/deploy/run.sh
+
+# The GPU image's Dockerfile (no Docker engine here: lint only) and the CUDA scripts, then the
+# CUDA build.
+.venv/bin/hadolint Dockerfile.cuda
+shellcheck kernels/*.sh tests/cuda.sh benches/gpu/*.sh
+tests/cuda.sh

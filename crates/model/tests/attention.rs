@@ -7,51 +7,7 @@ mod common;
 use candle_core::{DType, Device};
 use common::*;
 use ferrollama_model::weights::SafetensorsWeights;
-use ferrollama_model::{AttentionKind, Batch, LoadedModel, Logits, Model, ModelConfig, SeqChunk};
-
-/// Three sequences over three steps: prompts, a decode beside a new prompt, a continued
-/// prompt chunk beside decodes. Every logit row of every step, in order.
-fn mixed_steps(model: &Model) -> Vec<Vec<f32>> {
-    let vocab = model.config().vocab_size as u32;
-    let ids: Vec<u32> = (0..64u32).map(|i| (i * 7919 + 13) % vocab).collect();
-    let tables: [Vec<u32>; 3] = [vec![5, 9, 2, 30], vec![7, 1, 33, 40], vec![11, 12, 50, 3]];
-    let mut cache = model.new_kv_cache(BLOCK_SIZE, 64).unwrap();
-    // (sequence, cached, new)
-    let steps: [&[(usize, usize, usize)]; 3] = [
-        &[(0, 0, 20), (1, 0, 7)],
-        &[(0, 20, 1), (1, 7, 1), (2, 0, 30)],
-        &[(0, 21, 1), (2, 30, 1), (1, 8, 9)],
-    ];
-    let mut rows = Vec::new();
-    for step in steps {
-        let seqs = step
-            .iter()
-            .map(|&(s, cached, new)| SeqChunk {
-                tokens: &ids[s * 3 + cached..s * 3 + cached + new],
-                cached,
-                block_table: &tables[s],
-            })
-            .collect();
-        let mut batch = Batch::new(seqs);
-        batch.logits = Logits::All;
-        let logits = model.forward(&batch, &mut cache).unwrap();
-        rows.extend(logits.to_vec2::<f32>().unwrap());
-    }
-    rows
-}
-
-/// The worst row's max |a - b| over its largest |a|.
-fn worst_relative(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(a, b)| {
-            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            diff / scale
-        })
-        .fold(0f32, f32::max)
-}
+use ferrollama_model::{AttentionKind, Batch, LoadedModel, Model, ModelConfig, SeqChunk};
 
 fn tiny(attention: AttentionKind) -> LoadedModel {
     load_model_with(&tiny_dir(), attention)

@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RandomDType {
     F32,
+    F16,
     Q8_0,
     Q4_0,
 }
@@ -21,10 +22,11 @@ impl std::str::FromStr for RandomDType {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
             "q8_0" => Ok(Self::Q8_0),
             "q4_0" => Ok(Self::Q4_0),
             other => Err(format!(
-                "unknown random weight type `{other}` (f32, q8_0, q4_0)"
+                "unknown random weight type `{other}` (f32, f16, q8_0, q4_0)"
             )),
         }
     }
@@ -80,6 +82,10 @@ impl WeightSource for RandomWeights {
         )?;
         let quantized = match self.dtype {
             RandomDType::F32 => return Ok(QMatMul::Tensor(t.to_device(&self.device)?)),
+            RandomDType::F16 => {
+                let t = t.to_dtype(candle_core::DType::F16)?;
+                return Ok(QMatMul::Tensor(t.to_device(&self.device)?));
+            }
             RandomDType::Q8_0 => QTensor::quantize_onto(&t, GgmlDType::Q8_0, &self.device)?,
             RandomDType::Q4_0 => QTensor::quantize_onto(&t, GgmlDType::Q4_0, &self.device)?,
         };
