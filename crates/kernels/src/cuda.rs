@@ -28,6 +28,24 @@ pub fn gpu_info(device: &CudaDevice) -> Result<GpuInfo> {
     })
 }
 
+/// For GPU tests: CUDA device 0, or `None` after printing `SKIPPED <test>` when there is none.
+/// With FERROLLAMA_REQUIRE_GPU set (benches/gpu/check.sh sets it) a missing GPU panics instead.
+pub fn gpu_or_skip(test: &str) -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(device) => Some(device),
+        Err(e) if std::env::var_os("FERROLLAMA_REQUIRE_GPU").is_some() => {
+            panic!("{test}: FERROLLAMA_REQUIRE_GPU is set but there is no GPU: {e}")
+        }
+        Err(e) => {
+            // The first line: candle appends a backtrace where RUST_BACKTRACE is set.
+            let reason = e.to_string();
+            let reason = reason.lines().next().unwrap_or_default();
+            eprintln!("SKIPPED {test}: no CUDA device ({reason})");
+            None
+        }
+    }
+}
+
 fn cuda_error(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
     candle_core::Error::Cuda(Box::new(e))
 }

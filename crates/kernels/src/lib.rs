@@ -12,7 +12,8 @@ mod ffi;
 
 #[cfg(feature = "cuda")]
 pub use cuda::{
-    gpu_info, key_cache_shape, reshape_and_cache, value_cache_shape, GpuInfo, PagedAttention,
+    gpu_info, gpu_or_skip, key_cache_shape, reshape_and_cache, value_cache_shape, GpuInfo,
+    PagedAttention,
 };
 
 /// Whether the build has bf16 kernels (built for compute capability 8.0 or newer).

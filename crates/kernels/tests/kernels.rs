@@ -4,20 +4,9 @@
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Tensor};
-use ferrollama_kernels::{key_cache_shape, reshape_and_cache, value_cache_shape, PagedAttention};
-
-fn gpu(test: &str) -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(device) => Some(device),
-        Err(e) if std::env::var_os("FERROLLAMA_REQUIRE_GPU").is_some() => {
-            panic!("{test}: FERROLLAMA_REQUIRE_GPU is set but there is no GPU: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED {test}: no CUDA device ({e})");
-            None
-        }
-    }
-}
+use ferrollama_kernels::{
+    gpu_or_skip as gpu, key_cache_shape, reshape_and_cache, value_cache_shape, PagedAttention,
+};
 
 /// xorshift64*: fresh inputs per seed, no dependency.
 struct Rng(u64);

@@ -11,22 +11,10 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::*;
+use ferrollama_kernels::gpu_or_skip as gpu;
 use ferrollama_model::device::{accelerator, compute_dtype};
 use ferrollama_model::{load, AttentionKind, LoadOptions, LoadedModel, ModelSource};
 use std::path::Path;
-
-fn gpu(test: &str) -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(device) => Some(device),
-        Err(e) if std::env::var_os("FERROLLAMA_REQUIRE_GPU").is_some() => {
-            panic!("{test}: FERROLLAMA_REQUIRE_GPU is set but there is no GPU: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED {test}: no CUDA device ({e})");
-            None
-        }
-    }
-}
 
 fn on(device: &Device, path: &Path, attention: AttentionKind, dtype: DType) -> LoadedModel {
     let source = ModelSource::from_path(path).unwrap();
