@@ -17,4 +17,4 @@ pub use cuda::{
 };
 
 /// Whether the build has bf16 kernels (built for compute capability 8.0 or newer).
-pub const BUILD_HAS_BF16: bool = BUILD_COMPUTE_CAP >= 80;
+pub const BUILD_HAS_BF16: bool = cfg!(ferrollama_bf16);

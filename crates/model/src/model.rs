@@ -52,36 +52,39 @@ impl Model {
         config.validate()?;
         let attention = attention::build(attention, head_shape(config), dtype, device)?;
         // Dense matrices and norms compute in the model's dtype; quantized ones stay as they are.
+        let matrix = |weights: &mut dyn WeightSource, param| -> Result<QMatMul> {
+            in_dtype(weights.matrix(param)?, dtype)
+        };
         let vector = |weights: &mut dyn WeightSource, param| -> Result<Tensor> {
             Ok(weights.vector(param)?.to_dtype(dtype)?)
         };
         // Embedding, the layers, then the head.
         let total = config.num_layers + 2;
-        let embedding = in_dtype(weights.matrix(Param::TokenEmbedding)?, dtype)?;
+        let embedding = matrix(weights, Param::TokenEmbedding)?;
         progress(1, total);
         let mut layers = Vec::with_capacity(config.num_layers);
         for l in 0..config.num_layers {
             let layer = Layer {
                 attn_norm: vector(weights, Param::AttnNorm(l))?,
                 qkv: Projections::new(vec![
-                    in_dtype(weights.matrix(Param::Q(l))?, dtype)?,
-                    in_dtype(weights.matrix(Param::K(l))?, dtype)?,
-                    in_dtype(weights.matrix(Param::V(l))?, dtype)?,
+                    matrix(weights, Param::Q(l))?,
+                    matrix(weights, Param::K(l))?,
+                    matrix(weights, Param::V(l))?,
                 ])?,
-                o: Linear::new(in_dtype(weights.matrix(Param::O(l))?, dtype)?)?,
+                o: Linear::new(matrix(weights, Param::O(l))?)?,
                 ffn_norm: vector(weights, Param::FfnNorm(l))?,
                 gate_up: Projections::new(vec![
-                    in_dtype(weights.matrix(Param::Gate(l))?, dtype)?,
-                    in_dtype(weights.matrix(Param::Up(l))?, dtype)?,
+                    matrix(weights, Param::Gate(l))?,
+                    matrix(weights, Param::Up(l))?,
                 ])?,
-                down: Linear::new(in_dtype(weights.matrix(Param::Down(l))?, dtype)?)?,
+                down: Linear::new(matrix(weights, Param::Down(l))?)?,
             };
             layers.push(layer);
             progress(l + 2, total);
         }
         let output_norm = vector(weights, Param::OutputNorm)?;
         let lm_head = Linear::new(if weights.contains(Param::Output) {
-            in_dtype(weights.matrix(Param::Output)?, dtype)?
+            matrix(weights, Param::Output)?
         } else {
             embedding.clone()
         })?;
