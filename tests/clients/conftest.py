@@ -7,6 +7,7 @@ import os
 import pathlib
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -26,10 +27,13 @@ def server():
     binary = os.environ.get("FERROLLAMA_BIN", str(ROOT / "target/release/ferrollama"))
     port = free_port()
     model = ROOT / "models/fixtures/tiny-mistral"
+    # The server's output goes to a file: a pipe nobody reads while the tests run fills up
+    # and blocks the server on its next log line.
+    log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
         [binary, "serve", "--model", str(model), "--name", "mistral:instruct", "--port", str(port),
          "--max-seqs", "16", "--kv-cache-memory", "64MiB"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -41,7 +45,8 @@ def server():
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            raise RuntimeError("server did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
+            log.seek(0)
+            raise RuntimeError("server did not start:\n" + log.read())
         time.sleep(0.2)
     yield base
     proc.terminate()
