@@ -89,7 +89,6 @@ pub fn reshape_and_cache(
 ) -> Result<()> {
     let (tokens, kv_heads, head_dim) = key.dims3()?;
     let dtype = key.dtype();
-    let (num_blocks, _, _, block_size) = value_cache.dims4()?;
     if value.dims() != key.dims() || slots.dims() != [tokens] || slots.dtype() != DType::U32 {
         bail!(
             "reshape_and_cache: keys {:?}, values {:?}, slots {:?} {:?}",
@@ -99,15 +98,10 @@ pub fn reshape_and_cache(
             slots.dtype()
         )
     }
-    check_caches(
-        key_cache,
-        value_cache,
-        num_blocks,
-        kv_heads,
-        head_dim,
-        block_size,
-        dtype,
-    )?;
+    let (cache_kv_heads, block_size) = check_caches(key_cache, value_cache, head_dim, dtype)?;
+    if cache_kv_heads != kv_heads {
+        bail!("reshape_and_cache: {kv_heads} KV heads into a cache of {cache_kv_heads}")
+    }
     for t in [value, key_cache, value_cache] {
         if t.dtype() != dtype {
             bail!(
@@ -171,16 +165,7 @@ impl PagedAttention {
     pub fn forward(&self, q: &Tensor, key_cache: &Tensor, value_cache: &Tensor) -> Result<Tensor> {
         let (rows, heads, head_dim) = q.dims3()?;
         let dtype = q.dtype();
-        let (num_blocks, kv_heads, _, block_size) = value_cache.dims4()?;
-        check_caches(
-            key_cache,
-            value_cache,
-            num_blocks,
-            kv_heads,
-            head_dim,
-            block_size,
-            dtype,
-        )?;
+        let (kv_heads, block_size) = check_caches(key_cache, value_cache, head_dim, dtype)?;
         if heads % kv_heads != 0 || key_cache.dtype() != dtype || value_cache.dtype() != dtype {
             bail!(
                 "paged_attention: {heads} heads over {kv_heads} KV heads, {dtype:?} queries over a {:?} cache",
@@ -272,26 +257,26 @@ impl PagedAttention {
     }
 }
 
+/// Checks that the caches have the layout of `head_dim`-wide heads in `dtype`; returns their
+/// KV heads and block size.
 fn check_caches(
     key_cache: &Tensor,
     value_cache: &Tensor,
-    num_blocks: usize,
-    kv_heads: usize,
     head_dim: usize,
-    block_size: usize,
     dtype: DType,
-) -> Result<()> {
+) -> Result<(usize, usize)> {
+    let (num_blocks, kv_heads, _, block_size) = value_cache.dims4()?;
     let x = pack(dtype);
     let key_shape = key_cache_shape(num_blocks, kv_heads, head_dim, block_size, dtype);
     let value_shape = value_cache_shape(num_blocks, kv_heads, head_dim, block_size);
     if head_dim % x != 0 || key_cache.dims5()? != key_shape || value_cache.dims4()? != value_shape {
         bail!(
-            "KV cache shapes {:?} and {:?} do not fit {kv_heads} KV heads of {head_dim} ({dtype:?}, blocks of {block_size})",
+            "KV cache shapes {:?} and {:?} do not fit heads of {head_dim} ({dtype:?})",
             key_cache.shape(),
             value_cache.shape()
         )
     }
-    Ok(())
+    Ok((kv_heads, block_size))
 }
 
 fn stream_of(t: &Tensor) -> Result<std::sync::Arc<CudaStream>> {
