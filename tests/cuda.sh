@@ -4,8 +4,8 @@
 # default 75: the T4), links the binary and every test, then runs the GPU tests, which print
 # SKIPPED where there is no GPU. One cargo invocation builds everything: a second with another
 # package selection would unify features differently and compile candle's kernels again.
-# The target directory is $CARGO_TARGET_DIR-cuda$CUDA_COMPUTE_CAP, kept between runs: a cold
-# build spends about 15-25 minutes in nvcc on 2 cores, a warm one seconds.
+# The target directory is $CARGO_TARGET_DIR-cuda$CUDA_COMPUTE_CAP, kept between runs: cold,
+# the build takes about 22 minutes on 2 cores (nearly all nvcc), warm about two.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
