@@ -44,28 +44,26 @@ impl Attention for Native {
         }
         Ok(Box::new(NativeStep {
             step,
-            slots: step.slots.iter().map(|&s| s as usize).collect(),
             seq_of_token,
             seq_slots,
         }))
     }
 }
 
-/// Where each new token of a step sits: its cache slot, its sequence, and the slot of every
-/// position its sequence has up to and including it.
+/// Where each new token of a step sits: its sequence, and the slot of every position its
+/// sequence has up to and including it (its own slot is in `step.slots`).
 struct NativeStep<'a> {
     step: &'a StepLayout,
-    slots: Vec<usize>,
     seq_of_token: Vec<usize>,
     seq_slots: Vec<Vec<usize>>,
 }
 
 impl StepAttention for NativeStep<'_> {
     fn forward(&self, kv: &LayerKv, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let n = self.slots.len();
+        let n = self.step.num_tokens();
         let width = self.step.shape.kv_width();
         let write = WriteSlots {
-            slots: &self.slots,
+            slots: &self.step.slots,
             width,
         };
         kv.keys.inplace_op2(&k.contiguous()?, &write)?;
@@ -104,7 +102,7 @@ fn cpu_f32(storage: &Storage) -> Result<&[f32]> {
 
 /// Copies the rows of a `[tokens, width]` tensor into the cache slots of those tokens.
 struct WriteSlots<'a> {
-    slots: &'a [usize],
+    slots: &'a [u32],
     width: usize,
 }
 
@@ -126,6 +124,7 @@ impl InplaceOp2 for WriteSlots<'_> {
         let rows = &rows[rows_layout.start_offset()..];
         let w = self.width;
         for (t, &slot) in self.slots.iter().enumerate() {
+            let slot = slot as usize;
             cache[slot * w..(slot + 1) * w].copy_from_slice(&rows[t * w..(t + 1) * w]);
         }
         Ok(())
