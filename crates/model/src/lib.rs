@@ -7,7 +7,7 @@ pub mod attention;
 pub mod batch;
 pub mod chat;
 pub mod config;
-mod cpu;
+pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod kv_cache;
