@@ -38,6 +38,8 @@ SHAPE = {
 TYPES = {
     "q4_0": (LlamaFileType.MOSTLY_Q4_0, GGMLQuantizationType.Q4_0),
     "q8_0": (LlamaFileType.MOSTLY_Q8_0, GGMLQuantizationType.Q8_0),
+    # The input of llama.cpp's llama-quantize, for k-quant files such as Q4_K_M.
+    "f16": (LlamaFileType.MOSTLY_F16, GGMLQuantizationType.F16),
 }
 
 # Tokenizer keys copied verbatim from the tiny-mistral GGUF.

@@ -14,14 +14,19 @@ pub struct EngineArgs {
     /// CPU), cpu, cuda, cuda:N.
     #[arg(long, env = "FERROLLAMA_DEVICE", default_value = "auto")]
     pub device: DeviceRequest,
-    /// Float type of activations and KV cache: auto (f32 on the CPU; on CUDA bf16 where the
-    /// device and the build are 8.0+, else f16), f32, f16, bf16.
+    /// Float type of activations (and of the KV cache, unless --kv-cache-dtype says otherwise):
+    /// auto (f32 on the CPU; on CUDA bf16 where the device and the build are 8.0+, else f16),
+    /// f32, f16, bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: DTypeArg,
     /// Attention implementation: auto (native on the CPU, our kernels on CUDA), native,
     /// generic (candle ops on any device), cuda.
     #[arg(long, default_value = "auto")]
     pub attention: AttentionKind,
+    /// Element type of the KV cache: auto (f16 for the native CPU kernels, as llama.cpp; the
+    /// --dtype elsewhere), f16, f32 (native attention only: twice the memory per token).
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: DTypeArg,
     /// Memory for the KV cache, in bytes (suffixes K, M, G, KiB, MiB, GiB accepted)
     /// [default: 1GiB on the CPU; on a GPU, what --gpu-memory-utilization leaves].
     #[arg(long, value_parser = parse_bytes)]
@@ -52,6 +57,7 @@ impl EngineArgs {
             device: select_device(self.device)?,
             dtype: self.dtype.0,
             attention: self.attention,
+            kv_dtype: self.kv_cache_dtype.0,
         })
     }
 

@@ -36,10 +36,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine = ferrollama_engine::start(model.clone(), config.clone())?;
     let m = &model.model;
     println!(
-        "device: {}, dtype {:?}, attention {}, KV cache {:.2} GiB = {} tokens",
+        "device: {}, dtype {:?}, attention {}, KV cache {:?}, {:.2} GiB = {} tokens",
         ferrollama_model::device::describe(m.device()),
         m.dtype(),
         m.attention(),
+        m.kv_dtype(),
         config.kv_cache_memory as f64 / (1u64 << 30) as f64,
         engine.stats().total_blocks * config.block_size,
     );

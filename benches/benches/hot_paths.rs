@@ -2,7 +2,7 @@
 //! - quantized matrix × activations (Q4_0, Q4_1, Q8_0) for 1, 16 and 64 tokens: our wide tiles
 //!   (eight rows × up to four tokens per call), the same kernel one token per call (what a
 //!   batch costs without the tile's weight reuse), and candle's;
-//! - paged attention of one decoding token over 1k, 2k and 4k cached tokens;
+//! - paged attention of one decoding token over 1k, 2k and 4k cached tokens, f16 and f32 cache;
 //! - sampling with top_k/top_p over a 32k vocabulary, and greedy;
 //! - incremental detokenization with the Mistral v3 tokenizer.
 //!
@@ -10,7 +10,7 @@
 //! group). Under `cargo test --benches` each runs once, as a smoke test.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferrollama_engine::sampler::{Sampler, SamplingParams};
 use ferrollama_model::attention::{Attention, HeadShape, Native, StepLayout};
@@ -82,56 +82,53 @@ fn attention(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("paged_attention/decode");
     group.sample_size(20);
-    for context in [1024usize, 2048, 4096] {
-        let block_size = 16;
-        let blocks = context / block_size;
-        let attention = Native::new(shape);
-        let width = shape.kv_width();
-        let slots = blocks * block_size;
-        let kv = attention.allocate(blocks, block_size).unwrap();
-        kv.keys
-            .slice_set(
-                &Tensor::from_vec(random(slots * width, 3), (slots, width), &Device::Cpu).unwrap(),
-                0,
-                0,
-            )
-            .unwrap();
-        kv.values
-            .slice_set(
-                &Tensor::from_vec(random(slots * width, 4), (slots, width), &Device::Cpu).unwrap(),
-                0,
-                0,
-            )
-            .unwrap();
-        // Blocks in reverse order: a real table is not contiguous either.
-        let table: Vec<u32> = (0..blocks as u32).rev().collect();
-        let token = [1u32];
-        let chunk = SeqChunk {
-            tokens: &token,
-            cached: context - 1,
-            block_table: &table,
-        };
-        let layout = StepLayout::new(shape, block_size, &[chunk]);
-        let step = attention.prepare(&layout).unwrap();
-        let q = Tensor::from_vec(
-            random(config.num_heads * config.head_dim, 5),
-            (1, config.num_heads, config.head_dim),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let kv_new = |seed| {
-            Tensor::from_vec(
-                random(width, seed),
-                (1, config.num_kv_heads, config.head_dim),
+    for kv_dtype in [DType::F16, DType::F32] {
+        for context in [1024usize, 2048, 4096] {
+            let block_size = 16;
+            let blocks = context / block_size;
+            let attention = Native::new(shape, kv_dtype).unwrap();
+            let kv = attention.allocate(blocks, block_size).unwrap();
+            // Any values will do: fill both in the layout the implementation allocated.
+            let fill = |t: &Tensor, seed| {
+                let data = Tensor::from_vec(random(t.elem_count(), seed), t.shape(), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(kv_dtype)
+                    .unwrap();
+                t.slice_set(&data, 0, 0).unwrap();
+            };
+            fill(&kv.keys, 3);
+            fill(&kv.values, 4);
+            let width = shape.kv_width();
+            // Blocks in reverse order: a real table is not contiguous either.
+            let table: Vec<u32> = (0..blocks as u32).rev().collect();
+            let token = [1u32];
+            let chunk = SeqChunk {
+                tokens: &token,
+                cached: context - 1,
+                block_table: &table,
+            };
+            let layout = StepLayout::new(shape, block_size, &[chunk]);
+            let step = attention.prepare(&layout).unwrap();
+            let q = Tensor::from_vec(
+                random(config.num_heads * config.head_dim, 5),
+                (1, config.num_heads, config.head_dim),
                 &Device::Cpu,
             )
-            .unwrap()
-        };
-        let (k, v) = (kv_new(6), kv_new(7));
-        group.throughput(Throughput::Elements(context as u64));
-        group.bench_function(BenchmarkId::from_parameter(context), |b| {
-            b.iter(|| step.forward(&kv, black_box(&q), &k, &v).unwrap())
-        });
+            .unwrap();
+            let kv_new = |seed| {
+                Tensor::from_vec(
+                    random(width, seed),
+                    (1, config.num_kv_heads, config.head_dim),
+                    &Device::Cpu,
+                )
+                .unwrap()
+            };
+            let (k, v) = (kv_new(6), kv_new(7));
+            group.throughput(Throughput::Elements(context as u64));
+            group.bench_function(BenchmarkId::new(format!("{kv_dtype:?}"), context), |b| {
+                b.iter(|| step.forward(&kv, black_box(&q), &k, &v).unwrap())
+            });
+        }
     }
     group.finish();
 }

@@ -20,7 +20,7 @@ pub mod rope;
 pub mod tokenizer;
 pub mod weights;
 
-pub use attention::AttentionKind;
+pub use attention::{AttentionKind, AttentionSpec};
 pub use batch::{Batch, Logits, SeqChunk};
 pub use chat::{ChatMessage, ChatTemplate, Role};
 pub use config::ModelConfig;

@@ -1,7 +1,7 @@
 //! From a model reference (a GGUF file, a safetensors directory, or a random shape) to a ready
 //! model: weights, tokenizer, chat template and end-of-sequence ids.
 
-use crate::attention::AttentionKind;
+use crate::attention::{AttentionKind, AttentionSpec};
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -60,6 +60,9 @@ pub struct LoadOptions {
     /// ([`crate::device::compute_dtype`]).
     pub dtype: Option<DType>,
     pub attention: AttentionKind,
+    /// The KV cache's element type; `None`: f16 for the native CPU kernels, the model's dtype
+    /// elsewhere.
+    pub kv_dtype: Option<DType>,
 }
 
 impl LoadOptions {
@@ -73,6 +76,7 @@ impl LoadOptions {
             device,
             dtype: None,
             attention: AttentionKind::Auto,
+            kv_dtype: None,
         }
     }
 
@@ -83,6 +87,11 @@ impl LoadOptions {
 
     pub fn with_dtype(mut self, dtype: DType) -> Self {
         self.dtype = Some(dtype);
+        self
+    }
+
+    pub fn with_kv_dtype(mut self, kv_dtype: DType) -> Self {
+        self.kv_dtype = Some(kv_dtype);
         self
     }
 
@@ -115,7 +124,11 @@ pub fn load(
     let device = &options.device;
     let dtype = options.dtype()?;
     let mut build = |config: &ModelConfig, weights: &mut dyn crate::weights::WeightSource| {
-        Model::load(config, weights, device, dtype, options.attention, progress)
+        let attention = AttentionSpec {
+            kind: options.attention,
+            kv_dtype: options.kv_dtype,
+        };
+        Model::load(config, weights, device, dtype, attention, progress)
     };
     match source {
         ModelSource::Gguf(path) => {

@@ -1,7 +1,7 @@
 //! The Mistral/Llama-family transformer: RMSNorm, rotary attention with grouped KV heads over
 //! the paged cache, SwiGLU MLP. One `forward` serves any mix of prefill and decode chunks.
 
-use crate::attention::{self, Attention, AttentionKind, HeadShape, StepLayout};
+use crate::attention::{self, Attention, AttentionSpec, HeadShape, StepLayout};
 use crate::batch::{Batch, Logits};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -46,11 +46,11 @@ impl Model {
         weights: &mut dyn WeightSource,
         device: &Device,
         dtype: DType,
-        attention: AttentionKind,
+        attention: impl Into<AttentionSpec>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         config.validate()?;
-        let attention = attention::build(attention, head_shape(config), dtype, device)?;
+        let attention = attention::build(attention.into(), head_shape(config), dtype, device)?;
         // Dense matrices and norms compute in the model's dtype; quantized ones stay as they are.
         let matrix = |weights: &mut dyn WeightSource, param| -> Result<QMatMul> {
             in_dtype(weights.matrix(param)?, dtype)
@@ -119,10 +119,16 @@ impl Model {
         self.attention.name()
     }
 
+    /// The KV cache's element type.
+    pub fn kv_dtype(&self) -> DType {
+        self.attention.kv_dtype()
+    }
+
     /// Bytes of device memory one KV block of `block_size` tokens takes, every layer.
     pub fn kv_block_bytes(&self, block_size: usize) -> usize {
         let c = &self.config;
-        2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * self.dtype.size_in_bytes()
+        let element = self.attention.kv_dtype().size_in_bytes();
+        2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * element
     }
 
     /// A KV cache of `num_blocks` blocks on the model's device, in its dtype and in the layout

@@ -29,6 +29,10 @@ impl Attention for Cuda {
         "cuda"
     }
 
+    fn kv_dtype(&self) -> DType {
+        self.dtype
+    }
+
     fn allocate(&self, num_blocks: usize, block_size: usize) -> Result<LayerKv> {
         let HeadShape {
             num_kv_heads,

@@ -33,6 +33,10 @@ impl Attention for Generic {
         "generic"
     }
 
+    fn kv_dtype(&self) -> DType {
+        self.dtype
+    }
+
     fn allocate(&self, num_blocks: usize, block_size: usize) -> Result<LayerKv> {
         let shape = (num_blocks * block_size, self.shape.kv_width());
         Ok(LayerKv {

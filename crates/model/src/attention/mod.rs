@@ -81,22 +81,45 @@ impl std::str::FromStr for AttentionKind {
     }
 }
 
-/// Builds the implementation `kind` names for `device` and `dtype`.
+/// Which attention implementation, and the KV cache's element type (`--kv-cache-dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttentionSpec {
+    pub kind: AttentionKind,
+    /// `None`: f16 for the native kernels (as llama.cpp), the model's dtype elsewhere.
+    pub kv_dtype: Option<DType>,
+}
+
+impl From<AttentionKind> for AttentionSpec {
+    fn from(kind: AttentionKind) -> Self {
+        Self {
+            kind,
+            kv_dtype: None,
+        }
+    }
+}
+
+/// Builds the implementation `spec` names for `device` and `dtype`.
 pub fn build(
-    kind: AttentionKind,
+    spec: AttentionSpec,
     shape: HeadShape,
     dtype: DType,
     device: &Device,
 ) -> Result<Box<dyn Attention>> {
-    let kind = match (kind, device.is_cuda()) {
+    let kind = match (spec.kind, device.is_cuda()) {
         (AttentionKind::Auto, false) => AttentionKind::Native,
         (AttentionKind::Auto, true) => AttentionKind::Cuda,
         (kind, _) => kind,
     };
+    // Only the native kernels convert on the way in and out of the cache.
+    if kind != AttentionKind::Native && spec.kv_dtype.is_some_and(|kv| kv != dtype) {
+        return Err(ModelError::Unsupported(format!(
+            "{kind:?} attention keeps its KV cache in the model's dtype ({dtype:?})"
+        )));
+    }
     match kind {
-        AttentionKind::Native if device.is_cpu() && dtype == DType::F32 => {
-            Ok(Box::new(Native::new(shape)))
-        }
+        AttentionKind::Native if device.is_cpu() && dtype == DType::F32 => Ok(Box::new(
+            Native::new(shape, spec.kv_dtype.unwrap_or(DType::F16))?,
+        )),
         AttentionKind::Native => Err(ModelError::Unsupported(
             "native attention runs on the CPU in f32 only".into(),
         )),
@@ -115,6 +138,9 @@ pub fn build(
 /// A way of computing paged attention.
 pub trait Attention: Send + Sync {
     fn name(&self) -> &'static str;
+
+    /// The KV cache's element type.
+    fn kv_dtype(&self) -> DType;
 
     /// Allocates one layer's keys and values for `num_blocks` blocks of `block_size` tokens.
     fn allocate(&self, num_blocks: usize, block_size: usize) -> Result<LayerKv>;

@@ -1,20 +1,36 @@
 //! Paged attention on the CPU, over host memory: each new token attends causally over its own
 //! sequence, reading keys and values from the sequence's cache blocks (the new tokens' own keys
 //! are written there first, so prefill, continued prefill and decode are one code path).
-//! Layout: keys and values are f32 `[slots, kv_heads * head_dim]`, slot `block * block_size + i`.
+//!
+//! The cache is f16 by default, as llama.cpp's is: half the memory, so the pool holds twice the
+//! tokens, and half the bytes for decode to read. Its layout is the one the kernel reads, per
+//! block and KV head:
+//! - keys `[num_blocks, kv_heads, head_dim, block_size]`: transposed, so the block's keys for
+//!   one dimension are one row of lanes, and scores need no horizontal sums (vLLM's layout);
+//! - values `[num_blocks, kv_heads, block_size, head_dim]`: one row per token, for the
+//!   weighted sum.
 
 use super::{Attention, HeadShape, LayerKv, StepAttention, StepLayout};
 use crate::error::{ModelError, Result};
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 pub struct Native {
     shape: HeadShape,
+    kv_dtype: DType,
 }
 
 impl Native {
-    pub fn new(shape: HeadShape) -> Self {
-        Self { shape }
+    /// `kv_dtype` is the cache's element type: f16 or f32.
+    pub fn new(shape: HeadShape, kv_dtype: DType) -> Result<Self> {
+        match kv_dtype {
+            DType::F16 | DType::F32 => Ok(Self { shape, kv_dtype }),
+            other => Err(ModelError::Unsupported(format!(
+                "native attention keeps its KV cache in f16 or f32, not {other:?}"
+            ))),
+        }
     }
 }
 
@@ -23,87 +39,150 @@ impl Attention for Native {
         "native"
     }
 
+    fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
     fn allocate(&self, num_blocks: usize, block_size: usize) -> Result<LayerKv> {
-        let shape = (num_blocks * block_size, self.shape.kv_width());
+        let HeadShape {
+            num_kv_heads,
+            head_dim,
+            ..
+        } = self.shape;
+        let keys = (num_blocks, num_kv_heads, head_dim, block_size);
+        let values = (num_blocks, num_kv_heads, block_size, head_dim);
         Ok(LayerKv {
-            keys: Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
-            values: Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
+            keys: Tensor::zeros(keys, self.kv_dtype, &Device::Cpu)?,
+            values: Tensor::zeros(values, self.kv_dtype, &Device::Cpu)?,
         })
     }
 
     fn prepare<'a>(&'a self, step: &'a StepLayout) -> Result<Box<dyn StepAttention + 'a>> {
         let mut seq_of_token = Vec::with_capacity(step.num_tokens());
-        let mut seq_slots = Vec::with_capacity(step.seqs.len());
         for (i, seq) in step.seqs.iter().enumerate() {
             seq_of_token.extend(std::iter::repeat_n(i, seq.new));
-            seq_slots.push(
-                (0..seq.context_len())
-                    .map(|p| step.slot(seq, p) as usize)
-                    .collect(),
-            );
         }
-        Ok(Box::new(NativeStep {
-            step,
-            seq_of_token,
-            seq_slots,
-        }))
+        Ok(Box::new(NativeStep { step, seq_of_token }))
     }
 }
 
-/// Where each new token of a step sits: its sequence, and the slot of every position its
-/// sequence has up to and including it (its own slot is in `step.slots`).
+/// Which sequence each new token of a step belongs to.
 struct NativeStep<'a> {
     step: &'a StepLayout,
     seq_of_token: Vec<usize>,
-    seq_slots: Vec<Vec<usize>>,
 }
 
 impl StepAttention for NativeStep<'_> {
     fn forward(&self, kv: &LayerKv, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let n = self.step.num_tokens();
-        let width = self.step.shape.kv_width();
-        let write = WriteSlots {
+        let shape = self.step.shape;
+        let block_size = self.step.block_size;
+        let write = |transposed| WriteSlots {
             slots: &self.step.slots,
-            width,
+            block_size,
+            shape,
+            transposed,
         };
-        kv.keys.inplace_op2(&k.contiguous()?, &write)?;
-        kv.values.inplace_op2(&v.contiguous()?, &write)?;
-        let q = q.contiguous()?;
+        kv.keys
+            .inplace_op2(&k.to_dtype(DType::F32)?.contiguous()?, &write(true))?;
+        kv.values
+            .inplace_op2(&v.to_dtype(DType::F32)?.contiguous()?, &write(false))?;
+        let q = q.to_dtype(DType::F32)?.contiguous()?;
         let out = {
             let (keys, _) = kv.keys.storage_and_layout();
             let (values, _) = kv.values.storage_and_layout();
             let (queries, q_layout) = q.storage_and_layout();
-            let queries = &cpu_f32(&queries)?[q_layout.start_offset()..][..q.elem_count()];
-            paged_attention(
-                cpu_f32(&keys)?,
-                cpu_f32(&values)?,
-                self,
-                queries,
-                self.step.shape,
-            )
+            let queries =
+                &cpu(&queries)?.as_slice::<f32>()?[q_layout.start_offset()..][..q.elem_count()];
+            match (cpu(&keys)?, cpu(&values)?) {
+                (CpuStorage::F16(keys), CpuStorage::F16(values)) => {
+                    paged_attention(keys, values, self, queries)
+                }
+                (CpuStorage::F32(keys), CpuStorage::F32(values)) => {
+                    paged_attention(keys, values, self, queries)
+                }
+                _ => {
+                    return Err(ModelError::Unsupported(
+                        "native attention: keys and values must both be f16 or both f32".into(),
+                    ))
+                }
+            }
         };
-        let s = self.step.shape;
         Ok(Tensor::from_vec(
             out,
-            (n, s.num_heads * s.head_dim),
+            (n, shape.num_heads * shape.head_dim),
             &Device::Cpu,
         )?)
     }
 }
 
-fn cpu_f32(storage: &Storage) -> Result<&[f32]> {
+fn cpu(storage: &Storage) -> Result<&CpuStorage> {
     match storage {
-        Storage::Cpu(cpu) => Ok(cpu.as_slice::<f32>()?),
+        Storage::Cpu(cpu) => Ok(cpu),
         _ => Err(ModelError::Unsupported(
-            "native attention needs f32 tensors on the CPU".into(),
+            "native attention needs its tensors on the CPU".into(),
         )),
     }
 }
 
-/// Copies the rows of a `[tokens, width]` tensor into the cache slots of those tokens.
+/// What the cache can hold: f16 or f32, read back in whole blocks as f32.
+trait KvElement: Copy + Send + Sync {
+    fn from_f32(x: f32) -> Self;
+    /// `dst = src` as f32 (SIMD conversion for f16).
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl KvElement for f32 {
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src)
+    }
+}
+
+impl KvElement for f16 {
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+}
+
+/// Stores the rows of a `[tokens, kv_heads * head_dim]` f32 tensor in the cache slots of those
+/// tokens: keys transposed within their block, values as rows.
 struct WriteSlots<'a> {
     slots: &'a [u32],
-    width: usize,
+    block_size: usize,
+    shape: HeadShape,
+    transposed: bool,
+}
+
+impl WriteSlots<'_> {
+    fn write<E: KvElement>(&self, cache: &mut [E], rows: &[f32]) {
+        let (heads, dim, bs) = (
+            self.shape.num_kv_heads,
+            self.shape.head_dim,
+            self.block_size,
+        );
+        for (t, &slot) in self.slots.iter().enumerate() {
+            let (block, i) = (slot as usize / bs, slot as usize % bs);
+            for h in 0..heads {
+                let row = &rows[(t * heads + h) * dim..][..dim];
+                let head = (block * heads + h) * dim * bs;
+                if self.transposed {
+                    for (d, &x) in row.iter().enumerate() {
+                        cache[head + d * bs + i] = E::from_f32(x);
+                    }
+                } else {
+                    for (c, &x) in cache[head + i * dim..][..dim].iter_mut().zip(row) {
+                        *c = E::from_f32(x);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl InplaceOp2 for WriteSlots<'_> {
@@ -118,14 +197,14 @@ impl InplaceOp2 for WriteSlots<'_> {
         rows: &CpuStorage,
         rows_layout: &Layout,
     ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(cache), CpuStorage::F32(rows)) = (cache, rows) else {
-            candle_core::bail!("write-kv-slots: f32 only")
+        let CpuStorage::F32(rows) = rows else {
+            candle_core::bail!("write-kv-slots: new keys and values come as f32")
         };
         let rows = &rows[rows_layout.start_offset()..];
-        let w = self.width;
-        for (t, &slot) in self.slots.iter().enumerate() {
-            let slot = slot as usize;
-            cache[slot * w..(slot + 1) * w].copy_from_slice(&rows[t * w..(t + 1) * w]);
+        match cache {
+            CpuStorage::F16(cache) => self.write(cache, rows),
+            CpuStorage::F32(cache) => self.write(cache, rows),
+            _ => candle_core::bail!("write-kv-slots: the cache is f16 or f32"),
         }
         Ok(())
     }
@@ -136,21 +215,21 @@ impl InplaceOp2 for WriteSlots<'_> {
 const RUN: usize = 16;
 
 /// `queries` is `[tokens, heads * head_dim]`; returns the attention output in the same shape.
-fn paged_attention(
-    keys: &[f32],
-    values: &[f32],
+fn paged_attention<E: KvElement>(
+    keys: &[E],
+    values: &[E],
     tokens: &NativeStep<'_>,
     queries: &[f32],
-    shape: HeadShape,
 ) -> Vec<f32> {
+    let step = tokens.step;
     let HeadShape {
         num_heads,
         num_kv_heads,
         head_dim,
         sliding_window,
-    } = shape;
+    } = step.shape;
     let group = num_heads / num_kv_heads;
-    let attend = pick_attend();
+    let attend = pick_attend::<E>();
     // Work items: (a run of consecutive tokens of one sequence, a KV head). The query heads
     // of the group, for every token of the run, read each key and value once between them.
     let items: Vec<(usize, usize, usize)> = runs(&tokens.seq_of_token)
@@ -160,24 +239,24 @@ fn paged_attention(
     let results: Vec<Vec<f32>> = items
         .par_iter()
         .map(|&(t0, n, kv_head)| {
-            let last = tokens.step.positions[t0 + n - 1] as usize;
             let rows = (t0..t0 + n)
                 .flat_map(|t| {
                     (0..group).map(move |g| {
                         let head = kv_head * group + g;
                         let q = &queries[(t * num_heads + head) * head_dim..][..head_dim];
-                        (q, tokens.step.positions[t] as usize)
+                        (q, step.positions[t] as usize)
                     })
                 })
                 .collect();
             let work = Work {
                 keys,
                 values,
-                slots: &tokens.seq_slots[tokens.seq_of_token[t0]][..=last],
+                block_table: &step.seqs[tokens.seq_of_token[t0]].block_table,
+                block_size: step.block_size,
                 rows,
                 window: sliding_window,
-                kv_offset: kv_head * head_dim,
-                width: num_kv_heads * head_dim,
+                kv_head,
+                kv_heads: num_kv_heads,
                 head_dim,
             };
             let mut out = vec![0f32; n * group * head_dim];
@@ -209,43 +288,54 @@ fn runs(seq_of_token: &[usize]) -> Vec<(usize, usize)> {
 }
 
 /// One work item: query rows (a vector and its position each, token-major then head) against
-/// the keys and values of one KV head. `out` gets one `head_dim` row per query row.
-struct Work<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
-    /// The sequence's slots from position 0 to the last query's.
-    slots: &'a [usize],
+/// the keys and values of one KV head of one sequence. `out` gets one `head_dim` row per query
+/// row.
+struct Work<'a, E> {
+    keys: &'a [E],
+    values: &'a [E],
+    /// The sequence's cache blocks.
+    block_table: &'a [u32],
+    block_size: usize,
     rows: Vec<(&'a [f32], usize)>,
     window: Option<usize>,
-    kv_offset: usize,
-    width: usize,
+    kv_head: usize,
+    kv_heads: usize,
     head_dim: usize,
 }
 
-impl Work<'_> {
+impl<E> Work<'_, E> {
     /// The first position a query at `position` sees.
     fn first(&self, position: usize) -> usize {
         self.window.map_or(0, |w| (position + 1).saturating_sub(w))
     }
 
-    fn key(&self, j: usize) -> &[f32] {
-        &self.keys[self.slots[j] * self.width + self.kv_offset..][..self.head_dim]
+    /// Where this head's part of the sequence's `b`-th block starts (both layouts).
+    fn head_block(&self, b: usize) -> usize {
+        (self.block_table[b] as usize * self.kv_heads + self.kv_head)
+            * self.head_dim
+            * self.block_size
     }
 
-    fn value(&self, j: usize) -> &[f32] {
-        &self.values[self.slots[j] * self.width + self.kv_offset..][..self.head_dim]
+    /// The block's keys, `[head_dim][block_size]`.
+    fn keys_t(&self, b: usize) -> &[E] {
+        &self.keys[self.head_block(b)..][..self.head_dim * self.block_size]
+    }
+
+    /// The block's values, `[block_size][head_dim]`.
+    fn values(&self, b: usize) -> &[E] {
+        &self.values[self.head_block(b)..][..self.head_dim * self.block_size]
     }
 }
 
-type Attend = fn(&Work<'_>, &mut [f32]);
+type Attend<E> = fn(&Work<'_, E>, &mut [f32]);
 
 /// The same loops compiled twice: for AVX2 + FMA when the CPU has them (checked at run
 /// time, so the binary still runs anywhere), and for the baseline.
-fn pick_attend() -> Attend {
+fn pick_attend<E: KvElement>() -> Attend<E> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn attend_avx2(work: &Work<'_>, out: &mut [f32]) {
+        unsafe fn attend_avx2<E: KvElement>(work: &Work<'_, E>, out: &mut [f32]) {
             attend(work, out)
         }
         // Safety: only reached where the CPU has AVX2 and FMA.
@@ -254,19 +344,20 @@ fn pick_attend() -> Attend {
     attend
 }
 
-/// Keys per block of the prefill kernel, and query rows per register tile.
+/// Keys per register tile of the score kernel, and query rows per tile.
 const KEYS: usize = 16;
 const QUERIES: usize = 4;
 
 /// Every run, a decode step's single token or a prompt chunk's sixteen, takes this one path:
 /// the same arithmetic in the same order, so a prompt gives bit-identical activations however
 /// it is chunked (a quantized model would otherwise round some of them the other way).
-/// Scores come block by block: sixteen keys are
-/// transposed once, then every four query rows meet them in a 4×16 register tile, with no
-/// horizontal sums. Keys a row must not see (later positions, outside the window) are masked.
+/// Scores come cache block by cache block: the block's transposed keys are widened to f32
+/// once, then every four query rows meet each sixteen of them in a 4×16 register tile, with
+/// no horizontal sums. Keys a row must not see (later positions, outside the window) are
+/// masked.
 #[inline(always)]
-fn attend(work: &Work<'_>, out: &mut [f32]) {
-    let head_dim = work.head_dim;
+fn attend<E: KvElement>(work: &Work<'_, E>, out: &mut [f32]) {
+    let (head_dim, bs) = (work.head_dim, work.block_size);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let last = work.rows.iter().map(|r| r.1).max().unwrap_or(0);
     let start = work.rows.iter().map(|r| work.first(r.1)).min().unwrap_or(0);
@@ -274,21 +365,34 @@ fn attend(work: &Work<'_>, out: &mut [f32]) {
     let rows = work.rows.len();
     let mut scores = vec![0f32; rows * n];
     let zero = vec![0f32; head_dim];
-    let mut keys_t = vec![[0f32; KEYS]; head_dim];
-    for block in (start..=last).step_by(KEYS) {
-        let width = KEYS.min(last + 1 - block);
-        for (i, j) in (block..block + width).enumerate() {
-            for (d, &x) in work.key(j).iter().enumerate() {
-                keys_t[d][i] = x;
+    // One block widened to f32, its key rows padded to whole tiles of lanes.
+    let lanes = bs.next_multiple_of(KEYS);
+    let mut block = vec![0f32; head_dim * lanes];
+    let mut widened = vec![0f32; if lanes == bs { 0 } else { head_dim * bs }];
+    let blocks = start / bs..=last / bs;
+    for b in blocks.clone() {
+        if lanes == bs {
+            E::widen(work.keys_t(b), &mut block);
+        } else {
+            E::widen(work.keys_t(b), &mut widened);
+            for (dst, src) in block.chunks_exact_mut(lanes).zip(widened.chunks_exact(bs)) {
+                dst[..bs].copy_from_slice(src);
             }
         }
-        for r0 in (0..rows).step_by(QUERIES) {
-            let q: [&[f32]; QUERIES] =
-                std::array::from_fn(|i| work.rows.get(r0 + i).map_or(&zero[..], |r| r.0));
-            let tile = scores_tile(q, &keys_t);
-            for (i, tile_row) in tile.iter().enumerate().take(rows - r0) {
-                let at = (r0 + i) * n + block - start;
-                scores[at..at + width].copy_from_slice(&tile_row[..width]);
+        // The lanes of this block that some row may see, and the tiles that cover them.
+        let first = (b * bs).max(start) - b * bs;
+        let end = ((b + 1) * bs).min(last + 1) - b * bs;
+        for l0 in (first / KEYS * KEYS..end).step_by(KEYS) {
+            let seen = first.max(l0)..end.min(l0 + KEYS);
+            for r0 in (0..rows).step_by(QUERIES) {
+                let q: [&[f32]; QUERIES] =
+                    std::array::from_fn(|i| work.rows.get(r0 + i).map_or(&zero[..], |r| r.0));
+                let tile = scores_tile(q, &block, lanes, l0);
+                for (i, tile_row) in tile.iter().enumerate().take(rows - r0) {
+                    let at = (r0 + i) * n + b * bs + seen.start - start;
+                    scores[at..at + seen.len()]
+                        .copy_from_slice(&tile_row[seen.start - l0..seen.end - l0]);
+                }
             }
         }
     }
@@ -300,23 +404,36 @@ fn attend(work: &Work<'_>, out: &mut [f32]) {
         row[..lo].fill(0.0);
         row[hi + 1..].fill(0.0);
     }
-    for j in start..=last {
-        let v = work.value(j);
-        for (r, out) in out.chunks_exact_mut(head_dim).enumerate() {
-            let p = scores[r * n + j - start];
-            if p != 0.0 {
-                axpy(p, v, out);
+    let mut values = vec![0f32; bs * head_dim];
+    for b in blocks {
+        E::widen(work.values(b), &mut values);
+        let (lo, hi) = ((b * bs).max(start), ((b + 1) * bs - 1).min(last));
+        for j in lo..=hi {
+            let v = &values[(j - b * bs) * head_dim..][..head_dim];
+            for (r, out) in out.chunks_exact_mut(head_dim).enumerate() {
+                let p = scores[r * n + j - start];
+                if p != 0.0 {
+                    axpy(p, v, out);
+                }
             }
         }
     }
 }
 
-/// Four query rows against sixteen transposed keys: sixteen lanes per row, one broadcast
-/// multiply-add per dimension.
+/// Four query rows against sixteen keys of a transposed block (`[head_dim][lanes]`, from lane
+/// `l0`): sixteen lanes per row, one broadcast multiply-add per dimension.
 #[inline(always)]
-fn scores_tile(q: [&[f32]; QUERIES], keys_t: &[[f32; KEYS]]) -> [[f32; KEYS]; QUERIES] {
+fn scores_tile(
+    q: [&[f32]; QUERIES],
+    block: &[f32],
+    lanes: usize,
+    l0: usize,
+) -> [[f32; KEYS]; QUERIES] {
     let mut acc = [[0f32; KEYS]; QUERIES];
-    for (d, k) in keys_t.iter().enumerate() {
+    for (d, row) in block.chunks_exact(lanes).enumerate() {
+        let k: &[f32; KEYS] = row[l0..l0 + KEYS]
+            .try_into()
+            .expect("a whole tile of lanes");
         for i in 0..QUERIES {
             let x = q[i][d];
             for l in 0..KEYS {
@@ -326,7 +443,6 @@ fn scores_tile(q: [&[f32]; QUERIES], keys_t: &[[f32; KEYS]]) -> [[f32; KEYS]; QU
     }
     acc
 }
-
 #[inline(always)]
 fn softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

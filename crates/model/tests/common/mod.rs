@@ -79,10 +79,21 @@ pub fn load_model(path: &Path) -> LoadedModel {
     load_model_with(path, AttentionKind::Native)
 }
 
-/// On the CPU, with the attention implementation `attention` names.
+/// On the CPU, with the attention implementation `attention` names and its default KV cache
+/// (f16 for the native kernels).
 pub fn load_model_with(path: &Path, attention: AttentionKind) -> LoadedModel {
     let source = ModelSource::from_path(path).unwrap();
     let options = LoadOptions::cpu().with_attention(attention);
+    load(&source, &options, &mut |_, _| {}).unwrap()
+}
+
+/// As `load_model_with`, with an f32 KV cache: for comparing attention implementations (or an
+/// f32 reference) where only the order of float operations may differ.
+pub fn load_model_f32_cache(path: &Path, attention: AttentionKind) -> LoadedModel {
+    let source = ModelSource::from_path(path).unwrap();
+    let options = LoadOptions::cpu()
+        .with_attention(attention)
+        .with_kv_dtype(candle_core::DType::F32);
     load(&source, &options, &mut |_, _| {}).unwrap()
 }
 
