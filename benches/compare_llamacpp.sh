@@ -10,20 +10,22 @@
 # therefore compared on single streams only.
 #
 # Options:
-#   --models LIST   any of smollm2,q4_0,q8_0 (default: all three). smollm2 is SmolLM2-135M
-#                   Q4_1 from PyPI; q4_0/q8_0 are a random 1.3B Mistral made by
-#                   models/make_bench_gguf.py (cached in $BENCH_MODELS_DIR).
+#   --models LIST   any of smollm2,q4_0,q8_0,q4_k_m (default: all four). smollm2 is
+#                   SmolLM2-135M Q4_1 from PyPI; the others are a random 1.3B Mistral made by
+#                   models/make_bench_gguf.py (cached in $BENCH_MODELS_DIR); q4_k_m is its F16
+#                   file through llama.cpp's llama-quantize ($LLAMA_QUANTIZE, default: beside
+#                   $LLAMA_SERVER), so it needs a llama.cpp build.
 #   --threads N     threads for both servers (default: every core)
 #   --quick         fewer requests per measurement (a smoke run, not a result)
 #   --out DIR       where the JSON, SVG and summary.md go (default: a new dir under /tmp)
 #
-# Environment: FERROLLAMA_BIN (default: build it), LLAMA_SERVER, LLAMA_CPP_PYTHON_VENV,
-# BENCH_VENV (python with gguf+numpy for the model script; made if missing), BENCH_MODELS_DIR.
+# Environment: FERROLLAMA_BIN (default: build it), LLAMA_SERVER, LLAMA_QUANTIZE,
+# LLAMA_CPP_PYTHON_VENV, BENCH_VENV (python with gguf+numpy for the model script; made if missing), BENCH_MODELS_DIR.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/ferrollama"
-models="smollm2,q4_0,q8_0"
+models="smollm2,q4_0,q8_0,q4_k_m"
 threads="$(nproc)"
 quick=0
 out=""
@@ -60,21 +62,33 @@ else
     peer_version="llama-cpp-python $("$venv/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)')"
 fi
 
+bench_gguf() { # type path: writes the random 1.3B Mistral in a GGUF type
+    local py="${BENCH_VENV:-$cache/bench-venv}"
+    [ -x "$py/bin/python" ] || python3 -m venv "$py" >&2
+    "$py/bin/pip" install --quiet --disable-pip-version-check -r "$root/models/requirements-bench.txt" >&2
+    "$py/bin/python" "$root/models/make_bench_gguf.py" --type "$1" --out "$2" >&2
+}
+
 model_path() {
+    local dir="${BENCH_MODELS_DIR:-$cache/bench-models}"
+    mkdir -p "$dir"
     case "$1" in
         smollm2) "$root/models/smollm2-path.sh" ;;
         q4_0|q8_0)
-            local dir="${BENCH_MODELS_DIR:-$cache/bench-models}"
             local path="$dir/mistral-1b-$1.gguf"
+            [ -f "$path" ] || bench_gguf "$1" "$path"
+            echo "$path" ;;
+        q4_k_m)
+            local path="$dir/mistral-1b-q4_k_m.gguf"
             if [ ! -f "$path" ]; then
-                local py="${BENCH_VENV:-$cache/bench-venv}"
-                [ -x "$py/bin/python" ] || python3 -m venv "$py" >&2
-                "$py/bin/pip" install --quiet --disable-pip-version-check -r "$root/models/requirements-bench.txt" >&2
-                mkdir -p "$dir"
-                "$py/bin/python" "$root/models/make_bench_gguf.py" --type "$1" --out "$path" >&2
+                local quantize="${LLAMA_QUANTIZE:-$(dirname "${LLAMA_SERVER:-/nonexistent}")/llama-quantize}"
+                [ -x "$quantize" ] || { echo "q4_k_m needs llama.cpp's llama-quantize: set LLAMA_QUANTIZE" >&2; exit 1; }
+                [ -f "$dir/mistral-1b-f16.gguf" ] || bench_gguf f16 "$dir/mistral-1b-f16.gguf"
+                "$quantize" "$dir/mistral-1b-f16.gguf" "$path.partial" Q4_K_M >&2
+                mv "$path.partial" "$path"
             fi
             echo "$path" ;;
-        *) echo "unknown model $1 (smollm2, q4_0, q8_0)" >&2; exit 2 ;;
+        *) echo "unknown model $1 (smollm2, q4_0, q8_0, q4_k_m)" >&2; exit 2 ;;
     esac
 }
 

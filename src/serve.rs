@@ -56,8 +56,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         size_bytes: loaded.size_bytes,
         api_key: args.api_key.filter(|k| !k.is_empty()).map(Into::into),
     };
+    // One HTTP worker: parsing requests and writing streamed tokens takes microseconds per
+    // token, and every extra runnable thread takes a core from the engine's pool, whose
+    // parallel loops then wait for the slowest worker (on 2 cores, two tokio workers cost a
+    // single stream 15% of its decode speed).
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()?;
     runtime.block_on(async move {

@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the hot paths, at Mistral-7B shapes:
-//! - quantized matrix × activations (Q4_0, Q4_1, Q8_0) for 1, 16 and 64 tokens: our wide tiles
+//! - quantized matrix × activations (Q4_0, Q4_1, Q8_0, Q4_K) for 1, 16 and 64 tokens: our wide tiles
 //!   (eight rows × up to four tokens per call), the same kernel one token per call (what a
 //!   batch costs without the tile's weight reuse), and candle's;
 //! - paged attention of one decoding token over 1k, 2k and 4k cached tokens, f16 and f32 cache;
@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferrollama_engine::sampler::{Sampler, SamplingParams};
 use ferrollama_model::attention::{Attention, HeadShape, Native, StepLayout};
-use ferrollama_model::cpu::quant::{self, Format, QuantMatrix, Tiling};
+use ferrollama_model::cpu::quant::{self, QuantMatrix, Tiling};
 use ferrollama_model::rng::SplitMix64;
 use ferrollama_model::{Detokenizer, ModelConfig, SeqChunk, Tokenizer};
 use std::hint::black_box;
@@ -33,17 +33,18 @@ fn matvec(c: &mut Criterion) {
         ("14336x4096", 14336, 4096),
         ("4096x14336", 4096, 14336),
     ];
-    for (dtype, format) in [
-        (GgmlDType::Q4_0, Format::Q4_0),
-        (GgmlDType::Q4_1, Format::Q4_1),
-        (GgmlDType::Q8_0, Format::Q8_0),
+    for dtype in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
     ] {
         let mut group = c.benchmark_group(format!("matvec/{dtype:?}"));
         group.sample_size(10);
         for (name, rows, cols) in shapes {
             let w = Tensor::from_vec(random(rows * cols, 1), (rows, cols), &device).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
-            let ours = QuantMatrix::from_ggml(format, &q.data().unwrap(), rows, cols);
+            let ours = QuantMatrix::from_ggml(dtype, &q.data().unwrap(), rows, cols);
             let candle = QMatMul::from_qtensor(q).unwrap();
             for tokens in [1usize, 16, 64] {
                 let x = random(tokens * cols, 2);

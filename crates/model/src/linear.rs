@@ -1,7 +1,7 @@
 //! A weight matrix as the forward pass uses it: candle's `QMatMul`, except where this crate
-//! has a faster CPU kernel for the format (Q4_0, Q4_1, Q8_0: see `cpu::quant`).
+//! has a faster CPU kernel for the format (Q4_0, Q4_1, Q8_0, Q4_K: see `cpu::quant`).
 
-use crate::cpu::quant::{self, Format, QuantMatrix};
+use crate::cpu::quant::{self, QuantMatrix};
 use crate::error::{ModelError, Result};
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{Module, Tensor};
@@ -14,10 +14,10 @@ pub enum Linear {
 impl Linear {
     pub fn new(matrix: QMatMul) -> Result<Self> {
         if let QMatMul::QTensor(q) = &matrix {
-            if let (Some(format), true) = (cpu_format(q.dtype()), q.device().is_cpu()) {
+            if has_cpu_kernel(q.dtype()) && q.device().is_cpu() {
                 let (rows, cols) = q.shape().dims2()?;
                 return Ok(Linear::CpuQuant(QuantMatrix::from_ggml(
-                    format,
+                    q.dtype(),
                     &q.data()?,
                     rows,
                     cols,
@@ -57,7 +57,7 @@ pub enum Projections {
 
 impl Projections {
     pub fn new(parts: Vec<QMatMul>) -> Result<Self> {
-        if let Some((format, cols)) = common_cpu_format(&parts)? {
+        if let Some((dtype, cols)) = common_cpu_format(&parts)? {
             let mut raw = Vec::new();
             let mut widths = Vec::with_capacity(parts.len());
             for part in &parts {
@@ -68,7 +68,7 @@ impl Projections {
                 widths.push(q.shape().dims2()?.0);
             }
             let rows = widths.iter().sum();
-            let matrix = QuantMatrix::from_ggml(format, &raw, rows, cols);
+            let matrix = QuantMatrix::from_ggml(dtype, &raw, rows, cols);
             return Ok(Projections::Fused { matrix, widths });
         }
         Ok(Projections::Separate(
@@ -115,31 +115,26 @@ fn quant_forward(matrix: &QuantMatrix, x: &Tensor) -> Result<Vec<f32>> {
     Ok(quant::matmul(matrix, &input, tokens))
 }
 
-/// The one CPU quant format and input width all `parts` share, if they do.
-fn common_cpu_format(parts: &[QMatMul]) -> Result<Option<(Format, usize)>> {
+/// The one quant type with a CPU kernel and the input width all `parts` share, if they do.
+fn common_cpu_format(parts: &[QMatMul]) -> Result<Option<(GgmlDType, usize)>> {
     let mut common = None;
     for part in parts {
         let QMatMul::QTensor(q) = part else {
             return Ok(None);
         };
-        let Some(format) = cpu_format(q.dtype()).filter(|_| q.device().is_cpu()) else {
+        if !(has_cpu_kernel(q.dtype()) && q.device().is_cpu()) {
             return Ok(None);
-        };
-        let cols = q.shape().dims2()?.1;
+        }
+        let key = (q.dtype(), q.shape().dims2()?.1);
         match common {
-            None => common = Some((format, cols)),
-            Some(c) if c == (format, cols) => {}
+            None => common = Some(key),
+            Some(c) if c == key => {}
             Some(_) => return Ok(None),
         }
     }
     Ok(common)
 }
 
-fn cpu_format(dtype: GgmlDType) -> Option<Format> {
-    match dtype {
-        GgmlDType::Q4_0 => Some(Format::Q4_0),
-        GgmlDType::Q4_1 => Some(Format::Q4_1),
-        GgmlDType::Q8_0 => Some(Format::Q8_0),
-        _ => None,
-    }
+fn has_cpu_kernel(dtype: GgmlDType) -> bool {
+    QuantMatrix::format_for(dtype).is_some()
 }

@@ -21,6 +21,7 @@
 //! A scalar reference computes the same sums from the same layout; the tests hold every SIMD
 //! tile to it.
 
+use candle_core::quantized::GgmlDType;
 use half::f16;
 use rayon::prelude::*;
 
@@ -43,15 +44,6 @@ pub enum Format {
 }
 
 impl Format {
-    /// Bytes of one block in ggml's layout.
-    fn ggml_bytes(self) -> usize {
-        match self {
-            Format::Q4_0 => 18,
-            Format::Q4_1 => 20,
-            Format::Q8_0 => 34,
-        }
-    }
-
     /// Bytes of quants in one block of one row.
     fn quant_bytes(self) -> usize {
         match self {
@@ -76,27 +68,50 @@ pub struct QuantMatrix {
 }
 
 impl QuantMatrix {
-    /// From ggml's raw bytes of a `rows × cols` tensor (row-major blocks).
-    pub fn from_ggml(format: Format, raw: &[u8], rows: usize, cols: usize) -> Self {
-        assert_eq!(cols % BLOCK, 0, "rows must be whole blocks");
-        let (gb, qb) = (format.ggml_bytes(), format.quant_bytes());
+    /// The kernel format a GGUF tensor type runs in, if this module has one: Q4_K becomes
+    /// Q4_1 blocks (see `q4_k_blocks`).
+    pub fn format_for(dtype: GgmlDType) -> Option<Format> {
+        match dtype {
+            GgmlDType::Q4_0 => Some(Format::Q4_0),
+            GgmlDType::Q4_1 | GgmlDType::Q4K => Some(Format::Q4_1),
+            GgmlDType::Q8_0 => Some(Format::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// From ggml's raw bytes of a `rows × cols` tensor of `dtype` (row-major blocks).
+    pub fn from_ggml(dtype: GgmlDType, raw: &[u8], rows: usize, cols: usize) -> Self {
+        let format = Self::format_for(dtype).expect("a type with a CPU kernel");
+        assert_eq!(cols % dtype.block_size(), 0, "rows must be whole blocks");
+        let file_block = dtype.type_size();
+        let file_blocks_per_row = cols / dtype.block_size();
+        assert_eq!(raw.len(), rows * file_blocks_per_row * file_block);
+        let qb = format.quant_bytes();
         let blocks_per_row = cols / BLOCK;
-        assert_eq!(raw.len(), rows * blocks_per_row * gb);
         let slots = rows.div_ceil(ROWS) * blocks_per_row * ROWS;
         let mut scales = vec![0u16; slots];
         let mut mins = vec![0u16; if format == Format::Q4_1 { slots } else { 0 }];
         let mut quants = vec![0u8; slots * qb];
-        for r in 0..rows {
-            for b in 0..blocks_per_row {
-                let src = &raw[(r * blocks_per_row + b) * gb..][..gb];
-                let block = (r / ROWS) * blocks_per_row + b;
+        for (r, row) in raw
+            .chunks_exact(file_blocks_per_row * file_block)
+            .enumerate()
+        {
+            let blocks: Vec<Block> = if dtype == GgmlDType::Q4K {
+                row.chunks_exact(file_block).flat_map(q4_k_blocks).collect()
+            } else {
+                row.chunks_exact(file_block)
+                    .map(|src| Block::ggml(format, src))
+                    .collect()
+            };
+            for (b, block) in blocks.iter().enumerate() {
+                let slot = (r / ROWS) * blocks_per_row + b;
                 let lane = r % ROWS;
-                scales[block * ROWS + lane] = u16::from_le_bytes([src[0], src[1]]);
+                scales[slot * ROWS + lane] = block.d;
                 if format == Format::Q4_1 {
-                    mins[block * ROWS + lane] = u16::from_le_bytes([src[2], src[3]]);
+                    mins[slot * ROWS + lane] = block.m;
                 }
-                for (c, four) in src[gb - qb..].chunks_exact(4).enumerate() {
-                    let at = block * ROWS * qb + (c * ROWS + lane) * 4;
+                for (c, four) in block.quants[..qb].chunks_exact(4).enumerate() {
+                    let at = slot * ROWS * qb + (c * ROWS + lane) * 4;
                     quants[at..at + 4].copy_from_slice(four);
                 }
             }
@@ -141,6 +156,77 @@ impl QuantMatrix {
             quants: &self.quants[lanes.start * qb..lanes.end * qb],
         }
     }
+}
+
+/// One 32-element block of one row in a kernel format: `d` and `m` as f16 bits, the quants
+/// in ggml's order for that format (Q4: byte `j` holds elements `j` and `j + 16`).
+struct Block {
+    d: u16,
+    m: u16,
+    quants: [u8; 32],
+}
+
+impl Block {
+    /// A block of a file already in `format`.
+    fn ggml(format: Format, src: &[u8]) -> Self {
+        let qb = format.quant_bytes();
+        let mut quants = [0u8; 32];
+        quants[..qb].copy_from_slice(&src[src.len() - qb..]);
+        Self {
+            d: u16::from_le_bytes([src[0], src[1]]),
+            m: if format == Format::Q4_1 {
+                u16::from_le_bytes([src[2], src[3]])
+            } else {
+                0
+            },
+            quants,
+        }
+    }
+}
+
+/// One Q4_K super-block (256 weights: f16 `d` and `dmin`, eight 6-bit scales and mins, 4-bit
+/// quants) as eight Q4_1 blocks, `w = (d·sc)·q - dmin·m`: the same 4-bit quants, with the
+/// sub-block's scale and offset precomputed. They are kept in f16 like every other block
+/// scale here: `d·sc` needs 17 bits, so each rounds by at most 2^-11 of itself, a hundredth
+/// of the 4-bit step.
+fn q4_k_blocks(src: &[u8]) -> impl Iterator<Item = Block> + '_ {
+    let d = f16_bits(u16::from_le_bytes([src[0], src[1]]));
+    let dmin = f16_bits(u16::from_le_bytes([src[2], src[3]]));
+    let scales = &src[4..16];
+    let qs = &src[16..144];
+    // ggml's get_scale_min_k4.
+    let scale_min = move |j: usize| -> (f32, f32) {
+        let (sc, m) = if j < 4 {
+            (scales[j] & 63, scales[j + 4] & 63)
+        } else {
+            (
+                (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4),
+                (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
+            )
+        };
+        (sc as f32, m as f32)
+    };
+    (0..8).map(move |sub| {
+        // Sub-blocks 2g and 2g+1 are the low and high nibbles of the same 32 bytes.
+        let bytes = &qs[32 * (sub / 2)..][..32];
+        let nibble = |l: usize| {
+            if sub % 2 == 0 {
+                bytes[l] & 0x0F
+            } else {
+                bytes[l] >> 4
+            }
+        };
+        let mut quants = [0u8; 32];
+        for j in 0..16 {
+            quants[j] = nibble(j) | (nibble(j + 16) << 4);
+        }
+        let (sc, m) = scale_min(sub);
+        Block {
+            d: f16::from_f32(d * sc).to_bits(),
+            m: f16::from_f32(-(dmin * m)).to_bits(),
+            quants,
+        }
+    })
 }
 
 /// Eight interleaved rows, every block of them.
@@ -531,11 +617,17 @@ mod tests {
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
-    const FORMATS: [(GgmlDType, Format); 3] = [
+    const FORMATS: [(GgmlDType, Format); 4] = [
         (GgmlDType::Q4_0, Format::Q4_0),
         (GgmlDType::Q4_1, Format::Q4_1),
         (GgmlDType::Q8_0, Format::Q8_0),
+        (GgmlDType::Q4K, Format::Q4_1),
     ];
+
+    /// Widths for `dtype`: whole super-blocks for k-quants.
+    fn width(dtype: GgmlDType, cols: usize) -> usize {
+        cols.next_multiple_of(dtype.block_size())
+    }
 
     fn weights(rows: usize, cols: usize, dtype: GgmlDType) -> QTensor {
         let w: Vec<f32> = (0..rows * cols)
@@ -562,10 +654,11 @@ mod tests {
     #[test]
     fn every_format_matches_dequantized_math() {
         // 38 rows: the last octet is padded; 7 tokens: a call of four and one of three.
-        let (rows, cols, tokens) = (38, 96, 7);
+        let (rows, tokens) = (38, 7);
         for (dtype, format) in FORMATS {
+            let cols = width(dtype, 96);
             let q = weights(rows, cols, dtype);
-            let matrix = QuantMatrix::from_ggml(format, &q.data().unwrap(), rows, cols);
+            let matrix = QuantMatrix::from_ggml(dtype, &q.data().unwrap(), rows, cols);
             let x = activations(tokens, cols);
             let ours = matmul(&matrix, &x, tokens);
             let wd = q.dequantize(&Device::Cpu).unwrap();
@@ -607,8 +700,9 @@ mod tests {
         for (dtype, format) in FORMATS {
             let reference = scalar.iter().find(|k| k.0 == format).unwrap().1;
             for (rows, cols) in [(1, 32), (7, 64), (8, 32), (13, 160), (38, 96)] {
+                let cols = width(dtype, cols);
                 let q = weights(rows, cols, dtype);
-                let matrix = QuantMatrix::from_ggml(format, &q.data().unwrap(), rows, cols);
+                let matrix = QuantMatrix::from_ggml(dtype, &q.data().unwrap(), rows, cols);
                 for tokens in 1..=17 {
                     let x = activations(tokens, cols);
                     let want = matmul_with(&matrix, &x, tokens, TOKENS, reference);
@@ -636,10 +730,11 @@ mod tests {
     /// engine's chunking bit-identity rests on this.
     #[test]
     fn a_token_gives_the_same_bits_alone_and_in_a_batch() {
-        let (rows, cols, tokens) = (38, 96, 11);
+        let (rows, tokens) = (38, 11);
         for (dtype, format) in FORMATS {
+            let cols = width(dtype, 96);
             let q = weights(rows, cols, dtype);
-            let matrix = QuantMatrix::from_ggml(format, &q.data().unwrap(), rows, cols);
+            let matrix = QuantMatrix::from_ggml(dtype, &q.data().unwrap(), rows, cols);
             let x = activations(tokens, cols);
             let batch = matmul(&matrix, &x, tokens);
             let one_by_one = matmul_tiled(&matrix, &x, tokens, Tiling::OneToken);
