@@ -17,7 +17,8 @@
 #                   $LLAMA_SERVER), so it needs a llama.cpp build.
 #   --threads N     threads for both servers (default: every core)
 #   --quick         fewer requests per measurement (a smoke run, not a result)
-#   --out DIR       where the JSON, SVG and summary.md go (default: a new dir under /tmp)
+#   --out DIR       where the JSON, SVG and summary.md go (default: a new dir under /tmp);
+#                   MODEL-compare.svg draws both servers on the same axes
 #
 # Environment: FERROLLAMA_BIN (default: build it), LLAMA_SERVER, LLAMA_QUANTIZE,
 # LLAMA_CPP_PYTHON_VENV, BENCH_VENV (python with gguf+numpy for the model script; made if missing), BENCH_MODELS_DIR.
@@ -163,6 +164,10 @@ for model in ${models//,/ }; do
         fi
         stop_server
     done
+    # Both servers on the same axes: single-stream decode (1) and the 4- and 16-stream levels.
+    "$FERROLLAMA_BIN" bench --label "$model: ferrollama and $peer, $threads threads" \
+        --plot "$out/$model-compare.svg" \
+        --compare "$out/$model-ferrollama-decode.json,$out/$model-ferrollama-streams.json,$out/$model-$peer-decode.json$([ "$peer" = llama-cpp-python ] || echo ",$out/$model-$peer-streams.json")"
 done
 
 python3 - "$out" "$models" "$peer" "$peer_version" "$threads" <<'EOF' | tee "$out/summary.md"

@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the hot paths, at Mistral-7B shapes:
-//! - quantized matrix × activations (Q4_0, Q4_1, Q8_0, Q4_K) for 1, 16 and 64 tokens: our wide tiles
-//!   (eight rows × up to four tokens per call), the same kernel one token per call (what a
-//!   batch costs without the tile's weight reuse), and candle's;
+//! - quantized matrix × activations (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) for 1, 16 and 64 tokens:
+//!   our wide tiles (eight rows × up to four tokens per call), the same kernel one token per
+//!   call (what a batch costs without the tile's weight reuse), and candle's;
 //! - paged attention of one decoding token over 1k, 2k and 4k cached tokens, f16 and f32 cache;
 //! - sampling with top_k/top_p over a 32k vocabulary, and greedy;
 //! - incremental detokenization with the Mistral v3 tokenizer.
@@ -38,6 +38,7 @@ fn matvec(c: &mut Criterion) {
         GgmlDType::Q4_1,
         GgmlDType::Q8_0,
         GgmlDType::Q4K,
+        GgmlDType::Q6K,
     ] {
         let mut group = c.benchmark_group(format!("matvec/{dtype:?}"));
         group.sample_size(10);

@@ -90,6 +90,10 @@ pub struct BenchArgs {
     /// Write an SVG plot of throughput and latency against load here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Run nothing: draw these saved reports (from --json; comma-separated) into --plot on
+    /// shared axes, one line per label, so servers measured apart are read side by side.
+    #[arg(long, value_delimiter = ',', requires = "plot")]
+    pub compare: Vec<PathBuf>,
 }
 
 /// The JSON report.
@@ -109,6 +113,9 @@ pub struct Report {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if !args.compare.is_empty() {
+        return compare(&args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -125,6 +132,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
         plot::write_svg(path, &title, &report.levels)?;
         eprintln!("plot: {}", path.display());
     }
+    Ok(())
+}
+
+/// The saved reports of `--compare`, levels merged per label, drawn into `--plot`.
+fn compare(args: &BenchArgs) -> Result<()> {
+    let mut servers: Vec<(String, Vec<LevelSummary>)> = Vec::new();
+    for path in &args.compare {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        #[derive(serde::Deserialize)]
+        struct Saved {
+            label: String,
+            levels: Vec<LevelSummary>,
+        }
+        let saved: Saved = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a `--json` report", path.display()))?;
+        match servers.iter_mut().find(|(label, _)| *label == saved.label) {
+            Some((_, levels)) => levels.extend(saved.levels),
+            None => servers.push((saved.label, saved.levels)),
+        }
+    }
+    for (_, levels) in &mut servers {
+        levels.sort_by(|a, b| a.load.value().total_cmp(&b.load.value()));
+    }
+    let path = args
+        .plot
+        .as_ref()
+        .expect("clap requires --plot with --compare");
+    let title = args.label.clone();
+    plot::write_comparison_svg(path, &title, &servers)?;
+    eprintln!("plot: {}", path.display());
     Ok(())
 }
 

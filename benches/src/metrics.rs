@@ -3,9 +3,9 @@
 //! and end-to-end latency, each as mean, median, p90 and p99, in milliseconds.
 
 use crate::client::Record;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Distribution {
     pub mean: f64,
     pub median: f64,
@@ -38,7 +38,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// How a level loads the server.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(tag = "mode", content = "value", rename_all = "snake_case")]
 pub enum Load {
     /// This many requests in flight at all times.
@@ -65,7 +65,7 @@ impl std::fmt::Display for Load {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LevelSummary {
     pub load: Load,
     pub requests: usize,

@@ -1,4 +1,5 @@
-//! An SVG of throughput and latency against load: three panels side by side.
+//! SVGs of throughput and latency against load: one server's three panels side by side, or
+//! several servers' throughput and TTFT on shared axes.
 
 use crate::metrics::{LevelSummary, Load};
 use anyhow::{anyhow, Result};
@@ -49,6 +50,47 @@ pub fn write_svg(path: &Path, title: &str, levels: &[LevelSummary]) -> Result<()
             ("TPOT median", BLACK, points(&|l| l.tpot_ms.median)),
             ("ITL p99", CYAN, points(&|l| l.itl_ms.p99)),
         ],
+    )?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// One line per server, same axes: output throughput and median TTFT against load.
+pub fn write_comparison_svg(
+    path: &Path,
+    title: &str,
+    servers: &[(String, Vec<LevelSummary>)],
+) -> Result<()> {
+    const COLORS: [RGBColor; 4] = [BLUE, RED, GREEN, MAGENTA];
+    let x_label = match servers.first().and_then(|s| s.1.first()).map(|l| l.load) {
+        Some(Load::RequestRate(_)) => "request rate (req/s)",
+        _ => "concurrent requests",
+    };
+    let series = |f: &dyn Fn(&LevelSummary) -> f64| -> Vec<Series<'_>> {
+        servers
+            .iter()
+            .zip(COLORS.iter().cycle())
+            .map(|((name, levels), color)| {
+                let points = levels.iter().map(|l| (l.load.value(), f(l))).collect();
+                (name.as_str(), *color, points)
+            })
+            .collect()
+    };
+    let root = SVGBackend::new(path, (1000, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
+    let panels = root.split_evenly((1, 2));
+    panel(
+        &panels[0],
+        "output throughput (tokens/s)",
+        x_label,
+        series(&|l| l.output_throughput),
+    )?;
+    panel(
+        &panels[1],
+        "TTFT (s, median)",
+        x_label,
+        series(&|l| l.ttft_ms.median / 1e3),
     )?;
     root.present().map_err(err)?;
     Ok(())

@@ -1,5 +1,5 @@
 //! A weight matrix as the forward pass uses it: candle's `QMatMul`, except where this crate
-//! has a faster CPU kernel for the format (Q4_0, Q4_1, Q8_0, Q4_K: see `cpu::quant`).
+//! has a faster CPU kernel for the format (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K: see `cpu::quant`).
 
 use crate::cpu::quant::{self, QuantMatrix};
 use crate::error::{ModelError, Result};

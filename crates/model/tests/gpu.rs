@@ -18,9 +18,13 @@ use std::path::Path;
 
 fn on(device: &Device, path: &Path, attention: AttentionKind, dtype: DType) -> LoadedModel {
     let source = ModelSource::from_path(path).unwrap();
-    let options = LoadOptions::on(device.clone())
+    let mut options = LoadOptions::on(device.clone())
         .with_attention(attention)
         .with_dtype(dtype);
+    if device.is_cpu() {
+        // The reference keeps an f32 cache (the native default is f16).
+        options = options.with_kv_dtype(DType::F32);
+    }
     load(&source, &options, &mut |_, _| {}).unwrap()
 }
 
