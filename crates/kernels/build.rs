@@ -25,12 +25,15 @@ fn main() {
     if compute_cap >= 80 {
         println!("cargo::rustc-cfg=ferrollama_bf16");
     }
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+    // Read when the script runs, not baked in when it compiles: a target dir shared by clones
+    // at other paths (CI keeps one under /tmp) would otherwise point at a clone that is gone.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let sources = Path::new(&manifest_dir).join("../../kernels");
     println!("cargo::rerun-if-changed={}", sources.display());
     let nvcc = nvcc();
     let mut objects = Vec::new();
     let mut units: Vec<PathBuf> = std::fs::read_dir(&sources)
-        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot read the CUDA sources in {}: {e}", sources.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "cu"))
         .collect();
