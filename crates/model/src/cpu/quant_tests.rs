@@ -1,0 +1,202 @@
+//! The quant kernels against the scalar reference and candle's dequantized math.
+use super::*;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+const FORMATS: [(GgmlDType, Format); 5] = [
+    (GgmlDType::Q4_0, Format::Q4_0),
+    (GgmlDType::Q4_1, Format::Q4_1),
+    (GgmlDType::Q8_0, Format::Q8_0),
+    (GgmlDType::Q4K, Format::Q4_1),
+    (GgmlDType::Q6K, Format::Q8_16),
+];
+
+/// Widths for `dtype`: whole super-blocks for k-quants.
+fn width(dtype: GgmlDType, cols: usize) -> usize {
+    cols.next_multiple_of(dtype.block_size())
+}
+
+fn weights(rows: usize, cols: usize, dtype: GgmlDType) -> QTensor {
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
+        .collect();
+    QTensor::quantize(
+        &Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap(),
+        dtype,
+    )
+    .unwrap()
+}
+
+fn activations(tokens: usize, cols: usize) -> Vec<f32> {
+    (0..tokens * cols)
+        .map(|i| (i * 104_729 % 997) as f32 / 498.0 - 1.0)
+        .collect()
+}
+
+fn close(a: f32, b: f32, tolerance: f32) -> bool {
+    (a - b).abs() <= tolerance * (1.0 + a.abs().max(b.abs()))
+}
+
+/// Against the dequantized weights in f32: only activation rounding differs.
+#[test]
+fn every_format_matches_dequantized_math() {
+    // 38 rows: the last octet is padded; 7 tokens: a call of four and one of three.
+    let (rows, tokens) = (38, 7);
+    for (dtype, format) in FORMATS {
+        let cols = width(dtype, 96);
+        let q = weights(rows, cols, dtype);
+        let matrix = QuantMatrix::from_ggml(dtype, &q.data().unwrap(), rows, cols);
+        let x = activations(tokens, cols);
+        let ours = matmul(&matrix, &x, tokens);
+        let wd = q.dequantize(&Device::Cpu).unwrap();
+        let xt = Tensor::from_vec(x, (tokens, cols), &Device::Cpu).unwrap();
+        let exact: Vec<f32> = xt
+            .matmul(&wd.t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, b) in ours.iter().zip(&exact) {
+            assert!(close(*a, *b, 0.02), "{format:?}: {a} vs {b}");
+        }
+    }
+}
+
+/// Every kernel this CPU can run, through the whole product (tiles, ragged ends, padding
+/// rows), against the scalar reference through the same product: for every format, token
+/// counts 1 to 17 and row counts that are not a multiple of the octet.
+#[test]
+fn every_simd_tile_matches_the_scalar_reference() {
+    let scalar: [(Format, Kernel); 4] = [
+        (Format::Q4_0, |o, x, out| {
+            scalar_tile(Format::Q4_0, o, x, out)
+        }),
+        (Format::Q4_1, |o, x, out| {
+            scalar_tile(Format::Q4_1, o, x, out)
+        }),
+        (Format::Q8_0, |o, x, out| {
+            scalar_tile(Format::Q8_0, o, x, out)
+        }),
+        (Format::Q8_16, |o, x, out| {
+            scalar_tile(Format::Q8_16, o, x, out)
+        }),
+    ];
+    let kernels = simd_kernels();
+    assert!(
+        !cfg!(target_arch = "x86_64") || !kernels.is_empty() || !has_avx2(),
+        "an AVX2 CPU must test its AVX2 kernels"
+    );
+    for (dtype, format) in FORMATS {
+        let reference = scalar.iter().find(|k| k.0 == format).unwrap().1;
+        for (rows, cols) in [(1, 32), (7, 64), (8, 32), (13, 160), (38, 96)] {
+            let cols = width(dtype, cols);
+            let q = weights(rows, cols, dtype);
+            let matrix = QuantMatrix::from_ggml(dtype, &q.data().unwrap(), rows, cols);
+            for tokens in 1..=17 {
+                let x = activations(tokens, cols);
+                let want = matmul_with(&matrix, &x, tokens, TOKENS, reference);
+                for (name, f, kernel) in &kernels {
+                    if *f != format {
+                        continue;
+                    }
+                    for per_call in [1, TOKENS] {
+                        let got = matmul_with(&matrix, &x, tokens, per_call, *kernel);
+                        for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                            assert!(
+                                close(*a, *b, 1e-5),
+                                "{name} {format:?} {rows}x{cols} tokens {tokens} \
+                                 per call {per_call} at {i}: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A token's outputs do not depend on what it is batched with or how calls are cut: the
+/// engine's chunking bit-identity rests on this.
+#[test]
+fn a_token_gives_the_same_bits_alone_and_in_a_batch() {
+    let (rows, tokens) = (38, 11);
+    for (dtype, format) in FORMATS {
+        let cols = width(dtype, 96);
+        let q = weights(rows, cols, dtype);
+        let matrix = QuantMatrix::from_ggml(dtype, &q.data().unwrap(), rows, cols);
+        let x = activations(tokens, cols);
+        let batch = matmul(&matrix, &x, tokens);
+        let one_by_one = matmul_tiled(&matrix, &x, tokens, Tiling::OneToken);
+        assert_eq!(batch, one_by_one, "{format:?}");
+        for t in 0..tokens {
+            let alone = matmul(&matrix, &x[t * cols..(t + 1) * cols], 1);
+            assert_eq!(
+                alone,
+                batch[t * rows..(t + 1) * rows],
+                "{format:?} token {t}"
+            );
+        }
+    }
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx2") && has!("fma") && has!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// (name, format, kernel) for each SIMD kernel this CPU has.
+fn simd_kernels() -> Vec<(&'static str, Format, Kernel)> {
+    #[allow(unused_mut)]
+    let mut kernels: Vec<(&'static str, Format, Kernel)> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        use std::arch::is_x86_feature_detected as has;
+        kernels.extend([
+            (
+                "avx2",
+                Format::Q4_0,
+                avx2::tile_any::<{ avx2::Q4_0 }, false> as Kernel,
+            ),
+            (
+                "avx2",
+                Format::Q4_1,
+                avx2::tile_any::<{ avx2::Q4_1 }, false>,
+            ),
+            (
+                "avx2",
+                Format::Q8_0,
+                avx2::tile_any::<{ avx2::Q8_0 }, false>,
+            ),
+            (
+                "avx2",
+                Format::Q8_16,
+                avx2::tile_any::<{ avx2::Q8_16 }, false>,
+            ),
+        ]);
+        if has!("avx512vnni") && has!("avx512vl") {
+            kernels.extend([
+                (
+                    "vnni",
+                    Format::Q4_0,
+                    avx2::tile_any::<{ avx2::Q4_0 }, true> as Kernel,
+                ),
+                ("vnni", Format::Q4_1, avx2::tile_any::<{ avx2::Q4_1 }, true>),
+                ("vnni", Format::Q8_0, avx2::tile_any::<{ avx2::Q8_0 }, true>),
+                (
+                    "vnni",
+                    Format::Q8_16,
+                    avx2::tile_any::<{ avx2::Q8_16 }, true>,
+                ),
+            ]);
+        } else {
+            eprintln!("no AVX-512 VNNI on this CPU: its kernels are not tested here");
+        }
+    }
+    kernels
+}
