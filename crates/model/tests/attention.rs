@@ -66,7 +66,6 @@ fn generic_equals_native_with_a_sliding_window() {
 /// the logits stay close overall.
 #[test]
 fn generic_tracks_native_on_smollm2() {
-    const TIE: f32 = 0.5;
     let native = load_model_f32_cache(&smollm2_gguf(), AttentionKind::Native);
     let generic = load_model_f32_cache(&smollm2_gguf(), AttentionKind::Generic);
     let (a, b) = (mixed_steps(&native.model), mixed_steps(&generic.model));
@@ -77,23 +76,7 @@ fn generic_tracks_native_on_smollm2() {
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     eprintln!("smollm2: generic vs native, worst |logit difference| {worst}");
     assert!(worst < 1.5, "{worst}");
-    let messages = [ferrollama_model::ChatMessage::new(
-        ferrollama_model::Role::User,
-        "Write two sentences about the sea.",
-    )];
-    let prompt = native
-        .chat_template
-        .encode(&native.tokenizer, &messages)
-        .unwrap();
-    let (a, b) = (
-        greedy(&native, &prompt, 32, &[]),
-        greedy(&generic, &prompt, 32, &[]),
-    );
-    if let Some(step) = a.ids.iter().zip(&b.ids).position(|(x, y)| x != y) {
-        let gaps = (top2_gap(&a.logits[step]), top2_gap(&b.logits[step]));
-        eprintln!("smollm2: generic parts from native at step {step}, top-2 gaps {gaps:?}");
-        assert!(gaps.0 < TIE && gaps.1 < TIE, "a real divergence: {gaps:?}");
-    }
+    greedy_parts_only_at_ties(&native, &generic, 32, "generic parts from native");
 }
 
 /// The dtype a T4 computes in, through the same generic path, on the CPU: tiny-mistral in
@@ -137,27 +120,27 @@ fn native_f16_cache_tracks_the_f32_cache() {
 /// the tie of 8-bit activation rounding (see `generic_tracks_native_on_smollm2`).
 #[test]
 fn native_f16_cache_keeps_smollm2_greedy_replies() {
-    const TIE: f32 = 0.5;
     let half = load_model_with(&smollm2_gguf(), AttentionKind::Native);
     let full = load_model_f32_cache(&smollm2_gguf(), AttentionKind::Native);
+    greedy_parts_only_at_ties(&full, &half, 48, "the f16 cache parts from f32");
+}
+
+/// Greedy replies of `a` and `b` to one chat prompt, `n` tokens: where they part, both top-2
+/// gaps must be within the tie of 8-bit activation rounding.
+fn greedy_parts_only_at_ties(a: &LoadedModel, b: &LoadedModel, n: usize, what: &str) {
+    const TIE: f32 = 0.5;
     let messages = [ferrollama_model::ChatMessage::new(
         ferrollama_model::Role::User,
         "Write two sentences about the sea.",
     )];
-    let prompt = half
-        .chat_template
-        .encode(&half.tokenizer, &messages)
-        .unwrap();
-    let (a, b) = (
-        greedy(&full, &prompt, 48, &[]),
-        greedy(&half, &prompt, 48, &[]),
-    );
+    let prompt = a.chat_template.encode(&a.tokenizer, &messages).unwrap();
+    let (a, b) = (greedy(a, &prompt, n, &[]), greedy(b, &prompt, n, &[]));
     if let Some(step) = a.ids.iter().zip(&b.ids).position(|(x, y)| x != y) {
         let gaps = (top2_gap(&a.logits[step]), top2_gap(&b.logits[step]));
-        eprintln!("smollm2: the f16 cache parts from f32 at step {step}, top-2 gaps {gaps:?}");
+        eprintln!("smollm2: {what} at step {step}, top-2 gaps {gaps:?}");
         assert!(gaps.0 < TIE && gaps.1 < TIE, "a real divergence: {gaps:?}");
     } else {
-        eprintln!("smollm2: f16 and f32 caches give the same 48 greedy tokens");
+        eprintln!("smollm2: the same {n} greedy tokens");
     }
 }
 
