@@ -1,7 +1,7 @@
-//! Quantized weights (Q4_0, Q4_1, Q8_0, and Q4_K and Q6_K recast as blocks of 32) times f32
-//! activations on the CPU, the way ggml does
-//! it: activations are quantized to 8-bit blocks of 32, each block pair is an integer dot
-//! product (AVX2, or AVX-512 VNNI where the CPU has it), scaled and summed in float.
+//! Quantized weights (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) times f32 activations on the CPU, the way
+//! ggml does it: activations are quantized to 8-bit blocks of 32, each block pair is an
+//! integer dot product (AVX2, or AVX-512 VNNI where the CPU has it), scaled and summed in
+//! float.
 //!
 //! The layout is built for the register, not for the file. Rows are stored in octets, and in
 //! each block of an octet the quants are interleaved four bytes at a time: one 256-bit load
@@ -18,7 +18,9 @@
 //!   weight chunk is unpacked once for all of them;
 //! - the work is cut into tiles of rows × tokens, sized so the rows' weights stay in L1 while
 //!   the tile's tokens pass over them, and the tokens' activations stay in L2;
-//! - weights are prefetched 4 KiB ahead: decode reads each weight once, straight from DRAM.
+//! - weights are prefetched 4 KiB ahead: decode reads each weight once, straight from DRAM;
+//! - k-quants keep the file's size: Q4_K's and Q6_K's sub-block scales stay small integers
+//!   beside one f16 per 256 weights, so decode streams no more bytes than the file holds.
 //!
 //! A scalar reference computes the same sums from the same layout; the tests hold every SIMD
 //! tile to it.
@@ -43,23 +45,43 @@ pub enum Format {
     Q4_1,
     /// `d · q`, signed 8-bit q.
     Q8_0,
-    /// `d · q` for quants 0..16 and `d' · q` for 16..32, signed 8-bit q: Q6_K's 6-bit quants
-    /// with its scale per sixteen.
-    Q8_16,
+    /// `(d · sc) · q - (dmin · m)`, 4-bit q, with a 6-bit `sc` and `m` per block and f16 `d`
+    /// and `dmin` per super-block of eight blocks.
+    Q4K,
+    /// `(d · sc) · (q - 32)`, 6-bit q, with an i8 `sc` per sixteen and an f16 `d` per
+    /// super-block of eight blocks.
+    Q6K,
 }
 
 impl Format {
     /// Bytes of quants in one block of one row.
     fn quant_bytes(self) -> usize {
         match self {
-            Format::Q4_0 | Format::Q4_1 => 16,
-            Format::Q8_0 | Format::Q8_16 => 32,
+            Format::Q4_0 | Format::Q4_1 | Format::Q4K => 16,
+            // Sixteen bytes of low nibbles, then eight of the two high bits (see `q6_k_blocks`).
+            Format::Q6K => 24,
+            Format::Q8_0 => 32,
         }
     }
 
-    /// Whether blocks carry a second f16: Q4_1's `m`, Q8_16's upper-half scale.
+    /// Whether there is a second f16 per scale group: Q4_1's `m`, Q4_K's `-dmin`.
     fn has_extra(self) -> bool {
-        matches!(self, Format::Q4_1 | Format::Q8_16)
+        matches!(self, Format::Q4_1 | Format::Q4K)
+    }
+
+    /// Whether blocks carry two small integer scales (Q4_K's `sc` and `m`, Q6_K's two `sc`)
+    /// under an f16 per super-block.
+    fn is_k_quant(self) -> bool {
+        matches!(self, Format::Q4K | Format::Q6K)
+    }
+
+    /// Blocks that share one f16 `d` (and `extra`).
+    fn blocks_per_scale(self) -> usize {
+        if self.is_k_quant() {
+            8
+        } else {
+            1
+        }
     }
 }
 
@@ -69,24 +91,28 @@ pub struct QuantMatrix {
     format: Format,
     rows: usize,
     blocks_per_row: usize,
-    /// `d` per block as f16 bits: `[octet][block][row in octet]`.
+    /// `d` per scale group (a block, or a k-quant's super-block) as f16 bits:
+    /// `[octet][group][row in octet]`.
     scales: Vec<u16>,
-    /// The block's second f16 (`m` for Q4_1, the upper half's `d` for Q8_16), same order;
-    /// empty for other formats.
+    /// The group's second f16 (`m` for Q4_1, `-dmin` for Q4_K), same order; empty for other
+    /// formats.
     extra: Vec<u16>,
+    /// k-quants only: two small scales per block, `[octet][block][which][row in octet]`
+    /// (Q4_K: `sc` then `m`, unsigned; Q6_K: the two sixteens' `sc`, signed).
+    sub_scales: Vec<u8>,
     /// `[octet][block][chunk c][row r][4 bytes]`: bytes `4c..4c+4` of row `r`'s block.
     quants: Vec<u8>,
 }
 
 impl QuantMatrix {
-    /// The kernel format a GGUF tensor type runs in, if this module has one: Q4_K becomes
-    /// Q4_1 blocks (see `q4_k_blocks`), Q6_K Q8_16 blocks (`q6_k_blocks`).
+    /// The kernel format a GGUF tensor type runs in, if this module has one.
     pub fn format_for(dtype: GgmlDType) -> Option<Format> {
         match dtype {
             GgmlDType::Q4_0 => Some(Format::Q4_0),
-            GgmlDType::Q4_1 | GgmlDType::Q4K => Some(Format::Q4_1),
+            GgmlDType::Q4_1 => Some(Format::Q4_1),
             GgmlDType::Q8_0 => Some(Format::Q8_0),
-            GgmlDType::Q6K => Some(Format::Q8_16),
+            GgmlDType::Q4K => Some(Format::Q4K),
+            GgmlDType::Q6K => Some(Format::Q6K),
             _ => None,
         }
     }
@@ -100,9 +126,12 @@ impl QuantMatrix {
         assert_eq!(raw.len(), rows * file_blocks_per_row * file_block);
         let qb = format.quant_bytes();
         let blocks_per_row = cols / BLOCK;
+        let per_scale = format.blocks_per_scale();
         let slots = rows.div_ceil(ROWS) * blocks_per_row * ROWS;
-        let mut scales = vec![0u16; slots];
-        let mut extra = vec![0u16; if format.has_extra() { slots } else { 0 }];
+        let groups = slots / per_scale;
+        let mut scales = vec![0u16; groups];
+        let mut extra = vec![0u16; if format.has_extra() { groups } else { 0 }];
+        let mut sub_scales = vec![0u8; if format.is_k_quant() { 2 * slots } else { 0 }];
         let mut quants = vec![0u8; slots * qb];
         for (r, row) in raw
             .chunks_exact(file_blocks_per_row * file_block)
@@ -119,9 +148,15 @@ impl QuantMatrix {
             for (b, block) in blocks.iter().enumerate() {
                 let slot = (r / ROWS) * blocks_per_row + b;
                 let lane = r % ROWS;
-                scales[slot * ROWS + lane] = block.d;
+                // A super-block's eight blocks all carry its f16s; they land in one place.
+                let group = slot / per_scale;
+                scales[group * ROWS + lane] = block.d;
                 if format.has_extra() {
-                    extra[slot * ROWS + lane] = block.extra;
+                    extra[group * ROWS + lane] = block.extra;
+                }
+                if format.is_k_quant() {
+                    sub_scales[(2 * slot) * ROWS + lane] = block.sub[0];
+                    sub_scales[(2 * slot + 1) * ROWS + lane] = block.sub[1];
                 }
                 for (c, four) in block.quants[..qb].chunks_exact(4).enumerate() {
                     let at = slot * ROWS * qb + (c * ROWS + lane) * 4;
@@ -135,6 +170,7 @@ impl QuantMatrix {
             blocks_per_row,
             scales,
             extra,
+            sub_scales,
             quants,
         }
     }
@@ -158,13 +194,21 @@ impl QuantMatrix {
     fn octet(&self, o: usize) -> Octet<'_> {
         let blocks = o * self.blocks_per_row..(o + 1) * self.blocks_per_row;
         let lanes = blocks.start * ROWS..blocks.end * ROWS;
+        let per_scale = self.format.blocks_per_scale();
+        let groups = lanes.start / per_scale..lanes.end / per_scale;
         let qb = self.format.quant_bytes();
         Octet {
-            scales: &self.scales[lanes.clone()],
+            blocks: self.blocks_per_row,
+            scales: &self.scales[groups.clone()],
             extra: if self.extra.is_empty() {
                 &[]
             } else {
-                &self.extra[lanes.clone()]
+                &self.extra[groups]
+            },
+            sub_scales: if self.sub_scales.is_empty() {
+                &[]
+            } else {
+                &self.sub_scales[2 * lanes.start..2 * lanes.end]
             },
             quants: &self.quants[lanes.start * qb..lanes.end * qb],
         }
@@ -172,11 +216,13 @@ impl QuantMatrix {
 }
 
 /// One 32-element block of one row in a kernel format: `d` and the second f16 (see
-/// `Format::has_extra`) as bits, the quants in ggml's order for that format (Q4: byte `j`
-/// holds elements `j` and `j + 16`).
+/// `Format::has_extra`) as bits, for k-quants those of the block's super-block and its two
+/// small scales (see `QuantMatrix::sub_scales`); the quants in ggml's order for that format
+/// (4-bit: byte `j` holds elements `j` and `j + 16`).
 struct Block {
     d: u16,
     extra: u16,
+    sub: [u8; 2],
     quants: [u8; 32],
 }
 
@@ -193,32 +239,30 @@ impl Block {
             } else {
                 0
             },
+            sub: [0; 2],
             quants,
         }
     }
 }
 
 /// One Q4_K super-block (256 weights: f16 `d` and `dmin`, eight 6-bit scales and mins, 4-bit
-/// quants) as eight Q4_1 blocks, `w = (d·sc)·q - dmin·m`: the same 4-bit quants, with the
-/// sub-block's scale and offset precomputed. They are kept in f16 like every other block
-/// scale here: `d·sc` needs 17 bits, so each rounds by at most 2^-11 of itself, a hundredth
-/// of the 4-bit step.
+/// quants) as eight blocks of 32: the same quants in the 4-bit order, each block's `sc` and
+/// `m` unpacked to a byte, and `-dmin` stored so the kernel adds the offset term.
 fn q4_k_blocks(src: &[u8]) -> impl Iterator<Item = Block> + '_ {
-    let d = f16_bits(u16::from_le_bytes([src[0], src[1]]));
-    let dmin = f16_bits(u16::from_le_bytes([src[2], src[3]]));
+    let d = u16::from_le_bytes([src[0], src[1]]);
+    let minus_dmin = (-f16::from_bits(u16::from_le_bytes([src[2], src[3]]))).to_bits();
     let scales = &src[4..16];
     let qs = &src[16..144];
     // ggml's get_scale_min_k4.
-    let scale_min = move |j: usize| -> (f32, f32) {
-        let (sc, m) = if j < 4 {
-            (scales[j] & 63, scales[j + 4] & 63)
+    let scale_min = move |j: usize| -> [u8; 2] {
+        if j < 4 {
+            [scales[j] & 63, scales[j + 4] & 63]
         } else {
-            (
+            [
                 (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4),
                 (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
-            )
-        };
-        (sc as f32, m as f32)
+            ]
+        }
     };
     (0..8).map(move |sub| {
         // Sub-blocks 2g and 2g+1 are the low and high nibbles of the same 32 bytes.
@@ -234,40 +278,51 @@ fn q4_k_blocks(src: &[u8]) -> impl Iterator<Item = Block> + '_ {
         for (j, q) in quants[..16].iter_mut().enumerate() {
             *q = nibble(j) | (nibble(j + 16) << 4);
         }
-        let (sc, m) = scale_min(sub);
         Block {
-            d: f16::from_f32(d * sc).to_bits(),
-            extra: f16::from_f32(-(dmin * m)).to_bits(),
+            d,
+            extra: minus_dmin,
+            sub: scale_min(sub),
             quants,
         }
     })
 }
 
 /// One Q6_K super-block (256 weights: 4+2-bit quants in `ql` and `qh`, sixteen i8 scales, f16
-/// `d` last) as eight Q8_16 blocks, `w = (d·sc)·(q - 32)`: the quants widened to bytes, the
-/// scales of the two sixteens of each block precomputed (rounded to f16 as in `q4_k_blocks`).
+/// `d` last) as eight blocks of 32, still six bits a weight. A block's 24 bytes: sixteen of
+/// low nibbles in the 4-bit order, then four bytes holding the two high bits of elements
+/// 0..16 and four of elements 16..32, where byte `i`'s bits `2k..2k+2` belong to element
+/// `4k + i` (of that sixteen). Interleaved like every quant, those eight bytes become two
+/// registers, and chunk `c` of the nibbles takes its high bits with one shift by `2c`.
 fn q6_k_blocks(src: &[u8]) -> impl Iterator<Item = Block> + '_ {
     let (ql, qh, scales) = (&src[..128], &src[128..192], &src[192..208]);
-    let d = f16_bits(u16::from_le_bytes([src[208], src[209]]));
+    let d = u16::from_le_bytes([src[208], src[209]]);
     // ggml's dequantize_row_q6_K: each half of 128 takes 64 bytes of ql and 32 of qh; its four
     // runs of 32 take low nibbles, low nibbles 32 on, high nibbles, high nibbles 32 on, with
-    // two bits of qh each.
-    let quant = move |e: usize| -> i8 {
+    // two bits of qh each. The result is q + 32, in 0..64.
+    let quant = move |e: usize| -> u8 {
         let (half, run, l) = (e / 128, e % 128 / 32, e % 32);
         let low = ql[64 * half + l + 32 * (run % 2)];
         let low = if run < 2 { low & 0x0F } else { low >> 4 };
         let high = (qh[32 * half + l] >> (2 * run)) & 3;
-        (low | (high << 4)) as i8 - 32
+        low | (high << 4)
     };
     (0..8).map(move |b| {
+        let q: [u8; 32] = std::array::from_fn(|j| quant(32 * b + j));
         let mut quants = [0u8; 32];
-        for (j, q) in quants.iter_mut().enumerate() {
-            *q = quant(32 * b + j) as u8;
+        for j in 0..16 {
+            quants[j] = (q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4);
         }
-        let scale = |i: usize| f16::from_f32(d * scales[i] as i8 as f32).to_bits();
+        for (sixteen, top) in [(0, 16), (16, 20)] {
+            for i in 0..4 {
+                quants[top + i] = (0..4)
+                    .map(|k| (q[sixteen + 4 * k + i] >> 4) << (2 * k))
+                    .fold(0, |a, v| a | v);
+            }
+        }
         Block {
-            d: scale(2 * b),
-            extra: scale(2 * b + 1),
+            d,
+            extra: 0,
+            sub: [scales[2 * b], scales[2 * b + 1]],
             quants,
         }
     })
@@ -276,15 +331,13 @@ fn q6_k_blocks(src: &[u8]) -> impl Iterator<Item = Block> + '_ {
 /// Eight interleaved rows, every block of them.
 #[derive(Clone, Copy)]
 struct Octet<'a> {
+    blocks: usize,
+    /// Per scale group (see `Format::blocks_per_scale`), eight rows each.
     scales: &'a [u16],
     extra: &'a [u16],
+    /// Per block, two × eight rows.
+    sub_scales: &'a [u8],
     quants: &'a [u8],
-}
-
-impl Octet<'_> {
-    fn blocks(&self) -> usize {
-        self.scales.len() / ROWS
-    }
 }
 
 fn f16_bits(bits: u16) -> f32 {
@@ -443,62 +496,72 @@ fn pick_kernel(format: Format) -> Kernel {
             Format::Q4_0 => avx2::pick::<{ avx2::Q4_0 }>(),
             Format::Q4_1 => avx2::pick::<{ avx2::Q4_1 }>(),
             Format::Q8_0 => avx2::pick::<{ avx2::Q8_0 }>(),
-            Format::Q8_16 => avx2::pick::<{ avx2::Q8_16 }>(),
+            Format::Q4K => avx2::pick::<{ avx2::Q4_K }>(),
+            Format::Q6K => avx2::pick::<{ avx2::Q6_K }>(),
         };
     }
+    scalar_kernel(format)
+}
+
+/// The scalar reference as a kernel for `format`.
+fn scalar_kernel(format: Format) -> Kernel {
     match format {
         Format::Q4_0 => |o, x, out| scalar_tile(Format::Q4_0, o, x, out),
         Format::Q4_1 => |o, x, out| scalar_tile(Format::Q4_1, o, x, out),
         Format::Q8_0 => |o, x, out| scalar_tile(Format::Q8_0, o, x, out),
-        Format::Q8_16 => |o, x, out| scalar_tile(Format::Q8_16, o, x, out),
+        Format::Q4K => |o, x, out| scalar_tile(Format::Q4K, o, x, out),
+        Format::Q6K => |o, x, out| scalar_tile(Format::Q6K, o, x, out),
     }
 }
 
 /// The reference: each weight read back out of the interleaved layout, plain integer dots
-/// per block, in the file's meaning of each format.
+/// per block (per sixteen for Q6_K), in the file's meaning of each format.
 fn scalar_tile(format: Format, octet: Octet<'_>, xs: &[&[Q8]], out: &mut [[f32; ROWS]; TOKENS]) {
     let qb = format.quant_bytes();
+    let per_scale = format.blocks_per_scale();
     // Byte `j` of row `r`'s quants in block `b`.
     let byte = |b: usize, r: usize, j: usize| {
         octet.quants[b * ROWS * qb + ((j / 4) * ROWS + r) * 4 + j % 4]
     };
+    // Element `j` of a 4-bit block (nibble order: byte `j % 16`, low then high).
+    let nibble = |b: usize, r: usize, j: usize| {
+        let q = byte(b, r, j % 16);
+        (if j < 16 { q & 0x0F } else { q >> 4 }) as i32
+    };
+    // Element `j` of a Q6_K block, less 32.
+    let six = |b: usize, r: usize, j: usize| {
+        let (sixteen, k, i) = (j / 16, j % 16 / 4, j % 4);
+        let high = (byte(b, r, 16 + 4 * sixteen + i) >> (2 * k)) & 3;
+        (nibble(b, r, j) | (high << 4) as i32) - 32
+    };
+    let small = |b: usize, which: usize, r: usize| octet.sub_scales[(2 * b + which) * ROWS + r];
     for (x, out) in xs.iter().zip(out.iter_mut()) {
         for (r, o) in out.iter_mut().enumerate() {
             let mut sum = 0f32;
-            for (b, y) in x.iter().enumerate().take(octet.blocks()) {
-                let d = f16_bits(octet.scales[b * ROWS + r]) * y.d;
+            for (b, y) in x.iter().enumerate().take(octet.blocks) {
+                let group = b / per_scale * ROWS + r;
+                let dot = |elements: std::ops::Range<usize>, w: &dyn Fn(usize) -> i32| -> f32 {
+                    elements.map(|j| w(j) * y.qs[j] as i32).sum::<i32>() as f32
+                };
+                let d = f16_bits(octet.scales[group]);
                 sum += match format {
-                    Format::Q4_0 | Format::Q4_1 => {
-                        let offset = if format == Format::Q4_0 { 8 } else { 0 };
-                        let sumi: i32 = (0..16)
-                            .map(|j| {
-                                let q = byte(b, r, j);
-                                ((q & 0x0F) as i32 - offset) * y.qs[j] as i32
-                                    + ((q >> 4) as i32 - offset) * y.qs[j + 16] as i32
-                            })
-                            .sum();
-                        let min = if format == Format::Q4_1 {
-                            f16_bits(octet.extra[b * ROWS + r]) * y.s
-                        } else {
-                            0.0
-                        };
-                        d * sumi as f32 + min
+                    Format::Q4_0 => d * y.d * dot(0..32, &|j| nibble(b, r, j) - 8),
+                    Format::Q4_1 => {
+                        d * y.d * dot(0..32, &|j| nibble(b, r, j))
+                            + f16_bits(octet.extra[group]) * y.s
                     }
-                    Format::Q8_0 => {
-                        let sumi: i32 = (0..32)
-                            .map(|j| byte(b, r, j) as i8 as i32 * y.qs[j] as i32)
-                            .sum();
-                        d * sumi as f32
+                    Format::Q8_0 => d * y.d * dot(0..32, &|j| byte(b, r, j) as i8 as i32),
+                    Format::Q4K => {
+                        let (sc, m) = (small(b, 0, r) as f32, small(b, 1, r) as f32);
+                        d * sc * y.d * dot(0..32, &|j| nibble(b, r, j))
+                            + f16_bits(octet.extra[group]) * m * y.s
                     }
-                    Format::Q8_16 => {
-                        let half = |range: std::ops::Range<usize>| -> i32 {
-                            range
-                                .map(|j| byte(b, r, j) as i8 as i32 * y.qs[j] as i32)
-                                .sum()
-                        };
-                        let upper = f16_bits(octet.extra[b * ROWS + r]) * y.d;
-                        d * half(0..16) as f32 + upper * half(16..32) as f32
-                    }
+                    Format::Q6K => (0..2)
+                        .map(|h| {
+                            let sc = small(b, h, r) as i8 as f32;
+                            d * sc * y.d * dot(16 * h..16 * h + 16, &|j| six(b, r, j))
+                        })
+                        .sum(),
                 };
             }
             *o = sum;
@@ -514,7 +577,8 @@ mod avx2 {
     pub const Q4_0: u8 = 0;
     pub const Q4_1: u8 = 1;
     pub const Q8_0: u8 = 2;
-    pub const Q8_16: u8 = 3;
+    pub const Q4_K: u8 = 3;
+    pub const Q6_K: u8 = 4;
 
     type Out = [[f32; ROWS]; TOKENS];
 
@@ -588,107 +652,187 @@ mod avx2 {
     ) {
         let xs: &[&[Q8]; N] = xs.try_into().expect("N activation rows");
         let chunk_bytes = ROWS * 4;
-        let block_bytes = if F == Q8_0 || F == Q8_16 {
-            8 * chunk_bytes
-        } else {
-            4 * chunk_bytes
+        let block_bytes = match F {
+            Q8_0 => 8 * chunk_bytes,
+            Q6_K => 6 * chunk_bytes,
+            _ => 4 * chunk_bytes,
         };
+        let k_quant = F == Q4_K || F == Q6_K;
+        let per_scale = if k_quant { 8 } else { 1 };
         let low = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..octet.blocks() {
+        // The scale group's f16s, as eight f32 rows: reloaded once per group.
+        let (mut group_d, mut group_extra) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        // (Helpers are functions, not closures: a closure does not take the caller's target
+        // features, and an intrinsic that is not inlined costs a hundredfold.)
+        for b in 0..octet.blocks {
             let quants = octet.quants.as_ptr().add(b * block_bytes);
             // A hint only: past the end of the matrix it reads nothing and cannot fault.
             let ahead = quants.wrapping_add(PREFETCH_BYTES);
             for line in (0..block_bytes).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
             }
+            if b % per_scale == 0 {
+                group_d = rows_f16(octet.scales, b / per_scale);
+                if F == Q4_1 || F == Q4_K {
+                    group_extra = rows_f16(octet.extra, b / per_scale);
+                }
+            }
             let ys: [&Q8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            // Integer dots of the block, one lane per row. 8-bit weights: i32 sums.
-            if F == Q8_0 || F == Q8_16 {
-                // Q8_16 scales each sixteen on its own: its halves are summed and scaled apart.
-                let halves = if F == Q8_16 { 2 } else { 1 };
-                for h in 0..halves {
+            let chunk = |c: usize| quants.add(c * chunk_bytes) as *const __m256i;
+            if F == Q8_0 {
+                // Signed bytes: the sign moves onto x, as u8 × i8 needs an unsigned side.
+                let mut sums = [_mm256_setzero_si256(); N];
+                for c in 0..8 {
+                    let w = _mm256_loadu_si256(chunk(c));
+                    let w_abs = _mm256_sign_epi8(w, w);
+                    for t in 0..N {
+                        let x = _mm256_sign_epi8(_mm256_set1_epi32(ys[t].four(c)), w);
+                        sums[t] = if VNNI {
+                            _mm256_dpbusd_epi32(sums[t], w_abs, x)
+                        } else {
+                            let pairs = _mm256_maddubs_epi16(w_abs, x);
+                            _mm256_add_epi32(sums[t], _mm256_madd_epi16(pairs, ones))
+                        };
+                    }
+                }
+                scale_into(&mut acc, &sums, group_d, &ys);
+                continue;
+            }
+            if F == Q6_K {
+                // q - 32 in -32..32, signed like Q8_0; each sixteen is summed and scaled apart.
+                // AVX2 keeps a sixteen in i16: four pairs of |q| ≤ 32 times |x| ≤ 127 stay
+                // under 2^15.
+                // One sixteen at a time keeps N sums live, not 2N: the nibbles are read twice,
+                // from L1.
+                let (three, bias) = (_mm256_set1_epi8(3), _mm256_set1_epi8(32));
+                for h in 0..2 {
+                    let top = _mm256_loadu_si256(chunk(4 + h));
                     let mut sums = [_mm256_setzero_si256(); N];
-                    for c in h * 8 / halves..(h + 1) * 8 / halves {
-                        let w = _mm256_loadu_si256(quants.add(c * chunk_bytes) as *const __m256i);
-                        let w_abs = _mm256_sign_epi8(w, w);
+                    for c in 0..4 {
+                        let packed = _mm256_loadu_si256(chunk(c));
+                        let nibbles = if h == 0 {
+                            packed
+                        } else {
+                            _mm256_srli_epi16::<4>(packed)
+                        };
+                        let shift = _mm_cvtsi32_si128(2 * c as i32);
+                        let q = _mm256_or_si256(
+                            _mm256_and_si256(nibbles, low),
+                            high_bits(top, shift, three),
+                        );
+                        let q = _mm256_sub_epi8(q, bias);
+                        let q_abs = _mm256_abs_epi8(q);
                         for t in 0..N {
-                            // The sign moves onto x, as u8 × i8 needs an unsigned side.
-                            let x = _mm256_sign_epi8(_mm256_set1_epi32(ys[t].four(c)), w);
+                            let x = _mm256_sign_epi8(_mm256_set1_epi32(ys[t].four(c + 4 * h)), q);
                             sums[t] = if VNNI {
-                                _mm256_dpbusd_epi32(sums[t], w_abs, x)
+                                _mm256_dpbusd_epi32(sums[t], q_abs, x)
                             } else {
-                                let pairs = _mm256_maddubs_epi16(w_abs, x);
-                                _mm256_add_epi32(sums[t], _mm256_madd_epi16(pairs, ones))
+                                _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(q_abs, x))
                             };
                         }
                     }
-                    let scales = if h == 0 { octet.scales } else { octet.extra };
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(
-                        scales.as_ptr().add(b * ROWS) as *const __m128i
-                    ));
-                    for t in 0..N {
-                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d));
-                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, acc[t]);
-                    }
+                    widen::<N, VNNI>(&mut sums);
+                    let scale = _mm256_mul_ps(group_d, small_scales::<F>(octet, b, h));
+                    scale_into(&mut acc, &sums, scale, &ys);
                 }
                 continue;
             }
             // 4-bit weights: i32 sums (VNNI) or, for AVX2, pairs of i16 sums widened after the
             // block (a nibble times a byte, summed sixteen times, stays under 2^15).
             let mut sums = [_mm256_setzero_si256(); N];
-            {
-                for c in 0..4 {
-                    let packed = _mm256_loadu_si256(quants.add(c * chunk_bytes) as *const __m256i);
-                    // Low nibbles are elements 4c..4c+4 of each row, high ones 16+4c...
-                    let lo = _mm256_and_si256(packed, low);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
-                    for t in 0..N {
-                        let x_lo = _mm256_set1_epi32(ys[t].four(c));
-                        let x_hi = _mm256_set1_epi32(ys[t].four(c + 4));
-                        sums[t] = if VNNI {
-                            _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(sums[t], lo, x_lo), hi, x_hi)
-                        } else {
-                            let a = _mm256_maddubs_epi16(lo, x_lo);
-                            let b = _mm256_maddubs_epi16(hi, x_hi);
-                            _mm256_add_epi16(sums[t], _mm256_add_epi16(a, b))
-                        };
-                    }
-                }
-                if !VNNI {
-                    for s in sums.iter_mut() {
-                        *s = _mm256_madd_epi16(*s, ones);
-                    }
+            for c in 0..4 {
+                let packed = _mm256_loadu_si256(chunk(c));
+                // Low nibbles are elements 4c..4c+4 of each row, high ones 16+4c...
+                let lo = _mm256_and_si256(packed, low);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low);
+                for t in 0..N {
+                    let x_lo = _mm256_set1_epi32(ys[t].four(c));
+                    let x_hi = _mm256_set1_epi32(ys[t].four(c + 4));
+                    sums[t] = if VNNI {
+                        _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(sums[t], lo, x_lo), hi, x_hi)
+                    } else {
+                        let a = _mm256_maddubs_epi16(lo, x_lo);
+                        let b = _mm256_maddubs_epi16(hi, x_hi);
+                        _mm256_add_epi16(sums[t], _mm256_add_epi16(a, b))
+                    };
                 }
             }
-            // The eight rows' scales at once, times each token's.
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(
-                octet.scales.as_ptr().add(b * ROWS) as *const __m128i
-            ));
-            let m = if F == Q4_1 {
-                _mm256_cvtph_ps(_mm_loadu_si128(
-                    octet.extra.as_ptr().add(b * ROWS) as *const __m128i
-                ))
-            } else {
-                _mm256_setzero_ps()
-            };
-            for t in 0..N {
-                let y = ys[t];
-                let mut s = sums[t];
-                if F == Q4_0 {
-                    // Σ (q - 8) x = Σ q x - 8 Σ x: the offset once per token and block.
-                    s = _mm256_sub_epi32(s, _mm256_set1_epi32(8 * y.sum));
+            widen::<N, VNNI>(&mut sums);
+            if F == Q4_0 {
+                // Σ (q - 8) x = Σ q x - 8 Σ x: the offset once per token and block.
+                for t in 0..N {
+                    sums[t] = _mm256_sub_epi32(sums[t], _mm256_set1_epi32(8 * ys[t].sum));
                 }
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(y.d));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[t]);
-                if F == Q4_1 {
-                    acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(y.s), acc[t]);
+            }
+            // The eight rows' scales at once, times each token's; then the offset term.
+            let (d, m) = if F == Q4_K {
+                let m = _mm256_mul_ps(group_extra, small_scales::<F>(octet, b, 1));
+                (_mm256_mul_ps(group_d, small_scales::<F>(octet, b, 0)), m)
+            } else {
+                (group_d, group_extra)
+            };
+            scale_into(&mut acc, &sums, d, &ys);
+            if F == Q4_1 || F == Q4_K {
+                for t in 0..N {
+                    acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(ys[t].s), acc[t]);
                 }
             }
         }
         for t in 0..N {
             _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+
+    /// Eight rows' f16s of scale group `group`, as f32.
+    #[inline(always)]
+    unsafe fn rows_f16(v: &[u16], group: usize) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(
+            v.as_ptr().add(group * ROWS) as *const __m128i
+        ))
+    }
+
+    /// Eight rows' small scales of block `b`, `which` of two, as f32 (signed for Q6_K).
+    #[inline(always)]
+    unsafe fn small_scales<const F: u8>(octet: Octet<'_>, b: usize, which: usize) -> __m256 {
+        let at = octet.sub_scales.as_ptr().add((2 * b + which) * ROWS);
+        let bytes = _mm_loadl_epi64(at as *const __m128i);
+        _mm256_cvtepi32_ps(if F == Q6_K {
+            _mm256_cvtepi8_epi32(bytes)
+        } else {
+            _mm256_cvtepu8_epi32(bytes)
+        })
+    }
+
+    /// Q6_K's two high bits of the chunk `shift / 2`, in place above the nibble.
+    #[inline(always)]
+    unsafe fn high_bits(top: __m256i, shift: __m128i, three: __m256i) -> __m256i {
+        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(top, shift), three))
+    }
+
+    /// `sums` times each token's block scale times the rows' `scale`, into `acc`.
+    #[inline(always)]
+    unsafe fn scale_into<const N: usize>(
+        acc: &mut [__m256; N],
+        sums: &[__m256i; N],
+        scale: __m256,
+        ys: &[&Q8; N],
+    ) {
+        for t in 0..N {
+            let s = _mm256_mul_ps(scale, _mm256_set1_ps(ys[t].d));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), s, acc[t]);
+        }
+    }
+
+    /// AVX2 has no byte dot product into i32: pairs go to i16 (`maddubs`) and are widened once
+    /// per sum, where the bounds allow it. VNNI's sums are i32 already.
+    #[inline(always)]
+    unsafe fn widen<const N: usize, const VNNI: bool>(sums: &mut [__m256i; N]) {
+        if !VNNI {
+            for s in sums.iter_mut() {
+                *s = _mm256_madd_epi16(*s, _mm256_set1_epi16(1));
+            }
         }
     }
 }

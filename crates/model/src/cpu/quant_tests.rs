@@ -7,8 +7,8 @@ const FORMATS: [(GgmlDType, Format); 5] = [
     (GgmlDType::Q4_0, Format::Q4_0),
     (GgmlDType::Q4_1, Format::Q4_1),
     (GgmlDType::Q8_0, Format::Q8_0),
-    (GgmlDType::Q4K, Format::Q4_1),
-    (GgmlDType::Q6K, Format::Q8_16),
+    (GgmlDType::Q4K, Format::Q4K),
+    (GgmlDType::Q6K, Format::Q6K),
 ];
 
 /// Widths for `dtype`: whole super-blocks for k-quants.
@@ -68,27 +68,13 @@ fn every_format_matches_dequantized_math() {
 /// counts 1 to 17 and row counts that are not a multiple of the octet.
 #[test]
 fn every_simd_tile_matches_the_scalar_reference() {
-    let scalar: [(Format, Kernel); 4] = [
-        (Format::Q4_0, |o, x, out| {
-            scalar_tile(Format::Q4_0, o, x, out)
-        }),
-        (Format::Q4_1, |o, x, out| {
-            scalar_tile(Format::Q4_1, o, x, out)
-        }),
-        (Format::Q8_0, |o, x, out| {
-            scalar_tile(Format::Q8_0, o, x, out)
-        }),
-        (Format::Q8_16, |o, x, out| {
-            scalar_tile(Format::Q8_16, o, x, out)
-        }),
-    ];
     let kernels = simd_kernels();
     assert!(
         !cfg!(target_arch = "x86_64") || !kernels.is_empty() || !has_avx2(),
         "an AVX2 CPU must test its AVX2 kernels"
     );
     for (dtype, format) in FORMATS {
-        let reference = scalar.iter().find(|k| k.0 == format).unwrap().1;
+        let reference = scalar_kernel(format);
         for (rows, cols) in [(1, 32), (7, 64), (8, 32), (13, 160), (38, 96)] {
             let cols = width(dtype, cols);
             let q = weights(rows, cols, dtype);
@@ -157,43 +143,23 @@ fn simd_kernels() -> Vec<(&'static str, Format, Kernel)> {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         use std::arch::is_x86_feature_detected as has;
-        kernels.extend([
-            (
-                "avx2",
-                Format::Q4_0,
-                avx2::tile_any::<{ avx2::Q4_0 }, false> as Kernel,
-            ),
-            (
-                "avx2",
-                Format::Q4_1,
-                avx2::tile_any::<{ avx2::Q4_1 }, false>,
-            ),
-            (
-                "avx2",
-                Format::Q8_0,
-                avx2::tile_any::<{ avx2::Q8_0 }, false>,
-            ),
-            (
-                "avx2",
-                Format::Q8_16,
-                avx2::tile_any::<{ avx2::Q8_16 }, false>,
-            ),
-        ]);
+        let avx2: [(Format, Kernel); 5] = [
+            (Format::Q4_0, avx2::tile_any::<{ avx2::Q4_0 }, false>),
+            (Format::Q4_1, avx2::tile_any::<{ avx2::Q4_1 }, false>),
+            (Format::Q8_0, avx2::tile_any::<{ avx2::Q8_0 }, false>),
+            (Format::Q4K, avx2::tile_any::<{ avx2::Q4_K }, false>),
+            (Format::Q6K, avx2::tile_any::<{ avx2::Q6_K }, false>),
+        ];
+        kernels.extend(avx2.map(|(f, k)| ("avx2", f, k)));
         if has!("avx512vnni") && has!("avx512vl") {
-            kernels.extend([
-                (
-                    "vnni",
-                    Format::Q4_0,
-                    avx2::tile_any::<{ avx2::Q4_0 }, true> as Kernel,
-                ),
-                ("vnni", Format::Q4_1, avx2::tile_any::<{ avx2::Q4_1 }, true>),
-                ("vnni", Format::Q8_0, avx2::tile_any::<{ avx2::Q8_0 }, true>),
-                (
-                    "vnni",
-                    Format::Q8_16,
-                    avx2::tile_any::<{ avx2::Q8_16 }, true>,
-                ),
-            ]);
+            let vnni: [(Format, Kernel); 5] = [
+                (Format::Q4_0, avx2::tile_any::<{ avx2::Q4_0 }, true>),
+                (Format::Q4_1, avx2::tile_any::<{ avx2::Q4_1 }, true>),
+                (Format::Q8_0, avx2::tile_any::<{ avx2::Q8_0 }, true>),
+                (Format::Q4K, avx2::tile_any::<{ avx2::Q4_K }, true>),
+                (Format::Q6K, avx2::tile_any::<{ avx2::Q6_K }, true>),
+            ];
+            kernels.extend(vnni.map(|(f, k)| ("vnni", f, k)));
         } else {
             eprintln!("no AVX-512 VNNI on this CPU: its kernels are not tested here");
         }
