@@ -49,6 +49,10 @@ pub struct EngineArgs {
     /// Threads for the model's math [default: RAYON_NUM_THREADS, else one per core].
     #[arg(long, env = "FERROLLAMA_THREADS")]
     pub threads: Option<usize>,
+    /// Pin each math thread to one core. On a 2-core VM it made one stream decode ~12%
+    /// faster and 16 streams ~5% slower (an HTTP thread can then stall a pinned worker).
+    #[arg(long, env = "FERROLLAMA_PIN_THREADS")]
+    pub pin_threads: bool,
 }
 
 impl EngineArgs {
@@ -70,6 +74,7 @@ impl EngineArgs {
             prefix_caching: !self.no_prefix_caching,
             chunked_prefill: !self.no_chunked_prefill,
             threads: self.threads.unwrap_or(0),
+            pin_threads: self.pin_threads,
             ..EngineConfig::default()
         };
         config.kv_cache_memory = match model.model.device() {

@@ -24,6 +24,8 @@ pub struct EngineConfig {
     pub chunked_prefill: bool,
     /// Threads of the engine's pool; 0 takes RAYON_NUM_THREADS, else one per core.
     pub threads: usize,
+    /// Pin pool thread `i` to core `i` (Linux; elsewhere a no-op).
+    pub pin_threads: bool,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +38,7 @@ impl Default for EngineConfig {
             prefix_caching: true,
             chunked_prefill: true,
             threads: 0,
+            pin_threads: false,
         }
     }
 }
@@ -208,9 +211,15 @@ pub fn start(
     // is a push onto a local queue, instead of a cross-thread injection and a condvar wait for
     // each of the hundreds of loops in a step (measured: a sixth of decode time went to
     // futexes). Its own pool, because an idle engine parks its worker on the inbox.
+    let pin = config.pin_threads;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.threads)
         .thread_name(|i| format!("ferrollama-worker-{i}"))
+        .start_handler(move |i| {
+            if pin {
+                pin_to_core(i);
+            }
+        })
         .build()
         .expect("build the engine's thread pool");
     std::thread::Builder::new()
@@ -218,6 +227,38 @@ pub fn start(
         .spawn(move || pool.install(move || engine.run(inbox)))
         .expect("spawn the engine thread");
     Ok(handle)
+}
+
+/// Keeps the calling thread on core `i` (modulo the cores this process may use).
+fn pin_to_core(i: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        // Safety: `set` is a plain bitset, zeroed, then filled by the libc macro; the call
+        // reads it and changes only this thread's affinity.
+        unsafe {
+            let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            if libc::sched_getaffinity(0, size, &mut allowed) != 0 {
+                return;
+            }
+            let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &allowed))
+                .collect();
+            if cores.is_empty() {
+                return;
+            }
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cores[i % cores.len()], &mut set);
+            if libc::sched_setaffinity(0, size, &set) != 0 {
+                tracing::warn!(
+                    "could not pin math thread {i}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = i;
 }
 
 struct Engine {
