@@ -1,9 +1,10 @@
 //! `ferrollama`: the command line. `serve` runs the HTTP APIs, `run` chats with a model from
-//! the terminal, `bench` measures any OpenAI-compatible server; the model store arrives as its
-//! own subcommands.
+//! the terminal, `bench` measures any OpenAI-compatible server, and `pull`, `list`, `cp`, `rm`
+//! manage the Ollama model store.
 
 mod engine_args;
 mod loading;
+mod models;
 mod resolve;
 mod run;
 mod serve;
@@ -30,6 +31,16 @@ enum Command {
     /// Load-test an OpenAI-compatible server: throughput, TTFT, TPOT, ITL and latency over a
     /// concurrency sweep or Poisson request rates.
     Bench(ferrollama_bench::BenchArgs),
+    /// Pull a model from the Ollama registry into the store (OLLAMA_MODELS, else
+    /// ~/.ollama/models), checking every blob's sha256; a cut transfer resumes.
+    Pull(models::PullArgs),
+    /// List the models in the store.
+    #[command(alias = "ls")]
+    List,
+    /// Give a model in the store a second name.
+    Cp(models::CopyArgs),
+    /// Remove models from the store (blobs another model uses stay).
+    Rm(models::RemoveArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +52,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::serve(args),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => ferrollama_bench::run(args),
+        Command::Pull(args) => models::pull(args),
+        Command::List => models::list(),
+        Command::Cp(args) => models::copy(args),
+        Command::Rm(args) => models::remove(args),
     }
 }

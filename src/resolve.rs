@@ -1,9 +1,11 @@
-//! The one place a model reference from the command line becomes files. Today: a path, or
-//! `random:<shape>[:<f32|f16|q8_0|q4_0>]`. The model store (Ollama names, pulls) will grow here.
+//! The one place a model reference from the command line becomes files: a path (a GGUF file
+//! or a safetensors directory), `random:<shape>[:<f32|f16|q8_0|q4_0>]`, or a name in the
+//! Ollama store (`mistral:instruct`), served from its blob in place.
 
 use anyhow::{bail, Context};
 use ferrollama_model::weights::RandomDType;
 use ferrollama_model::ModelSource;
+use ferrollama_store::{ModelName, Store};
 use std::path::{Path, PathBuf};
 
 /// The Mistral v3 tokenizer that random-weight models use (their vocabulary is Mistral's):
@@ -38,8 +40,29 @@ pub fn resolve(reference: &str) -> anyhow::Result<ModelSource> {
         });
     }
     let path = Path::new(reference);
-    if !path.exists() {
-        bail!("model `{reference}` not found: give a GGUF file, a safetensors directory, or random:<shape>");
+    if path.exists() {
+        return ModelSource::from_path(path).with_context(|| format!("cannot load `{reference}`"));
     }
-    ModelSource::from_path(path).with_context(|| format!("cannot load `{reference}`"))
+    if let Some(name) = store_name(reference) {
+        let store = Store::from_env();
+        return match store.model_file(&name) {
+            Ok(blob) => ModelSource::from_path(&blob)
+                .with_context(|| format!("cannot load `{reference}` ({})", blob.display())),
+            Err(e) => bail!(
+                "{e} (store: {}); or give a GGUF file, a safetensors directory, or random:<shape>",
+                store.root().display()
+            ),
+        };
+    }
+    bail!("model `{reference}` not found: give a GGUF file, a safetensors directory, a name in the Ollama store, or random:<shape>")
+}
+
+/// The store name `reference` means, when it is not a path on disk: `./x` and `/x` are
+/// always paths.
+pub fn store_name(reference: &str) -> Option<ModelName> {
+    let is_path = Path::new(reference).exists() || reference.starts_with(['.', '/']);
+    if is_path || reference.starts_with("random:") {
+        return None;
+    }
+    ModelName::parse(reference).ok()
 }

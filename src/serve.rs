@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// A GGUF file, a safetensors directory, or random:<shape>[:<dtype>].
+    /// A GGUF file, a safetensors directory, a name in the Ollama store (`mistral:instruct`),
+    /// or random:<shape>[:<dtype>].
     #[arg(long, short, env = "FERROLLAMA_MODEL")]
     pub model: String,
     /// The name the model answers to (default: its file name).
@@ -30,7 +31,16 @@ pub struct ServeArgs {
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let address = listen_address(&args.host, args.port)?;
     let loaded = load_with_progress(&args.model, &args.engine.load_options()?)?;
-    let names = ModelNames::new(args.name.as_deref(), &args.model, &loaded.model);
+    // A store name answers to Ollama's short form too (`tiny` is also `tiny:latest`).
+    let store_name = crate::resolve::store_name(&args.model).map(|n| n.to_string());
+    let mut names = ModelNames::new(
+        args.name.as_deref().or(store_name.as_deref()),
+        &args.model,
+        &loaded.model,
+    );
+    names
+        .all
+        .extend(store_name.filter(|n| !names.all.contains(n)));
     let model = Arc::new(loaded.model);
     let config = args.engine.config(&model)?;
     let engine = ferrollama_engine::start(model.clone(), config.clone())?;

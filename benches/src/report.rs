@@ -56,7 +56,7 @@ pub fn table(levels: &[LevelSummary]) -> String {
             .join("  ")
     };
     let mut out = line(header.to_vec());
-    out.push_str("\n");
+    out.push('\n');
     for row in &rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
         out.push('\n');

@@ -358,7 +358,7 @@ impl Engine {
             }
         }
         // Highest index first, so the remaining indices stay valid.
-        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             self.finish(i, reason, None);
         }

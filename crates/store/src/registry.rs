@@ -1,0 +1,277 @@
+//! Pulls from an Ollama registry (`/v2/<namespace>/<model>/manifests/<tag>` and
+//! `/v2/<namespace>/<model>/blobs/<digest>`, the Docker distribution API) into the store.
+//!
+//! What a pull promises:
+//! - every blob's sha256 is checked while it streams in; bytes go to `sha256-<hex>-partial`
+//!   and become the blob only when the digest matches (a mismatch deletes them);
+//! - a transfer that was cut resumes with an HTTP Range request from where it stopped;
+//! - a blob already in the store (a layer two models share) is not fetched again;
+//! - the manifest is written last, so a name never points at missing blobs.
+
+use crate::manifest::{Layer, Manifest, MANIFEST_MEDIA_TYPE};
+use crate::name::ModelName;
+use crate::store::{Store, StoreError};
+use futures_util::StreamExt;
+use reqwest::{header, StatusCode};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// Overrides every registry's base URL (`http://127.0.0.1:5000`): for tests and mirrors.
+pub const REGISTRY_URL_ENV: &str = "FERROLLAMA_REGISTRY_URL";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot reach {url}: {source} (is the network up?)")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("the registry has no model \"{0}\"")]
+    NotFound(String),
+    #[error("{url} answered {status}")]
+    Status { url: String, status: StatusCode },
+    #[error("{url}: {source}")]
+    Transfer { url: String, source: reqwest::Error },
+    #[error("{url}: the manifest is not valid JSON: {source}")]
+    BadManifest {
+        url: String,
+        source: serde_json::Error,
+    },
+    #[error("blob {digest}: the transfer ended at {got} of {size} bytes; pull again to resume")]
+    Incomplete { digest: String, got: u64, size: u64 },
+    #[error("blob {digest}: its bytes hash to sha256:{got}; the download was discarded")]
+    DigestMismatch { digest: String, got: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What a pull reports as it goes, in the order of Ollama's `/api/pull` stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullEvent {
+    /// "pulling manifest", "verifying sha256 digest", "writing manifest", "success".
+    Status(String),
+    /// Bytes of one blob so far (`completed` includes what a resumed transfer already had).
+    Blob {
+        digest: String,
+        total: u64,
+        completed: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    client: reqwest::Client,
+    base_override: Option<String>,
+}
+
+impl Registry {
+    /// HTTPS to the name's host, unless `FERROLLAMA_REGISTRY_URL` says otherwise.
+    pub fn from_env() -> Self {
+        Self::new(
+            std::env::var(REGISTRY_URL_ENV)
+                .ok()
+                .filter(|u| !u.is_empty()),
+        )
+    }
+
+    pub fn new(base_override: Option<String>) -> Self {
+        let client = reqwest::Client::builder()
+            // No network must fail fast, never hang; a slow body is fine.
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("ferrollama/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("an HTTP client");
+        Self {
+            client,
+            base_override: base_override.map(|u| u.trim_end_matches('/').to_string()),
+        }
+    }
+
+    fn base(&self, name: &ModelName) -> String {
+        self.base_override
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", name.host))
+    }
+
+    /// Fetches `name` into `store`: manifest, then each blob not already there, then the
+    /// manifest is written. Reports progress through `report`.
+    pub async fn pull(
+        &self,
+        store: &Store,
+        name: &ModelName,
+        report: &mut (dyn FnMut(PullEvent) + Send),
+    ) -> Result<Manifest, PullError> {
+        let repo = format!("{}/v2/{}/{}", self.base(name), name.namespace, name.model);
+        report(PullEvent::Status("pulling manifest".into()));
+        let url = format!("{repo}/manifests/{}", name.tag);
+        let response = self
+            .get(&url, |r| r.header(header::ACCEPT, MANIFEST_MEDIA_TYPE))
+            .await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Err(PullError::NotFound(name.to_string())),
+            status => return Err(PullError::Status { url, status }),
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| PullError::Transfer {
+                url: url.clone(),
+                source,
+            })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&body).map_err(|source| PullError::BadManifest {
+                url: url.clone(),
+                source,
+            })?;
+        for layer in manifest.blobs() {
+            self.fetch_blob(store, &repo, layer, report).await?;
+        }
+        report(PullEvent::Status("verifying sha256 digest".into()));
+        report(PullEvent::Status("writing manifest".into()));
+        store.write_manifest(name, &manifest)?;
+        report(PullEvent::Status("success".into()));
+        Ok(manifest)
+    }
+
+    async fn get(
+        &self,
+        url: &str,
+        with: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, PullError> {
+        with(self.client.get(url))
+            .send()
+            .await
+            .map_err(|source| PullError::Unreachable {
+                url: url.to_string(),
+                source,
+            })
+    }
+
+    async fn fetch_blob(
+        &self,
+        store: &Store,
+        repo: &str,
+        layer: &Layer,
+        report: &mut (dyn FnMut(PullEvent) + Send),
+    ) -> Result<(), PullError> {
+        let path = store.blob_path(&layer.digest)?;
+        let progress = |completed| PullEvent::Blob {
+            digest: layer.digest.clone(),
+            total: layer.size,
+            completed,
+        };
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == layer.size) {
+            report(progress(layer.size));
+            return Ok(());
+        }
+        let partial = PathBuf::from(format!("{}-partial", path.display()));
+        let dir = path.parent().expect("blobs/ is a directory");
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // Whatever an earlier, cut transfer left: hashed again, then continued.
+        let (mut hasher, mut have) = hash_file(&partial).await?;
+        if have > layer.size {
+            (hasher, have) = (Sha256::new(), 0);
+        }
+        let url = format!("{repo}/blobs/{}", layer.digest);
+        let response = if have < layer.size {
+            Some(
+                self.get(&url, |r| {
+                    if have > 0 {
+                        r.header(header::RANGE, format!("bytes={have}-"))
+                    } else {
+                        r
+                    }
+                })
+                .await?,
+            )
+        } else {
+            None
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&partial)
+            .await
+            .map_err(io(&partial))?;
+        if let Some(response) = response {
+            match response.status() {
+                StatusCode::PARTIAL_CONTENT if have > 0 => {}
+                // A server that ignores Range sends it all: start over.
+                StatusCode::OK => (hasher, have) = (Sha256::new(), 0),
+                status => return Err(PullError::Status { url, status }),
+            }
+            file.set_len(have).await.map_err(io(&partial))?;
+            file.seek(std::io::SeekFrom::Start(have))
+                .await
+                .map_err(io(&partial))?;
+            report(progress(have));
+            let mut body = response.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(source) => {
+                        file.flush().await.map_err(io(&partial))?;
+                        return Err(PullError::Transfer { url, source });
+                    }
+                };
+                file.write_all(&chunk).await.map_err(io(&partial))?;
+                hasher.update(&chunk);
+                have += chunk.len() as u64;
+                report(progress(have));
+            }
+        }
+        file.flush().await.map_err(io(&partial))?;
+        file.sync_all().await.map_err(io(&partial))?;
+        drop(file);
+        if have != layer.size {
+            return Err(PullError::Incomplete {
+                digest: layer.digest.clone(),
+                got: have,
+                size: layer.size,
+            });
+        }
+        let got = format!("{:x}", hasher.finalize());
+        if Some(got.as_str()) != crate::manifest::sha256_hex(&layer.digest) {
+            let _ = std::fs::remove_file(&partial);
+            return Err(PullError::DigestMismatch {
+                digest: layer.digest.clone(),
+                got,
+            });
+        }
+        std::fs::rename(&partial, &path).map_err(io(&path))?;
+        Ok(())
+    }
+}
+
+/// The sha256 state and length of what `path` holds (nothing, if it does not exist).
+async fn hash_file(path: &Path) -> Result<(Sha256, u64), PullError> {
+    let mut hasher = Sha256::new();
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((hasher, 0)),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf).await.map_err(io(path))?;
+        if n == 0 {
+            return Ok((hasher, len));
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PullError + '_ {
+    move |source| PullError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

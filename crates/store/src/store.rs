@@ -1,0 +1,259 @@
+//! The Ollama store on disk, in Ollama's own layout, so that a store Ollama wrote is served as
+//! it stands and one we write is one Ollama reads:
+//! - `manifests/<host>/<namespace>/<model>/<tag>`: a Docker v2 manifest (JSON);
+//! - `blobs/sha256-<hex>`: content-addressed files, shared by every manifest that lists them.
+//!
+//! Writes are atomic: a blob or manifest is written beside its final name and renamed into
+//! place, so a reader never sees half a file.
+
+use crate::manifest::{self, Manifest};
+use crate::name::{ModelName, NameError};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("model \"{0}\" not found, try pulling it first")]
+    NotFound(String),
+    #[error("model \"{0}\" has no model layer in its manifest")]
+    NoModelLayer(String),
+    #[error("bad digest \"{0}\" (expected sha256:<64 hex digits>)")]
+    BadDigest(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a manifest: {source}")]
+    BadManifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One model in the store, as `ollama list` shows it.
+#[derive(Debug, Clone)]
+pub struct StoreEntry {
+    pub name: ModelName,
+    pub manifest: Manifest,
+    /// `sha256:<hex>` of the manifest file: `ollama list`'s ID is its first 12 digits.
+    pub digest: String,
+    pub modified: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Ollama's choice of root: `OLLAMA_MODELS`; else `~/.ollama/models`; else, where only
+    /// it exists, the Linux service's `/usr/share/ollama/.ollama/models`.
+    pub fn from_env() -> Self {
+        if let Some(root) = std::env::var_os("OLLAMA_MODELS").filter(|r| !r.is_empty()) {
+            return Self::at(root);
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let user = home.join(".ollama/models");
+        let service = PathBuf::from("/usr/share/ollama/.ollama/models");
+        if !user.exists() && service.exists() {
+            return Self::at(service);
+        }
+        Self::at(user)
+    }
+
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn manifest_path(&self, name: &ModelName) -> PathBuf {
+        self.root.join(name.manifest_path())
+    }
+
+    /// `blobs/sha256-<hex>` for a `sha256:<hex>` digest; anything else is refused, so a
+    /// digest from a registry cannot name a path outside the store.
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        let hex =
+            manifest::sha256_hex(digest).ok_or_else(|| StoreError::BadDigest(digest.into()))?;
+        Ok(self.root.join("blobs").join(format!("sha256-{hex}")))
+    }
+
+    pub fn manifest(&self, name: &ModelName) -> Result<Manifest, StoreError> {
+        let path = self.manifest_path(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(name.to_string()))
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::BadManifest { path, source })
+    }
+
+    /// The GGUF a name serves: its model layer's blob, which must be present.
+    pub fn model_file(&self, name: &ModelName) -> Result<PathBuf, StoreError> {
+        let manifest = self.manifest(name)?;
+        let layer = manifest
+            .layer(manifest::MODEL)
+            .ok_or_else(|| StoreError::NoModelLayer(name.to_string()))?;
+        let path = self.blob_path(&layer.digest)?;
+        if !path.is_file() {
+            return Err(StoreError::NotFound(format!(
+                "{name} (its blob {} is missing)",
+                layer.digest
+            )));
+        }
+        Ok(path)
+    }
+
+    /// Every model with a readable manifest, newest first (as `ollama list` orders them).
+    pub fn list(&self) -> Result<Vec<StoreEntry>, StoreError> {
+        let mut entries = Vec::new();
+        let top = self.root.join("manifests");
+        for host in read_dirs(&top)? {
+            for namespace in read_dirs(&host)? {
+                for model in read_dirs(&namespace)? {
+                    for tag in read_files(&model)? {
+                        let part = |p: &Path| p.file_name().unwrap().to_string_lossy().to_string();
+                        let full = format!(
+                            "{}/{}/{}:{}",
+                            part(&host),
+                            part(&namespace),
+                            part(&model),
+                            part(&tag)
+                        );
+                        // Files that are not ours (a stray `.DS_Store`, a bad name) are skipped.
+                        let Ok(name) = ModelName::parse(&full) else {
+                            continue;
+                        };
+                        let bytes = std::fs::read(&tag).map_err(io(&tag))?;
+                        let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
+                            tracing::warn!("skipping {}: not a manifest", tag.display());
+                            continue;
+                        };
+                        let modified = std::fs::metadata(&tag)
+                            .and_then(|m| m.modified())
+                            .unwrap_or(SystemTime::UNIX_EPOCH);
+                        entries.push(StoreEntry {
+                            name,
+                            manifest,
+                            digest: format!("sha256:{:x}", Sha256::digest(&bytes)),
+                            modified,
+                        });
+                    }
+                }
+            }
+        }
+        entries.sort_by_key(|e| std::cmp::Reverse(e.modified));
+        Ok(entries)
+    }
+
+    /// Writes `name`'s manifest atomically (what a pull does last, once every blob is in).
+    pub fn write_manifest(&self, name: &ModelName, manifest: &Manifest) -> Result<(), StoreError> {
+        let path = self.manifest_path(name);
+        let bytes = serde_json::to_vec(manifest).expect("a manifest serializes");
+        write_atomically(&path, &bytes)
+    }
+
+    /// Adds a blob from bytes in hand (a store built without a registry: tests, imports),
+    /// named by its sha256 and written atomically; returns its layer.
+    pub fn put_blob(&self, media_type: &str, bytes: &[u8]) -> Result<manifest::Layer, StoreError> {
+        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        let path = self.blob_path(&digest)?;
+        if !path.exists() {
+            write_atomically(&path, bytes)?;
+        }
+        Ok(manifest::Layer {
+            media_type: media_type.to_string(),
+            digest,
+            size: bytes.len() as u64,
+        })
+    }
+
+    /// `ollama cp`: a second name for the same blobs.
+    pub fn copy(&self, from: &ModelName, to: &ModelName) -> Result<(), StoreError> {
+        let manifest = self.manifest(from)?;
+        self.write_manifest(to, &manifest)
+    }
+
+    /// `ollama rm`: drops the name, then every blob that no remaining manifest lists.
+    pub fn remove(&self, name: &ModelName) -> Result<(), StoreError> {
+        let manifest = self.manifest(name)?;
+        let path = self.manifest_path(name);
+        std::fs::remove_file(&path).map_err(io(&path))?;
+        let still_used: HashSet<String> = self
+            .list()?
+            .iter()
+            .flat_map(|e| {
+                e.manifest
+                    .blobs()
+                    .map(|l| l.digest.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for layer in manifest.blobs() {
+            if still_used.contains(&layer.digest) {
+                continue;
+            }
+            let blob = self.blob_path(&layer.digest)?;
+            match std::fs::remove_file(&blob) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&blob)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes beside `path`, then renames into place.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().expect("a store path has a parent");
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // A leading dot: no valid name part starts with one, so `list` never sees a temp file.
+    let file = path.file_name().expect("a store path names a file");
+    let temp = dir.join(format!(".{}.partial", file.to_string_lossy()));
+    std::fs::write(&temp, bytes).map_err(io(&temp))?;
+    std::fs::rename(&temp, path).map_err(io(path))
+}
+
+fn read_dirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    entries(dir, true)
+}
+
+fn read_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    entries(dir, false)
+}
+
+fn entries(dir: &Path, dirs: bool) -> Result<Vec<PathBuf>, StoreError> {
+    let read = match std::fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in read {
+        let path = entry.map_err(io(dir))?.path();
+        if path.is_dir() == dirs {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,171 @@
+//! The model store's subcommands, in Ollama's habits: `pull`, `list`, `cp`, `rm`.
+
+use anyhow::Context;
+use ferrollama_store::{ModelName, PullEvent, Registry, Store};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+#[derive(clap::Args)]
+pub struct PullArgs {
+    /// A model name: `mistral:instruct`, `namespace/name:tag`, `host/namespace/name:tag`.
+    pub name: String,
+}
+
+#[derive(clap::Args)]
+pub struct CopyArgs {
+    pub source: String,
+    pub destination: String,
+}
+
+#[derive(clap::Args)]
+pub struct RemoveArgs {
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+fn parse(name: &str) -> anyhow::Result<ModelName> {
+    Ok(ModelName::parse(name)?)
+}
+
+/// `ferrollama pull NAME`: a progress bar per blob, the digest checked as bytes arrive.
+pub fn pull(args: PullArgs) -> anyhow::Result<()> {
+    let name = parse(&args.name)?;
+    let store = Store::from_env();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "pulling {msg}: {percent:>3}% [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    )
+    .expect("valid template");
+    let mut per_blob: HashMap<String, ProgressBar> = HashMap::new();
+    let mut report = |event: PullEvent| match event {
+        PullEvent::Status(status) => {
+            let _ = bars.println(&status);
+        }
+        PullEvent::Blob {
+            digest,
+            total,
+            completed,
+        } => {
+            let bar = per_blob.entry(digest.clone()).or_insert_with(|| {
+                let short = digest
+                    .trim_start_matches("sha256:")
+                    .chars()
+                    .take(12)
+                    .collect::<String>();
+                bars.add(
+                    ProgressBar::new(total)
+                        .with_style(style.clone())
+                        .with_message(short),
+                )
+            });
+            bar.set_position(completed);
+            if completed == total {
+                bar.finish();
+            }
+        }
+    };
+    runtime
+        .block_on(Registry::from_env().pull(&store, &name, &mut report))
+        .with_context(|| format!("pulling {name}"))?;
+    Ok(())
+}
+
+/// `ferrollama list`: NAME ID SIZE MODIFIED, newest first.
+pub fn list() -> anyhow::Result<()> {
+    let entries = Store::from_env().list()?;
+    let rows: Vec<[String; 4]> = entries
+        .iter()
+        .map(|e| {
+            [
+                e.name.to_string(),
+                e.digest.trim_start_matches("sha256:")[..12].to_string(),
+                human_size(e.manifest.size()),
+                human_age(e.modified),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "ID", "SIZE", "MODIFIED"].map(String::from);
+    let widths: Vec<usize> = (0..4)
+        .map(|c| {
+            std::iter::once(&header)
+                .chain(&rows)
+                .map(|r| r[c].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", cells.join("    ").trim_end());
+    }
+    Ok(())
+}
+
+pub fn copy(args: CopyArgs) -> anyhow::Result<()> {
+    let (from, to) = (parse(&args.source)?, parse(&args.destination)?);
+    Store::from_env().copy(&from, &to)?;
+    println!("copied '{from}' to '{to}'");
+    Ok(())
+}
+
+pub fn remove(args: RemoveArgs) -> anyhow::Result<()> {
+    let store = Store::from_env();
+    for name in &args.names {
+        let name = parse(name)?;
+        store.remove(&name)?;
+        println!("deleted '{name}'");
+    }
+    Ok(())
+}
+
+/// Decimal units, as Ollama prints them: `4.1 GB`.
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+fn human_age(when: SystemTime) -> String {
+    let seconds = SystemTime::now()
+        .duration_since(when)
+        .map_or(0, |d| d.as_secs());
+    let (count, unit) = match seconds {
+        0..=59 => return "Less than a minute ago".into(),
+        60..=3599 => (seconds / 60, "minute"),
+        3600..=86_399 => (seconds / 3600, "hour"),
+        86_400..=604_799 => (seconds / 86_400, "day"),
+        604_800..=2_629_799 => (seconds / 604_800, "week"),
+        2_629_800..=31_557_599 => (seconds / 2_629_800, "month"),
+        _ => (seconds / 31_557_600, "year"),
+    };
+    format!("{count} {unit}{} ago", if count == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_read_like_ollamas() {
+        assert_eq!(human_size(999), "999 B");
+        assert_eq!(human_size(4_109_865_159), "4.1 GB");
+        assert_eq!(human_size(1_500_000), "1.5 MB");
+    }
+}

@@ -1,0 +1,159 @@
+"""The model store through the real binary: `ferrollama pull` from a registry this test
+starts (tiny-mistral's Q4_0 GGUF in the Ollama registry's layout), `list`, `cp`, `rm`, and
+`serve --model NAME` answering a chat from the store's blob in place.
+"""
+import hashlib
+import http.server
+import json
+import os
+import pathlib
+import subprocess
+import threading
+import time
+
+import openai
+import pytest
+import requests
+
+from conftest import ROOT, free_port
+
+GGUF = ROOT / "models/fixtures/tiny-mistral/tiny-mistral-q4_0.gguf"
+BINARY = os.environ.get("FERROLLAMA_BIN", str(ROOT / "target/release/ferrollama"))
+
+
+def layer(media_type, data):
+    return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+            "size": len(data)}
+
+
+@pytest.fixture(scope="module")
+def registry():
+    """An Ollama-style registry on loopback: library/tiny-mistral:q4_0."""
+    model = GGUF.read_bytes()
+    template = b"{{ if .System }}{{ .System }} {{ end }}[INST] {{ .Prompt }} [/INST]"
+    config = json.dumps({"model_format": "gguf", "model_family": "llama"}).encode()
+    blobs = {}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": layer("application/vnd.docker.container.image.v1+json", config),
+        "layers": [layer("application/vnd.ollama.image.model", model),
+                   layer("application/vnd.ollama.image.template", template)],
+    }
+    for entry, data in [(manifest["config"], config), (manifest["layers"][0], model),
+                        (manifest["layers"][1], template)]:
+        blobs[entry["digest"]] = data
+    manifests = {"/v2/library/tiny-mistral/manifests/q4_0": json.dumps(manifest).encode()}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path in manifests:
+                body = manifests[self.path]
+            elif "/blobs/" in self.path and self.path.rsplit("/", 1)[1] in blobs:
+                body = blobs[self.path.rsplit("/", 1)[1]]
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", manifest
+    server.shutdown()
+
+
+def ferrollama(store, registry_url, *args, check=True):
+    env = dict(os.environ, OLLAMA_MODELS=str(store), FERROLLAMA_REGISTRY_URL=registry_url)
+    result = subprocess.run([BINARY, *args], env=env, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def files(root):
+    return sorted(str(p.relative_to(root)) for p in pathlib.Path(root).rglob("*") if p.is_file())
+
+
+def test_pull_list_copy_remove_and_serve_by_name(registry, tmp_path):
+    url, manifest = registry
+    store = tmp_path / "models"
+    ferrollama(store, url, "pull", "tiny-mistral:q4_0")
+
+    # Ollama's layout: the manifest path and one blob per digest, nothing else.
+    want = sorted(["manifests/registry.ollama.ai/library/tiny-mistral/q4_0"] + [
+        "blobs/sha256-" + entry["digest"].split(":")[1]
+        for entry in [manifest["config"], *manifest["layers"]]])
+    assert files(store) == want
+    stored = json.loads((store / want[-1]).read_text())
+    assert stored == manifest
+
+    listing = ferrollama(store, url, "list").stdout.splitlines()
+    assert listing[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    name, ident, *_ = listing[1].split()
+    assert name == "tiny-mistral:q4_0"
+    assert len(ident) == 12 and int(ident, 16) >= 0
+
+    ferrollama(store, url, "cp", "tiny-mistral:q4_0", "me/tiny:v1")
+    assert [l.split()[0] for l in ferrollama(store, url, "list").stdout.splitlines()[1:]] \
+        .count("me/tiny:v1") == 1
+    ferrollama(store, url, "rm", "me/tiny:v1")
+    assert files(store) == want, "removing the copy keeps the blobs the original lists"
+
+    # Served by name from the blob in place: no byte copied, no new file in the store.
+    port = free_port()
+    env = dict(os.environ, OLLAMA_MODELS=str(store))
+    proc = subprocess.Popen([BINARY, "serve", "--model", "tiny-mistral:q4_0", "--port", str(port),
+                             "--kv-cache-memory", "64MiB"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                if requests.get(base + "/", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, "server did not start"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="none")
+        for model in ["tiny-mistral:q4_0"]:
+            reply = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+            assert reply.choices[0].finish_reason in ("stop", "length")
+            assert reply.usage.completion_tokens >= 1
+        assert files(store) == want
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+    ferrollama(store, url, "rm", "tiny-mistral:q4_0")
+    assert files(store) == [], "the last name's blobs go with it"
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/../../b", "tiny mistral", "x/y/z/w:t"])
+def test_names_that_could_leave_the_store_are_refused(registry, tmp_path, bad):
+    url, _ = registry
+    result = ferrollama(tmp_path, url, "pull", bad, check=False)
+    assert result.returncode != 0
+    assert f'invalid model name "{bad}"' in result.stderr
+    assert not any(tmp_path.iterdir()), "nothing was written"
+
+
+def test_an_unknown_model_and_no_network_fail_fast_with_a_reason(registry, tmp_path):
+    url, _ = registry
+    result = ferrollama(tmp_path, url, "pull", "nothing:here", check=False)
+    assert result.returncode != 0 and "no model \"nothing:here\"" in result.stderr
+
+    started = time.time()
+    closed = f"http://127.0.0.1:{free_port()}"
+    result = ferrollama(tmp_path, closed, "pull", "tiny-mistral:q4_0", check=False)
+    assert result.returncode != 0 and "cannot reach" in result.stderr
+    assert time.time() - started < 15
