@@ -1,6 +1,6 @@
 //! `ferrollama`: the command line. `serve` runs the HTTP APIs, `run` chats with a model from
-//! the terminal, `bench` measures any OpenAI-compatible server, and `pull`, `list`, `cp`, `rm`
-//! manage the Ollama model store.
+//! the terminal, `bench` measures any OpenAI-compatible server, and `pull`, `list`, `show`, `cp`,
+//! `rm` manage the Ollama model store.
 
 mod engine_args;
 mod loading;
@@ -37,6 +37,8 @@ enum Command {
     /// List the models in the store.
     #[command(alias = "ls")]
     List,
+    /// What a model is: architecture, parameters, context length, quantization, chat template.
+    Show(models::ShowArgs),
     /// Give a model in the store a second name.
     Cp(models::CopyArgs),
     /// Remove models from the store (blobs another model uses stay).
@@ -54,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => ferrollama_bench::run(args),
         Command::Pull(args) => models::pull(args),
         Command::List => models::list(),
+        Command::Show(args) => models::show(args),
         Command::Cp(args) => models::copy(args),
         Command::Rm(args) => models::remove(args),
     }

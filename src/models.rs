@@ -1,4 +1,4 @@
-//! The model store's subcommands, in Ollama's habits: `pull`, `list`, `cp`, `rm`.
+//! The model store's subcommands, in Ollama's habits: `pull`, `list`, `show`, `cp`, `rm`.
 
 use anyhow::Context;
 use ferrollama_store::{ModelName, PullEvent, Registry, Store};
@@ -9,6 +9,12 @@ use std::time::SystemTime;
 #[derive(clap::Args)]
 pub struct PullArgs {
     /// A model name: `mistral:instruct`, `namespace/name:tag`, `host/namespace/name:tag`.
+    pub name: String,
+}
+
+#[derive(clap::Args)]
+pub struct ShowArgs {
+    /// A name in the store, or a GGUF file.
     pub name: String,
 }
 
@@ -107,6 +113,54 @@ pub fn list() -> anyhow::Result<()> {
         println!("{}", cells.join("    ").trim_end());
     }
     Ok(())
+}
+
+/// `ferrollama show NAME`: what the GGUF header says, and which chat template serves it.
+pub fn show(args: ShowArgs) -> anyhow::Result<()> {
+    use ferrollama_model::weights::GgufFile;
+    use ferrollama_model::{ChatTemplate, Tokenizer};
+    let path = match crate::resolve::store_name(&args.name) {
+        Some(name) => Store::from_env().model_file(&name)?,
+        None => std::path::PathBuf::from(&args.name),
+    };
+    let gguf = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    let summary = gguf.summary();
+    let jinja = gguf.string("tokenizer.chat_template");
+    let template = ChatTemplate::for_model(&Tokenizer::from_gguf(&gguf)?, jinja)?;
+    let template_source = match template {
+        ChatTemplate::MistralInstruct => {
+            "Mistral v3, built in (the vocabulary has [INST] control tokens)"
+        }
+        ChatTemplate::Jinja(_) => "the GGUF's own tokenizer.chat_template (jinja)",
+        ChatTemplate::None => "none: the GGUF has no chat template; raw prompts only",
+    };
+    let rows = [
+        ("architecture", summary.architecture.clone()),
+        ("parameters", human_count(summary.parameters)),
+        (
+            "context length",
+            summary
+                .context_length
+                .map_or_else(|| "unknown".into(), |c| c.to_string()),
+        ),
+        ("quantization", summary.quantization.clone()),
+        ("chat template", template_source.to_string()),
+        ("file", path.display().to_string()),
+    ];
+    println!("  Model");
+    for (key, value) in rows {
+        println!("    {key:<16}{value}");
+    }
+    Ok(())
+}
+
+/// `7.2B`, `134.5M`.
+fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n => n.to_string(),
+    }
 }
 
 pub fn copy(args: CopyArgs) -> anyhow::Result<()> {

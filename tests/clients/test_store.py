@@ -100,6 +100,11 @@ def test_pull_list_copy_remove_and_serve_by_name(registry, tmp_path):
     assert name == "tiny-mistral:q4_0"
     assert len(ident) == 12 and int(ident, 16) >= 0
 
+    shown = ferrollama(store, url, "show", "tiny-mistral:q4_0").stdout
+    assert "architecture    llama" in shown
+    assert "quantization    Q4_0" in shown
+    assert "chat template   Mistral v3, built in" in shown
+
     ferrollama(store, url, "cp", "tiny-mistral:q4_0", "me/tiny:v1")
     assert [l.split()[0] for l in ferrollama(store, url, "list").stdout.splitlines()[1:]] \
         .count("me/tiny:v1") == 1
@@ -157,3 +162,68 @@ def test_an_unknown_model_and_no_network_fail_fast_with_a_reason(registry, tmp_p
     result = ferrollama(tmp_path, closed, "pull", "tiny-mistral:q4_0", check=False)
     assert result.returncode != 0 and "cannot reach" in result.stderr
     assert time.time() - started < 15
+
+
+@pytest.fixture()
+def server_with_store(registry, tmp_path):
+    """`ferrollama serve` on tiny-mistral by path, with an empty store and the test registry."""
+    url, manifest = registry
+    store = tmp_path / "models"
+    port = free_port()
+    env = dict(os.environ, OLLAMA_MODELS=str(store), FERROLLAMA_REGISTRY_URL=url)
+    proc = subprocess.Popen(
+        [BINARY, "serve", "--model", str(ROOT / "models/fixtures/tiny-mistral"), "--name",
+         "mistral:instruct", "--port", str(port), "--kv-cache-memory", "64MiB"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if requests.get(base + "/", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, "server did not start"
+        time.sleep(0.2)
+    yield base, store, manifest
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_ollama_python_pulls_lists_copies_and_deletes_through_the_server(server_with_store):
+    import ollama
+
+    base, store, manifest = server_with_store
+    client = ollama.Client(host=base)
+    progress = list(client.pull("tiny-mistral:q4_0", stream=True))
+    statuses = [p.status for p in progress]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    model_layer = manifest["layers"][0]
+    done = [p for p in progress if p.digest == model_layer["digest"]]
+    assert done and done[-1].completed == done[-1].total == model_layer["size"]
+    assert statuses.index("success") > max(i for i, p in enumerate(progress) if p.digest)
+
+    listed = {m.model: m for m in client.list().models}
+    assert "mistral:instruct" in listed and "tiny-mistral:q4_0" in listed
+    pulled = listed["tiny-mistral:q4_0"]
+    manifest_file = store / "manifests/registry.ollama.ai/library/tiny-mistral/q4_0"
+    assert pulled.digest == hashlib.sha256(manifest_file.read_bytes()).hexdigest()
+    assert pulled.size == sum(l["size"] for l in [manifest["config"], *manifest["layers"]])
+    assert pulled.details.quantization_level == "Q4_0"
+    assert pulled.details.family == "llama"
+
+    client.copy("tiny-mistral:q4_0", "me/copy:v1")
+    assert "me/copy:v1" in {m.model for m in client.list().models}
+    client.delete("me/copy:v1")
+    assert "me/copy:v1" not in {m.model for m in client.list().models}
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.delete("me/copy:v1")
+    assert missing.value.status_code == 404
+
+    # Not streamed: one answer at the end; an unknown model is a 404 with Ollama's shape.
+    assert requests.post(base + "/api/pull", json={"model": "tiny-mistral:q4_0", "stream": False}
+                         ).json() == {"status": "success"}
+    answer = requests.post(base + "/api/pull", json={"model": "nothing:here", "stream": False})
+    assert answer.status_code == 404 and "nothing:here" in answer.json()["error"]
+    bad = requests.post(base + "/api/pull", json={"model": "../up"})
+    assert bad.status_code == 400 and '"../up"' in bad.json()["error"]

@@ -2,11 +2,13 @@
 //! streaming) over one engine. Handlers parse and validate, render chat templates, tokenize,
 //! and turn engine events into each API's shapes; they never touch tensors.
 //!
-//! Where things are: routes here, `openai.rs`, `ollama.rs`, the engine bridge in
-//! `generation.rs`, model names in `names.rs`, error shapes in `error.rs`.
+//! Where things are: routes here, `openai.rs`, `ollama.rs`, the model store's routes in
+//! `models.rs`, the engine bridge in `generation.rs`, model names in `names.rs`, error shapes
+//! in `error.rs`.
 
 mod error;
 mod generation;
+mod models;
 mod names;
 mod ollama;
 mod openai;
@@ -38,6 +40,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tags", get(ollama::tags))
         .route("/api/show", post(ollama::show))
         .route("/api/ps", get(ollama::ps))
+        .route("/api/pull", post(models::pull))
+        .route("/api/delete", axum::routing::delete(models::delete))
+        .route("/api/copy", post(models::copy))
         .route("/api/version", get(ollama::version))
         .route("/ferrollama/stats", get(stats))
         .fallback(not_found)

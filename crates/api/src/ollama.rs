@@ -107,8 +107,12 @@ impl Options {
 }
 
 fn now_rfc3339() -> String {
-    // Ollama stamps each chunk; seconds since the epoch in RFC 3339 without a time crate.
-    let secs = std::time::SystemTime::now()
+    rfc3339(std::time::SystemTime::now())
+}
+
+/// Seconds in RFC 3339 (Ollama stamps each chunk and each model), without a time crate.
+pub(crate) fn rfc3339(when: std::time::SystemTime) -> String {
+    let secs = when
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -305,41 +309,51 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
-fn details(state: &AppState) -> Value {
+/// Ollama's `details` of a model: its format, family, size in parameters and quantization.
+pub(crate) fn details(architecture: &str, parameters: u64, quantization: &str) -> Value {
+    json!({"parent_model": "", "format": "gguf", "family": architecture, "families": [architecture],
+           "parameter_size": parameter_size(parameters), "quantization_level": quantization})
+}
+
+/// `7.2B`, `134.5M`: Ollama's way of writing a parameter count.
+fn parameter_size(parameters: u64) -> String {
+    match parameters {
+        p if p >= 1_000_000_000 => format!("{:.1}B", p as f64 / 1e9),
+        p if p >= 1_000_000 => format!("{:.1}M", p as f64 / 1e6),
+        p => format!("{p}"),
+    }
+}
+
+fn served_details(state: &AppState) -> Value {
     let c = state.model.config();
     let params = (c.vocab_size * c.hidden_size * if c.tie_word_embeddings { 1 } else { 2 })
         + c.num_layers
             * (c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
                 + c.num_heads * c.head_dim * c.hidden_size
                 + 3 * c.hidden_size * c.intermediate_size);
-    json!({"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
-           "parameter_size": format!("{:.1}M", params as f64 / 1e6), "quantization_level": ""})
+    details("llama", params as u64, &state.quantization)
 }
 
-fn digest(state: &AppState) -> String {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut h = DefaultHasher::new();
-    state.names.primary.hash(&mut h);
-    state.size_bytes.hash(&mut h);
-    format!("{:016x}", h.finish())
-}
-
-pub async fn tags(State(state): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = state
-        .names
-        .all
-        .iter()
-        .map(|name| json!({"name": name, "model": name, "modified_at": now_rfc3339(), "size": state.size_bytes,
-                            "digest": digest(&state), "details": details(&state)}))
-        .collect();
-    Json(json!({"models": models}))
+/// The served model first, under its primary name, then every other model in the store.
+pub async fn tags(State(state): State<AppState>) -> Result<Json<Value>, OllamaError> {
+    let name = &state.names.primary;
+    let mut models = vec![
+        json!({"name": name, "model": name, "modified_at": rfc3339(state.modified),
+        "size": state.size_bytes, "digest": state.digest, "details": served_details(&state)}),
+    ];
+    models.extend(
+        crate::models::store_tags(&state)
+            .await
+            .map_err(ApiError::ollama)?,
+    );
+    Ok(Json(json!({"models": models})))
 }
 
 pub async fn ps(State(state): State<AppState>) -> Json<Value> {
     let name = &state.names.primary;
     Json(
-        json!({"models": [{"name": name, "model": name, "size": state.size_bytes, "digest": digest(&state),
-                             "details": details(&state), "expires_at": "2999-01-01T00:00:00Z", "size_vram": 0}]}),
+        json!({"models": [{"name": name, "model": name, "size": state.size_bytes, "digest": state.digest,
+                             "details": served_details(&state), "expires_at": "2999-01-01T00:00:00Z", "size_vram": 0}]}),
     )
 }
 
@@ -351,7 +365,7 @@ pub async fn show(State(state): State<AppState>, body: Bytes) -> Result<Json<Val
         "modelfile": format!("FROM {}\n", state.names.primary),
         "parameters": "",
         "template": state.model.chat_template.name(),
-        "details": details(&state),
+        "details": served_details(&state),
         "model_info": {
             "general.architecture": "llama",
             "llama.context_length": c.max_position_embeddings,

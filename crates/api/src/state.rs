@@ -4,6 +4,7 @@ use crate::error::ApiError;
 use crate::names::ModelNames;
 use ferrollama_engine::EngineHandle;
 use ferrollama_model::LoadedModel;
+use ferrollama_store::{Registry, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,15 @@ pub struct AppState {
     pub size_bytes: u64,
     /// Bearer token required on every request, if set.
     pub api_key: Option<Arc<str>>,
+    /// The served model's digest (hex): its manifest's sha256 when it came from the store.
+    pub digest: String,
+    /// When its files last changed, for /api/tags.
+    pub modified: std::time::SystemTime,
+    /// Its quantization as Ollama names it (`Q4_0`, `Q4_K_M`, `F16`).
+    pub quantization: String,
+    /// The Ollama store that /api/tags lists and /api/pull, /api/delete, /api/copy change.
+    pub store: Store,
+    pub registry: Registry,
 }
 
 impl AppState {

@@ -156,6 +156,101 @@ impl GgufFile {
     }
 }
 
+/// What `ollama list`, `/api/tags` and `/api/show` say about a GGUF, read from its header
+/// alone (no tensor data is touched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufSummary {
+    pub architecture: String,
+    /// Elements of every tensor.
+    pub parameters: u64,
+    pub context_length: Option<u64>,
+    /// llama.cpp's name for the file type (`Q4_0`, `Q4_K_M`), or `unknown`.
+    pub quantization: String,
+}
+
+impl GgufFile {
+    pub fn summary(&self) -> GgufSummary {
+        let architecture = self
+            .string("general.architecture")
+            .unwrap_or("unknown")
+            .to_string();
+        GgufSummary {
+            parameters: self
+                .content
+                .tensor_infos
+                .values()
+                .map(|t| t.shape.elem_count() as u64)
+                .sum(),
+            context_length: self.uint(&format!("{architecture}.context_length")),
+            quantization: self
+                .uint("general.file_type")
+                .and_then(file_type_name)
+                .map_or_else(|| self.main_tensor_type(), str::to_string),
+            architecture,
+        }
+    }
+}
+
+impl GgufFile {
+    /// Without `general.file_type`: the type that holds the most elements (`Q4_K`, `F16`).
+    fn main_tensor_type(&self) -> String {
+        let mut elements: Vec<(String, u64)> = Vec::new();
+        for info in self.content.tensor_infos.values() {
+            let name = format!("{:?}", info.ggml_dtype);
+            // candle spells k-quants `Q4K`; llama.cpp and Ollama `Q4_K`.
+            let name = match name.strip_suffix('K') {
+                Some(stem) => format!("{stem}_K"),
+                None => name,
+            };
+            match elements.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, count)) => *count += info.shape.elem_count() as u64,
+                None => elements.push((name, info.shape.elem_count() as u64)),
+            }
+        }
+        elements
+            .into_iter()
+            .max_by_key(|(_, count)| *count)
+            .map_or_else(|| "unknown".to_string(), |(name, _)| name)
+    }
+}
+
+/// llama.cpp's `llama_ftype`, by number, as Ollama prints it.
+fn file_type_name(file_type: u64) -> Option<&'static str> {
+    const NAMES: [(u64, &str); 27] = [
+        (0, "F32"),
+        (1, "F16"),
+        (2, "Q4_0"),
+        (3, "Q4_1"),
+        (7, "Q8_0"),
+        (8, "Q5_0"),
+        (9, "Q5_1"),
+        (10, "Q2_K"),
+        (11, "Q3_K_S"),
+        (12, "Q3_K_M"),
+        (13, "Q3_K_L"),
+        (14, "Q4_K_S"),
+        (15, "Q4_K_M"),
+        (16, "Q5_K_S"),
+        (17, "Q5_K_M"),
+        (18, "Q6_K"),
+        (19, "IQ2_XXS"),
+        (20, "IQ2_XS"),
+        (21, "Q2_K_S"),
+        (22, "IQ3_XS"),
+        (23, "IQ3_XXS"),
+        (24, "IQ1_S"),
+        (25, "IQ4_NL"),
+        (26, "IQ3_S"),
+        (27, "IQ3_M"),
+        (30, "IQ4_XS"),
+        (32, "BF16"),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == file_type)
+        .map(|(_, name)| *name)
+}
+
 pub(crate) fn as_u64(value: &gguf_file::Value) -> Option<u64> {
     use gguf_file::Value::*;
     match *value {

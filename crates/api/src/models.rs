@@ -1,0 +1,204 @@
+//! The model store over HTTP, as Ollama serves it: `/api/pull` (progress streamed as NDJSON,
+//! or one answer with `"stream": false`), `/api/delete`, `/api/copy`, and the store's part of
+//! `/api/tags`. Disk work runs off the async workers.
+
+use crate::error::{parse, ApiError, OllamaError};
+use crate::ollama::{details, rfc3339};
+use crate::state::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ferrollama_model::weights::GgufFile;
+use ferrollama_store::{ModelName, PullError, PullEvent, Store, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+
+#[derive(Deserialize)]
+struct PullBody {
+    #[serde(alias = "name")]
+    model: String,
+    stream: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct DeleteBody {
+    #[serde(alias = "name")]
+    model: String,
+}
+
+#[derive(Deserialize)]
+struct CopyBody {
+    source: String,
+    destination: String,
+}
+
+fn name(given: &str) -> Result<ModelName, ApiError> {
+    ModelName::parse(given).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Name(_) | StoreError::BadDigest(_) => ApiError::bad_request(e.to_string()),
+            StoreError::NotFound(_) => ApiError::not_found(e.to_string()),
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<PullError> for ApiError {
+    fn from(e: PullError) -> Self {
+        match e {
+            PullError::Store(e) => e.into(),
+            PullError::NotFound(_) => ApiError::not_found(e.to_string()),
+            PullError::Unreachable { .. } => ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                message: e.to_string(),
+                param: None,
+            },
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+/// A store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// Every model in the store but the one being served (which /api/tags lists first).
+pub async fn store_tags(state: &AppState) -> Result<Vec<Value>, ApiError> {
+    let served = state.names.clone();
+    blocking(state, move |store| {
+        let mut out = Vec::new();
+        for entry in store.list()? {
+            let shown = entry.name.to_string();
+            if served.matches(&shown) {
+                continue;
+            }
+            // A blob that is missing or not a GGUF still lists, with what its manifest says.
+            let summary = store
+                .model_file(&entry.name)
+                .ok()
+                .and_then(|path| GgufFile::open(&path).ok())
+                .map(|gguf| gguf.summary());
+            let (architecture, parameters, quantization) = match &summary {
+                Some(s) => (
+                    s.architecture.as_str(),
+                    s.parameters,
+                    s.quantization.as_str(),
+                ),
+                None => ("unknown", 0, "unknown"),
+            };
+            out.push(json!({
+                "name": shown, "model": shown, "modified_at": rfc3339(entry.modified),
+                "size": entry.manifest.size(),
+                "digest": entry.digest.trim_start_matches("sha256:"),
+                "details": details(architecture, parameters, quantization),
+            }));
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// Ollama's progress object for an event; blob progress reads `pulling <12 hex digits>`.
+fn progress_json(event: PullEvent) -> Value {
+    match event {
+        PullEvent::Status(status) => json!({ "status": status }),
+        PullEvent::Blob {
+            digest,
+            total,
+            completed,
+        } => {
+            let short: String = digest
+                .trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect();
+            json!({"status": format!("pulling {short}"), "digest": digest, "total": total,
+                   "completed": completed})
+        }
+    }
+}
+
+pub async fn pull(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    let body: PullBody = parse(&body).map_err(ApiError::ollama)?;
+    let name = name(&body.model).map_err(ApiError::ollama)?;
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Result<Value, ApiError>>();
+    let (store, registry) = (state.store.clone(), state.registry.clone());
+    // The pull runs to its end even if the client leaves: what it fetched stays usable.
+    tokio::spawn(async move {
+        let progress = sender.clone();
+        // One progress line per percent of a blob is plenty for a client to draw a bar.
+        let mut last_percent: Option<(String, u64)> = None;
+        let mut report = move |event: PullEvent| {
+            if let PullEvent::Blob {
+                digest,
+                total,
+                completed,
+            } = &event
+            {
+                let percent = completed * 100 / (*total).max(1);
+                let key = (digest.clone(), percent);
+                if last_percent.as_ref() == Some(&key) {
+                    return;
+                }
+                last_percent = Some(key);
+            }
+            let _ = progress.send(Ok(progress_json(event)));
+        };
+        if let Err(e) = registry.pull(&store, &name, &mut report).await {
+            let _ = sender.send(Err(e.into()));
+        }
+    });
+    if body.stream == Some(false) {
+        let mut receiver = receiver;
+        while let Some(item) = receiver.recv().await {
+            item.map_err(ApiError::ollama)?;
+        }
+        return Ok(Json(json!({"status": "success"})).into_response());
+    }
+    let lines = UnboundedReceiverStream::new(receiver).map(|item| {
+        let line = match item {
+            Ok(progress) => progress,
+            Err(e) => json!({ "error": e.message }),
+        };
+        Ok::<_, std::convert::Infallible>(format!("{line}\n"))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+pub async fn delete(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    let body: DeleteBody = parse(&body).map_err(ApiError::ollama)?;
+    let name = name(&body.model).map_err(ApiError::ollama)?;
+    blocking(&state, move |store| store.remove(&name))
+        .await
+        .map_err(ApiError::ollama)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+pub async fn copy(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    let body: CopyBody = parse(&body).map_err(ApiError::ollama)?;
+    let from = name(&body.source).map_err(ApiError::ollama)?;
+    let to = name(&body.destination).map_err(ApiError::ollama)?;
+    blocking(&state, move |store| store.copy(&from, &to))
+        .await
+        .map_err(ApiError::ollama)?;
+    Ok(StatusCode::OK.into_response())
+}
