@@ -94,7 +94,8 @@ for model in ${models//,/ }; do
             echo "# $model, $load, $label: perf record -F 499 -g on the server during"
             echo "# ferrollama bench ${args[*]}"
             perf report -i "$base.data" --no-children --sort symbol --percent-limit 0.5 \
-                --stdio -g none 2>/dev/null | grep -v '^$' | grep -v '^# *$' | head -45
+                --stdio -g none 2>/dev/null | grep -v '^$' | grep -v '^# *$' |
+                grep -v 'perf.data header\|^# Total Lost\|(Tip:' | sed -E 's/ +- +- *$//' | head -45
         } >"$base.txt"
         rm -f "$base.data"
     done
