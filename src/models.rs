@@ -136,7 +136,10 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
     };
     let rows = [
         ("architecture", summary.architecture.clone()),
-        ("parameters", human_count(summary.parameters)),
+        (
+            "parameters",
+            ferrollama_model::weights::parameter_size(summary.parameters),
+        ),
         (
             "context length",
             summary
@@ -152,15 +155,6 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
         println!("    {key:<16}{value}");
     }
     Ok(())
-}
-
-/// `7.2B`, `134.5M`.
-fn human_count(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
-        n => n.to_string(),
-    }
 }
 
 pub fn copy(args: CopyArgs) -> anyhow::Result<()> {

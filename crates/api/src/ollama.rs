@@ -312,16 +312,7 @@ fn merge(into: &mut Value, from: Value) {
 /// Ollama's `details` of a model: its format, family, size in parameters and quantization.
 pub(crate) fn details(architecture: &str, parameters: u64, quantization: &str) -> Value {
     json!({"parent_model": "", "format": "gguf", "family": architecture, "families": [architecture],
-           "parameter_size": parameter_size(parameters), "quantization_level": quantization})
-}
-
-/// `7.2B`, `134.5M`: Ollama's way of writing a parameter count.
-fn parameter_size(parameters: u64) -> String {
-    match parameters {
-        p if p >= 1_000_000_000 => format!("{:.1}B", p as f64 / 1e9),
-        p if p >= 1_000_000 => format!("{:.1}M", p as f64 / 1e6),
-        p => format!("{p}"),
-    }
+           "parameter_size": ferrollama_model::weights::parameter_size(parameters), "quantization_level": quantization})
 }
 
 fn served_details(state: &AppState) -> Value {

@@ -214,6 +214,15 @@ impl GgufFile {
     }
 }
 
+/// A parameter count as Ollama writes it: `7.2B`, `134.5M`.
+pub fn parameter_size(parameters: u64) -> String {
+    match parameters {
+        p if p >= 1_000_000_000 => format!("{:.1}B", p as f64 / 1e9),
+        p if p >= 1_000_000 => format!("{:.1}M", p as f64 / 1e6),
+        p => p.to_string(),
+    }
+}
+
 /// llama.cpp's `llama_ftype`, by number, as Ollama prints it.
 fn file_type_name(file_type: u64) -> Option<&'static str> {
     const NAMES: [(u64, &str); 27] = [
