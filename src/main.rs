@@ -1,6 +1,6 @@
 //! `ferrollama`: the command line. `serve` runs the HTTP APIs, `run` chats with a model from
-//! the terminal, `bench` measures any OpenAI-compatible server, and `pull`, `list`, `show`, `cp`,
-//! `rm` manage the Ollama model store.
+//! the terminal, `bench` measures any OpenAI-compatible server, and `pull`, `list`, `show`, `ps`,
+//! `cp`, `rm` manage the Ollama model store.
 
 mod engine_args;
 mod loading;
@@ -39,6 +39,8 @@ enum Command {
     List,
     /// What a model is: architecture, parameters, context length, quantization, chat template.
     Show(models::ShowArgs),
+    /// List the models the running server has loaded (asks OLLAMA_HOST).
+    Ps,
     /// Give a model in the store a second name.
     Cp(models::CopyArgs),
     /// Remove models from the store (blobs another model uses stay).
@@ -57,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Pull(args) => models::pull(args),
         Command::List => models::list(),
         Command::Show(args) => models::show(args),
+        Command::Ps => models::ps(),
         Command::Cp(args) => models::copy(args),
         Command::Rm(args) => models::remove(args),
     }

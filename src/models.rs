@@ -174,6 +174,44 @@ pub fn remove(args: RemoveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ferrollama ps`: what the running server (at `OLLAMA_HOST`) has loaded.
+pub fn ps() -> anyhow::Result<()> {
+    let host = std::env::var("OLLAMA_HOST").unwrap_or_else(|_| "127.0.0.1:11434".into());
+    let base = if host.starts_with("http") {
+        host
+    } else {
+        format!("http://{host}")
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer: serde_json::Value = runtime
+        .block_on(async {
+            reqwest::get(format!("{base}/api/ps"))
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        })
+        .with_context(|| format!("asking the server at {base} (is `ferrollama serve` running?)"))?;
+    println!("{:<32}{:<16}{:<12}UNTIL", "NAME", "ID", "SIZE");
+    for model in answer["models"].as_array().into_iter().flatten() {
+        let digest = model["digest"].as_str().unwrap_or_default();
+        println!(
+            "{:<32}{:<16}{:<12}{}",
+            model["name"].as_str().unwrap_or_default(),
+            digest
+                .trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect::<String>(),
+            human_size(model["size"].as_u64().unwrap_or(0)),
+            model["expires_at"].as_str().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
 /// Decimal units, as Ollama prints them: `4.1 GB`.
 pub fn human_size(bytes: u64) -> String {
     let units = ["B", "KB", "MB", "GB", "TB"];

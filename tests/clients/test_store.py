@@ -220,6 +220,14 @@ def test_ollama_python_pulls_lists_copies_and_deletes_through_the_server(server_
         client.delete("me/copy:v1")
     assert missing.value.status_code == 404
 
+    # `ferrollama ps` asks the running server.
+    port = base.rsplit(":", 1)[1]
+    ps = subprocess.run([BINARY, "ps"], env=dict(os.environ, OLLAMA_HOST=f"127.0.0.1:{port}"),
+                        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert ps.returncode == 0, ps.stderr
+    assert ps.stdout.splitlines()[0].split() == ["NAME", "ID", "SIZE", "UNTIL"]
+    assert ps.stdout.splitlines()[1].split()[0] == "mistral:instruct"
+
     # Not streamed: one answer at the end; an unknown model is a 404 with Ollama's shape.
     assert requests.post(base + "/api/pull", json={"model": "tiny-mistral:q4_0", "stream": False}
                          ).json() == {"status": "success"}
