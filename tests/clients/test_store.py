@@ -81,6 +81,25 @@ def files(root):
     return sorted(str(p.relative_to(root)) for p in pathlib.Path(root).rglob("*") if p.is_file())
 
 
+def start_server(model, env, *args):
+    """`ferrollama serve --model MODEL` on a free port; returns (process, base URL) once up."""
+    port = free_port()
+    proc = subprocess.Popen([BINARY, "serve", "--model", model, "--port", str(port),
+                             "--kv-cache-memory", "64MiB", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if requests.get(base + "/", timeout=1).ok:
+                return proc, base
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, "server did not start"
+        time.sleep(0.2)
+
+
 def test_pull_list_copy_remove_and_serve_by_name(registry, tmp_path):
     url, manifest = registry
     store = tmp_path / "models"
@@ -112,28 +131,13 @@ def test_pull_list_copy_remove_and_serve_by_name(registry, tmp_path):
     assert files(store) == want, "removing the copy keeps the blobs the original lists"
 
     # Served by name from the blob in place: no byte copied, no new file in the store.
-    port = free_port()
-    env = dict(os.environ, OLLAMA_MODELS=str(store))
-    proc = subprocess.Popen([BINARY, "serve", "--model", "tiny-mistral:q4_0", "--port", str(port),
-                             "--kv-cache-memory", "64MiB"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    proc, base = start_server("tiny-mistral:q4_0", dict(os.environ, OLLAMA_MODELS=str(store)))
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                if requests.get(base + "/", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "server did not start"
-            time.sleep(0.2)
         client = openai.OpenAI(base_url=base + "/v1", api_key="none")
-        for model in ["tiny-mistral:q4_0"]:
-            reply = client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
-            assert reply.choices[0].finish_reason in ("stop", "length")
-            assert reply.usage.completion_tokens >= 1
+        reply = client.chat.completions.create(
+            model="tiny-mistral:q4_0", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        assert reply.usage.completion_tokens >= 1
         assert files(store) == want
     finally:
         proc.terminate()
@@ -169,22 +173,9 @@ def server_with_store(registry, tmp_path):
     """`ferrollama serve` on tiny-mistral by path, with an empty store and the test registry."""
     url, manifest = registry
     store = tmp_path / "models"
-    port = free_port()
     env = dict(os.environ, OLLAMA_MODELS=str(store), FERROLLAMA_REGISTRY_URL=url)
-    proc = subprocess.Popen(
-        [BINARY, "serve", "--model", str(ROOT / "models/fixtures/tiny-mistral"), "--name",
-         "mistral:instruct", "--port", str(port), "--kv-cache-memory", "64MiB"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if requests.get(base + "/", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, "server did not start"
-        time.sleep(0.2)
+    proc, base = start_server(str(ROOT / "models/fixtures/tiny-mistral"), env, "--name",
+                              "mistral:instruct")
     yield base, store, manifest
     proc.terminate()
     proc.wait(timeout=10)

@@ -70,11 +70,6 @@ impl ModelName {
         .iter()
         .collect()
     }
-
-    /// Whether this names a repository on the Hugging Face hub (`hf.co/org/repo:quant`).
-    pub fn is_hugging_face(&self) -> bool {
-        matches!(self.host.as_str(), "hf.co" | "huggingface.co")
-    }
 }
 
 /// Ollama's short form: `mistral:latest` for the default host and namespace,

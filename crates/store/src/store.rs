@@ -172,21 +172,6 @@ impl Store {
         write_atomically(&path, &bytes)
     }
 
-    /// Adds a blob from bytes in hand (a store built without a registry: tests, imports),
-    /// named by its sha256 and written atomically; returns its layer.
-    pub fn put_blob(&self, media_type: &str, bytes: &[u8]) -> Result<manifest::Layer, StoreError> {
-        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
-        let path = self.blob_path(&digest)?;
-        if !path.exists() {
-            write_atomically(&path, bytes)?;
-        }
-        Ok(manifest::Layer {
-            media_type: media_type.to_string(),
-            digest,
-            size: bytes.len() as u64,
-        })
-    }
-
     /// `ollama cp`: a second name for the same blobs.
     pub fn copy(&self, from: &ModelName, to: &ModelName) -> Result<(), StoreError> {
         let manifest = self.manifest(from)?;
