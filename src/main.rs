@@ -3,6 +3,7 @@
 //! `cp`, `rm` manage the Ollama model store.
 
 mod engine_args;
+mod loader;
 mod loading;
 mod models;
 mod resolve;

@@ -2,7 +2,8 @@
 //! their event streams, and collects them for non-streaming responses.
 
 use crate::error::ApiError;
-use ferrollama_engine::{EngineHandle, Event, FinishReason, GenerationRequest, Timings, Usage};
+use crate::resident::Lease;
+use ferrollama_engine::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use tokio::sync::mpsc;
 
 /// Events of several choices, tagged with the choice index. Dropping the receiver cancels
@@ -12,11 +13,15 @@ pub type Merged = mpsc::UnboundedReceiver<(usize, Event)>;
 /// Submits the choices of one request. Each run of `forks` choices shares a prompt (OpenAI's
 /// `n`): the first reads it, the others start from its cached blocks. A refusal comes back
 /// before any choice runs for long: earlier streams are dropped, which cancels them.
+///
+/// The lease on the model ends just before the last choice's final event goes out, so a
+/// client that has read a response never finds its model held by it (`keep_alive: 0`).
 pub fn submit_all(
-    engine: &EngineHandle,
+    lease: Lease,
     requests: Vec<GenerationRequest>,
     forks: usize,
 ) -> Result<Merged, ApiError> {
+    let engine = &lease.loaded().engine;
     let mut streams = Vec::with_capacity(requests.len());
     let mut requests = requests.into_iter().peekable();
     while requests.peek().is_some() {
@@ -24,10 +29,15 @@ pub fn submit_all(
         streams.extend(engine.submit_forks(group)?);
     }
     let (tx, rx) = mpsc::unbounded_channel();
+    let lease = std::sync::Arc::new(lease);
     for (index, mut stream) in streams.into_iter().enumerate() {
         let tx = tx.clone();
+        let mut lease = Some(lease.clone());
         tokio::spawn(async move {
             while let Some(event) = stream.next().await {
+                if matches!(event, Event::Finished { .. }) {
+                    lease.take();
+                }
                 if tx.send((index, event)).is_err() {
                     return; // the client is gone: dropping `stream` cancels the request
                 }

@@ -3,18 +3,24 @@
 //! and turn engine events into each API's shapes; they never touch tensors.
 //!
 //! Where things are: routes here, `openai.rs`, `ollama.rs`, the model store's routes in
-//! `models.rs`, the engine bridge in `generation.rs`, model names in `names.rs`, error shapes
-//! in `error.rs`.
+//! `models.rs`, the engine bridge in `generation.rs`, which model is loaded (and when it is
+//! unloaded) in `resident.rs`, model names in `names.rs`, error shapes in `error.rs`.
 
 mod error;
 mod generation;
+mod keep_alive;
+mod model_info;
 mod models;
 mod names;
 mod ollama;
 mod openai;
+mod resident;
 mod state;
 
+pub use keep_alive::KeepAlive;
+pub use model_info::ModelInfo;
 pub use names::ModelNames;
+pub use resident::{Loaded, ModelLoader, Residents};
 pub use state::AppState;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -51,9 +57,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The engine's state (running and waiting sequences, KV blocks): for tests and operators.
+/// The loaded engine's state (running and waiting sequences, KV blocks): for tests and
+/// operators. All zero while no model is loaded.
 async fn stats(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
-    let s = state.engine.stats();
+    let s = state
+        .residents
+        .running()
+        .map(|r| r.loaded.engine.stats())
+        .unwrap_or_default();
     axum::Json(serde_json::json!({
         "running": s.running, "waiting": s.waiting, "free_blocks": s.free_blocks,
         "total_blocks": s.total_blocks, "preemptions": s.preemptions, "steps": s.steps,

@@ -3,7 +3,8 @@
 //! `/api/tags`. Disk work runs off the async workers.
 
 use crate::error::{parse, ApiError, OllamaError};
-use crate::ollama::{details, rfc3339};
+use crate::model_info::{details, ModelInfo};
+use crate::names::ModelNames;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -11,7 +12,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrollama_model::weights::GgufFile;
-use ferrollama_store::{ModelName, PullError, PullEvent, Store, StoreError};
+use ferrollama_model::{ChatTemplate, Tokenizer};
+use ferrollama_store::{ModelName, PullError, PullEvent, Store, StoreEntry, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -77,40 +79,74 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-/// Every model in the store but the one being served (which /api/tags lists first).
-pub async fn store_tags(state: &AppState) -> Result<Vec<Value>, ApiError> {
-    let served = state.names.clone();
+/// Every model in the store, as /api/tags lists them.
+pub async fn store_models(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
     blocking(state, move |store| {
-        let mut out = Vec::new();
-        for entry in store.list()? {
-            let shown = entry.name.to_string();
-            if served.matches(&shown) {
-                continue;
-            }
-            // A blob that is missing or not a GGUF still lists, with what its manifest says.
-            let summary = store
-                .model_file(&entry.name)
-                .ok()
-                .and_then(|path| GgufFile::open(&path).ok())
-                .map(|gguf| gguf.summary());
-            let (architecture, parameters, quantization) = match &summary {
-                Some(s) => (
-                    s.architecture.as_str(),
-                    s.parameters,
-                    s.quantization.as_str(),
-                ),
-                None => ("unknown", 0, "unknown"),
-            };
-            out.push(json!({
-                "name": shown, "model": shown, "modified_at": rfc3339(entry.modified),
-                "size": entry.manifest.size(),
-                "digest": entry.digest.trim_start_matches("sha256:"),
-                "details": details(architecture, parameters, quantization),
-            }));
-        }
-        Ok(out)
+        Ok(store
+            .list()?
+            .into_iter()
+            .map(|entry| entry_info(store, entry, false))
+            .collect())
     })
     .await
+}
+
+/// What the store's GGUF header says of the model `requested` names, for /api/show.
+pub async fn store_info(state: &AppState, requested: &str) -> Result<ModelInfo, ApiError> {
+    let wanted = name(requested)?;
+    let shown = requested.to_string();
+    blocking(state, move |store| {
+        let entry = store
+            .list()?
+            .into_iter()
+            .find(|e| e.name == wanted)
+            .ok_or(StoreError::NotFound(shown))?;
+        Ok(entry_info(store, entry, true))
+    })
+    .await
+}
+
+/// A stored model's description from its manifest and GGUF header. A blob that is missing
+/// or not a GGUF still describes, with what its manifest says.
+fn entry_info(store: &Store, entry: StoreEntry, with_template: bool) -> ModelInfo {
+    let gguf = store
+        .model_file(&entry.name)
+        .ok()
+        .and_then(|path| GgufFile::open(&path).ok());
+    let summary = gguf.as_ref().map(GgufFile::summary);
+    let (architecture, parameters, quantization) = match &summary {
+        Some(s) => (
+            s.architecture.as_str(),
+            s.parameters,
+            s.quantization.as_str(),
+        ),
+        None => ("unknown", 0, "unknown"),
+    };
+    let template = gguf
+        .as_ref()
+        .filter(|_| with_template)
+        .and_then(|g| {
+            let tokenizer = Tokenizer::from_gguf(g).ok()?;
+            let jinja = g.string("tokenizer.chat_template");
+            ChatTemplate::for_model(&tokenizer, jinja).ok()
+        })
+        .map_or("", |t| t.name())
+        .to_string();
+    let shown = entry.name.to_string();
+    let mut model_info = json!({ "general.architecture": architecture });
+    if let Some(context) = summary.as_ref().and_then(|s| s.context_length) {
+        model_info[format!("{architecture}.context_length")] = json!(context);
+    }
+    ModelInfo {
+        names: ModelNames::of_store(&shown),
+        size_bytes: entry.manifest.size(),
+        digest: entry.digest.trim_start_matches("sha256:").to_string(),
+        modified: entry.modified,
+        details: details(architecture, parameters, quantization),
+        model_info,
+        template,
+        on_gpu: false,
+    }
 }
 
 /// Ollama's progress object for an event; blob progress reads `pulling <12 hex digits>`.

@@ -1,7 +1,8 @@
-//! The one place a model name from a request is matched to the loaded model. The model store
-//! (pulls, several models) will grow from here.
+//! The one place a model name from a request is matched to a model: the names it answers
+//! to, with Ollama's short and long forms of a store name being one name.
 
 use ferrollama_model::{ChatTemplate, LoadedModel, ModelConfig};
+use ferrollama_store::ModelName;
 
 #[derive(Debug, Clone)]
 pub struct ModelNames {
@@ -30,8 +31,25 @@ impl ModelNames {
         Self { primary, all }
     }
 
+    /// A model from the store answers to its name in any of Ollama's forms.
+    pub fn of_store(name: &str) -> Self {
+        Self {
+            primary: name.to_string(),
+            all: vec![name.to_string()],
+        }
+    }
+
+    /// `mistral` is `mistral:latest` and `registry.ollama.ai/library/mistral:latest`.
     pub fn matches(&self, requested: &str) -> bool {
-        self.all.iter().any(|n| n == requested)
+        if self.all.iter().any(|n| n == requested) {
+            return true;
+        }
+        let Ok(wanted) = ModelName::parse(requested) else {
+            return false;
+        };
+        self.all
+            .iter()
+            .any(|n| ModelName::parse(n).is_ok_and(|n| n == wanted))
     }
 }
 

@@ -3,6 +3,8 @@
 
 use crate::error::{parse, ApiError, OllamaError};
 use crate::generation::{collect, finish_reason, submit_all, Merged};
+use crate::keep_alive::KeepAlive;
+use crate::model_info::ModelInfo;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -42,6 +44,7 @@ struct GenerateBody {
     #[serde(default)]
     raw: bool,
     stream: Option<bool>,
+    keep_alive: Option<Value>,
     #[serde(default)]
     options: Options,
 }
@@ -49,8 +52,10 @@ struct GenerateBody {
 #[derive(Deserialize)]
 struct ChatBody {
     model: String,
+    #[serde(default)]
     messages: Vec<ChatMessageBody>,
     stream: Option<bool>,
+    keep_alive: Option<Value>,
     #[serde(default)]
     options: Options,
 }
@@ -138,18 +143,50 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-fn final_fields(state: &AppState, usage: &Usage, timings: &Timings, reason: &str) -> Value {
+fn final_fields(load_duration: Duration, usage: &Usage, timings: &Timings, reason: &str) -> Value {
     let ns = |d: Duration| d.as_nanos() as u64;
     json!({
         "done": true,
         "done_reason": reason,
-        "total_duration": ns(timings.queue + timings.prefill + timings.decode),
-        "load_duration": ns(state.load_duration),
+        "total_duration": ns(load_duration + timings.queue + timings.prefill + timings.decode),
+        "load_duration": ns(load_duration),
         "prompt_eval_count": usage.prompt_tokens,
         "prompt_eval_duration": ns(timings.prefill),
         "eval_count": usage.generated_tokens,
         "eval_duration": ns(timings.decode),
     })
+}
+
+fn keep_alive(value: &Option<Value>) -> Result<Option<KeepAlive>, ApiError> {
+    value
+        .as_ref()
+        .map(|v| KeepAlive::from_json(v).map_err(|e| ApiError::invalid("keep_alive", e)))
+        .transpose()
+}
+
+/// Ollama's answer to a request with nothing to generate: load the model, or with
+/// `keep_alive: 0` unload it.
+async fn load_or_unload(
+    state: &AppState,
+    model: &str,
+    keep_alive: Option<KeepAlive>,
+    chat: bool,
+) -> Result<Response, ApiError> {
+    let reason = if keep_alive.is_some_and(KeepAlive::is_zero) {
+        state.residents.expire(model);
+        "unload"
+    } else {
+        drop(state.model(model, keep_alive).await?);
+        "load"
+    };
+    let mut body =
+        json!({"model": model, "created_at": now_rfc3339(), "done": true, "done_reason": reason});
+    if chat {
+        body["message"] = json!({"role": "assistant", "content": ""});
+    } else {
+        body["response"] = json!("");
+    }
+    Ok(Json(body).into_response())
 }
 
 pub async fn generate(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
@@ -158,29 +195,32 @@ pub async fn generate(State(state): State<AppState>, body: Bytes) -> Result<Resp
 
 async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: GenerateBody = parse(&body)?;
-    state.check_model(&body.model)?;
+    let keep_alive = keep_alive(&body.keep_alive)?;
     if body.prompt.is_empty() {
-        // Ollama answers an empty prompt by loading the model: nothing to generate.
-        return Ok(Json(json!({"model": body.model, "created_at": now_rfc3339(), "response": "", "done": true, "done_reason": "load"})).into_response());
+        return load_or_unload(&state, &body.model, keep_alive, false).await;
     }
+    let lease = state.model(&body.model, keep_alive).await?;
+    let loaded = lease.loaded().clone();
     let prompt = if body.raw {
-        state.model.tokenizer.encode_prompt(&body.prompt)?
+        loaded.model.tokenizer.encode_prompt(&body.prompt)?
     } else {
         let mut messages = Vec::new();
         if let Some(system) = &body.system {
             messages.push(ChatMessage::new(Role::System, system.clone()));
         }
         messages.push(ChatMessage::new(Role::User, body.prompt.clone()));
-        state
+        loaded
             .model
             .chat_template
-            .encode(&state.model.tokenizer, &messages)?
+            .encode(&loaded.model.tokenizer, &messages)?
     };
-    state.check_context(prompt.len())?;
-    let request = body.options.request(prompt, state.context())?;
-    let merged = submit_all(&state.engine, vec![request], 1)?;
+    loaded.check_context(prompt.len())?;
+    let request = body.options.request(prompt, loaded.context())?;
+    let load_duration = lease.load_duration;
+    drop(loaded);
+    let merged = submit_all(lease, vec![request], 1)?;
     respond(
-        state,
+        load_duration,
         merged,
         body.model,
         body.stream.unwrap_or(true),
@@ -195,13 +235,9 @@ pub async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response
 
 async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: ChatBody = parse(&body)?;
-    state.check_model(&body.model)?;
+    let keep_alive = keep_alive(&body.keep_alive)?;
     if body.messages.is_empty() {
-        return Ok(
-            Json(json!({"model": body.model, "created_at": now_rfc3339(),
-            "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "load"}))
-            .into_response(),
-        );
+        return load_or_unload(&state, &body.model, keep_alive, true).await;
     }
     let messages = body
         .messages
@@ -215,20 +251,31 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
             ))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let prompt = state
+    let lease = state.model(&body.model, keep_alive).await?;
+    let loaded = lease.loaded().clone();
+    let prompt = loaded
         .model
         .chat_template
-        .encode(&state.model.tokenizer, &messages)?;
-    state.check_context(prompt.len())?;
-    let request = body.options.request(prompt, state.context())?;
-    let merged = submit_all(&state.engine, vec![request], 1)?;
-    respond(state, merged, body.model, body.stream.unwrap_or(true), true).await
+        .encode(&loaded.model.tokenizer, &messages)?;
+    loaded.check_context(prompt.len())?;
+    let request = body.options.request(prompt, loaded.context())?;
+    let load_duration = lease.load_duration;
+    drop(loaded);
+    let merged = submit_all(lease, vec![request], 1)?;
+    respond(
+        load_duration,
+        merged,
+        body.model,
+        body.stream.unwrap_or(true),
+        true,
+    )
+    .await
 }
 
 /// One JSON object per token (NDJSON) with a final one carrying counts and timings, or one
 /// object with everything when `stream` is false.
 async fn respond(
-    state: AppState,
+    load_duration: Duration,
     merged: Merged,
     model: String,
     stream: bool,
@@ -251,7 +298,7 @@ async fn respond(
         merge(
             &mut body,
             final_fields(
-                &state,
+                load_duration,
                 &result.usage,
                 &result.timings,
                 finish_reason(result.reason),
@@ -285,7 +332,7 @@ async fn respond(
                 let mut line = piece("");
                 merge(
                     &mut line,
-                    final_fields(&state, &usage, &timings, finish_reason(reason)),
+                    final_fields(load_duration, &usage, &timings, finish_reason(reason)),
                 );
                 line
             }
@@ -309,65 +356,70 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
-/// Ollama's `details` of a model: its format, family, size in parameters and quantization.
-pub(crate) fn details(architecture: &str, parameters: u64, quantization: &str) -> Value {
-    json!({"parent_model": "", "format": "gguf", "family": architecture, "families": [architecture],
-           "parameter_size": ferrollama_model::weights::parameter_size(parameters), "quantization_level": quantization})
-}
-
-fn served_details(state: &AppState) -> Value {
-    let c = state.model.config();
-    let params = (c.vocab_size * c.hidden_size * if c.tie_word_embeddings { 1 } else { 2 })
-        + c.num_layers
-            * (c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
-                + c.num_heads * c.head_dim * c.hidden_size
-                + 3 * c.hidden_size * c.intermediate_size);
-    details("llama", params as u64, &state.quantization)
-}
-
-/// The served model first, under its primary name, then every other model in the store.
+/// Every model in the store, then one served from a file, which the store does not hold.
 pub async fn tags(State(state): State<AppState>) -> Result<Json<Value>, OllamaError> {
-    let name = &state.names.primary;
-    let mut models = vec![
-        json!({"name": name, "model": name, "modified_at": rfc3339(state.modified),
-        "size": state.size_bytes, "digest": state.digest, "details": served_details(&state)}),
-    ];
-    models.extend(
-        crate::models::store_tags(&state)
-            .await
-            .map_err(ApiError::ollama)?,
-    );
-    Ok(Json(json!({"models": models})))
+    let mut models = crate::models::store_models(&state)
+        .await
+        .map_err(ApiError::ollama)?;
+    let outside: Vec<ModelInfo> = state
+        .residents
+        .loader()
+        .listed()
+        .into_iter()
+        .filter(|info| !models.iter().any(|m| info.names.matches(&m.names.primary)))
+        .collect();
+    models.extend(outside);
+    Ok(Json(
+        json!({"models": models.iter().map(ModelInfo::tag).collect::<Vec<_>>()}),
+    ))
 }
 
+/// The loaded model, with when it will be unloaded.
 pub async fn ps(State(state): State<AppState>) -> Json<Value> {
-    let name = &state.names.primary;
-    Json(
-        json!({"models": [{"name": name, "model": name, "size": state.size_bytes, "digest": state.digest,
-                             "details": served_details(&state), "expires_at": "2999-01-01T00:00:00Z", "size_vram": 0}]}),
-    )
+    let models: Vec<Value> = state
+        .residents
+        .running()
+        .map(|running| {
+            let info = &running.loaded.info;
+            // Kept until the server stops: Ollama shows the far future (now + 2^63 ns).
+            let expires_at = running.expires_at.unwrap_or_else(|| {
+                std::time::SystemTime::now() + Duration::from_nanos(i64::MAX as u64)
+            });
+            let mut entry = info.tag();
+            entry["expires_at"] = json!(rfc3339(expires_at));
+            entry["size_vram"] = json!(if info.on_gpu { info.size_bytes } else { 0 });
+            entry
+        })
+        .into_iter()
+        .collect();
+    Json(json!({ "models": models }))
 }
 
+/// What Ollama's `show` says, without loading the model: from the loaded one or one listed
+/// outside the store when the name is theirs, else from the store's GGUF header.
 pub async fn show(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, OllamaError> {
     let body: ShowBody = parse(&body).map_err(ApiError::ollama)?;
-    state.check_model(&body.model).map_err(ApiError::ollama)?;
-    let c = state.model.config();
+    let known = state
+        .residents
+        .running()
+        .map(|r| r.loaded.info.clone())
+        .into_iter()
+        .chain(state.residents.loader().listed())
+        .find(|info| info.names.matches(&body.model));
+    let info = match known {
+        Some(info) => info,
+        None => crate::models::store_info(&state, &body.model)
+            .await
+            .map_err(ApiError::ollama)?,
+    };
     Ok(Json(json!({
-        "modelfile": format!("FROM {}\n", state.names.primary),
+        "modelfile": format!("FROM {}\n", info.names.primary),
         "parameters": "",
-        "template": state.model.chat_template.name(),
-        "details": served_details(&state),
-        "model_info": {
-            "general.architecture": "llama",
-            "llama.context_length": c.max_position_embeddings,
-            "llama.embedding_length": c.hidden_size,
-            "llama.block_count": c.num_layers,
-            "llama.attention.head_count": c.num_heads,
-            "llama.attention.head_count_kv": c.num_kv_heads,
-            "llama.vocab_size": c.vocab_size,
-        },
+        "template": info.template,
+        "details": info.details,
+        "model_info": info.model_info,
         "capabilities": ["completion"],
-        "modified_at": now_rfc3339(),
+        "modified_at": rfc3339(info.modified),
     })))
 }
 

@@ -267,18 +267,20 @@ pub async fn chat_completions(
 
 async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: ChatBody = parse(&body)?;
-    state.check_model(&body.params.model)?;
     let plan = body.params.plan()?;
     let messages = chat_messages(&body.messages)?;
-    let prompt = state
+    let lease = state.model(&body.params.model, None).await?;
+    let loaded = lease.loaded().clone();
+    let prompt = loaded
         .model
         .chat_template
-        .encode(&state.model.tokenizer, &messages)?;
-    state.check_context(prompt.len())?;
+        .encode(&loaded.model.tokenizer, &messages)?;
+    loaded.check_context(prompt.len())?;
     let requests = (0..plan.n)
-        .map(|i| plan.request(prompt.clone(), state.context(), i))
+        .map(|i| plan.request(prompt.clone(), loaded.context(), i))
         .collect();
-    let merged = submit_all(&state.engine, requests, plan.n)?;
+    drop(loaded);
+    let merged = submit_all(lease, requests, plan.n)?;
     let meta = ResponseMeta::new("chat.completion", &body.params.model);
     if body.params.stream {
         return Ok(stream(
@@ -312,9 +314,10 @@ pub async fn completions(
 
 async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: CompletionBody = parse(&body)?;
-    state.check_model(&body.params.model)?;
     let plan = body.params.plan()?;
-    let tokenizer = &state.model.tokenizer;
+    let lease = state.model(&body.params.model, None).await?;
+    let loaded = lease.loaded().clone();
+    let tokenizer = &loaded.model.tokenizer;
     let prompts: Vec<Vec<u32>> = match &body.prompt {
         Prompt::Text(t) => vec![tokenizer.encode_prompt(t)?],
         Prompt::Texts(ts) => ts
@@ -327,7 +330,7 @@ async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     if prompts.is_empty() || prompts.len() > 32 {
         return Err(ApiError::invalid("prompt", "give between 1 and 32 prompts"));
     }
-    let vocab = state.model.config().vocab_size;
+    let vocab = loaded.model.config().vocab_size;
     for p in &prompts {
         if p.iter().any(|&t| t as usize >= vocab) {
             return Err(ApiError::invalid(
@@ -335,15 +338,16 @@ async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
                 format!("token ids must be below {vocab}"),
             ));
         }
-        state.check_context(p.len())?;
+        loaded.check_context(p.len())?;
     }
     // Choice i*n + j is the j-th sample of prompt i.
     let requests: Vec<_> = prompts
         .iter()
-        .flat_map(|p| (0..plan.n).map(|j| plan.request(p.clone(), state.context(), j)))
+        .flat_map(|p| (0..plan.n).map(|j| plan.request(p.clone(), loaded.context(), j)))
         .collect();
     let choices = requests.len();
-    let merged = submit_all(&state.engine, requests, plan.n)?;
+    drop(loaded);
+    let merged = submit_all(lease, requests, plan.n)?;
     let meta = ResponseMeta::new("text_completion", &body.params.model);
     if body.params.stream {
         return Ok(stream(
@@ -497,26 +501,50 @@ fn stream(
     Sse::new(events).into_response()
 }
 
-pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = state
-        .names
-        .all
-        .iter()
-        .map(|id| model_object(&state, id))
+/// Every model a request can name: the loaded one, one served from a file, and the store's.
+pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, OpenAiError> {
+    let data: Vec<Value> = known_models(&state)
+        .await
+        .map_err(ApiError::openai)?
+        .into_iter()
+        .map(|(id, created)| model_object(&id, created))
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 pub async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, OpenAiError> {
-    if !state.names.matches(&id) {
-        return Err(ApiError::not_found(format!("The model `{id}` does not exist")).openai());
+    let known = known_models(&state).await.map_err(ApiError::openai)?;
+    let found = known
+        .iter()
+        .find(|(name, _)| name == &id || crate::names::ModelNames::of_store(name).matches(&id));
+    match found {
+        Some((_, created)) => Ok(Json(model_object(&id, *created))),
+        None => Err(ApiError::not_found(format!("The model `{id}` does not exist")).openai()),
     }
-    Ok(Json(model_object(&state, &id)))
 }
 
-fn model_object(state: &AppState, id: &str) -> Value {
-    json!({"id": id, "object": "model", "created": state.created, "owned_by": "ferrollama"})
+/// Names with their creation times (Unix seconds), each once.
+async fn known_models(state: &AppState) -> Result<Vec<(String, u64)>, ApiError> {
+    let resident = state.residents.running().map(|r| r.loaded.info.clone());
+    let stored = crate::models::store_models(state).await?;
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let infos = resident
+        .into_iter()
+        .chain(state.residents.loader().listed())
+        .chain(stored);
+    for info in infos {
+        for name in &info.names.all {
+            if !out.iter().any(|(n, _)| n == name) {
+                out.push((name.clone(), info.created()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn model_object(id: &str, created: u64) -> Value {
+    json!({"id": id, "object": "model", "created": created, "owned_by": "ferrollama"})
 }
