@@ -11,6 +11,8 @@ use ferrollama_store::Store;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+const PARAMS: &str = "application/vnd.ollama.image.params";
+
 pub struct ServeLoader {
     startup: Option<Startup>,
     engine: EngineArgs,
@@ -66,8 +68,12 @@ impl ServeLoader {
         // A store name answers to Ollama's short form too (`tiny` is also `tiny:latest`).
         let short = store_name(reference).map(|n| n.to_string());
         let given = startup.and_then(|s| s.name.as_deref());
-        let mut names = ModelNames::new(given.or(short.as_deref()), reference, &loaded.model);
+        let entry = crate::catalog::entry_for(short.as_deref().unwrap_or(reference), &loaded.model);
+        let aliases: Vec<String> = entry.map(|e| e.names.clone()).unwrap_or_default();
+        let mut names = ModelNames::new(given.or(short.as_deref()), reference, &aliases);
         names.all.extend(short.filter(|n| !names.all.contains(n)));
+        let mut defaults = entry.map(|e| e.defaults()).unwrap_or_default();
+        defaults.extend(self.params_layer(reference));
         let model = Arc::new(loaded.model);
         let config = self.engine.config(&model)?;
         let engine = ferrollama_engine::start(model.clone(), config.clone())?;
@@ -90,6 +96,7 @@ impl ServeLoader {
             digest,
             modified,
             &loaded.quantization,
+            &defaults,
         );
         if let Some(startup) = startup {
             *startup.info.lock().expect("info lock") = Some(info.clone());
@@ -98,10 +105,22 @@ impl ServeLoader {
             engine,
             model,
             info,
+            defaults,
             created: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         })
+    }
+
+    /// The options in a store model's params layer (Ollama's default options for it).
+    fn params_layer(&self, reference: &str) -> serde_json::Map<String, serde_json::Value> {
+        let layer = store_name(reference).and_then(|name| {
+            let manifest = self.store.manifest(&name).ok()?;
+            let digest = manifest.layer(PARAMS)?.digest.clone();
+            let text = std::fs::read(self.store.blob_path(&digest).ok()?).ok()?;
+            serde_json::from_slice(&text).ok()
+        });
+        layer.unwrap_or_default()
     }
 
     /// The model's digest and modification time: its manifest's when it came from the store

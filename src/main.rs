@@ -2,6 +2,7 @@
 //! the terminal, `bench` measures any OpenAI-compatible server, and `pull`, `list`, `show`, `ps`,
 //! `cp`, `rm` manage the Ollama model store.
 
+mod catalog;
 mod engine_args;
 mod loader;
 mod loading;
@@ -33,7 +34,8 @@ enum Command {
     /// concurrency sweep or Poisson request rates.
     Bench(ferrollama_bench::BenchArgs),
     /// Pull a model from the Ollama registry into the store (OLLAMA_MODELS, else
-    /// ~/.ollama/models), checking every blob's sha256; a cut transfer resumes.
+    /// ~/.ollama/models), or from Hugging Face (`hf.co/org/repo[:quant]`), checking every
+    /// sha256; a cut transfer resumes.
     Pull(models::PullArgs),
     /// List the models in the store.
     #[command(alias = "ls")]

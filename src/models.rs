@@ -1,15 +1,25 @@
 //! The model store's subcommands, in Ollama's habits: `pull`, `list`, `show`, `cp`, `rm`.
 
 use anyhow::Context;
-use ferrollama_store::{ModelName, PullEvent, Registry, Store};
+use ferrollama_store::{ModelName, PullEvent, Pulled, Puller, Store};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::time::SystemTime;
 
+const MODEL_LAYER: &str = "application/vnd.ollama.image.model";
+
 #[derive(clap::Args)]
 pub struct PullArgs {
-    /// A model name: `mistral:instruct`, `namespace/name:tag`, `host/namespace/name:tag`.
+    /// A model name: `mistral:instruct`, `namespace/name:tag`, `host/namespace/name:tag`, or a
+    /// Hugging Face repo, `hf.co/org/repo[:quant]` (a GGUF quant, or a safetensors repo).
     pub name: String,
+    /// Take a catalog model's safetensors from Hugging Face instead of its GGUF from the
+    /// Ollama registry (`mistral:instruct` is then mistralai/Mistral-7B-Instruct-v0.3).
+    #[arg(long)]
+    pub hugging_face: bool,
+    /// Fail unless the model layer has this sha256 (64 hex digits): pins a tag that may move.
+    #[arg(long, value_name = "HEX")]
+    pub model_sha256: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -34,9 +44,16 @@ fn parse(name: &str) -> anyhow::Result<ModelName> {
     Ok(ModelName::parse(name)?)
 }
 
-/// `ferrollama pull NAME`: a progress bar per blob, the digest checked as bytes arrive.
+/// `ferrollama pull NAME`: a progress bar per blob (per file from Hugging Face), every digest
+/// checked.
 pub fn pull(args: PullArgs) -> anyhow::Result<()> {
-    let name = parse(&args.name)?;
+    let mut name = parse(&args.name)?;
+    if args.hugging_face {
+        let entry = crate::catalog::by_name(&name).with_context(|| {
+            format!("the catalog (models/catalog/) has no \"{name}\"; give hf.co/org/repo instead")
+        })?;
+        name = parse(&format!("hf.co/{}", entry.huggingface))?;
+    }
     let store = Store::from_env();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -74,9 +91,28 @@ pub fn pull(args: PullArgs) -> anyhow::Result<()> {
             }
         }
     };
-    runtime
-        .block_on(Registry::from_env().pull(&store, &name, &mut report))
+    let pulled = runtime
+        .block_on(Puller::from_env().pull(&store, &name, &mut report))
         .with_context(|| format!("pulling {name}"))?;
+    match (pulled, args.model_sha256) {
+        (Pulled::Snapshot(dir), None) => println!("{name}: {}", dir.display()),
+        (Pulled::Snapshot(_), Some(_)) => {
+            anyhow::bail!("--model-sha256 pins a GGUF model layer; {name} is a safetensors repo")
+        }
+        (Pulled::Manifest(manifest), Some(want)) => {
+            let got = manifest
+                .layer(MODEL_LAYER)
+                .map(|l| l.digest.trim_start_matches("sha256:").to_string());
+            if got.as_deref() != Some(want.as_str()) {
+                anyhow::bail!(
+                    "{name}'s model layer is sha256:{}, not the pinned sha256:{want}",
+                    got.as_deref().unwrap_or("(none)")
+                );
+            }
+            println!("{name}: model layer sha256:{want}, as pinned");
+        }
+        (Pulled::Manifest(_), None) => {}
+    }
     Ok(())
 }
 
@@ -150,6 +186,15 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
         ("chat template", template_source.to_string()),
         ("file", path.display().to_string()),
     ];
+    let catalog = crate::resolve::store_name(&args.name)
+        .and_then(|name| crate::catalog::by_name(&name))
+        .map(|e| {
+            format!(
+                "{} (Ollama {}, Hugging Face {}, context {})",
+                e.family, e.ollama, e.huggingface, e.context_length
+            )
+        });
+    let rows = rows.into_iter().chain(catalog.map(|c| ("catalog", c)));
     println!("  Model");
     for (key, value) in rows {
         println!("    {key:<16}{value}");

@@ -1,11 +1,13 @@
 //! The one place a model reference from the command line becomes files: a path (a GGUF file
-//! or a safetensors directory), `random:<shape>[:<f32|f16|q8_0|q4_0>]`, or a name in the
-//! Ollama store (`mistral:instruct`), served from its blob in place.
+//! or a safetensors directory), `random:<shape>[:<f32|f16|q8_0|q4_0>]`, a name in the
+//! Ollama store (`mistral:instruct`, `hf.co/org/repo:Q4_0`), served from its blob in place, or
+//! a safetensors repo pulled into the Hugging Face cache (`hf.co/org/repo`).
 
 use anyhow::{bail, Context};
 use ferrollama_model::weights::RandomDType;
 use ferrollama_model::ModelSource;
-use ferrollama_store::{ModelName, Store};
+use ferrollama_store::hugging_face::is_hugging_face;
+use ferrollama_store::{HuggingFace, ModelName, Store};
 use std::path::{Path, PathBuf};
 
 /// The Mistral v3 tokenizer that random-weight models use (their vocabulary is Mistral's):
@@ -48,6 +50,7 @@ pub fn resolve(reference: &str) -> anyhow::Result<ModelSource> {
         return match store.model_file(&name) {
             Ok(blob) => ModelSource::from_path(&blob)
                 .with_context(|| format!("cannot load `{reference}` ({})", blob.display())),
+            Err(_) if is_hugging_face(&name) => hugging_face(&name, &store),
             Err(e) => bail!(
                 "{e} (store: {}); or give a GGUF file, a safetensors directory, or random:<shape>",
                 store.root().display()
@@ -55,6 +58,20 @@ pub fn resolve(reference: &str) -> anyhow::Result<ModelSource> {
         };
     }
     bail!("model `{reference}` not found: give a GGUF file, a safetensors directory, a name in the Ollama store, or random:<shape>")
+}
+
+/// A Hugging Face name the store lacks: a safetensors snapshot in the HF cache, if pulled.
+fn hugging_face(name: &ModelName, store: &Store) -> anyhow::Result<ModelSource> {
+    let hub = HuggingFace::from_env();
+    match hub.cached_snapshot(name) {
+        Some(dir) => ModelSource::from_path(&dir)
+            .with_context(|| format!("cannot load `{name}` ({})", dir.display())),
+        None => bail!(
+            "model \"{name}\" is neither in the store ({}) nor in the Hugging Face cache; \
+             `ferrollama pull {name}` first",
+            store.root().display()
+        ),
+    }
 }
 
 /// The store name `reference` means, when it is not a path on disk: `./x` and `/x` are

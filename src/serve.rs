@@ -4,7 +4,7 @@ use crate::engine_args::EngineArgs;
 use crate::loader::ServeLoader;
 use anyhow::Context;
 use ferrollama_api::{router, AppState, KeepAlive, Residents};
-use ferrollama_store::{Registry, Store};
+use ferrollama_store::{Puller, Store};
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -80,7 +80,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             residents,
             api_key: args.api_key.filter(|k| !k.is_empty()).map(Into::into),
             store,
-            registry: Registry::from_env(),
+            puller: Puller::from_env(),
         };
         let listener = tokio::net::TcpListener::bind(&address)
             .await

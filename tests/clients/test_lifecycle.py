@@ -28,8 +28,12 @@ def layer(media_type, data):
             "size": len(data)}
 
 
+PARAMS = {"num_predict": 2, "temperature": 0}
+
+
 def make_store(root):
-    """An Ollama store: tiny:q4_0 and tiny:q8_0, each a manifest, a config blob and a GGUF."""
+    """An Ollama store: tiny:q4_0 and tiny:q8_0, each a manifest, a config blob and a GGUF;
+    tiny:q8_0 also has a params layer (Ollama's default options for it)."""
     for tag in ["q4_0", "q8_0"]:
         model = (FIXTURES / f"tiny-mistral-{tag}.gguf").read_bytes()
         config = json.dumps({"model_format": "gguf", "model_family": "llama"}).encode()
@@ -39,7 +43,12 @@ def make_store(root):
             "config": layer("application/vnd.docker.container.image.v1+json", config),
             "layers": [layer("application/vnd.ollama.image.model", model)],
         }
-        for entry, data in [(manifest["config"], config), (manifest["layers"][0], model)]:
+        blobs = [(manifest["config"], config), (manifest["layers"][0], model)]
+        if tag == "q8_0":
+            params = json.dumps(PARAMS).encode()
+            manifest["layers"].append(layer("application/vnd.ollama.image.params", params))
+            blobs.append((manifest["layers"][-1], params))
+        for entry, data in blobs:
             blob = root / "blobs" / entry["digest"].replace(":", "-")
             blob.parent.mkdir(parents=True, exist_ok=True)
             blob.write_bytes(data)
@@ -160,6 +169,20 @@ def test_keep_alive_runs_out_and_an_empty_request_loads_or_unloads(store_server)
     assert load["done_reason"] == "load" and loaded(base) == ["tiny:q8_0"]
     unload = requests.post(base + "/api/chat", json={"model": "tiny:q8_0", "keep_alive": 0}).json()
     assert unload["done_reason"] == "unload" and loaded(base) == []
+
+
+def test_a_params_layer_gives_default_options_that_requests_override(store_server):
+    base, _ = store_server
+    body = {"model": "tiny:q8_0", "prompt": "Hi", "stream": False}
+    assert requests.post(base + "/api/generate", json=body).json()["eval_count"] == 2
+    body["options"] = {"num_predict": 4}
+    assert requests.post(base + "/api/generate", json=body).json()["eval_count"] == 4
+    chat = openai.OpenAI(base_url=base + "/v1", api_key="none").chat.completions.create(
+        model="tiny:q8_0", messages=[{"role": "user", "content": "Hi"}])
+    assert chat.usage.completion_tokens == 2, "OpenAI requests get the defaults too"
+    shown = requests.post(base + "/api/show", json={"model": "tiny:q8_0"}).json()
+    assert [line.split() for line in shown["parameters"].splitlines()] == [
+        ["num_predict", "2"], ["temperature", "0"]]
 
 
 def test_unknown_models_and_bad_keep_alive_are_refused_in_each_apis_shape(store_server):

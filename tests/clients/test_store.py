@@ -147,6 +147,17 @@ def test_pull_list_copy_remove_and_serve_by_name(registry, tmp_path):
     assert files(store) == [], "the last name's blobs go with it"
 
 
+def test_a_pinned_model_digest_is_checked(registry, tmp_path):
+    url, manifest = registry
+    model = manifest["layers"][0]["digest"].split(":")[1]
+    pinned = ferrollama(tmp_path, url, "pull", "tiny-mistral:q4_0", "--model-sha256", model)
+    assert f"model layer sha256:{model}, as pinned" in pinned.stdout
+    moved = ferrollama(tmp_path, url, "pull", "tiny-mistral:q4_0", "--model-sha256", "0" * 64,
+                       check=False)
+    assert moved.returncode != 0 and f"is sha256:{model}, not the pinned sha256:{'0' * 64}" \
+        in moved.stderr
+
+
 @pytest.mark.parametrize("bad", ["../escape", "a/../../b", "tiny mistral", "x/y/z/w:t"])
 def test_names_that_could_leave_the_store_are_refused(registry, tmp_path, bad):
     url, _ = registry

@@ -3,7 +3,7 @@
 
 use crate::names::ModelNames;
 use ferrollama_model::LoadedModel;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::time::SystemTime;
 
 #[derive(Debug, Clone)]
@@ -20,6 +20,8 @@ pub struct ModelInfo {
     pub model_info: Value,
     /// The chat template it uses.
     pub template: String,
+    /// Its default options as Ollama's `show` prints them: `stop "[INST]"`, one per line.
+    pub parameters: String,
     pub on_gpu: bool,
 }
 
@@ -31,6 +33,7 @@ impl ModelInfo {
         digest: String,
         modified: SystemTime,
         quantization: &str,
+        defaults: &Map<String, Value>,
     ) -> Self {
         let c = model.config();
         let parameters = (c.vocab_size * c.hidden_size * if c.tie_word_embeddings { 1 } else { 2 })
@@ -54,6 +57,7 @@ impl ModelInfo {
                 "llama.vocab_size": c.vocab_size,
             }),
             template: model.chat_template.name().to_string(),
+            parameters: modelfile_parameters(defaults),
             on_gpu: model.model.device().is_cuda(),
         }
     }
@@ -73,6 +77,19 @@ impl ModelInfo {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     }
+}
+
+/// Options as Modelfile `PARAMETER` lines, the way `ollama show` prints them.
+pub(crate) fn modelfile_parameters(options: &Map<String, Value>) -> String {
+    let mut lines = Vec::new();
+    for (key, value) in options {
+        let values = match value {
+            Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        lines.extend(values.iter().map(|v| format!("{key:<30} {v}")));
+    }
+    lines.join("\n")
 }
 
 /// Ollama's `details` of a model: its format, family, size in parameters and quantization.

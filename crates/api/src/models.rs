@@ -56,8 +56,15 @@ impl From<PullError> for ApiError {
     fn from(e: PullError) -> Self {
         match e {
             PullError::Store(e) => e.into(),
-            PullError::NotFound(_) => ApiError::not_found(e.to_string()),
-            PullError::Unreachable { .. } => ApiError {
+            PullError::NotFound(_) | PullError::UnknownQuant { .. } => {
+                ApiError::not_found(e.to_string())
+            }
+            PullError::Stalled { .. } => ApiError {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                message: e.to_string(),
+                param: None,
+            },
+            PullError::Unreachable { .. } | PullError::Hub { .. } => ApiError {
                 status: StatusCode::BAD_GATEWAY,
                 message: e.to_string(),
                 param: None,
@@ -145,6 +152,7 @@ fn entry_info(store: &Store, entry: StoreEntry, with_template: bool) -> ModelInf
         details: details(architecture, parameters, quantization),
         model_info,
         template,
+        parameters: String::new(),
         on_gpu: false,
     }
 }
@@ -173,7 +181,7 @@ pub async fn pull(State(state): State<AppState>, body: Bytes) -> Result<Response
     let body: PullBody = parse(&body).map_err(ApiError::ollama)?;
     let name = name(&body.model).map_err(ApiError::ollama)?;
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Result<Value, ApiError>>();
-    let (store, registry) = (state.store.clone(), state.registry.clone());
+    let (store, puller) = (state.store.clone(), state.puller.clone());
     // The pull runs to its end even if the client leaves: what it fetched stays usable.
     tokio::spawn(async move {
         let progress = sender.clone();
@@ -195,7 +203,7 @@ pub async fn pull(State(state): State<AppState>, body: Bytes) -> Result<Response
             }
             let _ = progress.send(Ok(progress_json(event)));
         };
-        if let Err(e) = registry.pull(&store, &name, &mut report).await {
+        if let Err(e) = puller.pull(&store, &name, &mut report).await {
             let _ = sender.send(Err(e.into()));
         }
     });

@@ -1,7 +1,6 @@
 //! The one place a model name from a request is matched to a model: the names it answers
 //! to, with Ollama's short and long forms of a store name being one name.
 
-use ferrollama_model::{ChatTemplate, LoadedModel, ModelConfig};
 use ferrollama_store::ModelName;
 
 #[derive(Debug, Clone)]
@@ -13,9 +12,9 @@ pub struct ModelNames {
 }
 
 impl ModelNames {
-    /// `name` from `--name`, else the file name without extension; the model's path; and for
-    /// Mistral-7B-Instruct, Ollama's names for it.
-    pub fn new(name: Option<&str>, reference: &str, model: &LoadedModel) -> Self {
+    /// `name` (`--name`, or its store name), else the file name without extension; the
+    /// model's path; and `aliases`, the catalog's names for what it is (`mistral:instruct`).
+    pub fn new(name: Option<&str>, reference: &str, aliases: &[String]) -> Self {
         let path = std::path::Path::new(reference);
         let derived = path
             .file_stem()
@@ -23,11 +22,12 @@ impl ModelNames {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| reference.to_string());
         let primary = name.map(str::to_string).unwrap_or(derived);
-        let mut all = vec![primary.clone(), reference.to_string()];
-        if is_mistral_7b_instruct(model) {
-            all.extend(["mistral:instruct", "mistral", "mistral:latest"].map(String::from));
+        let mut all = vec![primary.clone()];
+        for alias in std::iter::once(reference).chain(aliases.iter().map(String::as_str)) {
+            if !all.iter().any(|n| n == alias) {
+                all.push(alias.to_string());
+            }
         }
-        all.dedup();
         Self { primary, all }
     }
 
@@ -51,17 +51,4 @@ impl ModelNames {
             .iter()
             .any(|n| ModelName::parse(n).is_ok_and(|n| n == wanted))
     }
-}
-
-fn is_mistral_7b_instruct(model: &LoadedModel) -> bool {
-    let c = model.config();
-    let shape = ModelConfig::named("mistral-7b").expect("known shape");
-    matches!(model.chat_template, ChatTemplate::MistralInstruct)
-        && (c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads)
-            == (
-                shape.hidden_size,
-                shape.num_layers,
-                shape.num_heads,
-                shape.num_kv_heads,
-            )
 }

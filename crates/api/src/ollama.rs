@@ -14,7 +14,7 @@ use axum::Json;
 use ferrollama_engine::{Event, GenerationRequest, SamplingParams, Timings, Usage};
 use ferrollama_model::{ChatMessage, Role};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::time::Duration;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
@@ -45,8 +45,9 @@ struct GenerateBody {
     raw: bool,
     stream: Option<bool>,
     keep_alive: Option<Value>,
+    /// Ollama's options; the model's defaults fill what they leave unset.
     #[serde(default)]
-    options: Options,
+    options: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -56,8 +57,9 @@ struct ChatBody {
     messages: Vec<ChatMessageBody>,
     stream: Option<bool>,
     keep_alive: Option<Value>,
+    /// Ollama's options; the model's defaults fill what they leave unset.
     #[serde(default)]
-    options: Options,
+    options: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +159,14 @@ fn final_fields(load_duration: Duration, usage: &Usage, timings: &Timings, reaso
     })
 }
 
+/// The request's options over the model's defaults (the catalog's, then its params layer).
+fn options(defaults: &Map<String, Value>, given: &Map<String, Value>) -> Result<Options, ApiError> {
+    let mut merged = defaults.clone();
+    merged.extend(given.clone());
+    serde_json::from_value(Value::Object(merged))
+        .map_err(|e| ApiError::invalid("options", e.to_string()))
+}
+
 fn keep_alive(value: &Option<Value>) -> Result<Option<KeepAlive>, ApiError> {
     value
         .as_ref()
@@ -196,6 +206,7 @@ pub async fn generate(State(state): State<AppState>, body: Bytes) -> Result<Resp
 async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: GenerateBody = parse(&body)?;
     let keep_alive = keep_alive(&body.keep_alive)?;
+    options(&Map::new(), &body.options)?; // a bad request loads nothing
     if body.prompt.is_empty() {
         return load_or_unload(&state, &body.model, keep_alive, false).await;
     }
@@ -215,7 +226,7 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
             .encode(&loaded.model.tokenizer, &messages)?
     };
     loaded.check_context(prompt.len())?;
-    let request = body.options.request(prompt, loaded.context())?;
+    let request = options(&loaded.defaults, &body.options)?.request(prompt, loaded.context())?;
     let load_duration = lease.load_duration;
     drop(loaded);
     let merged = submit_all(lease, vec![request], 1)?;
@@ -236,6 +247,7 @@ pub async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response
 async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: ChatBody = parse(&body)?;
     let keep_alive = keep_alive(&body.keep_alive)?;
+    options(&Map::new(), &body.options)?; // a bad request loads nothing
     if body.messages.is_empty() {
         return load_or_unload(&state, &body.model, keep_alive, true).await;
     }
@@ -258,7 +270,7 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
         .chat_template
         .encode(&loaded.model.tokenizer, &messages)?;
     loaded.check_context(prompt.len())?;
-    let request = body.options.request(prompt, loaded.context())?;
+    let request = options(&loaded.defaults, &body.options)?.request(prompt, loaded.context())?;
     let load_duration = lease.load_duration;
     drop(loaded);
     let merged = submit_all(lease, vec![request], 1)?;
@@ -414,7 +426,7 @@ pub async fn show(State(state): State<AppState>, body: Bytes) -> Result<Json<Val
     };
     Ok(Json(json!({
         "modelfile": format!("FROM {}\n", info.names.primary),
-        "parameters": "",
+        "parameters": info.parameters,
         "template": info.template,
         "details": info.details,
         "model_info": info.model_info,

@@ -12,7 +12,7 @@ use ferrollama_engine::{Event, GenerationRequest, SamplingParams, Usage};
 use ferrollama_model::{ChatMessage, Role};
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -111,7 +111,10 @@ struct Plan {
 impl Params {
     /// Validates and maps to engine parameters. Missing values take OpenAI's defaults
     /// (temperature 1, top_p 1, no top_k or repeat penalty).
-    fn plan(&self) -> Result<Plan, ApiError> {
+    /// The request's choices; `defaults` (the model's Ollama options) fill what it leaves
+    /// unset, as Ollama does for its OpenAI endpoints.
+    fn plan(&self, defaults: &Map<String, Value>) -> Result<Plan, ApiError> {
+        let default = |key: &str| defaults.get(key).and_then(Value::as_f64).map(|v| v as f32);
         let n = self.n.unwrap_or(1);
         if !(1..=8).contains(&n) {
             return Err(ApiError::invalid(
@@ -119,7 +122,15 @@ impl Params {
                 format!("n must be between 1 and 8, got {n}"),
             ));
         }
-        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+        let num_predict = defaults
+            .get("num_predict")
+            .and_then(Value::as_i64)
+            .filter(|&n| n > 0);
+        let max_tokens = match self
+            .max_completion_tokens
+            .or(self.max_tokens)
+            .or(num_predict)
+        {
             None => None,
             Some(m) if m >= 1 => Some(m as usize),
             Some(m) => {
@@ -129,21 +140,21 @@ impl Params {
                 ))
             }
         };
-        let temperature = self.temperature.unwrap_or(1.0);
+        let temperature = self.temperature.or(default("temperature")).unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::invalid(
                 "temperature",
                 format!("temperature must be between 0 and 2, got {temperature}"),
             ));
         }
-        let top_p = self.top_p.unwrap_or(1.0);
+        let top_p = self.top_p.or(default("top_p")).unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
             return Err(ApiError::invalid(
                 "top_p",
                 format!("top_p must be in (0, 1], got {top_p}"),
             ));
         }
-        let top_k = match self.top_k {
+        let top_k = match self.top_k.or(defaults.get("top_k").and_then(Value::as_i64)) {
             None | Some(-1) | Some(0) => 0,
             Some(k) if k > 0 => k as usize,
             Some(k) => {
@@ -167,7 +178,10 @@ impl Params {
             }
         }
         let stop = match &self.stop {
-            None => Vec::new(),
+            None => defaults
+                .get("stop")
+                .and_then(|s| serde_json::from_value::<Vec<String>>(s.clone()).ok())
+                .unwrap_or_default(),
             Some(Stop::One(s)) => vec![s.clone()],
             Some(Stop::Many(v)) => v.clone(),
         };
@@ -181,8 +195,11 @@ impl Params {
             temperature,
             top_k,
             top_p,
-            min_p: self.min_p.unwrap_or(0.0),
-            repeat_penalty: self.repeat_penalty.unwrap_or(1.0),
+            min_p: self.min_p.or(default("min_p")).unwrap_or(0.0),
+            repeat_penalty: self
+                .repeat_penalty
+                .or(default("repeat_penalty"))
+                .unwrap_or(1.0),
             repeat_last_n: 64,
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
@@ -267,10 +284,11 @@ pub async fn chat_completions(
 
 async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: ChatBody = parse(&body)?;
-    let plan = body.params.plan()?;
+    body.params.plan(&Map::new())?; // a bad request loads nothing
     let messages = chat_messages(&body.messages)?;
     let lease = state.model(&body.params.model, None).await?;
     let loaded = lease.loaded().clone();
+    let plan = body.params.plan(&loaded.defaults)?;
     let prompt = loaded
         .model
         .chat_template
@@ -314,9 +332,10 @@ pub async fn completions(
 
 async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: CompletionBody = parse(&body)?;
-    let plan = body.params.plan()?;
+    body.params.plan(&Map::new())?; // a bad request loads nothing
     let lease = state.model(&body.params.model, None).await?;
     let loaded = lease.loaded().clone();
+    let plan = body.params.plan(&loaded.defaults)?;
     let tokenizer = &loaded.model.tokenizer;
     let prompts: Vec<Vec<u32>> = match &body.prompt {
         Prompt::Text(t) => vec![tokenizer.encode_prompt(t)?],

@@ -16,6 +16,9 @@ pub struct Loaded {
     pub engine: EngineHandle,
     pub model: Arc<LoadedModel>,
     pub info: ModelInfo,
+    /// Ollama options it gets when a request does not set them: the catalog's, then its
+    /// manifest's params layer.
+    pub defaults: serde_json::Map<String, serde_json::Value>,
     /// Unix seconds when it was loaded.
     pub created: u64,
 }

@@ -3,7 +3,7 @@
 use crate::error::ApiError;
 use crate::keep_alive::KeepAlive;
 use crate::resident::{Lease, Residents};
-use ferrollama_store::{Registry, Store};
+use ferrollama_store::{Puller, Store};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -14,7 +14,8 @@ pub struct AppState {
     pub api_key: Option<Arc<str>>,
     /// The Ollama store that /api/tags lists and /api/pull, /api/delete, /api/copy change.
     pub store: Store,
-    pub registry: Registry,
+    /// Pulls from the Ollama registry and the Hugging Face hub.
+    pub puller: Puller,
 }
 
 impl AppState {

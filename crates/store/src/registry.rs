@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 /// Overrides every registry's base URL (`http://127.0.0.1:5000`): for tests and mirrors.
 pub const REGISTRY_URL_ENV: &str = "FERROLLAMA_REGISTRY_URL";
 
+/// Why a pull failed, from the Ollama registry or the Hugging Face hub alike.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
     #[error(transparent)]
@@ -47,6 +48,18 @@ pub enum PullError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The Hugging Face hub refused or failed a request.
+    #[error("{url}: {message}")]
+    Hub { url: String, message: String },
+    /// A Hugging Face GGUF repo without the requested quant.
+    #[error("{name}: the repo has no GGUF file for \"{quant}\"; it has {available}")]
+    UnknownQuant {
+        name: String,
+        quant: String,
+        available: String,
+    },
+    #[error("{url}: no bytes arrived for {seconds} s; pull again to resume")]
+    Stalled { url: String, seconds: u64 },
 }
 
 /// What a pull reports as it goes, in the order of Ollama's `/api/pull` stream.
@@ -250,7 +263,7 @@ impl Registry {
 }
 
 /// The sha256 state and length of what `path` holds (nothing, if it does not exist).
-async fn hash_file(path: &Path) -> Result<(Sha256, u64), PullError> {
+pub(crate) async fn hash_file(path: &Path) -> Result<(Sha256, u64), PullError> {
     let mut hasher = Sha256::new();
     let mut file = match tokio::fs::File::open(path).await {
         Ok(f) => f,

@@ -172,6 +172,38 @@ impl Store {
         write_atomically(&path, &bytes)
     }
 
+    /// Writes a small blob (a config) under its sha256; returns its `sha256:<hex>` digest.
+    pub fn write_blob(&self, bytes: &[u8]) -> Result<String, StoreError> {
+        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        write_atomically(&self.blob_path(&digest)?, bytes)?;
+        Ok(digest)
+    }
+
+    /// Makes `file`, whose sha256 the caller has checked is `digest`, the blob of that digest:
+    /// a hard link when both are on one file system (no second copy of gigabytes), else a copy.
+    /// Either lands beside the blob first and is renamed into place.
+    pub fn link_blob(&self, digest: &str, file: &Path) -> Result<PathBuf, StoreError> {
+        let path = self.blob_path(digest)?;
+        // A link to a symlink (an HF snapshot entry) would be a dangling relative link here.
+        let file = &std::fs::canonicalize(file).map_err(io(file))?;
+        let size = std::fs::metadata(file).map_err(io(file))?.len();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == size) {
+            return Ok(path);
+        }
+        let dir = path.parent().expect("blobs/ is a directory");
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let temp = dir.join(format!(
+            ".{}.partial",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        let _ = std::fs::remove_file(&temp);
+        if std::fs::hard_link(file, &temp).is_err() {
+            std::fs::copy(file, &temp).map_err(io(&temp))?;
+        }
+        std::fs::rename(&temp, &path).map_err(io(&path))?;
+        Ok(path)
+    }
+
     /// `ollama cp`: a second name for the same blobs.
     pub fn copy(&self, from: &ModelName, to: &ModelName) -> Result<(), StoreError> {
         let manifest = self.manifest(from)?;
