@@ -32,8 +32,10 @@ Options:
   --license FILE             GitLab licence file (Ultimate + Duo Enterprise), installed at first boot
   --email ADDRESS            Let's Encrypt contact address
   --ssh-key FILE             public key for the VMs (aws; default ~/.ssh/id_ed25519.pub)
-  --model-url URL            Mistral-7B-Instruct-v0.3 Q4_0 GGUF (default: Ollama's registry blob)
-  --model-sha256 SUM         its sha256 (default: the digest of that blob)
+  --model NAME               the Ollama name `ferrollama pull` fetches on the llm VM
+                             (default mistral:7b-instruct-v0.3-q4_0, Mistral-7B-Instruct-v0.3 Q4_0)
+  --model-sha256 SUM         the sha256 its model layer must have (default: that Q4_0 blob's)
+  --registry URL             an Ollama registry mirror to pull from (default: registry.ollama.ai)
   --nvidia-driver VERSION    Ubuntu's NVIDIA server driver branch (default 550)
   --eval                     AIGW_AUTH__BYPASS_EXTERNAL=true on the gateway: evaluation only
   --dns-timeout SECONDS      how long to wait for the domain to resolve (default 1800)
@@ -48,9 +50,11 @@ cloud_name="" domain="" name=ferrollama region="" zone="" project=""
 gateway_tag=self-hosted-v17.6.0-ee gitlab_version="" license="" email=""
 ssh_key="$HOME/.ssh/id_ed25519.pub"
 ferrollama_url="" ferrollama_sha256=""
-# Ollama's own mistral:7b-instruct-v0.3-q4_0 weights: the URL names the blob by its sha256.
+# Ollama's own mistral:7b-instruct-v0.3-q4_0, pulled by ferrollama on the llm VM; the pull
+# fails unless its model layer is this blob, so a tag that moves cannot change the model.
+model=mistral:7b-instruct-v0.3-q4_0
 model_sha256=ff82381e2bea77d91c1b824c7afb83f6fb73e9f7de9dda631bcdbca564aa5435
-model_url="https://registry.ollama.ai/v2/library/mistral/blobs/sha256:$model_sha256"
+registry_url=""
 nvidia_driver=550 eval_mode=false dns_timeout=1800 configure=true render_dir=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -67,7 +71,8 @@ while [ $# -gt 0 ]; do
     --ssh-key) ssh_key="$2"; shift 2 ;;
     --ferrollama-url) ferrollama_url="$2"; shift 2 ;;
     --ferrollama-sha256) ferrollama_sha256="$2"; shift 2 ;;
-    --model-url) model_url="$2"; shift 2 ;;
+    --model) model="$2"; shift 2 ;;
+    --registry) registry_url="$2"; shift 2 ;;
     --model-sha256) model_sha256="$2"; shift 2 ;;
     --nvidia-driver) nvidia_driver="$2"; shift 2 ;;
     --eval) eval_mode=true; shift ;;
@@ -91,7 +96,8 @@ esac
 [[ "$domain" =~ ^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}$ ]] || usage_error "--domain '$domain' is not a lowercase DNS name"
 check_name "$name"
 [[ "$ferrollama_url" =~ ^https?://[^[:space:]\'\"]+$ ]] || usage_error "--ferrollama-url must be an http(s) URL"
-[[ "$model_url" =~ ^https?://[^[:space:]\'\"]+$ ]] || usage_error "--model-url must be an http(s) URL"
+[[ "$model" =~ ^[A-Za-z0-9][A-Za-z0-9._:/-]*$ ]] || usage_error "--model '$model' is not an Ollama model name"
+[ -z "$registry_url" ] || [[ "$registry_url" =~ ^https?://[^[:space:]\'\"]+$ ]] || usage_error "--registry must be an http(s) URL"
 [[ "$ferrollama_sha256" =~ ^[0-9a-f]{64}$ ]] || usage_error "--ferrollama-sha256 must be 64 hex digits"
 [[ "$model_sha256" =~ ^[0-9a-f]{64}$ ]] || usage_error "--model-sha256 must be 64 hex digits"
 [[ "$nvidia_driver" =~ ^[0-9]+$ ]] || usage_error "--nvidia-driver must be a number like 550"
@@ -160,7 +166,7 @@ render "$here/cloud-init/gateway.yaml" "$render_dir/gateway.yaml" "${common[@]}"
   "GATEWAY_IMAGE=gitlab/model-gateway:$gateway_tag" "EVAL_ENV_LINE=$eval_line" \
   "FIRSTBOOT_B64=$(b64 "$here/firstboot/gateway.sh")"
 render "$here/cloud-init/llm.yaml" "$render_dir/llm.yaml" "${common[@]}" \
-  "MODEL_FILE=mistral-7b-instruct-v0.3-q4_0.gguf" "MODEL_URL=$model_url" \
+  "MODEL=$model" "REGISTRY_URL=$registry_url" \
   "MODEL_SHA256=$model_sha256" "FERROLLAMA_URL=$ferrollama_url" \
   "FERROLLAMA_SHA256=$ferrollama_sha256" "NVIDIA_DRIVER=$nvidia_driver" \
   "UNIT_B64=$(b64 "$here/systemd/ferrollama.service")" \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# First boot of the llm VM (run by cloud-init): NVIDIA driver, the ferrollama binary and the
-# model (both checksum-verified), then the systemd unit. Safe to run again: verified files are
-# kept. Settings come from /etc/ferrollama-deploy/settings.env, written by cloud-init.
+# First boot of the llm VM (run by cloud-init): NVIDIA driver, the ferrollama binary
+# (checksum-verified), the model (`ferrollama pull`, every blob verified, the model layer held
+# to the pinned sha256), then the systemd unit. Safe to run again: verified files are kept. Settings come from /etc/ferrollama-deploy/settings.env, written by cloud-init.
 #
 # Seam for the container image: when Dockerfile.cuda exists, install the NVIDIA container
 # toolkit and pull the image here instead of the binary, and run `docker run --gpus all
@@ -34,8 +34,13 @@ id ferrollama >/dev/null 2>&1 \
 
 fetch "$FERROLLAMA_URL" "$FERROLLAMA_SHA256" /usr/local/bin/ferrollama
 chmod 0755 /usr/local/bin/ferrollama
-fetch "$MODEL_URL" "$MODEL_SHA256" "$FERROLLAMA_MODEL"
-chmod 0644 "$FERROLLAMA_MODEL"
+# The model goes into the Ollama-layout store the unit serves from, as `ollama pull` would: each
+# blob's sha256 is checked as it streams, a cut transfer resumes, a second run fetches nothing
+# new, and a model layer other than the pinned one fails the boot.
+install -d -o ferrollama -g ferrollama "$OLLAMA_MODELS"
+runuser -u ferrollama -- env OLLAMA_MODELS="$OLLAMA_MODELS" \
+  FERROLLAMA_REGISTRY_URL="${FERROLLAMA_REGISTRY_URL:-}" \
+  /usr/local/bin/ferrollama pull "$FERROLLAMA_MODEL" --model-sha256 "$MODEL_SHA256"
 
 systemctl daemon-reload
 systemctl enable ferrollama.service

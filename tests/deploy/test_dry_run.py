@@ -223,6 +223,23 @@ def test_rendered_roles(fake_clis, tmp_path):
     settings = llm["/etc/ferrollama-deploy/settings.env"]
     assert "FERROLLAMA_URL='https://example.com/ferrollama'" in settings and f"FERROLLAMA_SHA256={SHA}" in settings
     assert "MODEL_SHA256=ff82381e2bea77d91c1b824c7afb83f6fb73e9f7de9dda631bcdbca564aa5435" in settings
+    # The model is a store name that the first boot pulls, pinned to that digest.
+    assert "FERROLLAMA_MODEL=mistral:7b-instruct-v0.3-q4_0" in env
+    assert "OLLAMA_MODELS=/var/lib/ferrollama/models" in env
+    assert "FERROLLAMA_REGISTRY_URL=''" in settings
+    firstboot = llm["/usr/local/sbin/ferrollama-firstboot"]
+    assert 'ferrollama pull "$FERROLLAMA_MODEL" --model-sha256 "$MODEL_SHA256"' in firstboot
+    assert "MODEL_URL" not in firstboot, "the model comes from ferrollama pull, not curl"
+
+
+def test_model_and_registry_overrides_reach_the_llm_vm(fake_clis, tmp_path):
+    _, render, _ = dry_up(fake_clis, tmp_path, "aws", "--model", "mistral:7b-instruct-v0.3-q8_0",
+                          "--model-sha256", "a" * 64, "--registry", "https://mirror.example.com")
+    llm = write_files(render / "llm.yaml")
+    assert "FERROLLAMA_MODEL=mistral:7b-instruct-v0.3-q8_0" in llm["/etc/ferrollama/ferrollama.env"]
+    settings = llm["/etc/ferrollama-deploy/settings.env"]
+    assert f"MODEL_SHA256={'a' * 64}" in settings
+    assert "FERROLLAMA_REGISTRY_URL='https://mirror.example.com'" in settings
 
 
 def test_without_licence_no_licence_line(fake_clis, tmp_path):
@@ -241,6 +258,10 @@ def test_without_licence_no_licence_line(fake_clis, tmp_path):
       "--ferrollama-sha256", SHA, "--gitlab-version", "17.5.0"], "does not match gateway self-hosted-v17.6.0-ee"),
     (["--cloud", "gcp", "--domain", "gitlab.example.com", "--ferrollama-url", "https://e.com/f",
       "--ferrollama-sha256", SHA, "--name", "Bad_Name"], "--name must be"),
+    (["--cloud", "aws", "--domain", "gitlab.example.com", "--ferrollama-url", "https://e.com/f",
+      "--ferrollama-sha256", SHA, "--model", "mistral;rm -rf /"], "is not an Ollama model name"),
+    (["--cloud", "aws", "--domain", "gitlab.example.com", "--ferrollama-url", "https://e.com/f",
+      "--ferrollama-sha256", SHA, "--registry", "ftp://mirror"], "--registry must be an http(s) URL"),
 ])
 def test_bad_arguments_make_no_call(fake_clis, args, message):
     env, _ = fake_clis
