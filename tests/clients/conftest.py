@@ -3,6 +3,7 @@
 The binary comes from FERROLLAMA_BIN (tests/run.sh sets it); the model is tiny-mistral (random
 weights, the real Mistral v3 tokenizer and chat format), served as `mistral:instruct`.
 """
+import hashlib
 import os
 import pathlib
 import socket
@@ -14,6 +15,7 @@ import pytest
 import requests
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+BINARY = os.environ.get("FERROLLAMA_BIN", str(ROOT / "target/release/ferrollama"))
 
 
 def free_port():
@@ -22,9 +24,39 @@ def free_port():
         return s.getsockname()[1]
 
 
+def files(root):
+    """Every file under `root`, relative, sorted: what a test expects a store to hold."""
+    return sorted(str(p.relative_to(root)) for p in pathlib.Path(root).rglob("*") if p.is_file())
+
+
+def layer(media_type, data):
+    """A manifest layer (Docker manifest v2, as Ollama's registry serves them) for `data`."""
+    return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+            "size": len(data)}
+
+
+def serve(env, *args):
+    """`ferrollama serve ARGS` on a free port with a small KV cache; returns (process, base
+    URL) once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([BINARY, "serve", "--port", str(port), "--kv-cache-memory", "64MiB",
+                             *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if requests.get(base + "/", timeout=1).ok:
+                return proc, base
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, "server did not start"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def server():
-    binary = os.environ.get("FERROLLAMA_BIN", str(ROOT / "target/release/ferrollama"))
+    binary = BINARY
     port = free_port()
     model = ROOT / "models/fixtures/tiny-mistral"
     # The server's output goes to a file: a pipe nobody reads while the tests run fills up

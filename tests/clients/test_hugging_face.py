@@ -16,8 +16,7 @@ import time
 import openai
 import pytest
 
-from conftest import ROOT, free_port
-from test_store import BINARY, files, start_server
+from conftest import BINARY, ROOT, files, free_port, serve
 
 FIXTURE = ROOT / "models/fixtures/tiny-mistral"
 COMMIT = "c0ffee" * 6 + "c0ff"
@@ -108,7 +107,7 @@ def ferrollama(env, *args, check=True):
 
 
 def chat(model, env):
-    proc, base = start_server(model, env)
+    proc, base = serve(env, "--model", model)
     try:
         client = openai.OpenAI(base_url=base + "/v1", api_key="none")
         reply = client.chat.completions.create(
@@ -175,7 +174,7 @@ def test_a_catalog_name_pulls_its_safetensors_from_hugging_face(env):
 def test_ollama_python_pulls_a_hugging_face_gguf_through_the_server(env):
     import ollama
 
-    proc, base = start_server(str(FIXTURE), env)
+    proc, base = serve(env, "--model", str(FIXTURE))
     try:
         client = ollama.Client(host=base)
         progress = list(client.pull("hf.co/test/tiny-mistral-GGUF:Q8_0", stream=True))

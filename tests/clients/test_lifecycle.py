@@ -5,11 +5,8 @@ waits for the busy one, which is then unloaded. The store is made by hand, as Ol
 it, and served in place.
 """
 import datetime
-import hashlib
 import json
 import os
-import pathlib
-import subprocess
 import threading
 import time
 
@@ -17,15 +14,9 @@ import openai
 import pytest
 import requests
 
-from conftest import ROOT, free_port
+from conftest import ROOT, files, layer, serve
 
-BINARY = os.environ.get("FERROLLAMA_BIN", str(ROOT / "target/release/ferrollama"))
 FIXTURES = ROOT / "models/fixtures/tiny-mistral"
-
-
-def layer(media_type, data):
-    return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
-            "size": len(data)}
 
 
 PARAMS = {"num_predict": 2, "temperature": 0}
@@ -55,28 +46,6 @@ def make_store(root):
         path = root / "manifests/registry.ollama.ai/library/tiny" / tag
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(manifest))
-
-
-def files(root):
-    return sorted(str(p.relative_to(root)) for p in pathlib.Path(root).rglob("*") if p.is_file())
-
-
-def serve(env, *args):
-    """`ferrollama serve ARGS` on a free port; returns (process, base URL) once it answers."""
-    port = free_port()
-    proc = subprocess.Popen([BINARY, "serve", "--port", str(port), "--kv-cache-memory", "64MiB",
-                             *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if requests.get(base + "/", timeout=1).ok:
-                return proc, base
-        except requests.ConnectionError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, "server did not start"
-        time.sleep(0.2)
 
 
 @pytest.fixture()

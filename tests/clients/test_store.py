@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import json
 import os
-import pathlib
 import subprocess
 import threading
 import time
@@ -15,15 +14,9 @@ import openai
 import pytest
 import requests
 
-from conftest import ROOT, free_port
+from conftest import BINARY, ROOT, files, free_port, layer, serve
 
 GGUF = ROOT / "models/fixtures/tiny-mistral/tiny-mistral-q4_0.gguf"
-BINARY = os.environ.get("FERROLLAMA_BIN", str(ROOT / "target/release/ferrollama"))
-
-
-def layer(media_type, data):
-    return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
-            "size": len(data)}
 
 
 @pytest.fixture(scope="module")
@@ -77,29 +70,6 @@ def ferrollama(store, registry_url, *args, check=True):
     return result
 
 
-def files(root):
-    return sorted(str(p.relative_to(root)) for p in pathlib.Path(root).rglob("*") if p.is_file())
-
-
-def start_server(model, env, *args):
-    """`ferrollama serve --model MODEL` on a free port; returns (process, base URL) once up."""
-    port = free_port()
-    proc = subprocess.Popen([BINARY, "serve", "--model", model, "--port", str(port),
-                             "--kv-cache-memory", "64MiB", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if requests.get(base + "/", timeout=1).ok:
-                return proc, base
-        except requests.ConnectionError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, "server did not start"
-        time.sleep(0.2)
-
-
 def test_pull_list_copy_remove_and_serve_by_name(registry, tmp_path):
     url, manifest = registry
     store = tmp_path / "models"
@@ -131,7 +101,7 @@ def test_pull_list_copy_remove_and_serve_by_name(registry, tmp_path):
     assert files(store) == want, "removing the copy keeps the blobs the original lists"
 
     # Served by name from the blob in place: no byte copied, no new file in the store.
-    proc, base = start_server("tiny-mistral:q4_0", dict(os.environ, OLLAMA_MODELS=str(store)))
+    proc, base = serve(dict(os.environ, OLLAMA_MODELS=str(store)), "--model", "tiny-mistral:q4_0")
     try:
         client = openai.OpenAI(base_url=base + "/v1", api_key="none")
         reply = client.chat.completions.create(
@@ -185,7 +155,7 @@ def server_with_store(registry, tmp_path):
     url, manifest = registry
     store = tmp_path / "models"
     env = dict(os.environ, OLLAMA_MODELS=str(store), FERROLLAMA_REGISTRY_URL=url)
-    proc, base = start_server(str(ROOT / "models/fixtures/tiny-mistral"), env, "--name",
+    proc, base = serve(env, "--model", str(ROOT / "models/fixtures/tiny-mistral"), "--name",
                               "mistral:instruct")
     yield base, store, manifest
     proc.terminate()
