@@ -1,4 +1,6 @@
 """The OpenAI Python SDK against ferrollama's /v1."""
+import uuid
+
 import openai
 import pytest
 import requests
@@ -22,8 +24,18 @@ def test_chat(client, server):
     assert choice.finish_reason in ("stop", "length")
     assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 12
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
-    assert r.usage.prompt_tokens_details.cached_tokens >= 0
     assert engine_idle(server)
+
+
+def test_cached_tokens_count_the_prompt_blocks_found_in_the_prefix_cache(client):
+    # A fresh prompt (its first block is new) finds nothing; the same prompt again finds every
+    # full 16-token block but the one holding its last token, which must be computed.
+    messages = [{"role": "user", "content": f"{uuid.uuid4().hex} " + "count the blocks " * 10}]
+    first, again = [client.chat.completions.create(
+        model="mistral:instruct", messages=messages, max_tokens=2, temperature=0) for _ in range(2)]
+    assert first.usage.prompt_tokens > 40
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.usage.prompt_tokens_details.cached_tokens == (again.usage.prompt_tokens - 1) // 16 * 16
 
 
 def test_chat_stream_with_usage(client):

@@ -6,7 +6,7 @@ use crate::block_pool::BlockPool;
 use crate::request::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use crate::scheduler::{Scheduler, SchedulerConfig, StepPlan};
 use crate::sequence::Sequence;
-use ferrollama_model::{Batch, KvCache, LoadedModel, SeqChunk};
+use ferrollama_model::{KvCache, LoadedModel};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -53,6 +53,10 @@ pub enum EngineError {
     CacheTooSmall { needed: usize, total: usize },
     #[error("invalid sampling parameters: {0}")]
     Sampling(String),
+    #[error("token id {token} is not in the vocabulary (ids below {vocab})")]
+    UnknownToken { token: u32, vocab: usize },
+    #[error("max_tokens must be at least 1")]
+    NoTokensAllowed,
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -94,6 +98,7 @@ pub struct EngineHandle {
     stats: Arc<Mutex<EngineStats>>,
     next_id: Arc<AtomicU64>,
     context: usize,
+    vocab_size: usize,
     capacity_blocks: usize,
     block_size: usize,
 }
@@ -130,7 +135,8 @@ impl EngineHandle {
         Ok(stream)
     }
 
-    /// Validates a request and makes its sequence.
+    /// Validates a request and makes its sequence: every check happens here, at the door, so
+    /// a bad request fails alone and never inside another request's step.
     fn sequence(
         &self,
         request: GenerationRequest,
@@ -150,6 +156,15 @@ impl EngineHandle {
                 needed,
                 total: self.capacity_blocks,
             });
+        }
+        if let Some(&token) = request.prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(EngineError::UnknownToken {
+                token,
+                vocab: self.vocab_size,
+            });
+        }
+        if request.max_tokens == 0 {
+            return Err(EngineError::NoTokensAllowed);
         }
         request.sampling.validate().map_err(EngineError::Sampling)?;
         let (tx, rx) = unbounded_channel();
@@ -188,18 +203,21 @@ pub fn start(
         stats: stats.clone(),
         next_id: Arc::new(AtomicU64::new(0)),
         context: model_config.max_position_embeddings,
+        vocab_size: model_config.vocab_size,
         capacity_blocks: num_blocks,
         block_size: config.block_size,
     };
     let mut engine = Engine {
         cache,
-        pool: BlockPool::new(num_blocks, config.prefix_caching),
-        scheduler: Scheduler::new(SchedulerConfig {
-            block_size: config.block_size,
-            max_batch_tokens: config.max_batch_tokens,
-            max_seqs: config.max_seqs,
-            chunked_prefill: config.chunked_prefill,
-        }),
+        scheduler: Scheduler::new(
+            SchedulerConfig {
+                block_size: config.block_size,
+                max_batch_tokens: config.max_batch_tokens,
+                max_seqs: config.max_seqs,
+                chunked_prefill: config.chunked_prefill,
+            },
+            BlockPool::new(num_blocks, config.prefix_caching),
+        ),
         max_len: model_config
             .max_position_embeddings
             .min(num_blocks * config.block_size),
@@ -264,7 +282,6 @@ fn pin_to_core(i: usize) {
 struct Engine {
     model: Arc<LoadedModel>,
     cache: KvCache,
-    pool: BlockPool,
     scheduler: Scheduler,
     /// No sequence grows past this: the model's context, or the whole cache.
     max_len: usize,
@@ -274,8 +291,7 @@ struct Engine {
 impl Engine {
     fn run(&mut self, inbox: mpsc::Receiver<Command>) {
         loop {
-            let idle = self.scheduler.running.is_empty() && self.scheduler.waiting.is_empty();
-            let command = if idle {
+            let command = if self.scheduler.is_idle() {
                 match inbox.recv() {
                     Ok(c) => Some(c),
                     Err(_) => return,
@@ -284,13 +300,14 @@ impl Engine {
                 inbox.try_recv().ok()
             };
             if let Some(Command::Submit(seq)) = command {
-                self.scheduler.waiting.push_back(*seq);
+                self.scheduler.add(*seq);
                 while let Ok(Command::Submit(seq)) = inbox.try_recv() {
-                    self.scheduler.waiting.push_back(*seq);
+                    self.scheduler.add(*seq);
                 }
             }
-            self.drop_cancelled();
-            let plan = self.scheduler.schedule(&mut self.pool);
+            // Requests whose caller hung up give their blocks back before the next step.
+            self.scheduler.remove_where(|seq| seq.events.is_closed());
+            let plan = self.scheduler.schedule();
             if !plan.chunks.is_empty() {
                 self.step(&plan);
             }
@@ -298,153 +315,108 @@ impl Engine {
         }
     }
 
-    /// Requests whose caller hung up give their blocks back before the next step.
-    fn drop_cancelled(&mut self) {
-        let pool = &mut self.pool;
-        self.scheduler.running.retain_mut(|seq| {
-            let gone = seq.events.is_closed();
-            if gone {
-                seq.free_blocks(pool);
-            }
-            !gone
-        });
-        self.scheduler.waiting.retain(|seq| !seq.events.is_closed());
-    }
-
     fn step(&mut self, plan: &StepPlan) {
-        let now = Instant::now();
-        let running = &mut self.scheduler.running;
-        for &(i, _) in &plan.chunks {
-            running[i].first_scheduled.get_or_insert(now);
-        }
-        let chunks = plan
-            .chunks
-            .iter()
-            .map(|&(i, take)| {
-                let seq = &running[i];
-                SeqChunk {
-                    tokens: &seq.tokens[seq.computed..seq.computed + take],
-                    cached: seq.computed,
-                    block_table: &seq.blocks,
-                }
-            })
-            .collect();
         let logits = self
             .model
             .model
-            .forward(&Batch::new(chunks), &mut self.cache)
+            .forward(&self.scheduler.batch(plan), &mut self.cache)
             .and_then(|l| Ok(l.to_vec2::<f32>()?));
         let mut rows = match logits {
             Ok(rows) => rows,
             Err(e) => {
                 // The batch failed as a whole: its requests get the error, the others go on.
                 tracing::error!("forward failed: {e}");
-                let failed: Vec<usize> = plan.chunks.iter().map(|&(i, _)| i).collect();
-                self.finish_many(&failed, FinishReason::Error, Some(e.to_string()));
+                for seq in self.scheduler.abort(plan) {
+                    finish(seq, FinishReason::Error, Some(e.to_string()), &self.model);
+                }
                 return;
             }
         };
-
-        let mut finished = Vec::new();
-        for (&(i, take), row) in plan.chunks.iter().zip(rows.iter_mut()) {
-            let seq = &mut self.scheduler.running[i];
-            seq.computed += take;
-            seq.register_full_blocks(&mut self.pool, self.scheduler.config.block_size);
-            if seq.pending() > 0 {
-                continue; // a prompt chunk: no token yet
-            }
-            if let Some(reason) = self.next_token(i, row) {
-                finished.push((i, reason));
-            }
-        }
-        // Highest index first, so the remaining indices stay valid.
-        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
-        for (i, reason) in finished {
-            self.finish(i, reason, None);
-        }
-    }
-
-    /// Samples, detokenizes and sends the next token of running sequence `i`; returns a
-    /// finish reason if that ends it.
-    fn next_token(&mut self, i: usize, logits: &mut [f32]) -> Option<FinishReason> {
-        let tokenizer = &self.model.tokenizer;
-        let seq = &mut self.scheduler.running[i];
-        let generated = seq.generated();
-        let token = seq.sampler.sample(logits, &seq.tokens, generated);
-        seq.tokens.push(token);
-        seq.first_token.get_or_insert_with(Instant::now);
-
-        // The model's own end tokens always stop, whatever else was asked.
-        if !seq.ignore_eos && tokenizer.eos_ids().contains(&token) {
-            let text = seq.drain_text(tokenizer);
-            send_token(seq, text, token);
-            return Some(FinishReason::Stop);
-        }
-        let text = match seq.detokenizer.push(tokenizer, token) {
-            Ok(text) => text.unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!("detokenize: {e}");
-                String::new()
-            }
-        };
-        let release = seq.stop.push(&text);
-        send_token(seq, release.text, token);
-        if release.stopped {
-            return Some(FinishReason::Stop);
-        }
-        if seq.generated() >= seq.max_tokens || seq.tokens.len() >= self.max_len {
-            return Some(FinishReason::Length);
-        }
-        None
-    }
-
-    fn finish_many(&mut self, indices: &[usize], reason: FinishReason, error: Option<String>) {
-        let mut indices = indices.to_vec();
-        indices.sort_unstable_by(|a, b| b.cmp(a));
-        for i in indices {
-            self.finish(i, reason, error.clone());
-        }
-    }
-
-    fn finish(&mut self, i: usize, reason: FinishReason, error: Option<String>) {
-        let mut seq = self.scheduler.running.remove(i);
-        seq.free_blocks(&mut self.pool);
-        if reason == FinishReason::Length {
-            let text = seq.drain_text(&self.model.tokenizer);
-            if !text.is_empty() {
-                let _ = seq.events.send(Event::Token {
-                    text,
-                    token_id: *seq.tokens.last().expect("a generated token"),
-                });
-            }
-        }
-        let end = Instant::now();
-        let first_scheduled = seq.first_scheduled.unwrap_or(end);
-        let first_token = seq.first_token.unwrap_or(end);
-        let _ = seq.events.send(Event::Finished {
-            reason,
-            usage: Usage {
-                prompt_tokens: seq.prompt_len,
-                cached_tokens: seq.cached_prompt_tokens.unwrap_or(0),
-                generated_tokens: seq.generated(),
-            },
-            timings: Timings {
-                queue: first_scheduled - seq.arrived,
-                prefill: first_token - first_scheduled,
-                decode: end - first_token,
-            },
-            error,
+        let (model, max_len) = (&self.model, self.max_len);
+        let finished = self.scheduler.update(plan, &mut rows, |seq, row| {
+            next_token(seq, row, model, max_len)
         });
+        for (seq, reason) in finished {
+            finish(seq, reason, None, &self.model);
+        }
     }
 
     fn publish_stats(&self, preempted: usize) {
         let mut stats = self.stats.lock().expect("stats lock");
-        stats.running = self.scheduler.running.len();
-        stats.waiting = self.scheduler.waiting.len();
-        stats.free_blocks = self.pool.num_free();
+        stats.running = self.scheduler.num_running();
+        stats.waiting = self.scheduler.num_waiting();
+        stats.free_blocks = self.scheduler.num_free_blocks();
         stats.preemptions += preempted as u64;
         stats.steps += 1;
     }
+}
+
+/// Samples, detokenizes and sends the next token of `seq`; returns a finish reason if that
+/// ends it.
+fn next_token(
+    seq: &mut Sequence,
+    logits: &mut [f32],
+    model: &LoadedModel,
+    max_len: usize,
+) -> Option<FinishReason> {
+    let tokenizer = &model.tokenizer;
+    let generated = seq.generated();
+    let token = seq.sampler.sample(logits, &seq.tokens, generated);
+    seq.tokens.push(token);
+    seq.first_token.get_or_insert_with(Instant::now);
+
+    // The model's own end tokens always stop, whatever else was asked.
+    if !seq.ignore_eos && tokenizer.eos_ids().contains(&token) {
+        let text = seq.drain_text(tokenizer);
+        send_token(seq, text, token);
+        return Some(FinishReason::Stop);
+    }
+    let text = match seq.detokenizer.push(tokenizer, token) {
+        Ok(text) => text.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!("detokenize: {e}");
+            String::new()
+        }
+    };
+    let release = seq.stop.push(&text);
+    send_token(seq, release.text, token);
+    if release.stopped {
+        return Some(FinishReason::Stop);
+    }
+    if seq.generated() >= seq.max_tokens || seq.tokens.len() >= max_len {
+        return Some(FinishReason::Length);
+    }
+    None
+}
+
+/// Sends a finished sequence's last text and its final event.
+fn finish(mut seq: Sequence, reason: FinishReason, error: Option<String>, model: &LoadedModel) {
+    if reason == FinishReason::Length {
+        let text = seq.drain_text(&model.tokenizer);
+        if !text.is_empty() {
+            let _ = seq.events.send(Event::Token {
+                text,
+                token_id: *seq.tokens.last().expect("a generated token"),
+            });
+        }
+    }
+    let end = Instant::now();
+    let first_scheduled = seq.first_scheduled.unwrap_or(end);
+    let first_token = seq.first_token.unwrap_or(end);
+    let _ = seq.events.send(Event::Finished {
+        reason,
+        usage: Usage {
+            prompt_tokens: seq.prompt_len,
+            cached_tokens: seq.cached_prompt_tokens.unwrap_or(0),
+            generated_tokens: seq.generated(),
+        },
+        timings: Timings {
+            queue: first_scheduled - seq.arrived,
+            prefill: first_token - first_scheduled,
+            decode: end - first_token,
+        },
+        error,
+    });
 }
 
 fn send_token(seq: &Sequence, text: String, token_id: u32) {

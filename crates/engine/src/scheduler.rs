@@ -3,10 +3,17 @@
 //! oldest first; waiting requests are admitted while the budget, the sequence cap and the free
 //! blocks allow. When blocks run out, the newest running sequence is preempted: it gives its
 //! blocks back and will recompute them later (vLLM's preemption by recompute).
+//!
+//! The scheduler owns its queues and the block pool, privately (vLLM v1's shape): the loop
+//! calls `schedule()`, runs the model on `batch(plan)`, and hands the logits to `update()`,
+//! which applies them and returns the sequences that finished.
 
 use crate::block_pool::BlockPool;
+use crate::request::FinishReason;
 use crate::sequence::Sequence;
+use ferrollama_model::{Batch, SeqChunk};
 use std::collections::VecDeque;
+use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -19,32 +26,86 @@ pub struct SchedulerConfig {
     pub chunked_prefill: bool,
 }
 
-/// One step's work: for each scheduled sequence (an index into `running`), how many of its
-/// pending tokens to run.
+/// One step's work, a plain value: which sequences run (by request id), each with how many of
+/// its pending tokens, in batch order.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct StepPlan {
-    pub chunks: Vec<(usize, usize)>,
+    pub chunks: Vec<Chunk>,
     /// Sequences preempted while planning (for statistics).
     pub preempted: usize,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    pub id: u64,
+    pub take: usize,
+}
+
 pub struct Scheduler {
-    pub config: SchedulerConfig,
-    pub waiting: VecDeque<Sequence>,
+    config: SchedulerConfig,
+    pool: BlockPool,
+    waiting: VecDeque<Sequence>,
     /// In admission order: the last is the newest.
-    pub running: Vec<Sequence>,
+    running: Vec<Sequence>,
 }
 
 impl Scheduler {
-    pub fn new(config: SchedulerConfig) -> Self {
+    pub fn new(config: SchedulerConfig, pool: BlockPool) -> Self {
         Self {
             config,
+            pool,
             waiting: VecDeque::new(),
             running: Vec::new(),
         }
     }
 
-    pub fn schedule(&mut self, pool: &mut BlockPool) -> StepPlan {
+    /// A new request joins the back of the queue.
+    pub fn add(&mut self, seq: Sequence) {
+        self.waiting.push_back(seq);
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn num_free_blocks(&self) -> usize {
+        self.pool.num_free()
+    }
+
+    /// Removes the sequences `gone` picks (their callers hung up), giving their blocks back.
+    pub fn remove_where(&mut self, gone: impl Fn(&Sequence) -> bool) {
+        let pool = &mut self.pool;
+        self.running.retain_mut(|seq| {
+            let leave = gone(seq);
+            if leave {
+                seq.free_blocks(pool);
+            }
+            !leave
+        });
+        self.waiting.retain(|seq| !gone(seq));
+    }
+
+    /// Plans the next step: every running sequence's pending tokens under the token budget,
+    /// then waiting ones while budget, sequence cap and blocks allow.
+    pub fn schedule(&mut self) -> StepPlan {
+        let plan = self.plan();
+        let now = Instant::now();
+        for chunk in &plan.chunks {
+            let i = self.position(chunk.id);
+            self.running[i].first_scheduled.get_or_insert(now);
+        }
+        plan
+    }
+
+    fn plan(&mut self) -> StepPlan {
         let bs = self.config.block_size;
         let mut plan = StepPlan::default();
         let mut budget = self.config.max_batch_tokens;
@@ -59,15 +120,19 @@ impl Scheduler {
                 continue;
             }
             let len = seq.computed + take;
-            if self.running[i].reserve(pool, len, bs) {
-                plan.chunks.push((i, take));
+            if self.running[i].reserve(&mut self.pool, len, bs) {
+                plan.chunks.push(Chunk {
+                    id: self.running[i].id,
+                    take,
+                });
                 budget = budget.saturating_sub(take);
                 i += 1;
                 continue;
             }
             // Out of blocks: the newest running sequence makes room (possibly this one).
             let mut victim = self.running.pop().expect("running is not empty");
-            victim.free_blocks(pool);
+            victim.free_blocks(&mut self.pool);
+            plan.chunks.retain(|c| c.id != victim.id);
             self.waiting.push_front(victim);
             plan.preempted += 1;
         }
@@ -79,20 +144,85 @@ impl Scheduler {
                 continue;
             }
             let mut seq = self.waiting.remove(next).expect("index in range");
-            let found = seq.take_cached_prefix(pool, bs);
+            let found = seq.take_cached_prefix(&mut self.pool, bs);
             seq.cached_prompt_tokens
                 .get_or_insert(found.min(seq.prompt_len));
             let take = self.chunk_size(seq.pending(), budget, &mut prefilling);
-            if take == 0 || !seq.reserve(pool, seq.computed + take, bs) {
-                seq.free_blocks(pool);
+            if take == 0 || !seq.reserve(&mut self.pool, seq.computed + take, bs) {
+                seq.free_blocks(&mut self.pool);
                 self.waiting.insert(next, seq);
                 break;
             }
-            plan.chunks.push((self.running.len(), take));
+            plan.chunks.push(Chunk { id: seq.id, take });
             budget = budget.saturating_sub(take);
             self.running.push(seq);
         }
         plan
+    }
+
+    fn position(&self, id: u64) -> usize {
+        self.running
+            .iter()
+            .position(|s| s.id == id)
+            .expect("a planned sequence is running")
+    }
+
+    /// The model's input for `plan`: each chunk's tokens, where it starts, its block table.
+    pub fn batch(&self, plan: &StepPlan) -> Batch<'_> {
+        Batch::new(
+            plan.chunks
+                .iter()
+                .map(|chunk| {
+                    let seq = &self.running[self.position(chunk.id)];
+                    SeqChunk {
+                        tokens: &seq.tokens[seq.computed..seq.computed + chunk.take],
+                        cached: seq.computed,
+                        block_table: &seq.blocks,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// Applies a step's results, one logits row per chunk: the chunk's tokens are now in the
+    /// cache and its full blocks registered; a sequence with nothing left pending gets its
+    /// next token from `sample`, which says whether that ends it. Finished sequences leave,
+    /// their blocks given back, and are returned in plan order.
+    pub fn update(
+        &mut self,
+        plan: &StepPlan,
+        rows: &mut [Vec<f32>],
+        mut sample: impl FnMut(&mut Sequence, &mut [f32]) -> Option<FinishReason>,
+    ) -> Vec<(Sequence, FinishReason)> {
+        let bs = self.config.block_size;
+        let mut finished = Vec::new();
+        for (chunk, row) in plan.chunks.iter().zip(rows.iter_mut()) {
+            let i = self.position(chunk.id);
+            let seq = &mut self.running[i];
+            seq.computed += chunk.take;
+            seq.register_full_blocks(&mut self.pool, bs);
+            if seq.pending() > 0 {
+                continue; // a prompt chunk: no token yet
+            }
+            if let Some(reason) = sample(seq, row) {
+                let mut seq = self.running.remove(i);
+                seq.free_blocks(&mut self.pool);
+                finished.push((seq, reason));
+            }
+        }
+        finished
+    }
+
+    /// A step that failed as a whole: its sequences leave, blocks given back.
+    pub fn abort(&mut self, plan: &StepPlan) -> Vec<Sequence> {
+        plan.chunks
+            .iter()
+            .map(|chunk| {
+                let mut seq = self.running.remove(self.position(chunk.id));
+                seq.free_blocks(&mut self.pool);
+                seq
+            })
+            .collect()
     }
 
     /// A forked sequence (one of `n` choices over one prompt) waits while its leader is still

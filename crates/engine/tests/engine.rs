@@ -289,7 +289,8 @@ fn seeded_sampling_is_batch_independent() {
     let together: Vec<Outcome> = streams.into_iter().map(collect).collect();
     assert_eq!(together[5].ids, alone.ids);
     assert_eq!(together[5].text, alone.text);
-    assert_ne!(together[4].ids, alone.ids, "other seeds differ");
+    let reseeded = collect(engine.submit(request(&prompts[5], 43)).unwrap());
+    assert_ne!(reseeded.ids, alone.ids, "another seed on the same prompt differs");
     assert_all_free(&engine);
 }
 
@@ -378,6 +379,16 @@ fn impossible_requests_are_refused() {
         ..GenerationRequest::new(vec![1, 2], 4)
     };
     assert!(engine.submit(bad).is_err());
+    // Checked at the door, so a bad id never reaches (and fails) another request's step.
+    let vocab = model.config().vocab_size;
+    assert_eq!(
+        engine.submit(GenerationRequest::new(vec![1, vocab as u32], 4)).err(),
+        Some(ferrollama_engine::EngineError::UnknownToken { token: vocab as u32, vocab })
+    );
+    assert_eq!(
+        engine.submit(GenerationRequest::new(vec![1, 2], 0)).err(),
+        Some(ferrollama_engine::EngineError::NoTokensAllowed)
+    );
     // A generation that would outgrow the whole cache stops with `length`.
     let outcome = collect(engine.submit(greedy_request(vec![1u32; 40], 1000)).unwrap());
     assert_eq!(outcome.reason, FinishReason::Length);
