@@ -40,6 +40,9 @@ pub struct EngineArgs {
     /// Most sequences generating at once.
     #[arg(long, env = "OLLAMA_NUM_PARALLEL", default_value_t = 32)]
     pub max_seqs: usize,
+    /// Most requests waiting for their first step; past it, requests get 503 with Retry-After.
+    #[arg(long, env = "OLLAMA_MAX_QUEUE", default_value_t = 512)]
+    pub max_queue: usize,
     /// Turn off the prefix cache.
     #[arg(long)]
     pub no_prefix_caching: bool,
@@ -75,6 +78,7 @@ impl EngineArgs {
             chunked_prefill: !self.no_chunked_prefill,
             threads: self.threads.unwrap_or(0),
             pin_threads: self.pin_threads,
+            max_queue: self.max_queue.max(1),
             ..EngineConfig::default()
         };
         config.kv_cache_memory = match model.model.device() {

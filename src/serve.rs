@@ -5,7 +5,9 @@ use crate::loader::ServeLoader;
 use anyhow::Context;
 use ferrollama_api::{router, AppState, KeepAlive, Residents};
 use ferrollama_store::{Puller, Store};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -27,6 +29,10 @@ pub struct ServeArgs {
     /// negative for ever, 0 to unload at once [default: 5m; the --model one stays loaded].
     #[arg(long, env = "OLLAMA_KEEP_ALIVE")]
     pub keep_alive: Option<String>,
+    /// On SIGTERM or Ctrl-C, how long running requests may take to finish before they are
+    /// ended with an error; new requests get 503 meanwhile. Seconds or a duration (30s, 2m).
+    #[arg(long, env = "FERROLLAMA_DRAIN_TIMEOUT", default_value = "30s")]
+    pub drain_timeout: String,
     /// Require `Authorization: Bearer <key>` on every request.
     #[arg(long, env = "FERROLLAMA_API_KEY")]
     pub api_key: Option<String>,
@@ -43,6 +49,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(KeepAlive::parse)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    let drain_timeout = match KeepAlive::parse(&args.drain_timeout).map_err(anyhow::Error::msg)? {
+        KeepAlive::For(d) => d,
+        KeepAlive::Forever => anyhow::bail!("--drain-timeout must not be negative"),
+    };
     let store = Store::from_env();
     let loader = Arc::new(ServeLoader::new(
         args.model.as_deref(),
@@ -76,8 +86,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 store.root().display()
             ),
         };
+        let draining = Arc::new(AtomicBool::new(false));
         let state = AppState {
-            residents,
+            residents: residents.clone(),
+            draining: draining.clone(),
             api_key: args.api_key.filter(|k| !k.is_empty()).map(Into::into),
             store,
             puller: Puller::from_env(),
@@ -91,12 +103,34 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION"),
         );
         axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
+            .with_graceful_shutdown(drain(residents, draining, drain_timeout))
             .await?;
+        println!("drained; exiting");
         anyhow::Ok(())
     })
+}
+
+/// Waits for SIGTERM (how systemd and docker stop a service) or Ctrl-C, then drains: the
+/// server stops accepting (axum's graceful shutdown), new requests on open connections get
+/// 503, running ones get `timeout` to finish, and whatever still runs then is ended with a
+/// final event that says why. A connection still open after that is not waited for.
+async fn drain(residents: Arc<Residents>, draining: Arc<AtomicBool>, timeout: Duration) {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    let signal = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    println!("{signal}: draining, running requests have {:.0?} to finish", timeout);
+    draining.store(true, Ordering::SeqCst);
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        residents.abort_all("the server is shutting down");
+        // The final events need a moment to reach their clients.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!("a connection outlived the drain; exiting");
+        std::process::exit(0);
+    });
 }
 
 /// `OLLAMA_HOST` style: `host`, `host:port`, `:port`, optionally with `http://`.

@@ -39,6 +39,16 @@ impl ApiError {
         }
     }
 
+    /// 503: the server cannot take the request now (a full queue, a shutdown); the response
+    /// carries Retry-After.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            param: None,
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -60,6 +70,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Stopped => ApiError::internal(e.to_string()),
+            EngineError::QueueFull { .. } => ApiError::unavailable(e.to_string()),
             EngineError::Sampling(_) => ApiError::bad_request(e.to_string()),
             _ => ApiError::invalid("messages", e.to_string()),
         }
@@ -91,7 +102,7 @@ impl IntoResponse for OpenAiError {
         };
         let body =
             json!({"error": {"message": e.message, "type": kind, "param": e.param, "code": code}});
-        (e.status, Json(body)).into_response()
+        with_retry_after(e.status, (e.status, Json(body)).into_response())
     }
 }
 
@@ -99,6 +110,19 @@ pub struct OllamaError(pub ApiError);
 
 impl IntoResponse for OllamaError {
     fn into_response(self) -> Response {
-        (self.0.status, Json(json!({"error": self.0.message}))).into_response()
+        let status = self.0.status;
+        with_retry_after(status, (status, Json(json!({"error": self.0.message}))).into_response())
     }
+}
+
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+fn with_retry_after(status: StatusCode, mut response: Response) -> Response {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+    }
+    response
 }

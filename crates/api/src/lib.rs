@@ -51,7 +51,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/copy", post(models::copy))
         .route("/api/version", get(ollama::version))
         .route("/ferrollama/stats", get(stats))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_while_draining))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -69,6 +72,43 @@ async fn stats(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
         "running": s.running, "waiting": s.waiting, "free_blocks": s.free_blocks,
         "total_blocks": s.total_blocks, "preemptions": s.preemptions, "steps": s.steps,
     }))
+}
+
+/// Liveness: the process answers.
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: 200 when requests can be served now; 503 while a model loads or the server
+/// drains for shutdown.
+async fn ready(State(state): State<AppState>) -> Response {
+    let (status, why) = if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if state.residents.is_loading() {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    (status, axum::Json(serde_json::json!({ "status": why }))).into_response()
+}
+
+/// Once shutdown begins, new work is refused (503, in the API's shape) while running
+/// requests finish; health and readiness still answer.
+async fn refuse_while_draining(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if state.is_draining() && !matches!(path, "/health" | "/ready" | "/") {
+        let error = ApiError::unavailable("the server is shutting down");
+        return if path.starts_with("/v1") {
+            error.openai().into_response()
+        } else {
+            error.ollama().into_response()
+        };
+    }
+    next.run(request).await
 }
 
 async fn not_found(request: Request) -> Response {

@@ -271,6 +271,18 @@ impl Residents {
         true
     }
 
+    /// Ends every request on the loaded model now, each with a final event carrying `message`.
+    pub fn abort_all(&self, message: &str) {
+        if let Some(resident) = self.resident() {
+            resident.loaded.engine.abort_all(message);
+        }
+    }
+
+    /// True while a model loads or another is unloaded to make room.
+    pub fn is_loading(&self) -> bool {
+        self.loading.try_lock().is_err()
+    }
+
     /// The loaded model, for `/api/ps` and the stats route.
     pub fn running(&self) -> Option<Running> {
         let resident = self.resident()?;

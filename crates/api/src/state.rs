@@ -4,6 +4,7 @@ use crate::error::ApiError;
 use crate::keep_alive::KeepAlive;
 use crate::resident::{Lease, Residents};
 use ferrollama_store::{Puller, Store};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -16,9 +17,15 @@ pub struct AppState {
     pub store: Store,
     /// Pulls from the Ollama registry and the Hugging Face hub.
     pub puller: Puller,
+    /// Set when shutdown begins: new requests get 503 while running ones finish.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// The model a request names, loaded; the lease keeps it loaded until the request ends.
     pub async fn model(
         &self,

@@ -7,7 +7,7 @@ use crate::request::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use crate::scheduler::{Scheduler, SchedulerConfig, StepPlan};
 use crate::sequence::Sequence;
 use ferrollama_model::{KvCache, LoadedModel};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,6 +26,9 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Pin pool thread `i` to core `i` (Linux; elsewhere a no-op).
     pub pin_threads: bool,
+    /// Most requests waiting for their first step (`OLLAMA_MAX_QUEUE`); past it, submissions
+    /// are refused.
+    pub max_queue: usize,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +42,7 @@ impl Default for EngineConfig {
             chunked_prefill: true,
             threads: 0,
             pin_threads: false,
+            max_queue: 512,
         }
     }
 }
@@ -59,6 +63,9 @@ pub enum EngineError {
     NoTokensAllowed,
     #[error("the engine has stopped")]
     Stopped,
+    /// Ollama's words for it (`OLLAMA_MAX_QUEUE`).
+    #[error("server busy, please try again.  maximum pending requests exceeded ({limit})")]
+    QueueFull { limit: usize },
 }
 
 /// What the engine is doing, for tests and metrics.
@@ -74,6 +81,8 @@ pub struct EngineStats {
 
 enum Command {
     Submit(Box<Sequence>),
+    /// End every request now with this error (the server is shutting down).
+    AbortAll(String),
 }
 
 /// The caller's side of one request: events until `Finished`. Dropping it cancels the request.
@@ -97,6 +106,9 @@ pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
     stats: Arc<Mutex<EngineStats>>,
     next_id: Arc<AtomicU64>,
+    /// Requests submitted that have not had their first step yet.
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
     context: usize,
     vocab_size: usize,
     capacity_blocks: usize,
@@ -115,6 +127,7 @@ impl EngineHandle {
             .into_iter()
             .map(|r| self.sequence(r))
             .collect::<Result<Vec<_>, _>>()?;
+        self.enqueue(made.len())?;
         let leader = made.first().map(|(seq, _)| seq.id);
         let mut streams = Vec::with_capacity(made.len());
         for (i, (mut seq, stream)) in made.into_iter().enumerate() {
@@ -129,10 +142,28 @@ impl EngineHandle {
 
     pub fn submit(&self, request: GenerationRequest) -> Result<RequestStream, EngineError> {
         let (seq, stream) = self.sequence(request)?;
+        self.enqueue(1)?;
         self.commands
             .send(Command::Submit(Box::new(seq)))
             .map_err(|_| EngineError::Stopped)?;
         Ok(stream)
+    }
+
+    /// Takes `n` places in the queue, or none if that would pass its limit.
+    fn enqueue(&self, n: usize) -> Result<(), EngineError> {
+        let before = self.queued.fetch_add(n, Ordering::SeqCst);
+        if before + n > self.max_queue {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            return Err(EngineError::QueueFull {
+                limit: self.max_queue,
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends every request at once, each with a final event carrying `message`.
+    pub fn abort_all(&self, message: impl Into<String>) {
+        let _ = self.commands.send(Command::AbortAll(message.into()));
     }
 
     /// Validates a request and makes its sequence: every check happens here, at the door, so
@@ -202,6 +233,8 @@ pub fn start(
         commands,
         stats: stats.clone(),
         next_id: Arc::new(AtomicU64::new(0)),
+        queued: Arc::new(AtomicUsize::new(0)),
+        max_queue: config.max_queue,
         context: model_config.max_position_embeddings,
         vocab_size: model_config.vocab_size,
         capacity_blocks: num_blocks,
@@ -223,6 +256,7 @@ pub fn start(
             .min(num_blocks * config.block_size),
         model,
         stats,
+        queued: handle.queued.clone(),
     };
     // The loop runs on a worker of the engine's own thread pool (this thread only waits for
     // it): the model's parallel loops then start from inside the pool, where handing out work
@@ -286,6 +320,8 @@ struct Engine {
     /// No sequence grows past this: the model's context, or the whole cache.
     max_len: usize,
     stats: Arc<Mutex<EngineStats>>,
+    /// The handles' count of requests not yet admitted: the loop lowers it as they leave.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Engine {
@@ -299,19 +335,32 @@ impl Engine {
             } else {
                 inbox.try_recv().ok()
             };
-            if let Some(Command::Submit(seq)) = command {
-                self.scheduler.add(*seq);
-                while let Ok(Command::Submit(seq)) = inbox.try_recv() {
-                    self.scheduler.add(*seq);
+            let mut next = command;
+            while let Some(command) = next {
+                match command {
+                    Command::Submit(seq) => self.scheduler.add(*seq),
+                    Command::AbortAll(message) => self.abort_all(&message),
                 }
+                next = inbox.try_recv().ok();
             }
             // Requests whose caller hung up give their blocks back before the next step.
-            self.scheduler.remove_where(|seq| seq.events.is_closed());
+            let left = self.scheduler.remove_where(|seq| seq.events.is_closed());
+            self.queued.fetch_sub(left, Ordering::SeqCst);
             let plan = self.scheduler.schedule();
+            self.queued.fetch_sub(plan.admitted, Ordering::SeqCst);
             if !plan.chunks.is_empty() {
                 self.step(&plan);
             }
             self.publish_stats(plan.preempted);
+        }
+    }
+
+    fn abort_all(&mut self, message: &str) {
+        for seq in self.scheduler.remove_all() {
+            if seq.first_scheduled.is_none() {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+            finish(seq, FinishReason::Error, Some(message.to_string()), &self.model);
         }
     }
 

@@ -33,6 +33,8 @@ pub struct StepPlan {
     pub chunks: Vec<Chunk>,
     /// Sequences preempted while planning (for statistics).
     pub preempted: usize,
+    /// Requests that left the queue for their first step.
+    pub admitted: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +83,8 @@ impl Scheduler {
     }
 
     /// Removes the sequences `gone` picks (their callers hung up), giving their blocks back.
-    pub fn remove_where(&mut self, gone: impl Fn(&Sequence) -> bool) {
+    /// Returns how many of them had never run (they leave the queue).
+    pub fn remove_where(&mut self, gone: impl Fn(&Sequence) -> bool) -> usize {
         let pool = &mut self.pool;
         self.running.retain_mut(|seq| {
             let leave = gone(seq);
@@ -90,17 +93,37 @@ impl Scheduler {
             }
             !leave
         });
-        self.waiting.retain(|seq| !gone(seq));
+        let before = self.waiting.len();
+        let mut never_ran = 0;
+        self.waiting.retain(|seq| {
+            let leave = gone(seq);
+            never_ran += usize::from(leave && seq.first_scheduled.is_none());
+            !leave
+        });
+        debug_assert!(self.waiting.len() + never_ran <= before);
+        never_ran
+    }
+
+    /// Every sequence, running or waiting, leaves (the server is shutting down).
+    pub fn remove_all(&mut self) -> Vec<Sequence> {
+        let mut all: Vec<Sequence> = self.running.drain(..).collect();
+        all.extend(self.waiting.drain(..));
+        for seq in &mut all {
+            seq.free_blocks(&mut self.pool);
+        }
+        all
     }
 
     /// Plans the next step: every running sequence's pending tokens under the token budget,
     /// then waiting ones while budget, sequence cap and blocks allow.
     pub fn schedule(&mut self) -> StepPlan {
-        let plan = self.plan();
+        let mut plan = self.plan();
         let now = Instant::now();
         for chunk in &plan.chunks {
             let i = self.position(chunk.id);
-            self.running[i].first_scheduled.get_or_insert(now);
+            let first = &mut self.running[i].first_scheduled;
+            plan.admitted += usize::from(first.is_none());
+            first.get_or_insert(now);
         }
         plan
     }
