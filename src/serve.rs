@@ -75,11 +75,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .await
                     .map_err(|e| anyhow::anyhow!(e.message))?;
                 let names = &lease.loaded().info.names;
-                format!(
-                    "model {} (also {})",
-                    names.primary,
-                    names.all[1..].join(", ")
-                )
+                match &names.all[1..] {
+                    [] => format!("model {}", names.primary),
+                    also => format!("model {} (also {})", names.primary, also.join(", ")),
+                }
             }
             None => format!(
                 "no model loaded yet: models in {} load on their first request",

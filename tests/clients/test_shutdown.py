@@ -53,7 +53,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_queued_requests_compl
             "model": "tiny", "prompt": "Count", "max_tokens": 2000, "ignore_eos": True,
             "stream": True})
         lines = busy.iter_lines()  # kept: a dropped iterator closes the connection
-        assert next(lines).startswith(b"data: ")
+        assert next(line for line in lines if line.startswith(b"data: ")), "it is generating"
 
         queued = [None, None]
 

@@ -6,6 +6,11 @@ use crate::resident::Lease;
 use ferrollama_engine::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use tokio::sync::mpsc;
 
+/// How long a stream may stay silent (a long prompt being read) before it sends a heartbeat:
+/// gateways and proxies see bytes long before their read timeouts (the AI Gateway's is 30 s),
+/// and writing is how a client that hung up is noticed, within about this long.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Events of several choices, tagged with the choice index. Dropping the receiver cancels
 /// every choice (their forwarders fail to send and drop their engine streams).
 pub type Merged = mpsc::UnboundedReceiver<(usize, Event)>;
@@ -34,12 +39,19 @@ pub fn submit_all(
         let tx = tx.clone();
         let mut lease = Some(lease.clone());
         tokio::spawn(async move {
-            while let Some(event) = stream.next().await {
+            loop {
+                // The client going is noticed when it goes, not at the next event (a prompt
+                // being read sends none for seconds): dropping `stream` cancels the request.
+                let event = tokio::select! {
+                    event = stream.next() => event,
+                    _ = tx.closed() => return,
+                };
+                let Some(event) = event else { return };
                 if matches!(event, Event::Finished { .. }) {
                     lease.take();
                 }
                 if tx.send((index, event)).is_err() {
-                    return; // the client is gone: dropping `stream` cancels the request
+                    return;
                 }
             }
         });

@@ -2,7 +2,7 @@
 //! /api/show, /api/ps, /api/version, and `GET /`.
 
 use crate::error::{parse, ApiError, OllamaError};
-use crate::generation::{collect, finish_reason, submit_all, Merged};
+use crate::generation::{collect, finish_reason, submit_all, Merged, HEARTBEAT};
 use crate::keep_alive::KeepAlive;
 use crate::model_info::ModelInfo;
 use crate::state::AppState;
@@ -321,20 +321,31 @@ async fn respond(
         }
         return Ok(Json(body).into_response());
     }
-    let lines = UnboundedReceiverStream::new(merged).filter_map(move |(_, event)| {
+    // A heartbeat is an empty chunk, which ollama-python and litellm read as no text (NDJSON has
+    // no comments): one at once, then one per second of silence while the prompt is read.
+    let start = tokio::time::Instant::now() + HEARTBEAT;
+    let events = UnboundedReceiverStream::new(merged)
+        .timeout_repeating(tokio::time::interval_at(start, HEARTBEAT))
+        .map(|item| item.ok().map(|(_, event)| event));
+    let lines = tokio_stream::once(None).chain(events).filter_map(move |event| {
         let mut line = match event {
-            Event::Token { text, .. } if text.is_empty() => return None,
-            Event::Token { text, .. } => {
+            None => {
+                let mut line = piece("");
+                line["done"] = json!(false);
+                line
+            }
+            Some(Event::Token { text, .. }) if text.is_empty() => return None,
+            Some(Event::Token { text, .. }) => {
                 let mut line = piece(&text);
                 line["done"] = json!(false);
                 line
             }
-            Event::Finished {
+            Some(Event::Finished {
                 reason,
                 usage,
                 timings,
                 error,
-            } => {
+            }) => {
                 if let Some(error) = error {
                     return Some(Ok::<_, std::convert::Infallible>(format!(
                         "{}\n",

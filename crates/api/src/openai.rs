@@ -1,11 +1,11 @@
 //! The OpenAI-compatible surface: /v1/chat/completions, /v1/completions, /v1/models.
 
 use crate::error::{parse, ApiError, OpenAiError};
-use crate::generation::{collect, finish_reason, submit_all, Merged};
+use crate::generation::{collect, finish_reason, submit_all, Merged, HEARTBEAT};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrollama_engine::{Event, GenerationRequest, SamplingParams, Usage};
@@ -477,14 +477,18 @@ fn stream(
             json!([{"index": index, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}])
         }
     };
-    let mut started = vec![false; choices];
+    // Bytes go out at once, before the prompt is read: each choice's role chunk (chat), or
+    // an SSE comment (completions, which have no role chunk).
+    let opening: Vec<SseEvent> = if chat {
+        (0..choices)
+            .map(|i| chunk(delta(i, Some(""), true, None), None))
+            .collect()
+    } else {
+        vec![SseEvent::default().comment("")]
+    };
     let mut usages: Vec<Option<Usage>> = vec![None; choices];
     let events = UnboundedReceiverStream::new(merged).flat_map(move |(i, event)| {
         let mut out = Vec::new();
-        if chat && !started[i] {
-            started[i] = true;
-            out.push(chunk(delta(i, Some(""), true, None), None));
-        }
         match event {
             Event::Token { text, .. } if !text.is_empty() => {
                 out.push(chunk(delta(i, Some(&text), false, None), None))
@@ -517,7 +521,10 @@ fn stream(
         }
         stream::iter(out.into_iter().map(Ok::<_, Infallible>))
     });
-    Sse::new(events).into_response()
+    let events = stream::iter(opening.into_iter().map(Ok::<_, Infallible>)).chain(events);
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT))
+        .into_response()
 }
 
 /// Every model a request can name: the loaded one, one served from a file, and the store's.
