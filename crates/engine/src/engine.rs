@@ -29,6 +29,9 @@ pub struct EngineConfig {
     /// Most requests waiting for their first step (`OLLAMA_MAX_QUEUE`); past it, submissions
     /// are refused.
     pub max_queue: usize,
+    /// Bits of the prefix cache's lookup hash: 64, or fewer in tests that force collisions
+    /// (a collision is a miss; hits compare tokens).
+    pub prefix_hash_bits: u32,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +46,7 @@ impl Default for EngineConfig {
             threads: 0,
             pin_threads: false,
             max_queue: 512,
+            prefix_hash_bits: 64,
         }
     }
 }
@@ -188,7 +192,11 @@ impl EngineHandle {
                 total: self.capacity_blocks,
             });
         }
-        if let Some(&token) = request.prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
+        if let Some(&token) = request
+            .prompt
+            .iter()
+            .find(|&&t| t as usize >= self.vocab_size)
+        {
             return Err(EngineError::UnknownToken {
                 token,
                 vocab: self.vocab_size,
@@ -249,7 +257,8 @@ pub fn start(
                 max_seqs: config.max_seqs,
                 chunked_prefill: config.chunked_prefill,
             },
-            BlockPool::new(num_blocks, config.prefix_caching),
+            BlockPool::new(num_blocks, config.prefix_caching)
+                .with_hash_bits(config.prefix_hash_bits),
         ),
         max_len: model_config
             .max_position_embeddings
@@ -360,7 +369,12 @@ impl Engine {
             if seq.first_scheduled.is_none() {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
             }
-            finish(seq, FinishReason::Error, Some(message.to_string()), &self.model);
+            finish(
+                seq,
+                FinishReason::Error,
+                Some(message.to_string()),
+                &self.model,
+            );
         }
     }
 

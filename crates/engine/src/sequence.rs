@@ -1,6 +1,6 @@
 //! One request in flight: its tokens, its KV blocks, and its output state.
 
-use crate::block_pool::{block_hash, BlockHash, BlockPool};
+use crate::block_pool::{BlockName, BlockPool};
 use crate::request::{Event, GenerationRequest};
 use crate::sampler::Sampler;
 use crate::stop::StopMatcher;
@@ -18,8 +18,8 @@ pub struct Sequence {
     /// Tokens whose keys and values are in the cache.
     pub computed: usize,
     pub blocks: Vec<u32>,
-    /// Names of the full blocks registered so far (a prefix of `blocks`).
-    pub hashes: Vec<BlockHash>,
+    /// How the cache knows the full blocks registered so far (a prefix of `blocks`).
+    pub names: Vec<BlockName>,
     /// Prompt tokens found in the prefix cache at first admission.
     pub cached_prompt_tokens: Option<usize>,
     pub max_tokens: usize,
@@ -42,7 +42,7 @@ impl Sequence {
             tokens: request.prompt,
             computed: 0,
             blocks: Vec::new(),
-            hashes: Vec::new(),
+            names: Vec::new(),
             cached_prompt_tokens: None,
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
@@ -85,14 +85,13 @@ impl Sequence {
     pub fn take_cached_prefix(&mut self, pool: &mut BlockPool, block_size: usize) -> usize {
         debug_assert!(self.blocks.is_empty() && self.computed == 0);
         let full = (self.tokens.len() - 1) / block_size;
-        let mut parent = None;
         for chunk in self.tokens.chunks(block_size).take(full) {
-            let hash = block_hash(parent, chunk);
-            match pool.take_cached(hash) {
-                Some(block) => {
+            let parent = self.names.last();
+            let hash = pool.hash(parent.map(|p| p.hash), chunk);
+            match pool.take_cached(hash, parent.map(|p| p.content), chunk) {
+                Some((block, content)) => {
                     self.blocks.push(block);
-                    self.hashes.push(hash);
-                    parent = Some(hash);
+                    self.names.push(BlockName { hash, content });
                 }
                 None => break,
             }
@@ -103,14 +102,13 @@ impl Sequence {
 
     /// Registers the blocks that became full in the prefix cache.
     pub fn register_full_blocks(&mut self, pool: &mut BlockPool, block_size: usize) {
-        while (self.hashes.len() + 1) * block_size <= self.computed {
-            let i = self.hashes.len();
-            let hash = block_hash(
-                self.hashes.last().copied(),
-                &self.tokens[i * block_size..(i + 1) * block_size],
-            );
-            pool.register(self.blocks[i], hash);
-            self.hashes.push(hash);
+        while (self.names.len() + 1) * block_size <= self.computed {
+            let i = self.names.len();
+            let tokens = &self.tokens[i * block_size..(i + 1) * block_size];
+            let parent = self.names.last();
+            let hash = pool.hash(parent.map(|p| p.hash), tokens);
+            let content = pool.register(self.blocks[i], hash, parent.map(|p| p.content), tokens);
+            self.names.push(BlockName { hash, content });
         }
     }
 
@@ -135,7 +133,7 @@ impl Sequence {
     pub fn free_blocks(&mut self, pool: &mut BlockPool) {
         pool.release(&self.blocks);
         self.blocks.clear();
-        self.hashes.clear();
+        self.names.clear();
         self.computed = 0;
     }
 }

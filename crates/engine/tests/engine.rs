@@ -263,6 +263,48 @@ fn prefix_cache_reuses_shared_blocks() {
     assert_eq!(b_on.text, b_off.text);
 }
 
+/// With the prefix cache's hash cut to 2 bits nearly every lookup collides: hits compare
+/// tokens, so every output still equals the uncached one, and equal prefixes still hit.
+#[test]
+fn colliding_prefix_hashes_never_serve_another_prompts_kv() {
+    let model = tiny();
+    let shared = model
+        .tokenizer
+        .encode_prompt(&"Shared words for a few blocks. ".repeat(12))
+        .unwrap();
+    let suffixes = ["Alpha?", "Beta, longer?", "Gamma gamma gamma?", "Delta."];
+    let prompts: Vec<Vec<u32>> = suffixes
+        .iter()
+        .map(|s| [shared.clone(), model.tokenizer.encode(s).unwrap()].concat())
+        .chain(prompts(&model, 6))
+        .collect();
+    let run = |caching: bool| {
+        let engine = start(
+            model.clone(),
+            EngineConfig {
+                prefix_caching: caching,
+                prefix_hash_bits: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // Each prompt twice: the second time its own blocks are cached.
+        let outcomes: Vec<Outcome> = prompts
+            .iter()
+            .chain(&prompts)
+            .map(|p| collect(engine.submit(greedy_request(p.clone(), 6)).unwrap()))
+            .collect();
+        assert_all_free(&engine);
+        outcomes
+    };
+    let (on, off) = (run(true), run(false));
+    for (i, (a, b)) in on.iter().zip(&off).enumerate() {
+        assert_eq!(a.ids, b.ids, "prompt {i}");
+    }
+    let hits: usize = on.iter().map(|o| o.usage.cached_tokens).sum();
+    assert!(hits >= shared.len() / 16 * 16, "equal prefixes still hit: {hits} cached tokens");
+}
+
 /// The same seed at temperature 0.8 gives the same text alone and amid 15 other requests.
 #[test]
 fn seeded_sampling_is_batch_independent() {
