@@ -3,7 +3,7 @@
 use crate::engine_args::EngineArgs;
 use crate::loader::ServeLoader;
 use anyhow::Context;
-use ferrollama_api::{router, AppState, KeepAlive, Residents};
+use ferrollama_api::{router, AppState, KeepAlive, Metrics, Residents};
 use ferrollama_store::{Puller, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -68,12 +68,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let residents = Residents::start(loader.clone());
+        let mut startup_load = Duration::ZERO;
         let serving = match loader.startup_key() {
             Some(key) => {
                 let lease = residents
                     .acquire(key, None)
                     .await
                     .map_err(|e| anyhow::anyhow!(e.message))?;
+                startup_load = lease.load_duration;
                 let names = &lease.loaded().info.names;
                 match &names.all[1..] {
                     [] => format!("model {}", names.primary),
@@ -86,9 +88,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ),
         };
         let draining = Arc::new(AtomicBool::new(false));
+        let metrics = Arc::new(Metrics::new());
+        metrics.model_loaded(startup_load);
         let state = AppState {
             residents: residents.clone(),
             draining: draining.clone(),
+            metrics,
             api_key: args.api_key.filter(|k| !k.is_empty()).map(Into::into),
             store,
             puller: Puller::from_env(),
@@ -120,7 +125,10 @@ async fn drain(residents: Arc<Residents>, draining: Arc<AtomicBool>, timeout: Du
         _ = tokio::signal::ctrl_c() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
     };
-    println!("{signal}: draining, running requests have {:.0?} to finish", timeout);
+    println!(
+        "{signal}: draining, running requests have {:.0?} to finish",
+        timeout
+    );
     draining.store(true, Ordering::SeqCst);
     tokio::spawn(async move {
         tokio::time::sleep(timeout).await;

@@ -111,7 +111,10 @@ pub struct OllamaError(pub ApiError);
 impl IntoResponse for OllamaError {
     fn into_response(self) -> Response {
         let status = self.0.status;
-        with_retry_after(status, (status, Json(json!({"error": self.0.message}))).into_response())
+        with_retry_after(
+            status,
+            (status, Json(json!({"error": self.0.message}))).into_response(),
+        )
     }
 }
 

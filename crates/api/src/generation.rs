@@ -2,8 +2,10 @@
 //! their event streams, and collects them for non-streaming responses.
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::resident::Lease;
 use ferrollama_engine::{Event, FinishReason, GenerationRequest, Timings, Usage};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// How long a stream may stay silent (a long prompt being read) before it sends a heartbeat:
@@ -25,6 +27,7 @@ pub fn submit_all(
     lease: Lease,
     requests: Vec<GenerationRequest>,
     forks: usize,
+    metrics: &Arc<Metrics>,
 ) -> Result<Merged, ApiError> {
     let engine = &lease.loaded().engine;
     let mut streams = Vec::with_capacity(requests.len());
@@ -38,6 +41,7 @@ pub fn submit_all(
     for (index, mut stream) in streams.into_iter().enumerate() {
         let tx = tx.clone();
         let mut lease = Some(lease.clone());
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             loop {
                 // The client going is noticed when it goes, not at the next event (a prompt
@@ -47,7 +51,8 @@ pub fn submit_all(
                     _ = tx.closed() => return,
                 };
                 let Some(event) = event else { return };
-                if matches!(event, Event::Finished { .. }) {
+                if let Event::Finished { usage, timings, .. } = &event {
+                    metrics.finished(usage, timings);
                     lease.take();
                 }
                 if tx.send((index, event)).is_err() {

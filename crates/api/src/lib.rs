@@ -9,6 +9,7 @@
 mod error;
 mod generation;
 mod keep_alive;
+mod metrics;
 mod model_info;
 mod models;
 mod names;
@@ -18,6 +19,7 @@ mod resident;
 mod state;
 
 pub use keep_alive::KeepAlive;
+pub use metrics::Metrics;
 pub use model_info::ModelInfo;
 pub use names::ModelNames;
 pub use resident::{Loaded, ModelLoader, Residents};
@@ -53,9 +55,17 @@ pub fn router(state: AppState) -> Router {
         .route("/ferrollama/stats", get(stats))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), refuse_while_draining))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_draining,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -72,6 +82,31 @@ async fn stats(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
         "running": s.running, "waiting": s.waiting, "free_blocks": s.free_blocks,
         "total_blocks": s.total_blocks, "preemptions": s.preemptions, "steps": s.steps,
     }))
+}
+
+/// Prometheus's text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let engine = state.residents.running().map(|r| r.loaded.engine.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(engine),
+    )
+        .into_response()
+}
+
+/// Counts every answered request by its route (the pattern, not the path: ids stay out of
+/// label values) and status.
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    state.metrics.request(&route, response.status().as_u16());
+    response
 }
 
 /// Liveness: the process answers.

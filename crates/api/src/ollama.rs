@@ -229,7 +229,7 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
     let request = options(&loaded.defaults, &body.options)?.request(prompt, loaded.context())?;
     let load_duration = lease.load_duration;
     drop(loaded);
-    let merged = submit_all(lease, vec![request], 1)?;
+    let merged = submit_all(lease, vec![request], 1, &state.metrics)?;
     respond(
         load_duration,
         merged,
@@ -273,7 +273,7 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
     let request = options(&loaded.defaults, &body.options)?.request(prompt, loaded.context())?;
     let load_duration = lease.load_duration;
     drop(loaded);
-    let merged = submit_all(lease, vec![request], 1)?;
+    let merged = submit_all(lease, vec![request], 1, &state.metrics)?;
     respond(
         load_duration,
         merged,
@@ -327,45 +327,47 @@ async fn respond(
     let events = UnboundedReceiverStream::new(merged)
         .timeout_repeating(tokio::time::interval_at(start, HEARTBEAT))
         .map(|item| item.ok().map(|(_, event)| event));
-    let lines = tokio_stream::once(None).chain(events).filter_map(move |event| {
-        let mut line = match event {
-            None => {
-                let mut line = piece("");
-                line["done"] = json!(false);
-                line
-            }
-            Some(Event::Token { text, .. }) if text.is_empty() => return None,
-            Some(Event::Token { text, .. }) => {
-                let mut line = piece(&text);
-                line["done"] = json!(false);
-                line
-            }
-            Some(Event::Finished {
-                reason,
-                usage,
-                timings,
-                error,
-            }) => {
-                if let Some(error) = error {
-                    return Some(Ok::<_, std::convert::Infallible>(format!(
-                        "{}\n",
-                        json!({"error": error})
-                    )));
+    let lines = tokio_stream::once(None)
+        .chain(events)
+        .filter_map(move |event| {
+            let mut line = match event {
+                None => {
+                    let mut line = piece("");
+                    line["done"] = json!(false);
+                    line
                 }
-                let mut line = piece("");
-                merge(
-                    &mut line,
-                    final_fields(load_duration, &usage, &timings, finish_reason(reason)),
-                );
-                line
-            }
-        };
-        merge(
-            &mut line,
-            json!({"model": model, "created_at": now_rfc3339()}),
-        );
-        Some(Ok(format!("{line}\n")))
-    });
+                Some(Event::Token { text, .. }) if text.is_empty() => return None,
+                Some(Event::Token { text, .. }) => {
+                    let mut line = piece(&text);
+                    line["done"] = json!(false);
+                    line
+                }
+                Some(Event::Finished {
+                    reason,
+                    usage,
+                    timings,
+                    error,
+                }) => {
+                    if let Some(error) = error {
+                        return Some(Ok::<_, std::convert::Infallible>(format!(
+                            "{}\n",
+                            json!({"error": error})
+                        )));
+                    }
+                    let mut line = piece("");
+                    merge(
+                        &mut line,
+                        final_fields(load_duration, &usage, &timings, finish_reason(reason)),
+                    );
+                    line
+                }
+            };
+            merge(
+                &mut line,
+                json!({"model": model, "created_at": now_rfc3339()}),
+            );
+            Some(Ok(format!("{line}\n")))
+        });
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(lines),

@@ -298,7 +298,7 @@ async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         .map(|i| plan.request(prompt.clone(), loaded.context(), i))
         .collect();
     drop(loaded);
-    let merged = submit_all(lease, requests, plan.n)?;
+    let merged = submit_all(lease, requests, plan.n, &state.metrics)?;
     let meta = ResponseMeta::new("chat.completion", &body.params.model);
     if body.params.stream {
         return Ok(stream(
@@ -366,7 +366,7 @@ async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         .collect();
     let choices = requests.len();
     drop(loaded);
-    let merged = submit_all(lease, requests, plan.n)?;
+    let merged = submit_all(lease, requests, plan.n, &state.metrics)?;
     let meta = ResponseMeta::new("text_completion", &body.params.model);
     if body.params.stream {
         return Ok(stream(

@@ -2,6 +2,7 @@
 
 use crate::error::ApiError;
 use crate::keep_alive::KeepAlive;
+use crate::metrics::Metrics;
 use crate::resident::{Lease, Residents};
 use ferrollama_store::{Puller, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ pub struct AppState {
     pub puller: Puller,
     /// Set when shutdown begins: new requests get 503 while running ones finish.
     pub draining: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -32,6 +34,10 @@ impl AppState {
         requested: &str,
         keep_alive: Option<KeepAlive>,
     ) -> Result<Lease, ApiError> {
-        self.residents.acquire(requested, keep_alive).await
+        let lease = self.residents.acquire(requested, keep_alive).await?;
+        if !lease.load_duration.is_zero() {
+            self.metrics.model_loaded(lease.load_duration);
+        }
+        Ok(lease)
     }
 }
