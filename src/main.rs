@@ -20,8 +20,18 @@ use clap::{Parser, Subcommand};
     about = "Ollama-compatible LLM inference server"
 )]
 struct Cli {
+    /// Log lines as text or as JSON objects, one per line (for log shippers). RUST_LOG picks
+    /// what is logged (default: info, which includes one line per request).
+    #[arg(long, global = true, env = "FERROLLAMA_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -51,11 +61,17 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match cli.command {
         Command::Serve(args) => serve::serve(args),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => ferrollama_bench::run(args),

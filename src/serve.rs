@@ -33,6 +33,9 @@ pub struct ServeArgs {
     /// ended with an error; new requests get 503 meanwhile. Seconds or a duration (30s, 2m).
     #[arg(long, env = "FERROLLAMA_DRAIN_TIMEOUT", default_value = "30s")]
     pub drain_timeout: String,
+    /// Put each request's prompt text in its log line (off: prompts stay out of logs).
+    #[arg(long, env = "FERROLLAMA_LOG_PROMPTS")]
+    pub log_prompts: bool,
     /// Require `Authorization: Bearer <key>` on every request.
     #[arg(long, env = "FERROLLAMA_API_KEY")]
     pub api_key: Option<String>,
@@ -94,6 +97,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             residents: residents.clone(),
             draining: draining.clone(),
             metrics,
+            log_prompts: args.log_prompts,
             api_key: args.api_key.filter(|k| !k.is_empty()).map(Into::into),
             store,
             puller: Puller::from_env(),

@@ -3,6 +3,7 @@
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::request_log::RequestLog;
 use crate::resident::Lease;
 use ferrollama_engine::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use std::sync::Arc;
@@ -28,7 +29,10 @@ pub fn submit_all(
     requests: Vec<GenerationRequest>,
     forks: usize,
     metrics: &Arc<Metrics>,
+    mut log: RequestLog,
 ) -> Result<Merged, ApiError> {
+    log.expect_choices(requests.len());
+    let log = Arc::new(log);
     let engine = &lease.loaded().engine;
     let mut streams = Vec::with_capacity(requests.len());
     let mut requests = requests.into_iter().peekable();
@@ -42,6 +46,7 @@ pub fn submit_all(
         let tx = tx.clone();
         let mut lease = Some(lease.clone());
         let metrics = metrics.clone();
+        let log = log.clone();
         tokio::spawn(async move {
             loop {
                 // The client going is noticed when it goes, not at the next event (a prompt
@@ -51,8 +56,15 @@ pub fn submit_all(
                     _ = tx.closed() => return,
                 };
                 let Some(event) = event else { return };
-                if let Event::Finished { usage, timings, .. } = &event {
+                if let Event::Finished {
+                    usage,
+                    timings,
+                    reason,
+                    error,
+                } = &event
+                {
                     metrics.finished(usage, timings);
+                    log.finished(usage, timings, *reason, error.as_deref());
                     lease.take();
                 }
                 if tx.send((index, event)).is_err() {

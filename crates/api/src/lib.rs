@@ -15,6 +15,7 @@ mod models;
 mod names;
 mod ollama;
 mod openai;
+mod request_log;
 mod resident;
 mod state;
 
@@ -32,6 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
+use subtle::ConstantTimeEq;
 
 /// Largest request body: long prompts fit, memory-exhausting ones do not.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
@@ -169,7 +171,9 @@ async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Re
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_ref()) {
+        // Compared in constant time: how long a wrong key takes says nothing about the key.
+        let matches = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(key.as_bytes())));
+        if !matches {
             let error = ApiError {
                 status: StatusCode::UNAUTHORIZED,
                 message: "missing or wrong API key".into(),

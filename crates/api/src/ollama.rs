@@ -229,7 +229,16 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
     let request = options(&loaded.defaults, &body.options)?.request(prompt, loaded.context())?;
     let load_duration = lease.load_duration;
     drop(loaded);
-    let merged = submit_all(lease, vec![request], 1, &state.metrics)?;
+    let log = state.request_log("/api/generate", &body.model, || {
+        format!(
+            "{}{}",
+            body.system
+                .as_deref()
+                .map_or(String::new(), |s| format!("{s}\n")),
+            body.prompt
+        )
+    });
+    let merged = submit_all(lease, vec![request], 1, &state.metrics, log)?;
     respond(
         load_duration,
         merged,
@@ -273,7 +282,10 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
     let request = options(&loaded.defaults, &body.options)?.request(prompt, loaded.context())?;
     let load_duration = lease.load_duration;
     drop(loaded);
-    let merged = submit_all(lease, vec![request], 1, &state.metrics)?;
+    let log = state.request_log("/api/chat", &body.model, || {
+        crate::request_log::transcript(&messages)
+    });
+    let merged = submit_all(lease, vec![request], 1, &state.metrics, log)?;
     respond(
         load_duration,
         merged,

@@ -298,7 +298,10 @@ async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         .map(|i| plan.request(prompt.clone(), loaded.context(), i))
         .collect();
     drop(loaded);
-    let merged = submit_all(lease, requests, plan.n, &state.metrics)?;
+    let log = state.request_log("/v1/chat/completions", &body.params.model, || {
+        crate::request_log::transcript(&messages)
+    });
+    let merged = submit_all(lease, requests, plan.n, &state.metrics, log)?;
     let meta = ResponseMeta::new("chat.completion", &body.params.model);
     if body.params.stream {
         return Ok(stream(
@@ -366,7 +369,14 @@ async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         .collect();
     let choices = requests.len();
     drop(loaded);
-    let merged = submit_all(lease, requests, plan.n, &state.metrics)?;
+    let log = state.request_log("/v1/completions", &body.params.model, || {
+        match &body.prompt {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Texts(ts) => ts.join("\n---\n"),
+            Prompt::Tokens(_) | Prompt::TokenLists(_) => format!("{} token prompts", prompts.len()),
+        }
+    });
+    let merged = submit_all(lease, requests, plan.n, &state.metrics, log)?;
     let meta = ResponseMeta::new("text_completion", &body.params.model);
     if body.params.stream {
         return Ok(stream(

@@ -3,6 +3,7 @@
 use crate::error::ApiError;
 use crate::keep_alive::KeepAlive;
 use crate::metrics::Metrics;
+use crate::request_log::RequestLog;
 use crate::resident::{Lease, Residents};
 use ferrollama_store::{Puller, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,9 +22,21 @@ pub struct AppState {
     /// Set when shutdown begins: new requests get 503 while running ones finish.
     pub draining: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// `--log-prompts`: request log lines carry the prompt's text.
+    pub log_prompts: bool,
 }
 
 impl AppState {
+    /// A request's log line, with its prompt's text only under `--log-prompts`.
+    pub fn request_log(
+        &self,
+        route: &'static str,
+        model: &str,
+        prompt: impl FnOnce() -> String,
+    ) -> RequestLog {
+        RequestLog::new(route, model, self.log_prompts.then(prompt))
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
