@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// ended with an error; new requests get 503 meanwhile. Seconds or a duration (30s, 2m).
     #[arg(long, env = "FERROLLAMA_DRAIN_TIMEOUT", default_value = "30s")]
     pub drain_timeout: String,
+    /// How long one request may run before it is ended with an error and cancelled: seconds
+    /// or a duration (10m); 0 or unset, no limit.
+    #[arg(long, env = "FERROLLAMA_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
     /// Put each request's prompt text in its log line (off: prompts stay out of logs).
     #[arg(long, env = "FERROLLAMA_LOG_PROMPTS")]
     pub log_prompts: bool,
@@ -51,10 +55,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .filter(|k| !k.is_empty())
         .map(KeepAlive::parse)
         .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let drain_timeout = match KeepAlive::parse(&args.drain_timeout).map_err(anyhow::Error::msg)? {
+        .map_err(|e| anyhow::anyhow!("--keep-alive / OLLAMA_KEEP_ALIVE: {e}"))?;
+    let drain_timeout = match KeepAlive::parse(&args.drain_timeout)
+        .map_err(|e| anyhow::anyhow!("--drain-timeout: {e}"))?
+    {
         KeepAlive::For(d) => d,
         KeepAlive::Forever => anyhow::bail!("--drain-timeout must not be negative"),
+    };
+    let request_timeout = match args.request_timeout.as_deref().map(KeepAlive::parse) {
+        None => None,
+        Some(Ok(KeepAlive::For(d))) if !d.is_zero() => Some(d),
+        Some(Ok(_)) => None,
+        Some(Err(e)) => anyhow::bail!("--request-timeout: {e}"),
     };
     let store = Store::from_env();
     let loader = Arc::new(ServeLoader::new(
@@ -98,6 +110,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             draining: draining.clone(),
             metrics,
             log_prompts: args.log_prompts,
+            request_timeout,
             api_key: args.api_key.filter(|k| !k.is_empty()).map(Into::into),
             store,
             puller: Puller::from_env(),

@@ -94,3 +94,28 @@ def test_health_and_readiness(server):
     assert requests.get(server + "/health").json() == {"status": "ok"}
     ready = requests.get(server + "/ready")
     assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+def test_a_request_past_the_request_timeout_ends_with_a_reason_and_is_cancelled():
+    proc, base = serve(dict(os.environ), "--model", TINY, "--name", "tiny",
+                       "--request-timeout", "1s")
+    try:
+        started = time.time()
+        lines = [None]
+        long_stream(base, lines, 0)
+        assert time.time() - started < 5
+        assert lines[0][-1] == b"data: [DONE]"
+        assert any(b"--request-timeout (1 s)" in line for line in lines[0])
+        whole = requests.post(base + "/api/generate", json={
+            "model": "tiny", "prompt": "Count", "stream": False, "options": {"num_predict": 100000}})
+        assert whole.status_code == 500 and "--request-timeout" in whole.json()["error"]
+        deadline = time.time() + 2
+        while requests.get(base + "/ferrollama/stats").json()["running"] != 0:
+            assert time.time() < deadline, "the timed-out requests are cancelled"
+            time.sleep(0.05)
+        short = requests.post(base + "/api/generate", json={
+            "model": "tiny", "prompt": "Hi", "stream": False, "options": {"num_predict": 3}})
+        assert short.status_code == 200, "requests within the limit are untouched"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0

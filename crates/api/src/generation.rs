@@ -2,9 +2,9 @@
 //! their event streams, and collects them for non-streaming responses.
 
 use crate::error::ApiError;
-use crate::metrics::Metrics;
 use crate::request_log::RequestLog;
 use crate::resident::Lease;
+use crate::state::AppState;
 use ferrollama_engine::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -24,13 +24,17 @@ pub type Merged = mpsc::UnboundedReceiver<(usize, Event)>;
 ///
 /// The lease on the model ends just before the last choice's final event goes out, so a
 /// client that has read a response never finds its model held by it (`keep_alive: 0`).
+///
+/// Past `--request-timeout`, a choice ends with a final event saying so, and is cancelled.
 pub fn submit_all(
+    state: &AppState,
     lease: Lease,
     requests: Vec<GenerationRequest>,
     forks: usize,
-    metrics: &Arc<Metrics>,
     mut log: RequestLog,
 ) -> Result<Merged, ApiError> {
+    let timeout = state.request_timeout;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     log.expect_choices(requests.len());
     let log = Arc::new(log);
     let engine = &lease.loaded().engine;
@@ -45,7 +49,7 @@ pub fn submit_all(
     for (index, mut stream) in streams.into_iter().enumerate() {
         let tx = tx.clone();
         let mut lease = Some(lease.clone());
-        let metrics = metrics.clone();
+        let metrics = state.metrics.clone();
         let log = log.clone();
         tokio::spawn(async move {
             loop {
@@ -54,8 +58,16 @@ pub fn submit_all(
                 let event = tokio::select! {
                     event = stream.next() => event,
                     _ = tx.closed() => return,
+                    _ = until(deadline) => Some(timed_out(timeout)),
                 };
                 let Some(event) = event else { return };
+                let over_time = matches!(
+                    &event,
+                    Event::Finished {
+                        reason: FinishReason::Cancelled,
+                        ..
+                    }
+                );
                 if let Event::Finished {
                     usage,
                     timings,
@@ -67,13 +79,34 @@ pub fn submit_all(
                     log.finished(usage, timings, *reason, error.as_deref());
                     lease.take();
                 }
-                if tx.send((index, event)).is_err() {
-                    return;
+                if tx.send((index, event)).is_err() || over_time {
+                    return; // dropping `stream` cancels the request in the engine
                 }
             }
         });
     }
     Ok(rx)
+}
+
+/// Waits until `deadline`, or for ever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The final event of a choice that ran past `--request-timeout`.
+fn timed_out(timeout: Option<std::time::Duration>) -> Event {
+    let limit = timeout.map_or(String::new(), |t| format!(" ({} s)", t.as_secs_f64()));
+    Event::Finished {
+        reason: FinishReason::Cancelled,
+        usage: Usage::default(),
+        timings: Timings::default(),
+        error: Some(format!(
+            "the request ran past the server's --request-timeout{limit}"
+        )),
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ impl KeepAlive {
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let bad =
-            || format!("bad keep_alive `{text}`: give seconds or a duration like 5m, 1h30m, -1");
+            || format!("bad duration `{text}`: give seconds or a duration like 5m, 1h30m, -1");
         if let Ok(seconds) = text.parse::<f64>() {
             return Self::seconds(seconds).ok_or_else(bad);
         }
@@ -31,10 +31,10 @@ impl KeepAlive {
             Value::Number(n) => n
                 .as_f64()
                 .and_then(Self::seconds)
-                .ok_or_else(|| format!("bad keep_alive {n}")),
+                .ok_or_else(|| format!("bad duration {n}")),
             Value::String(s) => Self::parse(s),
             other => Err(format!(
-                "bad keep_alive {other}: give seconds or a duration string"
+                "bad duration {other}: give seconds or a duration string"
             )),
         }
     }

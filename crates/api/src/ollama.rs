@@ -170,7 +170,10 @@ fn options(defaults: &Map<String, Value>, given: &Map<String, Value>) -> Result<
 fn keep_alive(value: &Option<Value>) -> Result<Option<KeepAlive>, ApiError> {
     value
         .as_ref()
-        .map(|v| KeepAlive::from_json(v).map_err(|e| ApiError::invalid("keep_alive", e)))
+        .map(|v| {
+            KeepAlive::from_json(v)
+                .map_err(|e| ApiError::invalid("keep_alive", format!("keep_alive: {e}")))
+        })
         .transpose()
 }
 
@@ -238,7 +241,7 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
             body.prompt
         )
     });
-    let merged = submit_all(lease, vec![request], 1, &state.metrics, log)?;
+    let merged = submit_all(&state, lease, vec![request], 1, log)?;
     respond(
         load_duration,
         merged,
@@ -285,7 +288,7 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
     let log = state.request_log("/api/chat", &body.model, || {
         crate::request_log::transcript(&messages)
     });
-    let merged = submit_all(lease, vec![request], 1, &state.metrics, log)?;
+    let merged = submit_all(&state, lease, vec![request], 1, log)?;
     respond(
         load_duration,
         merged,

@@ -301,7 +301,7 @@ async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let log = state.request_log("/v1/chat/completions", &body.params.model, || {
         crate::request_log::transcript(&messages)
     });
-    let merged = submit_all(lease, requests, plan.n, &state.metrics, log)?;
+    let merged = submit_all(&state, lease, requests, plan.n, log)?;
     let meta = ResponseMeta::new("chat.completion", &body.params.model);
     if body.params.stream {
         return Ok(stream(
@@ -376,7 +376,7 @@ async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
             Prompt::Tokens(_) | Prompt::TokenLists(_) => format!("{} token prompts", prompts.len()),
         }
     });
-    let merged = submit_all(lease, requests, plan.n, &state.metrics, log)?;
+    let merged = submit_all(&state, lease, requests, plan.n, log)?;
     let meta = ResponseMeta::new("text_completion", &body.params.model);
     if body.params.stream {
         return Ok(stream(

@@ -24,6 +24,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// `--log-prompts`: request log lines carry the prompt's text.
     pub log_prompts: bool,
+    /// `--request-timeout`: how long one request may run.
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 impl AppState {
