@@ -7,6 +7,8 @@
 //! unloaded) in `resident.rs`, model names in `names.rs`, error shapes in `error.rs`.
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod generation;
 mod keep_alive;
 mod metrics;

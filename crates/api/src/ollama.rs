@@ -202,6 +202,29 @@ async fn load_or_unload(
     Ok(Json(body).into_response())
 }
 
+/// What a body goes through before any model is involved: parsing and validation (the fuzz
+/// targets' entry point, through `crate::fuzzing`).
+pub(crate) fn check_bodies(data: &[u8]) {
+    let defaults: Map<String, Value> = [("stop".to_string(), json!(["[INST]"]))]
+        .into_iter()
+        .collect();
+    if let Ok(body) = parse::<GenerateBody>(data) {
+        let _ = keep_alive(&body.keep_alive);
+        if let Ok(o) = options(&defaults, &body.options) {
+            let _ = o.request(vec![1; 8], 2048);
+        }
+    }
+    if let Ok(body) = parse::<ChatBody>(data) {
+        let _ = keep_alive(&body.keep_alive);
+        if let Ok(o) = options(&defaults, &body.options) {
+            let _ = o.request(vec![1; 8], 2048);
+        }
+        for m in &body.messages {
+            let _ = m.role.parse::<Role>();
+        }
+    }
+}
+
 pub async fn generate(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
     generate_inner(state, body).await.map_err(ApiError::ollama)
 }

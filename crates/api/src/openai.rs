@@ -275,6 +275,18 @@ fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
         .collect()
 }
 
+/// What a body goes through before any model is involved: parsing and validation (the fuzz
+/// targets' entry point, through `crate::fuzzing`).
+pub(crate) fn check_bodies(data: &[u8]) {
+    if let Ok(body) = parse::<ChatBody>(data) {
+        let _ = body.params.plan(&Map::new());
+        let _ = chat_messages(&body.messages);
+    }
+    if let Ok(body) = parse::<CompletionBody>(data) {
+        let _ = body.params.plan(&Map::new());
+    }
+}
+
 pub async fn chat_completions(
     State(state): State<AppState>,
     body: Bytes,

@@ -10,6 +10,8 @@ pub mod config;
 pub mod cpu;
 pub mod device;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kv_cache;
 pub mod linear;
 pub mod load;

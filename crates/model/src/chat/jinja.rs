@@ -6,6 +6,9 @@ use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
 use minijinja::{context, Environment, Error, ErrorKind};
 
+/// minijinja's instruction budget for one rendering.
+const JINJA_FUEL: u64 = 2_000_000;
+
 pub struct JinjaTemplate {
     env: Environment<'static>,
 }
@@ -20,6 +23,9 @@ impl JinjaTemplate {
         // transformers renders with trim_blocks and lstrip_blocks, and python string methods.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // A template comes with a model file: one that loops for ever must fail, not hang the
+        // server. A real chat template over a long conversation needs far less.
+        env.set_fuel(Some(JINJA_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -81,6 +87,16 @@ mod tests {
             "/../../models/fixtures/tiny-mistral/tokenizer.json"
         );
         Tokenizer::from_file(std::path::Path::new(path)).unwrap()
+    }
+
+    #[test]
+    fn a_template_that_never_ends_fails_instead_of_hanging() {
+        let endless =
+            "{% for i in range(10000) %}{% for j in range(10000) %}{{ j }}{% endfor %}{% endfor %}";
+        let template = JinjaTemplate::new(endless).unwrap();
+        let messages = [ChatMessage::new(Role::User, "hi".to_string())];
+        let error = template.render(&tokenizer(), &messages).unwrap_err();
+        assert!(error.to_string().contains("fuel"), "{error}");
     }
 
     #[test]

@@ -74,6 +74,11 @@ impl ChatTemplate {
         }
     }
 
+    /// A jinja template from its source, whatever the vocabulary.
+    pub fn jinja(source: &str) -> Result<Self> {
+        Ok(ChatTemplate::Jinja(jinja::JinjaTemplate::new(source)?))
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             ChatTemplate::MistralInstruct => "mistral-instruct",

@@ -21,7 +21,17 @@ impl GgufFile {
         // SAFETY: mapped read-only; as with every mmap loader, the file must not be truncated
         // while it is in use.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-        let content = gguf_file::Content::read(&mut std::io::Cursor::new(&mmap[..]))
+        // candle's reader panics on some corrupt headers (`general.alignment` = 0 divides by
+        // zero, found by fuzz/gguf_header): such a file is refused like any other bad one.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            gguf_file::Content::read(&mut std::io::Cursor::new(&mmap[..]))
+        }));
+        let content = read
+            .map_err(|_| {
+                ModelError::Unsupported(format!("{}: corrupt GGUF header", path.display()))
+            })?
+            .map_err(|e| ModelError::Unsupported(format!("{}: {e}", path.display())))?;
+        check_tensor_extents(&content, mmap.len() as u64)
             .map_err(|e| ModelError::Unsupported(format!("{}: {e}", path.display())))?;
         Ok(Self { mmap, content })
     }
@@ -168,6 +178,44 @@ pub struct GgufSummary {
     pub quantization: String,
 }
 
+/// A tensor's element count, or None when its dimensions overflow (a corrupt header).
+fn elements(shape: &candle_core::Shape) -> Option<u64> {
+    shape
+        .dims()
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+}
+
+/// Every tensor's bytes lie inside the file: a header that claims more (corrupt, truncated or
+/// hostile) is refused here, before any size computed from it is trusted.
+fn check_tensor_extents(
+    content: &gguf_file::Content,
+    file_len: u64,
+) -> std::result::Result<(), String> {
+    for (name, t) in &content.tensor_infos {
+        let block = t.ggml_dtype.block_size() as u64;
+        let bytes = elements(&t.shape)
+            .filter(|n| n % block == 0)
+            .and_then(|n| (n / block).checked_mul(t.ggml_dtype.type_size() as u64));
+        let end = bytes.and_then(|b| {
+            content
+                .tensor_data_offset
+                .checked_add(t.offset)?
+                .checked_add(b)
+        });
+        match end {
+            Some(end) if end <= file_len => {}
+            _ => {
+                return Err(format!(
+                    "tensor {name} ({:?}) does not fit in the file",
+                    t.shape.dims()
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 impl GgufFile {
     pub fn summary(&self) -> GgufSummary {
         let architecture = self
@@ -179,8 +227,8 @@ impl GgufFile {
                 .content
                 .tensor_infos
                 .values()
-                .map(|t| t.shape.elem_count() as u64)
-                .sum(),
+                .map(|t| elements(&t.shape).unwrap_or(0))
+                .fold(0, u64::saturating_add),
             context_length: self.uint(&format!("{architecture}.context_length")),
             quantization: self
                 .uint("general.file_type")
