@@ -118,13 +118,19 @@ async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: 200 when requests can be served now; 503 while a model loads or the server
-/// drains for shutdown.
+/// Readiness: 200 when requests can be served now; 503 while a model loads, the server
+/// drains for shutdown, or the loaded model's engine thread has died.
 async fn ready(State(state): State<AppState>) -> Response {
     let (status, why) = if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if state.residents.is_loading() {
         (StatusCode::SERVICE_UNAVAILABLE, "loading")
+    } else if state
+        .residents
+        .running()
+        .is_some_and(|r| !r.loaded.engine.is_alive())
+    {
+        (StatusCode::SERVICE_UNAVAILABLE, "engine stopped")
     } else {
         (StatusCode::OK, "ready")
     };

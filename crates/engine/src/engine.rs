@@ -7,7 +7,7 @@ use crate::request::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use crate::scheduler::{Scheduler, SchedulerConfig, StepPlan};
 use crate::sequence::Sequence;
 use ferrollama_model::{KvCache, LoadedModel};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -112,6 +112,8 @@ pub struct EngineHandle {
     next_id: Arc<AtomicU64>,
     /// Requests submitted that have not had their first step yet.
     queued: Arc<AtomicUsize>,
+    /// False once the engine thread has ended (a panic; handles still exist).
+    alive: Arc<AtomicBool>,
     max_queue: usize,
     context: usize,
     vocab_size: usize,
@@ -219,6 +221,20 @@ impl EngineHandle {
     pub fn context_len(&self) -> usize {
         self.context
     }
+
+    /// Whether the engine thread still runs: false after it died, so readiness can say so.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+}
+
+/// Marks the engine dead when its thread ends, however it ends (a panic included).
+struct AliveFlag(Arc<AtomicBool>);
+
+impl Drop for AliveFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Starts the engine thread. It runs until every handle is dropped and its work is done.
@@ -242,6 +258,7 @@ pub fn start(
         stats: stats.clone(),
         next_id: Arc::new(AtomicU64::new(0)),
         queued: Arc::new(AtomicUsize::new(0)),
+        alive: Arc::new(AtomicBool::new(true)),
         max_queue: config.max_queue,
         context: model_config.max_position_embeddings,
         vocab_size: model_config.vocab_size,
@@ -283,9 +300,13 @@ pub fn start(
         })
         .build()
         .expect("build the engine's thread pool");
+    let alive = handle.alive.clone();
     std::thread::Builder::new()
         .name("ferrollama-engine".into())
-        .spawn(move || pool.install(move || engine.run(inbox)))
+        .spawn(move || {
+            let _alive = AliveFlag(alive);
+            pool.install(move || engine.run(inbox))
+        })
         .expect("spawn the engine thread");
     Ok(handle)
 }
@@ -485,4 +506,23 @@ fn finish(mut seq: Sequence, reason: FinishReason, error: Option<String>, model:
 fn send_token(seq: &Sequence, text: String, token_id: u32) {
     // A closed channel means the caller hung up; the next step drops the sequence.
     let _ = seq.events.send(Event::Token { text, token_id });
+}
+
+#[cfg(test)]
+mod alive_tests {
+    use super::AliveFlag;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_thread_that_panics_is_marked_dead() {
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = alive.clone();
+        let thread = std::thread::spawn(move || {
+            let _alive = AliveFlag(flag);
+            panic!("the engine failed");
+        });
+        assert!(thread.join().is_err());
+        assert!(!alive.load(Ordering::SeqCst));
+    }
 }
