@@ -3,7 +3,7 @@
 use crate::engine_args::EngineArgs;
 use crate::loader::ServeLoader;
 use anyhow::Context;
-use ferrollama_api::{router, AppState, KeepAlive, Metrics, Residents};
+use ferrollama_api::{router, AppState, KeepAlive, Limits, Metrics, Residents};
 use ferrollama_store::{Puller, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,6 +37,13 @@ pub struct ServeArgs {
     /// or a duration (10m); 0 or unset, no limit.
     #[arg(long, env = "FERROLLAMA_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
+    /// Ceiling on tokens generated per choice: requests asking more are refused, requests
+    /// asking nothing get this [default: the model's context].
+    #[arg(long, env = "FERROLLAMA_MAX_TOKENS")]
+    pub max_tokens: Option<usize>,
+    /// Most choices (OpenAI's `n`) in one request.
+    #[arg(long, default_value_t = 8)]
+    pub max_choices: usize,
     /// Put each request's prompt text in its log line (off: prompts stay out of logs).
     #[arg(long, env = "FERROLLAMA_LOG_PROMPTS")]
     pub log_prompts: bool,
@@ -111,6 +118,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             metrics,
             log_prompts: args.log_prompts,
             request_timeout,
+            limits: Limits {
+                max_tokens: args.max_tokens.filter(|&m| m > 0),
+                max_choices: args.max_choices.max(1),
+            },
             api_key: args.api_key.filter(|k| !k.is_empty()).map(Into::into),
             store,
             puller: Puller::from_env(),

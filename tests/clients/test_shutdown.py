@@ -119,3 +119,27 @@ def test_a_request_past_the_request_timeout_ends_with_a_reason_and_is_cancelled(
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_configured_limits_on_tokens_and_choices():
+    proc, base = serve(dict(os.environ), "--model", TINY, "--name", "tiny", "--max-tokens", "5",
+                       "--max-choices", "2")
+    try:
+        chat = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "ignore_eos": True}
+        unasked = requests.post(base + "/v1/chat/completions", json=chat)
+        assert unasked.json()["usage"]["completion_tokens"] == 5, "the ceiling applies unasked"
+        over = requests.post(base + "/v1/chat/completions", json=dict(chat, max_tokens=6))
+        assert over.status_code == 400 and "--max-tokens" in over.json()["error"]["message"]
+        assert over.json()["error"]["param"] == "max_tokens"
+        many = requests.post(base + "/v1/chat/completions", json=dict(chat, n=3, max_tokens=2))
+        assert many.status_code == 400 and "between 1 and 2" in many.json()["error"]["message"]
+        two = requests.post(base + "/v1/chat/completions", json=dict(chat, n=2, max_tokens=2))
+        assert two.status_code == 200 and len(two.json()["choices"]) == 2
+        generate = {"model": "tiny", "prompt": "Hi", "stream": False}
+        capped = requests.post(base + "/api/generate", json=generate).json()
+        assert 1 <= capped["eval_count"] <= 5
+        refused = requests.post(base + "/api/generate", json=dict(generate, options={"num_predict": 6}))
+        assert refused.status_code == 400 and "num_predict" in refused.json()["error"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0

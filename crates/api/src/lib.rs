@@ -26,7 +26,7 @@ pub use metrics::Metrics;
 pub use model_info::ModelInfo;
 pub use names::ModelNames;
 pub use resident::{Loaded, ModelLoader, Residents};
-pub use state::AppState;
+pub use state::{AppState, Limits};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};

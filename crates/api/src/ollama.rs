@@ -5,7 +5,7 @@ use crate::error::{parse, ApiError, OllamaError};
 use crate::generation::{collect, finish_reason, submit_all, Merged, HEARTBEAT};
 use crate::keep_alive::KeepAlive;
 use crate::model_info::ModelInfo;
-use crate::state::AppState;
+use crate::state::{AppState, Limits};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
@@ -77,7 +77,12 @@ struct ShowBody {
 
 impl Options {
     /// Ollama's defaults where the request says nothing.
-    fn request(&self, prompt: Vec<u32>, context: usize) -> Result<GenerationRequest, ApiError> {
+    fn request(
+        &self,
+        prompt: Vec<u32>,
+        context: usize,
+        limits: &Limits,
+    ) -> Result<GenerationRequest, ApiError> {
         let d = SamplingParams::default();
         let sampling = SamplingParams {
             temperature: self.temperature.unwrap_or(d.temperature),
@@ -98,11 +103,9 @@ impl Options {
         };
         sampling.validate().map_err(ApiError::bad_request)?;
         let room = context.saturating_sub(prompt.len());
-        // num_predict: -1 (or absent) means until the context ends.
-        let max_tokens = match self.num_predict {
-            Some(n) if n > 0 => n as usize,
-            _ => room,
-        };
+        // num_predict: -1 (or absent) means until the context ends (or the server's ceiling).
+        let asked = self.num_predict.filter(|&n| n > 0).map(|n| n as usize);
+        let max_tokens = limits.max_tokens(asked, "num_predict")?.unwrap_or(room);
         Ok(GenerationRequest {
             prompt,
             sampling,
@@ -211,13 +214,13 @@ pub(crate) fn check_bodies(data: &[u8]) {
     if let Ok(body) = parse::<GenerateBody>(data) {
         let _ = keep_alive(&body.keep_alive);
         if let Ok(o) = options(&defaults, &body.options) {
-            let _ = o.request(vec![1; 8], 2048);
+            let _ = o.request(vec![1; 8], 2048, &Limits::default());
         }
     }
     if let Ok(body) = parse::<ChatBody>(data) {
         let _ = keep_alive(&body.keep_alive);
         if let Ok(o) = options(&defaults, &body.options) {
-            let _ = o.request(vec![1; 8], 2048);
+            let _ = o.request(vec![1; 8], 2048, &Limits::default());
         }
         for m in &body.messages {
             let _ = m.role.parse::<Role>();
@@ -252,7 +255,11 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
             .encode(&loaded.model.tokenizer, &messages)?
     };
     loaded.check_context(prompt.len())?;
-    let request = options(&loaded.defaults, &body.options)?.request(prompt, loaded.context())?;
+    let request = options(&loaded.defaults, &body.options)?.request(
+        prompt,
+        loaded.context(),
+        &state.limits,
+    )?;
     let load_duration = lease.load_duration;
     drop(loaded);
     let log = state.request_log("/api/generate", &body.model, || {
@@ -305,7 +312,11 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
         .chat_template
         .encode(&loaded.model.tokenizer, &messages)?;
     loaded.check_context(prompt.len())?;
-    let request = options(&loaded.defaults, &body.options)?.request(prompt, loaded.context())?;
+    let request = options(&loaded.defaults, &body.options)?.request(
+        prompt,
+        loaded.context(),
+        &state.limits,
+    )?;
     let load_duration = lease.load_duration;
     drop(loaded);
     let log = state.request_log("/api/chat", &body.model, || {

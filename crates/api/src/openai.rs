@@ -2,7 +2,7 @@
 
 use crate::error::{parse, ApiError, OpenAiError};
 use crate::generation::{collect, finish_reason, submit_all, Merged, HEARTBEAT};
-use crate::state::AppState;
+use crate::state::{AppState, Limits};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -113,20 +113,21 @@ impl Params {
     /// (temperature 1, top_p 1, no top_k or repeat penalty).
     /// The request's choices; `defaults` (the model's Ollama options) fill what it leaves
     /// unset, as Ollama does for its OpenAI endpoints.
-    fn plan(&self, defaults: &Map<String, Value>) -> Result<Plan, ApiError> {
+    fn plan(&self, defaults: &Map<String, Value>, limits: &Limits) -> Result<Plan, ApiError> {
         let default = |key: &str| defaults.get(key).and_then(Value::as_f64).map(|v| v as f32);
         let n = self.n.unwrap_or(1);
-        if !(1..=8).contains(&n) {
+        let most = limits.max_choices as i64;
+        if !(1..=most).contains(&n) {
             return Err(ApiError::invalid(
                 "n",
-                format!("n must be between 1 and 8, got {n}"),
+                format!("n must be between 1 and {most}, got {n}"),
             ));
         }
         let num_predict = defaults
             .get("num_predict")
             .and_then(Value::as_i64)
             .filter(|&n| n > 0);
-        let max_tokens = match self
+        let asked = match self
             .max_completion_tokens
             .or(self.max_tokens)
             .or(num_predict)
@@ -140,6 +141,7 @@ impl Params {
                 ))
             }
         };
+        let max_tokens = limits.max_tokens(asked, "max_tokens")?;
         let temperature = self.temperature.or(default("temperature")).unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::invalid(
@@ -279,11 +281,11 @@ fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
 /// targets' entry point, through `crate::fuzzing`).
 pub(crate) fn check_bodies(data: &[u8]) {
     if let Ok(body) = parse::<ChatBody>(data) {
-        let _ = body.params.plan(&Map::new());
+        let _ = body.params.plan(&Map::new(), &Limits::default());
         let _ = chat_messages(&body.messages);
     }
     if let Ok(body) = parse::<CompletionBody>(data) {
-        let _ = body.params.plan(&Map::new());
+        let _ = body.params.plan(&Map::new(), &Limits::default());
     }
 }
 
@@ -296,11 +298,11 @@ pub async fn chat_completions(
 
 async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: ChatBody = parse(&body)?;
-    body.params.plan(&Map::new())?; // a bad request loads nothing
+    body.params.plan(&Map::new(), &state.limits)?; // a bad request loads nothing
     let messages = chat_messages(&body.messages)?;
     let lease = state.model(&body.params.model, None).await?;
     let loaded = lease.loaded().clone();
-    let plan = body.params.plan(&loaded.defaults)?;
+    let plan = body.params.plan(&loaded.defaults, &state.limits)?;
     let prompt = loaded
         .model
         .chat_template
@@ -347,10 +349,10 @@ pub async fn completions(
 
 async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: CompletionBody = parse(&body)?;
-    body.params.plan(&Map::new())?; // a bad request loads nothing
+    body.params.plan(&Map::new(), &state.limits)?; // a bad request loads nothing
     let lease = state.model(&body.params.model, None).await?;
     let loaded = lease.loaded().clone();
-    let plan = body.params.plan(&loaded.defaults)?;
+    let plan = body.params.plan(&loaded.defaults, &state.limits)?;
     let tokenizer = &loaded.model.tokenizer;
     let prompts: Vec<Vec<u32>> = match &body.prompt {
         Prompt::Text(t) => vec![tokenizer.encode_prompt(t)?],

@@ -26,6 +26,44 @@ pub struct AppState {
     pub log_prompts: bool,
     /// `--request-timeout`: how long one request may run.
     pub request_timeout: Option<std::time::Duration>,
+    pub limits: Limits,
+}
+
+/// What one request may ask for, by configuration (`--max-tokens`, `--max-choices`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Ceiling on tokens generated per choice; without it, the context is the limit.
+    pub max_tokens: Option<usize>,
+    /// Most choices (OpenAI's `n`) per request.
+    pub max_choices: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_tokens: None,
+            max_choices: 8,
+        }
+    }
+}
+
+impl Limits {
+    /// A request's token budget under the ceiling: unasked, the ceiling; asked for more than
+    /// it, refused (never quietly cut).
+    pub fn max_tokens(
+        &self,
+        asked: Option<usize>,
+        param: &'static str,
+    ) -> Result<Option<usize>, ApiError> {
+        match (asked, self.max_tokens) {
+            (Some(n), Some(cap)) if n > cap => Err(ApiError::invalid(
+                param,
+                format!("{param} must be at most {cap} on this server (--max-tokens), got {n}"),
+            )),
+            (Some(n), _) => Ok(Some(n)),
+            (None, cap) => Ok(cap),
+        }
+    }
 }
 
 impl AppState {
