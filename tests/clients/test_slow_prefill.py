@@ -70,3 +70,28 @@ def test_bytes_flow_at_once_and_a_client_leaving_mid_prefill_is_cancelled(slow, 
     steps = stats(slow)["steps"]
     time.sleep(1)
     assert stats(slow)["steps"] - steps <= 1, "the engine stops stepping that sequence"
+
+
+def test_ollama_python_and_litellm_read_through_the_heartbeats(slow):
+    """Each prompt is new (nothing cached), so each stream carries seconds of heartbeats (empty
+    chunks on /api) before its text: both clients must read them as no text."""
+    import uuid
+
+    import litellm
+    import ollama
+
+    def messages():
+        return [{"role": "user", "content": f"{uuid.uuid4().hex} {PROMPT}"}]
+
+    started = time.time()
+    parts = list(ollama.Client(host=slow).chat(model="big", messages=messages(), stream=True,
+                                               options={"num_predict": 3}))
+    assert time.time() - started > 3, "the prompt took seconds: heartbeats went out"
+    assert parts[-1].done and parts[-1].eval_count >= 1
+    assert sum(1 for p in parts if not p.done and p.message.content == "") >= 3, "heartbeats"
+
+    started = time.time()
+    chunks = list(litellm.completion(model="ollama_chat/big", api_base=slow, messages=messages(),
+                                     max_tokens=3, stream=True))
+    assert time.time() - started > 3
+    assert chunks and chunks[-1].choices[0].finish_reason is not None
