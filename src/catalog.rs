@@ -107,8 +107,8 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::{entries, find};
-    use ferrollama_store::ModelName;
     use ferrollama_model::ModelConfig;
+    use ferrollama_store::ModelName;
 
     #[test]
     fn a_file_is_known_by_its_shape_and_template_or_by_name() {

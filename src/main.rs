@@ -22,7 +22,12 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// Log lines as text or as JSON objects, one per line (for log shippers). RUST_LOG picks
     /// what is logged (default: info, which includes one line per request).
-    #[arg(long, global = true, env = "FERROLLAMA_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERROLLAMA_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

@@ -43,50 +43,39 @@ pub struct Metrics {
     last_preemptions: Mutex<u64>,
 }
 
+/// Registers a freshly made metric and hands it back.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(format!("ferrollama_{name}"), help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+        let name = |name: &str| format!("ferrollama_{name}");
+        let counter = |n: &str, help: &str| register(&registry, IntCounter::new(name(n), help));
+        let gauge = |n: &str, help: &str| register(&registry, IntGauge::new(name(n), help));
+        let float_gauge = |n: &str, help: &str| register(&registry, Gauge::new(name(n), help));
+        let histogram = |n: &str, help: &str, buckets: &[f64]| {
+            let opts = HistogramOpts::new(name(n), help).buckets(buckets.to_vec());
+            register(&registry, Histogram::with_opts(opts))
         };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(format!("ferrollama_{name}"), help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            let opts =
-                HistogramOpts::new(format!("ferrollama_{name}"), help).buckets(buckets.to_vec());
-            let h = Histogram::with_opts(opts).expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-        let float_gauge = |name: &str, help: &str| {
-            let g = Gauge::new(format!("ferrollama_{name}"), help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "ferrollama_http_requests_total",
-                "HTTP requests by route and status.",
+        let requests = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ferrollama_http_requests_total",
+                    "HTTP requests by route and status.",
+                ),
+                &["route", "status"],
             ),
-            &["route", "status"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("unique metric");
+        );
         Self {
             requests,
             prompt_tokens: counter("prompt_tokens_total", "Prompt tokens of finished requests."),

@@ -5,6 +5,8 @@ use crate::error::{parse, ApiError, OllamaError};
 use crate::generation::{collect, finish_reason, submit_all, Merged, HEARTBEAT};
 use crate::keep_alive::KeepAlive;
 use crate::model_info::ModelInfo;
+use crate::request_log::RequestLog;
+use crate::resident::Lease;
 use crate::state::{AppState, Limits};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -254,29 +256,23 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
             .chat_template
             .encode(&loaded.model.tokenizer, &messages)?
     };
-    loaded.check_context(prompt.len())?;
-    let request = options(&loaded.defaults, &body.options)?.request(
-        prompt,
-        loaded.context(),
-        &state.limits,
-    )?;
-    let load_duration = lease.load_duration;
-    drop(loaded);
     let log = state.request_log("/api/generate", &body.model, || {
-        format!(
-            "{}{}",
-            body.system
-                .as_deref()
-                .map_or(String::new(), |s| format!("{s}\n")),
-            body.prompt
-        )
+        let system = body
+            .system
+            .as_deref()
+            .map_or(String::new(), |s| format!("{s}\n"));
+        format!("{system}{}", body.prompt)
     });
-    let merged = submit_all(&state, lease, vec![request], 1, log)?;
-    respond(
-        load_duration,
-        merged,
+    drop(loaded);
+    let stream = body.stream;
+    run(
+        &state,
+        lease,
+        prompt,
+        &body.options,
+        log,
         body.model,
-        body.stream.unwrap_or(true),
+        stream,
         false,
     )
     .await
@@ -311,26 +307,45 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
         .model
         .chat_template
         .encode(&loaded.model.tokenizer, &messages)?;
-    loaded.check_context(prompt.len())?;
-    let request = options(&loaded.defaults, &body.options)?.request(
-        prompt,
-        loaded.context(),
-        &state.limits,
-    )?;
-    let load_duration = lease.load_duration;
-    drop(loaded);
     let log = state.request_log("/api/chat", &body.model, || {
         crate::request_log::transcript(&messages)
     });
-    let merged = submit_all(&state, lease, vec![request], 1, log)?;
-    respond(
-        load_duration,
-        merged,
+    drop(loaded);
+    let stream = body.stream;
+    run(
+        &state,
+        lease,
+        prompt,
+        &body.options,
+        log,
         body.model,
-        body.stream.unwrap_or(true),
+        stream,
         true,
     )
     .await
+}
+
+/// What /api/generate and /api/chat share once the prompt is tokenized: it must fit, the
+/// options go over the model's defaults, and the request is submitted and answered.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    state: &AppState,
+    lease: Lease,
+    prompt: Vec<u32>,
+    given: &Map<String, Value>,
+    log: RequestLog,
+    model: String,
+    stream: Option<bool>,
+    chat: bool,
+) -> Result<Response, ApiError> {
+    let loaded = lease.loaded().clone();
+    loaded.check_context(prompt.len())?;
+    let request =
+        options(&loaded.defaults, given)?.request(prompt, loaded.context(), &state.limits)?;
+    let load_duration = lease.load_duration;
+    drop(loaded);
+    let merged = submit_all(state, lease, vec![request], 1, log)?;
+    respond(load_duration, merged, model, stream.unwrap_or(true), chat).await
 }
 
 /// One JSON object per token (NDJSON) with a final one carrying counts and timings, or one

@@ -302,7 +302,10 @@ fn colliding_prefix_hashes_never_serve_another_prompts_kv() {
         assert_eq!(a.ids, b.ids, "prompt {i}");
     }
     let hits: usize = on.iter().map(|o| o.usage.cached_tokens).sum();
-    assert!(hits >= shared.len() / 16 * 16, "equal prefixes still hit: {hits} cached tokens");
+    assert!(
+        hits >= shared.len() / 16 * 16,
+        "equal prefixes still hit: {hits} cached tokens"
+    );
 }
 
 /// The same seed at temperature 0.8 gives the same text alone and amid 15 other requests.
@@ -332,7 +335,10 @@ fn seeded_sampling_is_batch_independent() {
     assert_eq!(together[5].ids, alone.ids);
     assert_eq!(together[5].text, alone.text);
     let reseeded = collect(engine.submit(request(&prompts[5], 43)).unwrap());
-    assert_ne!(reseeded.ids, alone.ids, "another seed on the same prompt differs");
+    assert_ne!(
+        reseeded.ids, alone.ids,
+        "another seed on the same prompt differs"
+    );
     assert_all_free(&engine);
 }
 
@@ -424,8 +430,13 @@ fn impossible_requests_are_refused() {
     // Checked at the door, so a bad id never reaches (and fails) another request's step.
     let vocab = model.config().vocab_size;
     assert_eq!(
-        engine.submit(GenerationRequest::new(vec![1, vocab as u32], 4)).err(),
-        Some(ferrollama_engine::EngineError::UnknownToken { token: vocab as u32, vocab })
+        engine
+            .submit(GenerationRequest::new(vec![1, vocab as u32], 4))
+            .err(),
+        Some(ferrollama_engine::EngineError::UnknownToken {
+            token: vocab as u32,
+            vocab
+        })
     );
     assert_eq!(
         engine.submit(GenerationRequest::new(vec![1, 2], 0)).err(),

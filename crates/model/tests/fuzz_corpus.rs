@@ -36,7 +36,10 @@ fn chat_template_corpus_never_panics() {
 fn gguf_header_corpus_never_panics() {
     let scratch = tempfile::NamedTempFile::new().unwrap();
     let files = corpus("gguf_header");
-    assert!(files.len() >= 2, "the seed and at least one regression input");
+    assert!(
+        files.len() >= 2,
+        "the seed and at least one regression input"
+    );
     for file in files {
         std::fs::copy(&file, scratch.path()).unwrap();
         fuzzing::gguf_header(scratch.path());
