@@ -16,6 +16,10 @@
 #                   file through llama.cpp's llama-quantize ($LLAMA_QUANTIZE, default: beside
 #                   $LLAMA_SERVER), so it needs a llama.cpp build.
 #   --threads N     threads for both servers (default: every core)
+#   --rounds N      single-stream decode and prompt processing are measured N times per server
+#                   (default 5), alternating which server goes first, with both servers up;
+#                   the table gives medians and the median of the per-round ratios, so a drift
+#                   of the host's speed during the run hits both servers alike
 #   --quick         fewer requests per measurement (a smoke run, not a result)
 #   --out DIR       where the JSON, SVG and summary.md go (default: a new dir under /tmp);
 #                   MODEL-compare.svg draws both servers on the same axes
@@ -29,14 +33,16 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/ferrollama"
 models="smollm2,q4_0,q8_0,q4_k_m"
 threads="$(nproc)"
 quick=0
+rounds=5
 out=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --models) models="$2"; shift 2 ;;
         --threads) threads="$2"; shift 2 ;;
+        --rounds) rounds="$2"; shift 2 ;;
         --quick) quick=1; shift ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
 done
@@ -93,86 +99,99 @@ model_path() {
     esac
 }
 
-port=18431
-pid=""
-stop_server() {
-    if [ -n "$pid" ]; then
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        pid=""
-    fi
+# Both servers stay up for the whole model, on their own ports, so their measures can alternate.
+declare -A port=([ferrollama]=18431 ["$peer"]=18432) pid=()
+stop_servers() {
+    for server in "${!pid[@]}"; do
+        kill "${pid[$server]}" 2>/dev/null || true
+        wait "${pid[$server]}" 2>/dev/null || true
+    done
+    pid=()
 }
-trap stop_server EXIT
+trap stop_servers EXIT
 
 # Both servers hold 16 sequences of up to 2048 tokens.
 start_server() { # which gguf log
+    local p="${port[$1]}"
     # A leftover server on the port would be measured instead of ours.
-    if curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then
-        echo "port $port is already in use; stop what listens there" >&2
+    if curl -fsS "http://127.0.0.1:$p/" >/dev/null 2>&1; then
+        echo "port $p is already in use; stop what listens there" >&2
         exit 1
     fi
     case "$1" in
         ferrollama)
             RAYON_NUM_THREADS="$threads" "$FERROLLAMA_BIN" serve --model "$2" --name bench \
-                --host 127.0.0.1 --port "$port" --max-seqs 16 --kv-cache-memory 3GiB >"$3" 2>&1 &
+                --host 127.0.0.1 --port "$p" --max-seqs 16 --kv-cache-memory 3GiB >"$3" 2>&1 &
             ;;
         llama-server)
-            "$LLAMA_SERVER" -m "$2" --alias bench --host 127.0.0.1 --port "$port" \
+            "$LLAMA_SERVER" -m "$2" --alias bench --host 127.0.0.1 --port "$p" \
                 -t "$threads" -tb "$threads" -np 16 -c $((16 * 2048)) >"$3" 2>&1 &
             ;;
         llama-cpp-python)
             "$venv/bin/python" -m llama_cpp.server --model "$2" --model_alias bench \
-                --host 127.0.0.1 --port "$port" --n_threads "$threads" \
+                --host 127.0.0.1 --port "$p" --n_threads "$threads" \
                 --n_threads_batch "$threads" --n_ctx 2048 >"$3" 2>&1 &
             ;;
     esac
-    pid=$!
+    pid[$1]=$!
     for _ in $(seq 600); do
-        if curl -fsS "http://127.0.0.1:$port/v1/models" >/dev/null 2>&1; then return 0; fi
-        kill -0 "$pid" 2>/dev/null || { echo "$1 died; see $3" >&2; tail -5 "$3" >&2; exit 1; }
+        if curl -fsS "http://127.0.0.1:$p/v1/models" >/dev/null 2>&1; then return 0; fi
+        kill -0 "${pid[$1]}" 2>/dev/null || { echo "$1 died; see $3" >&2; tail -5 "$3" >&2; exit 1; }
         sleep 0.5
     done
     echo "$1 did not come up in 300 s; see $3" >&2
     exit 1
 }
 
-bench() { # name tokenizer json-prefix args...
+bench() { # server tokenizer json-prefix args...
     local name="$1" tokenizer="$2" prefix="$3"
     shift 3
-    "$FERROLLAMA_BIN" bench --base-url "http://127.0.0.1:$port/v1" --model bench \
+    "$FERROLLAMA_BIN" bench --base-url "http://127.0.0.1:${port[$name]}/v1" --model bench \
         --tokenizer "$tokenizer" --label "$name" --json "$prefix.json" --plot "$prefix.svg" "$@"
 }
 
-if [ "$quick" = 1 ]; then n_decode=2; n_pp=1; n_streams=1; else n_decode=4; n_pp=3; n_streams=2; fi
+if [ "$quick" = 1 ]; then n_decode=1; n_streams=1; else n_decode=2; n_streams=2; fi
 
 for model in ${models//,/ }; do
     gguf="$(model_path "$model")"
     for server in ferrollama "$peer"; do
-        echo "== $model on $server ($gguf, $threads threads)" >&2
+        echo "== $model: starting $server ($gguf, $threads threads)" >&2
         start_server "$server" "$gguf" "$out/$model-$server.log"
-        prefix="$out/$model-$server"
-        # Single-stream decode: short prompts, long outputs, TPOT.
-        bench "$server" "$gguf" "$prefix-decode" --concurrency 1 --num-prompts "$n_decode" \
-            --input-len 32 --output-len 128 --warmup 1
-        # Prompt processing: a 1,000-token prompt, one output token, prompt tokens / TTFT.
-        bench "$server" "$gguf" "$prefix-prefill" --concurrency 1 --num-prompts "$n_pp" \
-            --input-len 1000 --output-len 1 --warmup 1
-        if [ "$server" != llama-cpp-python ]; then
-            # Aggregate throughput with 4 and 16 streams always in flight.
-            bench "$server" "$gguf" "$prefix-streams" --concurrency 4,16 \
-                --num-prompts $((16 * n_streams)) --input-len 64 --output-len 128 --warmup 1
-        fi
-        stop_server
     done
+    # Short measures, in rounds that alternate which server goes first (ours, peer; peer,
+    # ours; ...). Each round draws new prompts (its own seed), so no prompt cache helps.
+    for r in $(seq "$rounds"); do
+        if [ $((r % 2)) = 1 ]; then order="ferrollama $peer"; else order="$peer ferrollama"; fi
+        for server in $order; do
+            echo "== $model, round $r/$rounds: $server" >&2
+            prefix="$out/$model-$server"
+            # Single-stream decode: short prompts, long outputs, TPOT.
+            bench "$server" "$gguf" "$prefix-decode-r$r" --concurrency 1 --num-prompts "$n_decode" \
+                --input-len 32 --output-len 128 --warmup 1 --seed "$r"
+            # Prompt processing: a 1,000-token prompt, one output token, prompt tokens / TTFT.
+            bench "$server" "$gguf" "$prefix-prefill-r$r" --concurrency 1 --num-prompts 1 \
+                --input-len 1000 --output-len 1 --warmup 1 --seed "$((100 + r))"
+        done
+    done
+    # Aggregate throughput with 4 and 16 streams always in flight: long measures, once each.
+    if [ "$peer" != llama-cpp-python ]; then
+        for server in ferrollama "$peer"; do
+            echo "== $model: 4 and 16 streams on $server" >&2
+            bench "$server" "$gguf" "$out/$model-$server-streams" --concurrency 4,16 \
+                --num-prompts $((16 * n_streams)) --input-len 64 --output-len 128 --warmup 1
+        done
+    fi
+    stop_servers
     # Both servers on the same axes: single-stream decode (1) and the 4- and 16-stream levels.
     "$FERROLLAMA_BIN" bench --label "$model: ferrollama and $peer, $threads threads" \
         --plot "$out/$model-compare.svg" \
-        --compare "$out/$model-ferrollama-decode.json,$out/$model-ferrollama-streams.json,$out/$model-$peer-decode.json$([ "$peer" = llama-cpp-python ] || echo ",$out/$model-$peer-streams.json")"
+        --compare "$out/$model-ferrollama-decode-r1.json,$out/$model-ferrollama-streams.json,$out/$model-$peer-decode-r1.json$([ "$peer" = llama-cpp-python ] || echo ",$out/$model-$peer-streams.json")"
 done
 
-python3 - "$out" "$models" "$peer" "$peer_version" "$threads" <<'EOF' | tee "$out/summary.md"
-import json, os, platform, sys
-out, models, peer, peer_version, threads = sys.argv[1:]
+python3 - "$out" "$models" "$peer" "$peer_version" "$threads" "$rounds" <<'EOF' | tee "$out/summary.md"
+import json, os, platform, statistics, sys
+out, models, peer, peer_version, threads, rounds = sys.argv[1:]
+rounds = int(rounds)
 
 def level(model, server, kind, i=0):
     path = f"{out}/{model}-{server}-{kind}.json"
@@ -186,31 +205,43 @@ def cpu():
             return line.split(":", 1)[1].strip()
     return platform.processor()
 
+def per_round(model, server, kind, f):
+    return [f(level(model, server, f"{kind}-r{r}")) for r in range(1, rounds + 1)]
+
 print(f"Machine: {cpu()}, {os.cpu_count()} cores; both servers on {threads} threads.")
-print(f"Peer: {peer} ({peer_version}).\n")
-print("| model | measure | ferrollama | peer | ratio |")
-print("|---|---|---:|---:|---:|")
+print(f"Peer: {peer} ({peer_version}).")
+print(f"Single-stream decode and prompt processing: medians of {rounds} interleaved rounds, "
+      "and the median of the per-round ratios; 4 and 16 streams: one measure each.\n")
+print("| model | measure | ferrollama | peer | ratio | per-round ratios |")
+print("|---|---|---:|---:|---:|---|")
 for model in models.split(","):
-    rows = [
-        ("single-stream decode (tok/s, 1000/TPOT)", "decode", 0, lambda l: 1000 / l["tpot_ms"]["mean"]),
-        ("prompt processing, 1,000 tokens (tok/s)", "prefill", 0, lambda l: l["prefill_throughput"]),
-        ("4 streams, aggregate output (tok/s)", "streams", 0, lambda l: l["output_throughput"]),
-        ("16 streams, aggregate output (tok/s)", "streams", 1, lambda l: l["output_throughput"]),
-    ]
     ours_pp = None
-    for name, kind, i, f in rows:
-        ours, theirs = level(model, "ferrollama", kind, i), level(model, peer, kind, i)
+    for name, kind, f in [
+        ("single-stream decode (tok/s, 1000/TPOT)", "decode", lambda l: 1000 / l["tpot_ms"]["mean"]),
+        ("prompt processing, 1,000 tokens (tok/s)", "prefill", lambda l: l["prefill_throughput"]),
+    ]:
+        ours, theirs = per_round(model, "ferrollama", kind, f), per_round(model, peer, kind, f)
+        ratios = [a / b for a, b in zip(ours, theirs)]
+        if kind == "prefill":
+            ours_pp = statistics.median(ours)
+        print(f"| {model} | {name} | {statistics.median(ours):.1f} | {statistics.median(theirs):.1f} | "
+              f"{statistics.median(ratios):.2f}× | {', '.join(f'{x:.2f}' for x in ratios)} |")
+    for name, i in [("4 streams, aggregate output (tok/s)", 0), ("16 streams, aggregate output (tok/s)", 1)]:
+        ours, theirs = level(model, "ferrollama", "streams", i), level(model, peer, "streams", i)
         if ours is None:
             continue
-        a = f(ours)
-        if kind == "prefill":
-            ours_pp = a
-        b = f(theirs) if theirs else None
+        a = ours["output_throughput"]
+        b = theirs["output_throughput"] if theirs else None
         ratio = f"{a / b:.2f}×" if b else "n/a (single-stream peer)"
-        print(f"| {model} | {name} | {a:.1f} | {'' if b is None else f'{b:.1f}'} | {ratio} |")
+        print(f"| {model} | {name} | {a:.1f} | {'' if b is None else f'{b:.1f}'} | {ratio} | |")
     sixteen = level(model, "ferrollama", "streams", 1)
     if sixteen and ours_pp:
-        print(f"| {model} | ferrollama 16 streams / its own prompt processing | | | "
-              f"{sixteen['output_throughput'] / ours_pp:.2f}× |")
+        # Output tokens are two thirds of what these requests process (64-token prompts, 128
+        # outputs), so the first ratio is capped near 0.67 when a decode token costs what a
+        # prompt token does; the second counts every token processed.
+        print(f"| {model} | ferrollama 16 streams, output / its own prompt processing | | | "
+              f"{sixteen['output_throughput'] / ours_pp:.2f}× | |")
+        print(f"| {model} | ferrollama 16 streams, every token / its own prompt processing | | | "
+              f"{sixteen['total_token_throughput'] / ours_pp:.2f}× | |")
 EOF
 echo "results: $out" >&2
