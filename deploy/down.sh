@@ -51,7 +51,12 @@ ids() {
 # AWS: dependents first (instances, NAT, addresses), the VPC last. Each listing is assigned
 # before use, so a failing call stops the script instead of looking like "nothing to delete".
 aws_down() {
-  local r=(--region "$region") f=(--filters "Name=tag:$TAG_KEY,Values=$name") out list id igw vpc
+  local r=(--region "$region") f=(--filters "Name=tag:$TAG_KEY,Values=$name") out list id igw vpc account
+  # The bucket up.sh made for a local release tarball, if any.
+  account="$(cloud_out 123456789012 aws sts get-caller-identity --query Account --output text)"
+  if [ "$DRY_RUN" = true ] || aws s3api head-bucket --bucket "$TAG_KEY-$name-$account" >/dev/null 2>&1; then
+    cloud aws s3 rb "s3://$TAG_KEY-$name-$account" --force --region "$region" >/dev/null
+  fi
   out="$(ids dryrun-instance-ids aws ec2 describe-instances "${r[@]}" "${f[@]}" \
     Name=instance-state-name,Values=pending,running,stopping,stopped \
     --query 'Reservations[].Instances[].InstanceId' --output text)"
@@ -97,6 +102,12 @@ aws_down() {
 gcp_down() {
   local p=() mine="description=\"$TAG_KEY=$name\"" out res where kind words
   [ -z "$project" ] || p=(--project "$project")
+  # The bucket up.sh made for a local release tarball, if any.
+  local bucket
+  bucket="gs://$TAG_KEY-$name-${project:-$(cloud_out dryrun-project gcloud config get-value project)}"
+  if [ "$DRY_RUN" = true ] || gcloud storage buckets describe "$bucket" "${p[@]}" >/dev/null 2>&1; then
+    cloud gcloud storage rm --recursive "$bucket" "${p[@]}"
+  fi
   out="$(cloud_out "dryrun-instance dryrun-zone" gcloud compute instances list "${p[@]}" \
     --filter "labels.$TAG_KEY=$name" --format 'value(name,zone.basename())')"
   while read -r res where; do

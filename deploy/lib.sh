@@ -68,3 +68,23 @@ cloud_out() {
 check_name() {
   [[ "$1" =~ ^[a-z][a-z0-9-]{0,19}$ ]] || usage_error "--name must be lowercase letters, digits and dashes (at most 20), got '$1'"
 }
+
+# GitLab's AI gateway image, and where its tags are listed (Docker Hub's API; the tests point
+# this at a local stand-in).
+GATEWAY_REPO=gitlab/model-gateway
+GATEWAY_TAGS_URL="${FERROLLAMA_GATEWAY_TAGS_URL:-https://hub.docker.com/v2/namespaces/gitlab/repositories/model-gateway/tags}"
+
+# newest_gateway_tag LINE_OR_TAG: print "TAG DIGEST" for one tag (self-hosted-v17.6.3-ee), or
+# for the newest patch of a line (self-hosted-v17.6); fail when none is listed.
+newest_gateway_tag() {
+  local want="$1" url page=0 tags="" body
+  url="$GATEWAY_TAGS_URL?page_size=100&name=${want%-ee}"
+  while [ -n "$url" ] && [ "$page" -lt 20 ]; do
+    body="$(curl -fsS --max-time 30 "$url")" || return 1
+    tags+="$(jq -r '.results[] | select(.digest != null) | "\(.name) \(.digest)"' <<<"$body")"$'\n'
+    url="$(jq -r '.next // empty' <<<"$body")"
+    page=$((page + 1))
+  done
+  # Only tags of exactly this line or tag; `sort -V` puts the newest patch last.
+  grep -E "^${want%-ee}(\\.[0-9]+)?-ee sha256:[0-9a-f]{64}\$" <<<"$tags" | sort -V | tail -n 1 | grep .
+}

@@ -12,7 +12,7 @@ umask 077  # the rendered cloud-init files hold the secrets
 usage() {
   cat <<'EOF'
 Usage: deploy/up.sh --cloud aws|gcp --domain gitlab.example.com
-         --ferrollama-url URL --ferrollama-sha256 SHA256 [options]
+         (--ferrollama-url URL --ferrollama-sha256 SHA256 | --ferrollama-tarball FILE) [options]
 
 Creates the network, firewall rules, static IP and three Ubuntu 24.04 VMs (GitLab, AI gateway,
 ferrollama on an NVIDIA T4), then configures GitLab Duo Self-Hosted over GitLab's API.
@@ -20,23 +20,31 @@ ferrollama on an NVIDIA T4), then configures GitLab Duo Self-Hosted over GitLab'
 Required:
   --cloud aws|gcp            which cloud (uses the `aws` or `gcloud` CLI, already logged in)
   --domain NAME              GitLab's domain; up.sh waits until it resolves to the static IP
-  --ferrollama-url URL       ferrollama release binary (linux x86_64) for the llm VM
+  --ferrollama-url URL       a ferrollama release tarball (deploy/release.sh) for the llm VM
   --ferrollama-sha256 SUM    its sha256
+  --ferrollama-tarball FILE  or a local release tarball (its .sha256 file beside it): up.sh
+                             uploads it to a bucket of the deployment's and the llm VM fetches it
+                             from there. A CUDA tarball (ferrollama-*-cuda-smNN) installs the
+                             NVIDIA driver and CUDA 13 libraries and serves on the GPU
 Options:
   --name NAME                deployment name, prefix and tag of every resource (default ferrollama)
   --region REGION            default us-east-1 (aws) or us-central1 (gcp)
   --zone ZONE                default REGIONa (aws) or REGION-a (gcp)
   --project ID               GCP project (default: gcloud's configured project)
-  --gateway-tag TAG          AI gateway image tag (default self-hosted-v17.6.0-ee)
+  --gateway-tag TAG          AI gateway image: a line, self-hosted-vX.Y (default self-hosted-v17.6:
+                             its newest patch, looked up on Docker Hub), or one tag,
+                             self-hosted-vX.Y.Z-ee; 17.6 or later. The image is pinned by digest
+  --gateway-digest SHA256    the tag's digest (sha256:...), instead of looking it up
   --gitlab-version X.Y.Z     GitLab EE version; same major.minor as the gateway (default: the tag's)
   --license FILE             GitLab licence file (Ultimate + Duo Enterprise), installed at first boot
+  --activation-code CODE     or a cloud licence's activation code (GITLAB_ACTIVATION_CODE at install)
   --email ADDRESS            Let's Encrypt contact address
   --ssh-key FILE             public key for the VMs (aws; default ~/.ssh/id_ed25519.pub)
   --model NAME               the Ollama name `ferrollama pull` fetches on the llm VM
                              (default mistral:7b-instruct-v0.3-q4_0, Mistral-7B-Instruct-v0.3 Q4_0)
   --model-sha256 SUM         the sha256 its model layer must have (default: that Q4_0 blob's)
   --registry URL             an Ollama registry mirror to pull from (default: registry.ollama.ai)
-  --nvidia-driver VERSION    Ubuntu's NVIDIA server driver branch (default 550)
+  --nvidia-driver VERSION    Ubuntu's NVIDIA server driver branch (default 580: CUDA 13 needs 580+)
   --eval                     AIGW_AUTH__BYPASS_EXTERNAL=true on the gateway: evaluation only
   --dns-timeout SECONDS      how long to wait for the domain to resolve (default 1800)
   --no-configure             do not run configure-gitlab.sh at the end
@@ -47,15 +55,15 @@ EOF
 }
 
 cloud_name="" domain="" name=ferrollama region="" zone="" project=""
-gateway_tag=self-hosted-v17.6.0-ee gitlab_version="" license="" email=""
+gateway_tag=self-hosted-v17.6 gateway_digest="" gitlab_version="" license="" activation_code="" email=""
 ssh_key="$HOME/.ssh/id_ed25519.pub"
-ferrollama_url="" ferrollama_sha256=""
+ferrollama_url="" ferrollama_sha256="" ferrollama_tarball=""
 # Ollama's own mistral:7b-instruct-v0.3-q4_0, pulled by ferrollama on the llm VM; the pull
 # fails unless its model layer is this blob, so a tag that moves cannot change the model.
 model=mistral:7b-instruct-v0.3-q4_0
 model_sha256=ff82381e2bea77d91c1b824c7afb83f6fb73e9f7de9dda631bcdbca564aa5435
 registry_url=""
-nvidia_driver=550 eval_mode=false dns_timeout=1800 configure=true render_dir=""
+nvidia_driver=580 eval_mode=false dns_timeout=1800 configure=true render_dir=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cloud) cloud_name="$2"; shift 2 ;;
@@ -65,12 +73,15 @@ while [ $# -gt 0 ]; do
     --zone) zone="$2"; shift 2 ;;
     --project) project="$2"; shift 2 ;;
     --gateway-tag) gateway_tag="$2"; shift 2 ;;
+    --gateway-digest) gateway_digest="$2"; shift 2 ;;
     --gitlab-version) gitlab_version="$2"; shift 2 ;;
     --license) license="$2"; shift 2 ;;
+    --activation-code) activation_code="$2"; shift 2 ;;
     --email) email="$2"; shift 2 ;;
     --ssh-key) ssh_key="$2"; shift 2 ;;
     --ferrollama-url) ferrollama_url="$2"; shift 2 ;;
     --ferrollama-sha256) ferrollama_sha256="$2"; shift 2 ;;
+    --ferrollama-tarball) ferrollama_tarball="$2"; shift 2 ;;
     --model) model="$2"; shift 2 ;;
     --registry) registry_url="$2"; shift 2 ;;
     --model-sha256) model_sha256="$2"; shift 2 ;;
@@ -95,7 +106,30 @@ esac
 [ -n "$domain" ] || usage_error "--domain is required"
 [[ "$domain" =~ ^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}$ ]] || usage_error "--domain '$domain' is not a lowercase DNS name"
 check_name "$name"
-[[ "$ferrollama_url" =~ ^https?://[^[:space:]\'\"]+$ ]] || usage_error "--ferrollama-url must be an http(s) URL"
+if [ -n "$ferrollama_tarball" ]; then
+  [ -z "$ferrollama_url" ] || usage_error "give --ferrollama-tarball or --ferrollama-url, not both"
+  [ -f "$ferrollama_tarball" ] || usage_error "--ferrollama-tarball: no file $ferrollama_tarball"
+  [ -f "$ferrollama_tarball.sha256" ] || usage_error "--ferrollama-tarball: no $ferrollama_tarball.sha256 beside it"
+  ferrollama_sha256="$(cut -d' ' -f1 "$ferrollama_tarball.sha256")"
+  echo "$ferrollama_sha256  $ferrollama_tarball" | sha256sum --check --status \
+    || usage_error "$ferrollama_tarball does not match its .sha256 file"
+  build_name="$(basename "$ferrollama_tarball")"
+else
+  [[ "$ferrollama_url" =~ ^https?://[^[:space:]\'\"]+$ ]] || usage_error "--ferrollama-url must be an http(s) URL (or give --ferrollama-tarball)"
+  build_name="${ferrollama_url##*/}"
+fi
+# Which build the llm VM runs, from the release name (deploy/release.sh): the CUDA build for a
+# T4 brings the NVIDIA driver and CUDA libraries; the CPU build misses GitLab's 30 s timeouts
+# with a 7B model, so it gets a warning.
+if [[ "$build_name" =~ -cuda-sm([0-9]+)\.tar\.gz$ ]]; then
+  ferrollama_build="cuda-sm${BASH_REMATCH[1]}"
+  [ "${BASH_REMATCH[1]}" = 75 ] || warn "$build_name is built for sm_${BASH_REMATCH[1]}; the llm VM's T4 is sm_75"
+elif [[ "$build_name" =~ -cpu\.tar\.gz$ ]]; then
+  ferrollama_build=cpu
+  warn "$build_name is the CPU build: a 7B model on the llm VM's 4 vCPUs misses the AI gateway's and GitLab's 30 s timeouts. Use the cuda-sm75 tarball on the T4."
+else
+  usage_error "cannot tell the build from '$build_name': give a release tarball named ferrollama-VERSION-linux-x86_64-(cpu|cuda-smNN).tar.gz (deploy/release.sh)"
+fi
 [[ "$model" =~ ^[A-Za-z0-9][A-Za-z0-9._:/-]*$ ]] || usage_error "--model '$model' is not an Ollama model name"
 [ -z "$registry_url" ] || [[ "$registry_url" =~ ^https?://[^[:space:]\'\"]+$ ]] || usage_error "--registry must be an http(s) URL"
 [[ "$ferrollama_sha256" =~ ^[0-9a-f]{64}$ ]] || usage_error "--ferrollama-sha256 must be 64 hex digits"
@@ -104,12 +138,30 @@ check_name "$name"
 [[ "$dns_timeout" =~ ^[0-9]+$ ]] || usage_error "--dns-timeout must be seconds"
 [ -z "$email" ] || [[ "$email" =~ ^[^[:space:]\'@]+@[^[:space:]\'@]+$ ]] || usage_error "--email '$email' is not an address"
 [ -z "$license" ] || [ -f "$license" ] || usage_error "--license: no file $license"
+[ -z "$license" ] || [ -z "$activation_code" ] || usage_error "give --license or --activation-code, not both"
+[ -z "$activation_code" ] || [[ "$activation_code" =~ ^[A-Za-z0-9]+$ ]] || usage_error "--activation-code takes letters and digits"
+[ -n "$license$activation_code" ] || warn "no --license or --activation-code: GitLab Duo Self-Hosted needs a Duo Enterprise licence; configure-gitlab.sh will wait for one"
 [[ "$region$zone$project" =~ ^[a-z0-9-]*$ ]] || usage_error "--region, --zone and --project take lowercase names"
 
-# The gateway must match GitLab's major.minor; the GitLab package follows the gateway tag.
-[[ "$gateway_tag" =~ ^self-hosted-v?(([0-9]+)\.([0-9]+)\.[0-9]+)-ee$ ]] \
-  || usage_error "--gateway-tag must look like self-hosted-v17.6.0-ee, got '$gateway_tag'"
-tag_version="${BASH_REMATCH[1]}" tag_minor="${BASH_REMATCH[2]}.${BASH_REMATCH[3]}"
+# The gateway image: a line (self-hosted-v17.6) means its newest patch; every VM then runs the
+# image by digest, so a tag that moves later cannot change a deployment.
+[[ "$gateway_tag" =~ ^self-hosted-v?([0-9]+)\.([0-9]+)(\.[0-9]+-ee)?$ ]] \
+  || usage_error "--gateway-tag must look like self-hosted-v17.6 or self-hosted-v17.6.0-ee, got '$gateway_tag'"
+tag_minor="${BASH_REMATCH[1]}.${BASH_REMATCH[2]}" one_tag="${BASH_REMATCH[3]}"
+# Before 17.6 the ai_custom_model flag was off by default: no self-hosted models.
+if [ "${BASH_REMATCH[1]}" -lt 17 ] || { [ "${BASH_REMATCH[1]}" = 17 ] && [ "${BASH_REMATCH[2]}" -lt 6 ]; }; then
+  usage_error "GitLab $tag_minor is too old: GitLab Duo Self-Hosted with a custom model needs 17.6 or later"
+fi
+[ -z "$gateway_digest" ] || [[ "$gateway_digest" =~ ^sha256:[0-9a-f]{64}$ ]] || usage_error "--gateway-digest must be sha256: and 64 hex digits"
+[ -z "$gateway_digest" ] || [ -n "$one_tag" ] || usage_error "--gateway-digest needs one tag (self-hosted-vX.Y.Z-ee), not a line"
+if [ -z "$gateway_digest" ]; then
+  found="$(newest_gateway_tag "$gateway_tag")" \
+    || die "no gateway image matches $gateway_tag on Docker Hub ($GATEWAY_TAGS_URL)"
+  read -r gateway_tag gateway_digest <<<"$found"
+  log "AI gateway image: $GATEWAY_REPO:$gateway_tag@$gateway_digest"
+fi
+[[ "$gateway_tag" =~ ^self-hosted-v?(([0-9]+\.[0-9]+)\.[0-9]+)-ee$ ]] || die "unexpected gateway tag $gateway_tag"
+tag_version="${BASH_REMATCH[1]}"
 gitlab_version="${gitlab_version:-$tag_version}"
 [[ "$gitlab_version" =~ ^([0-9]+\.[0-9]+)\.[0-9]+$ ]] || usage_error "--gitlab-version must be X.Y.Z"
 [ "${BASH_REMATCH[1]}" = "$tag_minor" ] \
@@ -121,6 +173,34 @@ fi
 if [ "$cloud_name" = aws ] && [ "$DRY_RUN" = false ]; then
   [ -f "$ssh_key" ] || usage_error "--ssh-key: no public key at $ssh_key"
 fi
+
+# A local release tarball goes to a bucket of this deployment's (deleted by down.sh); the llm
+# VM fetches it from there before anything else needs it. AWS: an S3 object behind a presigned
+# URL (6 hours). GCP: a gs:// object the VM reads with its own service account's token.
+upload_release() {
+  local object bucket account location=()
+  object="$(basename "$ferrollama_tarball")"
+  if [ "$cloud_name" = aws ]; then
+    account="$(cloud_out 123456789012 aws sts get-caller-identity --query Account --output text)"
+    bucket="$TAG_KEY-$name-$account"
+    # us-east-1 is S3's default location and refuses to be named as one.
+    [ "$region" = us-east-1 ] || location=(--create-bucket-configuration "LocationConstraint=$region")
+    cloud aws s3api create-bucket --bucket "$bucket" --region "$region" "${location[@]}" >/dev/null
+    cloud aws s3api put-bucket-tagging --bucket "$bucket" --tagging "TagSet=[{Key=$TAG_KEY,Value=$name}]"
+    cloud aws s3 cp --region "$region" "$ferrollama_tarball" "s3://$bucket/$object" >/dev/null
+    ferrollama_url="$(cloud_out "https://$bucket.s3.amazonaws.com/$object?X-Amz-Signature=dryrun" \
+      aws s3 presign --region "$region" "s3://$bucket/$object" --expires-in 21600)"
+  else
+    [ -n "$project" ] || project="$(cloud_out dryrun-project gcloud config get-value project)"
+    bucket="$TAG_KEY-$name-$project"
+    cloud gcloud storage buckets create "gs://$bucket" --project "$project" --location "$region" \
+      --uniform-bucket-level-access
+    cloud gcloud storage cp "$ferrollama_tarball" "gs://$bucket/$object" --project "$project"
+    ferrollama_url="gs://$bucket/$object"
+  fi
+  log "release $object uploaded to $bucket"
+}
+[ -z "$ferrollama_tarball" ] || upload_release
 
 # --- Render the three cloud-init files. ---
 secret() { local s; s="$(head -c 32 /dev/urandom | base64 | tr -d '+/=\n')"; echo "${s:0:32}"; }
@@ -155,20 +235,22 @@ email_line="# no Let's Encrypt contact address given"
 eval_line="# the gateway authenticates every request with GitLab"
 [ "$eval_mode" = false ] || eval_line="AIGW_AUTH__BYPASS_EXTERNAL=true"
 
-common=("DOMAIN=$domain" "GATEWAY_IP=$GATEWAY_IP" "GATEWAY_PORT=$GATEWAY_PORT"
+common=("DOMAIN=$domain" "GITLAB_IP=$GITLAB_IP" "GATEWAY_IP=$GATEWAY_IP" "GATEWAY_PORT=$GATEWAY_PORT"
         "LLM_IP=$LLM_IP" "LLM_PORT=$LLM_PORT" "MODEL_NAME=$model_name")
 render "$here/cloud-init/gitlab.yaml" "$render_dir/gitlab.yaml" "${common[@]}" \
   "GITLAB_PACKAGE=gitlab-ee=$gitlab_version-ee.0" "ROOT_PASSWORD=$root_password" \
   "ADMIN_TOKEN=$admin_token" "LICENSE_LINE=$license_line" "LICENSE_B64=$license_b64" \
-  "LETSENCRYPT_EMAIL_LINE=$email_line" \
+  "LETSENCRYPT_EMAIL_LINE=$email_line" "ACTIVATION_CODE=$activation_code" \
+  "LICENSED=$([ -n "$license$activation_code" ] && echo true || echo false)" \
+  "PROVISION_B64=$(b64 "$here/firstboot/provision-duo.sh")" \
   "FIRSTBOOT_B64=$(b64 "$here/firstboot/gitlab.sh")" "VERIFY_B64=$(b64 "$here/verify.sh")"
 render "$here/cloud-init/gateway.yaml" "$render_dir/gateway.yaml" "${common[@]}" \
-  "GATEWAY_IMAGE=gitlab/model-gateway:$gateway_tag" "EVAL_ENV_LINE=$eval_line" \
+  "GATEWAY_IMAGE=$GATEWAY_REPO:$gateway_tag@$gateway_digest" "EVAL_ENV_LINE=$eval_line" \
   "FIRSTBOOT_B64=$(b64 "$here/firstboot/gateway.sh")"
 render "$here/cloud-init/llm.yaml" "$render_dir/llm.yaml" "${common[@]}" \
   "MODEL=$model" "REGISTRY_URL=$registry_url" \
   "MODEL_SHA256=$model_sha256" "FERROLLAMA_URL=$ferrollama_url" \
-  "FERROLLAMA_SHA256=$ferrollama_sha256" "NVIDIA_DRIVER=$nvidia_driver" \
+  "FERROLLAMA_SHA256=$ferrollama_sha256" "FERROLLAMA_BUILD=$ferrollama_build" "NVIDIA_DRIVER=$nvidia_driver" \
   "UNIT_B64=$(b64 "$here/systemd/ferrollama.service")" \
   "HEALTHCHECK_B64=$(b64 "$here/llm-healthcheck.sh")" \
   "FIRSTBOOT_B64=$(b64 "$here/firstboot/llm.sh")"
@@ -327,7 +409,8 @@ gcp_up() {
 
 "${cloud_name}_up"
 
-configure_cmd=("$here/configure-gitlab.sh" --url "https://$domain" --llm-endpoint "http://$LLM_IP:$LLM_PORT/v1" --model-name "$model_name")
+configure_cmd=("$here/configure-gitlab.sh" --url "https://$domain" --llm-endpoint "http://$LLM_IP:$LLM_PORT/v1"
+               --gateway-url "http://$GATEWAY_IP:$GATEWAY_PORT" --model-name "$model_name")
 if [ "$DRY_RUN" = true ]; then
   log "dry run: nothing was created; then configure-gitlab.sh would run with the generated admin token"
   exit 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks each hop of GitLab Duo Self-Hosted from the GitLab VM and prints a pass/fail table:
-# ferrollama, the AI gateway, a code completion through GitLab and the gateway, and GitLab's own
-# self-hosted setup check. Installed on the GitLab VM as ferrollama-verify (run it as root).
+# ferrollama (and the device it runs on, with its decode rate), the AI gateway (healthy and
+# ready), a code completion through GitLab and the gateway, and GitLab's own self-hosted setup
+# check. Installed on the GitLab VM as ferrollama-verify (run it as root).
 set -euo pipefail
 
 usage() {
@@ -60,14 +61,31 @@ else
   row "ferrollama /v1/models" FAIL "$(brief "$out")"
 fi
 
-# 2. The AI gateway is up.
-if out="$(curl -fsS --max-time 10 "$gateway_url/monitoring/healthz" 2>&1)"; then
-  row "AI gateway /monitoring/healthz" PASS "$gateway_url"
+# 2. Where ferrollama runs the model (Ollama's /api/ps: size_vram > 0 means on the GPU) and
+#    how fast it decodes: 64 tokens, timed by the server itself (eval_count / eval_duration).
+request="$(jq -nc --arg m "$model" '{model: $m, prompt: "Count from one to one hundred in words:",
+  stream: false, options: {num_predict: 64, temperature: 0}}')"
+if out="$(curl -fsS --max-time 300 -H 'Content-Type: application/json' --data-binary "$request" \
+    "$llm_url/api/generate" 2>&1)" \
+   && rate="$(jq -er 'if .eval_count > 0 and .eval_duration > 0
+       then (.eval_count / (.eval_duration / 1e9) * 10 | round / 10 | tostring) else error end' 2>/dev/null <<<"$out")" \
+   && ps="$(curl -fsS --max-time 10 "$llm_url/api/ps" 2>&1)"; then
+  if jq -e '[.models[]?.size_vram // 0] | max > 0' >/dev/null 2>&1 <<<"$ps"; then device=GPU; else device=CPU; fi
+  row "ferrollama device and decode rate" PASS "$device, $rate tok/s over $(jq -r .eval_count <<<"$out") tokens"
 else
-  row "AI gateway /monitoring/healthz" FAIL "$(brief "$out")"
+  row "ferrollama device and decode rate" FAIL "$(brief "$out")"
 fi
 
-# 3. A code completion the way an editor asks for one: GitLab -> gateway -> ferrollama.
+# 3. The AI gateway is up (healthz) and can serve (ready).
+for probe in healthz ready; do
+  if out="$(curl -fsS --max-time 10 "$gateway_url/monitoring/$probe" 2>&1)"; then
+    row "AI gateway /monitoring/$probe" PASS "$gateway_url"
+  else
+    row "AI gateway /monitoring/$probe" FAIL "$(brief "$out")"
+  fi
+done
+
+# 4. A code completion the way an editor asks for one: GitLab -> gateway -> ferrollama.
 request='{"current_file": {"file_name": "fib.py", "content_above_cursor": "def fibonacci(n):\n    ", "content_below_cursor": ""}, "intent": "completion"}'
 if [ -z "$token" ]; then
   row "code completion via the gateway" FAIL "no API token (ADMIN_TOKEN or --token)"
@@ -85,7 +103,7 @@ else
   row "code completion via the gateway" FAIL "$(brief "$out")"
 fi
 
-# 4. GitLab's own check of the self-hosted setup (licence, seat, gateway, model).
+# 5. GitLab's own check of the self-hosted setup (licence, seat, gateway, model).
 if out="$(gitlab-rake 'gitlab:duo:verify_self_hosted_setup[root]' 2>&1)"; then
   row "gitlab:duo:verify_self_hosted_setup" PASS "rake task passed"
 else

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# First boot of the AI gateway VM (run by cloud-init): start GitLab's gateway container with
-# the environment cloud-init wrote, restarting with Docker, and wait until it reports healthy.
+# First boot of the AI gateway VM (run by cloud-init): start GitLab's gateway container (the
+# image pinned by digest) with the environment cloud-init wrote, restarting with Docker, and
+# wait until it reports healthy and ready.
 set -euo pipefail
 # shellcheck source=/dev/null
 . /etc/ferrollama-deploy/settings.env
@@ -9,19 +10,27 @@ systemctl enable --now docker
 docker pull "$GATEWAY_IMAGE"
 docker rm --force gitlab-ai-gateway >/dev/null 2>&1 || true
 # Published on the private IP only; the firewall limits it to the private network as well.
+# The gateway calls GitLab back by its domain (AIGW_GITLAB_URL): --add-host sends that to
+# GitLab's private address, so the call stays inside the network instead of leaving through
+# NAT and coming back to the public IP (which costs NAT traffic and fails where the cloud does
+# not hairpin). The certificate still matches, since the name is the same.
 # The gateway is a Python service, so the container's own health check uses its Python.
 docker run --detach --name gitlab-ai-gateway --restart unless-stopped \
   --env-file /etc/gitlab-ai-gateway/gateway.env \
+  --add-host "$DOMAIN:$GITLAB_IP" \
   --publish "$GATEWAY_IP:$GATEWAY_PORT:5052" \
   --health-cmd "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:5052/monitoring/healthz', timeout=5)\"" \
   --health-interval 30s --health-timeout 10s --health-retries 3 \
   "$GATEWAY_IMAGE"
 
-for _ in $(seq 60); do
-  if curl -fsS --max-time 5 "http://$GATEWAY_IP:$GATEWAY_PORT/monitoring/healthz" >/dev/null; then
-    echo "AI gateway healthy on $GATEWAY_IP:$GATEWAY_PORT"; exit 0
-  fi
-  sleep 5
+# Healthy (the process answers) and ready (its own readiness probe: it can serve requests).
+for probe in healthz ready; do
+  for _ in $(seq 60); do
+    if curl -fsS --max-time 5 "http://$GATEWAY_IP:$GATEWAY_PORT/monitoring/$probe" >/dev/null; then
+      echo "AI gateway /monitoring/$probe answers on $GATEWAY_IP:$GATEWAY_PORT"; continue 2
+    fi
+    sleep 5
+  done
+  echo "AI gateway /monitoring/$probe failing after 5 minutes: see docker logs gitlab-ai-gateway" >&2
+  exit 1
 done
-echo "AI gateway not healthy after 5 minutes: see docker logs gitlab-ai-gateway" >&2
-exit 1

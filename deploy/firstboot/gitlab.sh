@@ -7,7 +7,10 @@ set -euo pipefail
 . /etc/ferrollama-deploy/settings.env
 
 curl -fsSL https://packages.gitlab.com/install/repositories/gitlab/gitlab-ee/script.deb.sh | bash
-EXTERNAL_URL="https://$DOMAIN" DEBIAN_FRONTEND=noninteractive apt-get install -y "$GITLAB_PACKAGE"
+# A cloud licence's activation code activates GitLab during the install (GitLab reads
+# GITLAB_ACTIVATION_CODE at its first reconfigure); a licence file comes through gitlab.rb.
+GITLAB_ACTIVATION_CODE="${ACTIVATION_CODE:-}" EXTERNAL_URL="https://$DOMAIN" \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "$GITLAB_PACKAGE"
 # The gateway image matches this version; an unattended upgrade must not split them.
 apt-mark hold gitlab-ee
 
@@ -19,4 +22,8 @@ gitlab-rails runner "
   token.set_token('$ADMIN_TOKEN')
   token.save!
 "
+# The licence's Duo Enterprise seats become an add-on purchase now rather than at 00:30.
+if [ "${LICENSED:-false}" = true ]; then
+  ferrollama-provision-duo || echo "warning: Duo add-on provisioning failed; configure-gitlab.sh will wait for it" >&2
+fi
 echo "GitLab is up at https://$DOMAIN"

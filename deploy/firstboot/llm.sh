@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# First boot of the llm VM (run by cloud-init): NVIDIA driver, the ferrollama binary
-# (checksum-verified), the model (`ferrollama pull`, every blob verified, the model layer held
-# to the pinned sha256), then the systemd unit. Safe to run again: verified files are kept. Settings come from /etc/ferrollama-deploy/settings.env, written by cloud-init.
-#
-# Seam for the container image: when Dockerfile.cuda exists, install the NVIDIA container
-# toolkit and pull the image here instead of the binary, and run `docker run --gpus all
-# --network host --env-file /etc/ferrollama/ferrollama.env IMAGE serve ...` from the unit.
+# First boot of the llm VM (run by cloud-init): the ferrollama release tarball
+# (checksum-verified), for the CUDA build the NVIDIA driver and the CUDA 13 libraries it links,
+# the model (`ferrollama pull`, every blob verified, the model layer held to the pinned sha256),
+# then the systemd unit. Safe to run again: verified files are kept. Settings come from
+# /etc/ferrollama-deploy/settings.env, written by cloud-init.
 set -euo pipefail
 # shellcheck source=/dev/null
 . /etc/ferrollama-deploy/settings.env
 # shellcheck source=/dev/null
 . /etc/ferrollama/ferrollama.env
+
+# download URL DEST: https as it is; gs://BUCKET/OBJECT (a release up.sh uploaded on GCP) with
+# this VM's service-account token from the metadata server.
+download() {
+  local url="$1" dest="$2" token
+  if [[ "$url" =~ ^gs://([^/]+)/(.+)$ ]]; then
+    token="$(curl -fsS -H 'Metadata-Flavor: Google' \
+      http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token | jq -r .access_token)"
+    curl -fL --retry 5 --retry-delay 10 -o "$dest" \
+      --config <(printf 'header = "Authorization: Bearer %s"\n' "$token") \
+      "https://storage.googleapis.com/${BASH_REMATCH[1]}/${BASH_REMATCH[2]}"
+  else
+    curl -fL --retry 5 --retry-delay 10 -o "$dest" "$url"
+  fi
+}
 
 # fetch URL SHA256 DEST: download unless DEST already has that checksum; never keep a bad file.
 fetch() {
@@ -19,21 +32,48 @@ fetch() {
     echo "$dest: present, checksum ok"; return 0
   fi
   mkdir -p "$(dirname "$dest")"
-  curl -fL --retry 5 --retry-delay 10 -o "$dest.part" "$url"
+  download "$url" "$dest.part"
   echo "$sum  $dest.part" | sha256sum --check --status \
     || { rm -f "$dest.part"; echo "checksum mismatch for $url" >&2; exit 1; }
   mv "$dest.part" "$dest"
 }
 
-# Ubuntu's headless server driver for the T4: precompiled, signed kernel modules.
-ubuntu-drivers install --gpgpu "nvidia:${NVIDIA_DRIVER}-server"
-DEBIAN_FRONTEND=noninteractive apt-get install -y "nvidia-utils-${NVIDIA_DRIVER}-server"
+# The release: a tarball from deploy/release.sh, its binary linked into /usr/local/bin.
+fetch "$FERROLLAMA_URL" "$FERROLLAMA_SHA256" /var/cache/ferrollama/release.tar.gz
+install -d /opt/ferrollama
+tar -xzf /var/cache/ferrollama/release.tar.gz -C /opt/ferrollama
+release_dir="$(tar -tzf /var/cache/ferrollama/release.tar.gz | head -n 1 | cut -d/ -f1)"
+grep -qx "build=$FERROLLAMA_BUILD" "/opt/ferrollama/$release_dir/MANIFEST" \
+  || { echo "the release's MANIFEST does not say build=$FERROLLAMA_BUILD" >&2; exit 1; }
+ln -sfn "/opt/ferrollama/$release_dir/ferrollama" /usr/local/bin/ferrollama
+
+if [[ "$FERROLLAMA_BUILD" == cuda-* ]]; then
+  # Ubuntu's headless server driver for the T4 (precompiled, signed kernel modules); the CUDA
+  # 13 build needs branch 580 or later. Then the CUDA runtime libraries the binary links
+  # (cudart, cuBLAS, cuRAND; NVRTC for candle's kernels) from NVIDIA's Ubuntu repository.
+  ubuntu-drivers install --gpgpu "nvidia:${NVIDIA_DRIVER}-server"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "nvidia-utils-${NVIDIA_DRIVER}-server"
+  if ! dpkg -s cuda-keyring >/dev/null 2>&1; then
+    curl -fsSL -o /tmp/cuda-keyring.deb \
+      https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/cuda-keyring_1.1-1_all.deb
+    dpkg -i /tmp/cuda-keyring.deb
+    apt-get update
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+    cuda-cudart-13-0 libcublas-13-0 libcurand-13-0 cuda-nvrtc-13-0
+  echo /usr/local/cuda-13.0/targets/x86_64-linux/lib >/etc/ld.so.conf.d/cuda-13-0.conf
+  ldconfig
+  device=cuda
+else
+  device=cpu
+fi
+# The unit's environment says which device to serve on.
+sed -i '/^FERROLLAMA_DEVICE=/d' /etc/ferrollama/ferrollama.env
+echo "FERROLLAMA_DEVICE=$device" >>/etc/ferrollama/ferrollama.env
 
 id ferrollama >/dev/null 2>&1 \
   || useradd --system --home-dir /var/lib/ferrollama --shell /usr/sbin/nologin ferrollama
 
-fetch "$FERROLLAMA_URL" "$FERROLLAMA_SHA256" /usr/local/bin/ferrollama
-chmod 0755 /usr/local/bin/ferrollama
 # The model goes into the Ollama-layout store the unit serves from, as `ollama pull` would: each
 # blob's sha256 is checked as it streams, a cut transfer resumes, a second run fetches nothing
 # new, and a model layer other than the pinned one fails the boot.
@@ -44,7 +84,7 @@ runuser -u ferrollama -- env OLLAMA_MODELS="$OLLAMA_MODELS" \
 
 systemctl daemon-reload
 systemctl enable ferrollama.service
-if nvidia-smi >/dev/null 2>&1; then
+if [ "$device" = cpu ] || nvidia-smi >/dev/null 2>&1; then
   systemctl restart ferrollama.service
   ferrollama-healthcheck --wait 900
 else

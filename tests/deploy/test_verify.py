@@ -16,8 +16,11 @@ VERIFY = ROOT / "deploy/verify.sh"
 
 
 class Peers:
-    def __init__(self, models=("mistral:instruct",), healthy=True, completion=200):
-        self.models, self.healthy, self.completion = models, healthy, completion
+    def __init__(self, models=("mistral:instruct",), healthy=True, ready=True, completion=200, vram=4_000_000_000,
+                 generate=200):
+        self.models, self.healthy, self.ready, self.completion = models, healthy, ready, completion
+        self.vram, self.generate = vram, generate
+        self.generate_requests = []
         self.completion_requests = []
         peers = self
 
@@ -38,10 +41,23 @@ class Peers:
                     return self.reply(200, {"object": "list", "data": [{"id": m} for m in peers.models]})
                 if self.path == "/monitoring/healthz":
                     return self.reply(200 if peers.healthy else 503, {})
+                if self.path == "/monitoring/ready":
+                    return self.reply(200 if peers.ready else 503, {})
+                if self.path == "/api/ps":
+                    return self.reply(200, {"models": [{"name": m, "size": 4_100_000_000, "size_vram": peers.vram}
+                                                       for m in peers.models]})
                 self.reply(404, {})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/api/generate":
+                    peers.generate_requests.append(body)
+                    if peers.generate != 200 or body.get("model") not in peers.models:
+                        return self.reply(peers.generate if peers.generate != 200 else 404,
+                                          {"error": f"model '{body.get('model')}' not found"})
+                    # 64 tokens in 1.6 s: 40 tok/s.
+                    return self.reply(200, {"model": body["model"], "response": "one two", "done": True,
+                                            "eval_count": 64, "eval_duration": 1_600_000_000})
                 if self.path != "/api/v4/code_suggestions/completions":
                     return self.reply(404, {})
                 peers.completion_requests.append((self.headers.get("Authorization"), body))
@@ -77,8 +93,8 @@ def verify(tmp_path, peers, rake_status=0):
 
 
 def table(stdout):
-    """check -> PASS/FAIL, from the table's four rows."""
-    rows = [re.match(r"(.+?) +(PASS|FAIL) ", line) for line in stdout.splitlines()[1:5]]
+    """check -> PASS/FAIL, from the table's six rows."""
+    rows = [re.match(r"(.+?) +(PASS|FAIL) ", line) for line in stdout.splitlines()[1:7]]
     assert all(rows), stdout
     return {row.group(1): row.group(2) for row in rows}
 
@@ -88,17 +104,30 @@ def test_every_hop_passes(tmp_path):
         result = verify(tmp_path, peers)
     assert result.returncode == 0, result.stdout + result.stderr
     assert table(result.stdout) == {
-        "ferrollama /v1/models": "PASS", "AI gateway /monitoring/healthz": "PASS",
+        "ferrollama /v1/models": "PASS", "ferrollama device and decode rate": "PASS",
+        "AI gateway /monitoring/healthz": "PASS", "AI gateway /monitoring/ready": "PASS",
         "code completion via the gateway": "PASS", "gitlab:duo:verify_self_hosted_setup": "PASS"}
+    assert re.search(r"ferrollama device and decode rate +PASS +GPU, 40 tok/s over 64 tokens", result.stdout), \
+        result.stdout
+    assert peers.generate_requests[0]["options"]["num_predict"] == 64
     assert result.stdout.splitlines()[-1] == "all checks passed"
     token, body = peers.completion_requests[0]
     assert token == "Bearer tok-123" and body["current_file"]["file_name"] == "fib.py"
     assert (tmp_path / "rake-args").read_text().strip() == "gitlab:duo:verify_self_hosted_setup[root]"
 
 
+def test_a_model_on_the_cpu_is_reported(tmp_path):
+    with Peers(vram=0) as peers:
+        result = verify(tmp_path, peers)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"ferrollama device and decode rate +PASS +CPU, 40 tok/s", result.stdout), result.stdout
+
+
 @pytest.mark.parametrize("peers_args, rake_status, failing", [
-    ({"models": ("smollm2",)}, 0, "ferrollama /v1/models"),
+    ({"models": ("smollm2",)}, 0, None),
+    ({"generate": 500}, 0, "ferrollama device and decode rate"),
     ({"healthy": False}, 0, "AI gateway /monitoring/healthz"),
+    ({"ready": False}, 0, "AI gateway /monitoring/ready"),
     ({"completion": 403}, 0, "code completion via the gateway"),
     ({}, 1, "gitlab:duo:verify_self_hosted_setup"),
 ])
@@ -107,6 +136,7 @@ def test_one_failing_hop_fails_the_run(tmp_path, peers_args, rake_status, failin
         result = verify(tmp_path, peers, rake_status)
     assert result.returncode == 1
     rows = table(result.stdout)
-    assert rows[failing] == "FAIL"
-    assert [k for k, v in rows.items() if v == "FAIL"] == [failing]
+    # A model that is not served fails both ferrollama rows: nothing can be generated either.
+    failing = [failing] if failing else ["ferrollama /v1/models", "ferrollama device and decode rate"]
+    assert [k for k, v in rows.items() if v == "FAIL"] == failing
     assert "some checks failed" in result.stdout
