@@ -109,6 +109,7 @@ impl ServeLoader {
             created: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            grammars: Default::default(),
         })
     }
 

@@ -26,6 +26,8 @@ pub struct Target {
     pub ignore_eos: bool,
     pub temperature: f32,
     pub timeout: Duration,
+    /// OpenAI's `response_format`, sent with every request (structured output's cost).
+    pub response_format: Option<Value>,
 }
 
 /// What one request measured. Times are seconds.
@@ -78,6 +80,9 @@ fn body(target: &Target, prompt: &Prompt) -> Value {
     if target.ignore_eos {
         // vLLM's and llama.cpp's extension: generate exactly max_tokens.
         body["ignore_eos"] = json!(true);
+    }
+    if let Some(format) = &target.response_format {
+        body["response_format"] = format.clone();
     }
     body
 }
@@ -211,6 +216,7 @@ mod tests {
             ignore_eos: true,
             temperature: 0.0,
             timeout: Duration::from_secs(1),
+            response_format: None,
         }
     }
 

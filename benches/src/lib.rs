@@ -73,6 +73,11 @@ pub struct BenchArgs {
     pub no_ignore_eos: bool,
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// A JSON schema file: every request asks for output matching it (`response_format`
+    /// json_schema), to measure what constrained decoding costs. Outputs end when the schema
+    /// is complete, whatever --output-len says: give one whose output is long enough.
+    #[arg(long)]
+    pub json_schema: Option<PathBuf>,
     /// Requests sent and discarded before the first level.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
@@ -198,6 +203,18 @@ pub async fn bench(args: &BenchArgs) -> Result<Report> {
         ignore_eos: !args.no_ignore_eos,
         temperature: args.temperature,
         timeout: Duration::from_secs(args.timeout),
+        response_format: match &args.json_schema {
+            None => None,
+            Some(path) => {
+                let schema: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(path)
+                        .with_context(|| format!("--json-schema {}", path.display()))?,
+                )
+                .with_context(|| format!("--json-schema {}: not JSON", path.display()))?;
+                Some(serde_json::json!({"type": "json_schema",
+                    "json_schema": {"name": "bench", "schema": schema}}))
+            }
+        },
     };
     let mut rng = SplitMix64::new(args.seed);
     let prompts_for = |count: usize, rng: &mut SplitMix64| -> Result<Vec<Prompt>> {

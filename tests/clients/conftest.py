@@ -81,12 +81,19 @@ def server():
             raise RuntimeError("server did not start:\n" + log.read())
         time.sleep(0.2)
     yield base
+    code = stop(proc)
+    assert code == 0, f"server exited with {code}: SIGTERM must drain and exit 0"
+
+
+def stop(proc):
+    """SIGTERM (the server drains), SIGKILL after 10 s; the exit code."""
     proc.terminate()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
-    assert proc.returncode == 0, f"server exited with {proc.returncode}: SIGTERM must drain and exit 0"
+        proc.wait()
+    return proc.returncode
 
 
 def engine_idle(base, timeout=1.0):

@@ -41,6 +41,26 @@ V1_CASES = [
     ("completion empty list", "/v1/completions", {"model": "mistral:instruct", "prompt": []}, 400),
     ("completion prompt object", "/v1/completions", {"model": "mistral:instruct", "prompt": {"a": 1}}, 400),
     ("unknown route", "/v1/embeddings", {"model": "mistral:instruct", "input": "x"}, 404),
+    # Structured output that cannot be honoured, and known fields set to what we do not do.
+    ("response_format unknown type", "/v1/chat/completions", {**CHAT, "response_format": {"type": "yaml"}}, 400),
+    ("response_format no schema", "/v1/chat/completions", {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, 400),
+    ("response_format bad schema", "/v1/chat/completions", {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}}, 400),
+    ("response_format string", "/v1/chat/completions", {**CHAT, "response_format": "json"}, 400),
+    ("logprobs true", "/v1/chat/completions", {**CHAT, "logprobs": True}, 400),
+    ("top_logprobs 3", "/v1/chat/completions", {**CHAT, "top_logprobs": 3}, 400),
+    ("logit_bias", "/v1/chat/completions", {**CHAT, "logit_bias": {"42": 5}}, 400),
+    ("tools", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, 400),
+    ("tool_choice required", "/v1/chat/completions", {**CHAT, "tool_choice": "required"}, 400),
+    ("completion logprobs", "/v1/completions", {"model": "mistral:instruct", "prompt": "x", "logprobs": True}, 400),
+]
+
+# Off values of known fields and unknown extra fields pass, as on OpenAI-compatible servers.
+V1_PASSING = [
+    ("logprobs false", {**CHAT, "logprobs": False}),
+    ("tools empty", {**CHAT, "tools": []}),
+    ("tool_choice none", {**CHAT, "tool_choice": "none"}),
+    ("response_format text", {**CHAT, "response_format": {"type": "text"}}),
+    ("unknown extra field", {**CHAT, "some_vendor_extra": {"x": 1}, "metadata": {"a": "b"}}),
 ]
 
 API_CASES = [
@@ -51,6 +71,11 @@ API_CASES = [
     ("options wrong type", "/api/generate", {"model": "mistral:instruct", "prompt": "hi", "options": {"temperature": "hot"}}, 400),
     ("prompt over context", "/api/generate", {"model": "mistral:instruct", "prompt": LONG, "stream": False}, 400),
     ("show unknown", "/api/show", {"model": "nope"}, 404),
+    ("format xml", "/api/generate", {"model": "mistral:instruct", "prompt": "hi", "format": "xml"}, 400),
+    ("format number", "/api/chat", {"model": "mistral:instruct", "messages": [{"role": "user", "content": "hi"}], "format": 3}, 400),
+    ("format bad schema", "/api/chat", {"model": "mistral:instruct", "messages": [{"role": "user", "content": "hi"}], "format": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}, "stream": False}, 400),
+    ("chat tools", "/api/chat", {"model": "mistral:instruct", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}, 400),
+    ("images", "/api/generate", {"model": "mistral:instruct", "prompt": "hi", "images": ["aGk="]}, 400),
 ]
 
 
@@ -101,3 +126,21 @@ def test_max_tokens_past_context_stops_with_length(server):
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"] == 2048
     assert engine_idle(server)
+
+
+@pytest.mark.parametrize("name,body", V1_PASSING, ids=[c[0] for c in V1_PASSING])
+def test_off_values_and_unknown_fields_pass(server, name, body):
+    r = post(server, "/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] is not None
+
+
+@pytest.mark.parametrize("field,body", [
+    ("logprobs", {**CHAT, "logprobs": True}),
+    ("tools", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+    ("response_format", {**CHAT, "response_format": {"type": "yaml"}}),
+])
+def test_an_unhonoured_value_is_named(server, field, body):
+    r = post(server, "/v1/chat/completions", body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    assert field in r.json()["error"]["message"]

@@ -20,6 +20,7 @@ mod openai;
 mod request_log;
 mod resident;
 mod state;
+mod structured;
 
 pub use keep_alive::KeepAlive;
 pub use metrics::Metrics;

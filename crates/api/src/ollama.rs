@@ -8,6 +8,7 @@ use crate::model_info::ModelInfo;
 use crate::request_log::RequestLog;
 use crate::resident::Lease;
 use crate::state::{AppState, Limits};
+use crate::structured::OutputFormat;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
@@ -50,6 +51,11 @@ struct GenerateBody {
     /// Ollama's options; the model's defaults fill what they leave unset.
     #[serde(default)]
     options: Map<String, Value>,
+    /// Structured output: `"json"` or a JSON schema.
+    #[serde(default)]
+    format: Value,
+    /// Known, not honoured: refused when non-empty (see `refuse_unhonoured`).
+    images: Option<Vec<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +68,11 @@ struct ChatBody {
     /// Ollama's options; the model's defaults fill what they leave unset.
     #[serde(default)]
     options: Map<String, Value>,
+    /// Structured output: `"json"` or a JSON schema.
+    #[serde(default)]
+    format: Value,
+    /// Known, not honoured yet: refused when non-empty.
+    tools: Option<Vec<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +80,25 @@ struct ChatMessageBody {
     role: String,
     #[serde(default)]
     content: String,
+    /// Known, not honoured: refused when non-empty.
+    images: Option<Vec<Value>>,
+}
+
+/// Ollama fields whose asked-for behaviour this server does not have: a 400 naming the field.
+fn refuse_unhonoured(param: &'static str, values: Option<&Vec<Value>>) -> Result<(), ApiError> {
+    match values {
+        Some(v) if !v.is_empty() => Err(ApiError::invalid(
+            param,
+            format!(
+                "{param}: {} not supported by this server",
+                match param {
+                    "tools" => "tool calling is",
+                    _ => "images are",
+                }
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -114,6 +144,7 @@ impl Options {
             max_tokens: max_tokens.max(1),
             stop: self.stop.clone().unwrap_or_default(),
             ignore_eos: false,
+            grammar: None,
         })
     }
 }
@@ -238,6 +269,8 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
     let body: GenerateBody = parse(&body)?;
     let keep_alive = keep_alive(&body.keep_alive)?;
     options(&Map::new(), &body.options)?; // a bad request loads nothing
+    refuse_unhonoured("images", body.images.as_ref())?;
+    let format = OutputFormat::from_ollama(&body.format)?;
     if body.prompt.is_empty() {
         return load_or_unload(&state, &body.model, keep_alive, false).await;
     }
@@ -269,7 +302,7 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
         &state,
         lease,
         prompt,
-        &body.options,
+        (&body.options, format),
         log,
         body.model,
         stream,
@@ -286,6 +319,11 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
     let body: ChatBody = parse(&body)?;
     let keep_alive = keep_alive(&body.keep_alive)?;
     options(&Map::new(), &body.options)?; // a bad request loads nothing
+    refuse_unhonoured("tools", body.tools.as_ref())?;
+    for m in &body.messages {
+        refuse_unhonoured("images", m.images.as_ref())?;
+    }
+    let format = OutputFormat::from_ollama(&body.format)?;
     if body.messages.is_empty() {
         return load_or_unload(&state, &body.model, keep_alive, true).await;
     }
@@ -316,7 +354,7 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
         &state,
         lease,
         prompt,
-        &body.options,
+        (&body.options, format),
         log,
         body.model,
         stream,
@@ -326,13 +364,14 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
 }
 
 /// What /api/generate and /api/chat share once the prompt is tokenized: it must fit, the
-/// options go over the model's defaults, and the request is submitted and answered.
+/// options go over the model's defaults, the output format becomes a grammar, and the
+/// request is submitted and answered.
 #[allow(clippy::too_many_arguments)]
 async fn run(
     state: &AppState,
     lease: Lease,
     prompt: Vec<u32>,
-    given: &Map<String, Value>,
+    (given, format): (&Map<String, Value>, Option<OutputFormat>),
     log: RequestLog,
     model: String,
     stream: Option<bool>,
@@ -340,8 +379,9 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let loaded = lease.loaded().clone();
     loaded.check_context(prompt.len())?;
-    let request =
+    let mut request =
         options(&loaded.defaults, given)?.request(prompt, loaded.context(), &state.limits)?;
+    request.grammar = format.map(|f| f.grammar(&loaded, "format")).transpose()?;
     let load_duration = lease.load_duration;
     drop(loaded);
     let merged = submit_all(state, lease, vec![request], 1, log)?;

@@ -2,13 +2,15 @@
 
 use crate::error::{parse, ApiError, OpenAiError};
 use crate::generation::{collect, finish_reason, submit_all, Merged, HEARTBEAT};
+use crate::resident::Loaded;
 use crate::state::{AppState, Limits};
+use crate::structured::OutputFormat;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ferrollama_engine::{Event, GenerationRequest, SamplingParams, Usage};
+use ferrollama_engine::{Event, GenerationRequest, Grammar, SamplingParams, Usage};
 use ferrollama_model::{ChatMessage, Role};
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
@@ -39,6 +41,17 @@ struct Params {
     repeat_penalty: Option<f32>,
     #[serde(default)]
     ignore_eos: bool,
+    /// Structured output (`text`, `json_object`, `json_schema`).
+    response_format: Option<Value>,
+    // Known fields that we do not honour (yet): a value that asks for them is refused by name
+    // rather than silently ignored.
+    logprobs: Option<bool>,
+    top_logprobs: Option<Value>,
+    logit_bias: Option<Map<String, Value>>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    functions: Option<Vec<Value>>,
+    function_call: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +119,7 @@ struct Plan {
     n: usize,
     stop: Vec<String>,
     ignore_eos: bool,
+    format: Option<OutputFormat>,
 }
 
 impl Params {
@@ -114,6 +128,11 @@ impl Params {
     /// The request's choices; `defaults` (the model's Ollama options) fill what it leaves
     /// unset, as Ollama does for its OpenAI endpoints.
     fn plan(&self, defaults: &Map<String, Value>, limits: &Limits) -> Result<Plan, ApiError> {
+        self.refuse_unhonoured()?;
+        let format = match &self.response_format {
+            None | Some(Value::Null) => None,
+            Some(value) => OutputFormat::from_openai(value)?,
+        };
         let default = |key: &str| defaults.get(key).and_then(Value::as_f64).map(|v| v as f32);
         let n = self.n.unwrap_or(1);
         let most = limits.max_choices as i64;
@@ -214,7 +233,51 @@ impl Params {
             n: n as usize,
             stop,
             ignore_eos: self.ignore_eos,
+            format,
         })
+    }
+
+    /// OpenAI fields whose asked-for behaviour this server does not have: a 400 naming the
+    /// field, never silence. Their off values (`logprobs: false`, `tools: []`,
+    /// `tool_choice: "none"`) pass.
+    fn refuse_unhonoured(&self) -> Result<(), ApiError> {
+        let not_supported = |param: &'static str, what: &str| {
+            Err(ApiError::invalid(
+                param,
+                format!("{param}: {what} is not supported by this server"),
+            ))
+        };
+        if self.logprobs == Some(true) {
+            return not_supported("logprobs", "returning log probabilities");
+        }
+        if self
+            .top_logprobs
+            .as_ref()
+            .is_some_and(|v| !v.is_null() && v != &Value::from(0))
+        {
+            return not_supported("top_logprobs", "returning log probabilities");
+        }
+        if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
+            return not_supported("logit_bias", "biasing tokens");
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return not_supported("tools", "tool calling");
+        }
+        if self.functions.as_ref().is_some_and(|f| !f.is_empty()) {
+            return not_supported("functions", "function calling");
+        }
+        for (param, value) in [
+            ("tool_choice", &self.tool_choice),
+            ("function_call", &self.function_call),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| !v.is_null() && v != "none" && v != "auto")
+            {
+                return not_supported(param, "forcing a tool call");
+            }
+        }
+        Ok(())
     }
 
     fn include_usage(&self) -> bool {
@@ -225,8 +288,22 @@ impl Params {
 }
 
 impl Plan {
+    /// The structured-output grammar for `loaded`, when the request asks for one.
+    fn grammar(&self, loaded: &Loaded) -> Result<Option<Grammar>, ApiError> {
+        self.format
+            .as_ref()
+            .map(|f| f.grammar(loaded, "response_format"))
+            .transpose()
+    }
+
     /// One engine request per choice; `choice` seeds differ so n samples differ.
-    fn request(&self, prompt: Vec<u32>, context: usize, choice: usize) -> GenerationRequest {
+    fn request(
+        &self,
+        prompt: Vec<u32>,
+        context: usize,
+        choice: usize,
+        grammar: &Option<Grammar>,
+    ) -> GenerationRequest {
         let room = context.saturating_sub(prompt.len());
         let mut sampling = self.sampling.clone();
         sampling.seed = sampling.seed.map(|s| s.wrapping_add(choice as u64));
@@ -236,6 +313,7 @@ impl Plan {
             sampling,
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
+            grammar: grammar.clone(),
         }
     }
 }
@@ -308,8 +386,9 @@ async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         .chat_template
         .encode(&loaded.model.tokenizer, &messages)?;
     loaded.check_context(prompt.len())?;
+    let grammar = plan.grammar(&loaded)?;
     let requests = (0..plan.n)
-        .map(|i| plan.request(prompt.clone(), loaded.context(), i))
+        .map(|i| plan.request(prompt.clone(), loaded.context(), i, &grammar))
         .collect();
     drop(loaded);
     let log = state.request_log("/v1/chat/completions", &body.params.model, || {
@@ -377,9 +456,10 @@ async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         loaded.check_context(p.len())?;
     }
     // Choice i*n + j is the j-th sample of prompt i.
+    let grammar = plan.grammar(&loaded)?;
     let requests: Vec<_> = prompts
         .iter()
-        .flat_map(|p| (0..plan.n).map(|j| plan.request(p.clone(), loaded.context(), j)))
+        .flat_map(|p| (0..plan.n).map(|j| plan.request(p.clone(), loaded.context(), j, &grammar)))
         .collect();
     let choices = requests.len();
     drop(loaded);

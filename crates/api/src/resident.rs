@@ -6,7 +6,7 @@
 use crate::error::ApiError;
 use crate::keep_alive::KeepAlive;
 use crate::model_info::ModelInfo;
-use ferrollama_engine::EngineHandle;
+use ferrollama_engine::{EngineHandle, Grammars};
 use ferrollama_model::LoadedModel;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +21,8 @@ pub struct Loaded {
     pub defaults: serde_json::Map<String, serde_json::Value>,
     /// Unix seconds when it was loaded.
     pub created: u64,
+    /// Structured-output grammars over its tokenizer (built on first use).
+    pub grammars: Grammars,
 }
 
 impl Loaded {

@@ -445,9 +445,25 @@ fn next_token(
 ) -> Option<FinishReason> {
     let tokenizer = &model.tokenizer;
     let generated = seq.generated();
+    if let Some(constraint) = &mut seq.constraint {
+        if let Err(e) = constraint.mask(logits) {
+            seq.failure = Some(format!("constrained decoding: {e}"));
+            return Some(FinishReason::Error);
+        }
+    }
     let token = seq.sampler.sample(logits, &seq.tokens, generated);
     seq.tokens.push(token);
     seq.first_token.get_or_insert_with(Instant::now);
+    let complete = match &mut seq.constraint {
+        None => false,
+        Some(constraint) => match constraint.advance(token) {
+            Ok(()) => constraint.is_complete(),
+            Err(e) => {
+                seq.failure = Some(format!("constrained decoding: {e}"));
+                return Some(FinishReason::Error);
+            }
+        },
+    };
 
     // The model's own end tokens always stop, whatever else was asked.
     if !seq.ignore_eos && tokenizer.eos_ids().contains(&token) {
@@ -467,6 +483,14 @@ fn next_token(
     if release.stopped {
         return Some(FinishReason::Stop);
     }
+    if complete {
+        // The grammar allows nothing more: the output is whole.
+        let text = seq.drain_text(tokenizer);
+        if !text.is_empty() {
+            send_token(seq, text, token);
+        }
+        return Some(FinishReason::Stop);
+    }
     if seq.generated() >= seq.max_tokens || seq.tokens.len() >= max_len {
         return Some(FinishReason::Length);
     }
@@ -484,6 +508,7 @@ fn finish(mut seq: Sequence, reason: FinishReason, error: Option<String>, model:
             });
         }
     }
+    let error = error.or_else(|| seq.failure.take());
     let end = Instant::now();
     let first_scheduled = seq.first_scheduled.unwrap_or(end);
     let first_token = seq.first_token.unwrap_or(end);

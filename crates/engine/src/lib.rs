@@ -4,10 +4,11 @@
 //! ids and text, never HTTP.
 //!
 //! Where things are: the loop in `engine.rs`, what runs each step in `scheduler.rs`, KV
-//! blocks and the prefix cache in `block_pool.rs`, token choice in `sampler.rs`, stop strings
-//! in `stop.rs`.
+//! blocks and the prefix cache in `block_pool.rs`, token choice in `sampler.rs` (under the grammar of
+//! `constraint.rs`, when a request has one), stop strings in `stop.rs`.
 
 pub mod block_pool;
+pub mod constraint;
 pub mod engine;
 pub mod request;
 pub mod sampler;
@@ -15,6 +16,7 @@ pub mod scheduler;
 pub mod sequence;
 pub mod stop;
 
+pub use constraint::{Grammar, Grammars};
 pub use engine::{start, EngineConfig, EngineError, EngineHandle, EngineStats, RequestStream};
 pub use request::{Event, FinishReason, GenerationRequest, Timings, Usage};
 pub use sampler::SamplingParams;

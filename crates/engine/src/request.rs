@@ -1,6 +1,7 @@
 //! What goes into the engine and what comes out: requests as token ids with sampling and
 //! stop criteria, and a stream of events per request.
 
+use crate::constraint::Grammar;
 use crate::sampler::SamplingParams;
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Keep going past end-of-sequence tokens (benchmarks).
     pub ignore_eos: bool,
+    /// What the output must match (a JSON schema, say); each choice starts it afresh.
+    pub grammar: Option<Grammar>,
 }
 
 impl GenerationRequest {
@@ -24,6 +27,7 @@ impl GenerationRequest {
             max_tokens,
             stop: Vec::new(),
             ignore_eos: false,
+            grammar: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One request in flight: its tokens, its KV blocks, and its output state.
 
 use crate::block_pool::{BlockName, BlockPool};
+use crate::constraint::Constraint;
 use crate::request::{Event, GenerationRequest};
 use crate::sampler::Sampler;
 use crate::stop::StopMatcher;
@@ -25,12 +26,16 @@ pub struct Sequence {
     pub max_tokens: usize,
     pub ignore_eos: bool,
     pub sampler: Sampler,
+    /// Where the output stands in its grammar, when it must match one.
+    pub constraint: Option<Constraint>,
     pub detokenizer: Detokenizer,
     pub stop: StopMatcher,
     pub events: UnboundedSender<Event>,
     pub arrived: Instant,
     pub first_scheduled: Option<Instant>,
     pub first_token: Option<Instant>,
+    /// Why the sequence failed, when it ends with an error of its own.
+    pub failure: Option<String>,
 }
 
 impl Sequence {
@@ -47,12 +52,14 @@ impl Sequence {
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
             sampler: Sampler::new(request.sampling),
+            constraint: request.grammar.as_ref().map(|g| g.start()),
             detokenizer: Detokenizer::new(),
             stop: StopMatcher::new(request.stop),
             events,
             arrived: Instant::now(),
             first_scheduled: None,
             first_token: None,
+            failure: None,
         }
     }
 

@@ -186,6 +186,20 @@ fn preemption_by_recompute_keeps_outputs_generic_attention() {
     )));
 }
 
+/// `count` distinct prompts of 96 to 103 tokens: "LABEL i: lorem ipsum ...".
+fn numbered_prompts(model: &LoadedModel, label: &str, count: usize) -> Vec<Vec<u32>> {
+    let text = "lorem ipsum dolor sit amet ".repeat(15);
+    (0..count)
+        .map(|i| {
+            let ids = model
+                .tokenizer
+                .encode_prompt(&format!("{label} {i}: {text}"))
+                .unwrap();
+            ids[..96 + i % 8].to_vec()
+        })
+        .collect()
+}
+
 fn check_preemption(model: Arc<LoadedModel>) {
     let bytes = model.model.kv_block_bytes(16) * 64;
     let config = EngineConfig {
@@ -195,17 +209,7 @@ fn check_preemption(model: Arc<LoadedModel>) {
     };
     let engine = start(model.clone(), config).unwrap();
     assert_eq!(engine.stats().total_blocks, 64);
-    let text =
-        "Preemption test number {i}: ".to_string() + &"lorem ipsum dolor sit amet ".repeat(15);
-    let prompts: Vec<Vec<u32>> = (0..32)
-        .map(|i| {
-            let ids = model
-                .tokenizer
-                .encode_prompt(&text.replace("{i}", &i.to_string()))
-                .unwrap();
-            ids[..96 + i % 8].to_vec()
-        })
-        .collect();
+    let prompts = numbered_prompts(&model, "Preemption test number", 32);
     let streams: Vec<_> = prompts
         .iter()
         .map(|p| engine.submit(greedy_request(p.clone(), 64)).unwrap())
@@ -508,4 +512,128 @@ fn forks_share_the_prompt() {
         assert_eq!(follower.ids, outcomes[0].ids);
     }
     assert_all_free(&engine);
+}
+
+/// A schema tiny-mistral's random weights would never follow by themselves.
+fn schema_grammar(model: &LoadedModel) -> ferrollama_engine::Grammar {
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 6},
+            "count": {"type": "integer", "minimum": 0, "maximum": 99},
+            "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3}
+        },
+        "required": ["name", "count", "tags"],
+        "additionalProperties": false
+    });
+    ferrollama_engine::Grammars::default()
+        .json_schema(&model.tokenizer, &schema)
+        .unwrap()
+}
+
+fn constrained(
+    prompt: &[u32],
+    grammar: &ferrollama_engine::Grammar,
+    seed: u64,
+) -> GenerationRequest {
+    GenerationRequest {
+        sampling: SamplingParams {
+            seed: Some(seed),
+            temperature: 0.8,
+            ..SamplingParams::default()
+        },
+        grammar: Some(grammar.clone()),
+        ..GenerationRequest::new(prompt.to_vec(), 120)
+    }
+}
+
+/// Constrained output is whole JSON of the schema's shape, ends by itself (not by length),
+/// and is the same alone and amid 15 free sequences.
+#[test]
+fn constrained_sequences_follow_their_grammar_and_are_batch_independent() {
+    let model = tiny();
+    let grammar = schema_grammar(&model);
+    let engine = start(model.clone(), EngineConfig::default()).unwrap();
+    let prompts = prompts(&model, 16);
+    let alone = collect(
+        engine
+            .submit(constrained(&prompts[5], &grammar, 42))
+            .unwrap(),
+    );
+    assert_eq!(alone.reason, FinishReason::Stop, "{:?}", alone.text);
+    let value: serde_json::Value = serde_json::from_str(&alone.text).expect(&alone.text);
+    let object = value.as_object().unwrap();
+    assert_eq!(object.len(), 3, "{value}");
+    assert!(object["name"].as_str().unwrap().chars().count() <= 6);
+    assert!((0..=99).contains(&object["count"].as_i64().unwrap()));
+    assert!(object["tags"].as_array().unwrap().len() <= 3);
+
+    let streams: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let request = if i == 5 {
+                constrained(p, &grammar, 42)
+            } else {
+                GenerationRequest {
+                    sampling: SamplingParams {
+                        seed: Some(i as u64),
+                        ..SamplingParams::default()
+                    },
+                    ..GenerationRequest::new(p.clone(), 40)
+                }
+            };
+            engine.submit(request).unwrap()
+        })
+        .collect();
+    let together: Vec<Outcome> = streams.into_iter().map(collect).collect();
+    assert_eq!(together[5].ids, alone.ids);
+    assert_eq!(together[5].text, alone.text);
+    // The free ones are not held to the grammar.
+    assert!(together
+        .iter()
+        .enumerate()
+        .any(|(i, o)| i != 5 && serde_json::from_str::<serde_json::Value>(&o.text).is_err()));
+    assert_all_free(&engine);
+}
+
+/// Constrained sequences preempted and recomputed (their grammar state stays with them) give
+/// what they give alone.
+#[test]
+fn preempted_constrained_sequences_keep_their_output() {
+    let model = tiny();
+    // Forty digits: outputs long enough that the sequences outgrow the cache.
+    let schema = serde_json::json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9},
+                                    "minItems": 40, "maxItems": 40});
+    let grammar = ferrollama_engine::Grammars::default()
+        .json_schema(&model.tokenizer, &schema)
+        .unwrap();
+    let prompts = numbered_prompts(&model, "Constrained preemption", 24);
+    let roomy = start(model.clone(), EngineConfig::default()).unwrap();
+    let alone: Vec<Outcome> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| collect(roomy.submit(constrained(p, &grammar, i as u64)).unwrap()))
+        .collect();
+    let tight = start(
+        model.clone(),
+        EngineConfig {
+            kv_cache_memory: model.model.kv_block_bytes(16) * 48,
+            max_seqs: 24,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let streams: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| tight.submit(constrained(p, &grammar, i as u64)).unwrap())
+        .collect();
+    for (outcome, expected) in streams.into_iter().map(collect).zip(&alone) {
+        assert_eq!(outcome.ids, expected.ids);
+        let value: serde_json::Value = serde_json::from_str(&outcome.text).expect(&outcome.text);
+        assert_eq!(value.as_array().map(Vec::len), Some(40), "{value}");
+    }
+    assert!(tight.stats().preemptions >= 1, "{:?}", tight.stats());
+    assert_all_free(&tight);
 }

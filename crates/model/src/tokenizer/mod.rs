@@ -166,6 +166,12 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The whole tokenizer as Hugging Face's `tokenizer.json` (what grammar libraries read to
+    /// learn each token's bytes).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(tok_err)
+    }
+
     pub(crate) fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
