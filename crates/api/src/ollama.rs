@@ -54,7 +54,7 @@ struct GenerateBody {
     /// Structured output: `"json"` or a JSON schema.
     #[serde(default)]
     format: Value,
-    /// Known, not honoured: refused when non-empty (see `refuse_unhonoured`).
+    /// Known, not honoured: refused when non-empty.
     images: Option<Vec<Value>>,
 }
 
@@ -84,18 +84,17 @@ struct ChatMessageBody {
     images: Option<Vec<Value>>,
 }
 
-/// Ollama fields whose asked-for behaviour this server does not have: a 400 naming the field.
-fn refuse_unhonoured(param: &'static str, values: Option<&Vec<Value>>) -> Result<(), ApiError> {
+/// Ollama fields whose asked-for behaviour (`what`) this server does not have: a 400 naming
+/// the field when the list is not empty.
+fn refuse_unhonoured(
+    param: &'static str,
+    what: &str,
+    values: Option<&Vec<Value>>,
+) -> Result<(), ApiError> {
     match values {
         Some(v) if !v.is_empty() => Err(ApiError::invalid(
             param,
-            format!(
-                "{param}: {} not supported by this server",
-                match param {
-                    "tools" => "tool calling is",
-                    _ => "images are",
-                }
-            ),
+            format!("{param}: {what} not supported by this server"),
         )),
         _ => Ok(()),
     }
@@ -269,7 +268,7 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
     let body: GenerateBody = parse(&body)?;
     let keep_alive = keep_alive(&body.keep_alive)?;
     options(&Map::new(), &body.options)?; // a bad request loads nothing
-    refuse_unhonoured("images", body.images.as_ref())?;
+    refuse_unhonoured("images", "images are", body.images.as_ref())?;
     let format = OutputFormat::from_ollama(&body.format)?;
     if body.prompt.is_empty() {
         return load_or_unload(&state, &body.model, keep_alive, false).await;
@@ -297,18 +296,14 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
         format!("{system}{}", body.prompt)
     });
     drop(loaded);
-    let stream = body.stream;
-    run(
-        &state,
-        lease,
-        prompt,
-        (&body.options, format),
-        log,
-        body.model,
-        stream,
-        false,
-    )
-    .await
+    let ask = Ask {
+        model: body.model,
+        options: &body.options,
+        format,
+        stream: body.stream,
+        chat: false,
+    };
+    run(&state, lease, prompt, log, ask).await
 }
 
 pub async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
@@ -319,9 +314,9 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
     let body: ChatBody = parse(&body)?;
     let keep_alive = keep_alive(&body.keep_alive)?;
     options(&Map::new(), &body.options)?; // a bad request loads nothing
-    refuse_unhonoured("tools", body.tools.as_ref())?;
+    refuse_unhonoured("tools", "tool calling is", body.tools.as_ref())?;
     for m in &body.messages {
-        refuse_unhonoured("images", m.images.as_ref())?;
+        refuse_unhonoured("images", "images are", m.images.as_ref())?;
     }
     let format = OutputFormat::from_ollama(&body.format)?;
     if body.messages.is_empty() {
@@ -349,43 +344,49 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
         crate::request_log::transcript(&messages)
     });
     drop(loaded);
-    let stream = body.stream;
-    run(
-        &state,
-        lease,
-        prompt,
-        (&body.options, format),
-        log,
-        body.model,
-        stream,
-        true,
-    )
-    .await
+    let ask = Ask {
+        model: body.model,
+        options: &body.options,
+        format,
+        stream: body.stream,
+        chat: true,
+    };
+    run(&state, lease, prompt, log, ask).await
+}
+
+/// What an /api/generate or /api/chat request asks for besides its prompt.
+struct Ask<'a> {
+    model: String,
+    options: &'a Map<String, Value>,
+    format: Option<OutputFormat>,
+    stream: Option<bool>,
+    /// Answer as /api/chat (a message) rather than /api/generate (a response).
+    chat: bool,
 }
 
 /// What /api/generate and /api/chat share once the prompt is tokenized: it must fit, the
 /// options go over the model's defaults, the output format becomes a grammar, and the
 /// request is submitted and answered.
-#[allow(clippy::too_many_arguments)]
 async fn run(
     state: &AppState,
     lease: Lease,
     prompt: Vec<u32>,
-    (given, format): (&Map<String, Value>, Option<OutputFormat>),
     log: RequestLog,
-    model: String,
-    stream: Option<bool>,
-    chat: bool,
+    ask: Ask<'_>,
 ) -> Result<Response, ApiError> {
     let loaded = lease.loaded().clone();
     loaded.check_context(prompt.len())?;
     let mut request =
-        options(&loaded.defaults, given)?.request(prompt, loaded.context(), &state.limits)?;
-    request.grammar = format.map(|f| f.grammar(&loaded, "format")).transpose()?;
+        options(&loaded.defaults, ask.options)?.request(prompt, loaded.context(), &state.limits)?;
+    request.grammar = ask
+        .format
+        .map(|f| f.grammar(&loaded, "format"))
+        .transpose()?;
     let load_duration = lease.load_duration;
     drop(loaded);
     let merged = submit_all(state, lease, vec![request], 1, log)?;
-    respond(load_duration, merged, model, stream.unwrap_or(true), chat).await
+    let stream = ask.stream.unwrap_or(true);
+    respond(load_duration, merged, ask.model, stream, ask.chat).await
 }
 
 /// One JSON object per token (NDJSON) with a final one carrying counts and timings, or one

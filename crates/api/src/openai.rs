@@ -130,7 +130,7 @@ impl Params {
     fn plan(&self, defaults: &Map<String, Value>, limits: &Limits) -> Result<Plan, ApiError> {
         self.refuse_unhonoured()?;
         let format = match &self.response_format {
-            None | Some(Value::Null) => None,
+            None => None,
             Some(value) => OutputFormat::from_openai(value)?,
         };
         let default = |key: &str| defaults.get(key).and_then(Value::as_f64).map(|v| v as f32);
@@ -253,7 +253,7 @@ impl Params {
         if self
             .top_logprobs
             .as_ref()
-            .is_some_and(|v| !v.is_null() && v != &Value::from(0))
+            .is_some_and(|v| v != &Value::from(0))
         {
             return not_supported("top_logprobs", "returning log probabilities");
         }
@@ -270,10 +270,7 @@ impl Params {
             ("tool_choice", &self.tool_choice),
             ("function_call", &self.function_call),
         ] {
-            if value
-                .as_ref()
-                .is_some_and(|v| !v.is_null() && v != "none" && v != "auto")
-            {
+            if value.as_ref().is_some_and(|v| v != "none" && v != "auto") {
                 return not_supported(param, "forcing a tool call");
             }
         }
