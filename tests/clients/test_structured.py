@@ -171,7 +171,7 @@ def is_json_prefix(text):
         literal = re.search(r"(t|tr|tru|f|fa|fal|fals|n|nu|nul)$", text)
         if literal:
             done += next(w for w in ("true", "false", "null") if w.startswith(literal.group(1)))[len(literal.group(1)):]
-        elif text[-1:] in ("-", ".", "e", "E", "+"):
+        elif re.search(r"(-|\d\.|\d[eE][+-]?)$", text):  # a number cut after its sign, point or exponent
             done += "0"
     try:
         json.loads(done)
@@ -200,7 +200,8 @@ def test_schemas_through_both_apis_streamed_and_not(smollm2, name):
 
 
 def test_is_json_prefix():
-    for good in ['{"a":"hel', '{"a":[1,2', '{"a"', '{', '{"a":tr', '{"a":-', '{"a":"x\\', '{"a":"\\u00', '{"a":1.5e']:
+    for good in ['{"a":"hel', '{"a":[1,2', '{"a"', '{', '{"a":tr', '{"a":-', '{"a":"x\\', '{"a":"\\u00', '{"a":1.5e',
+                 '{"a":1.5e-', '{"a":false', '{"a":[true', '{"a":1.']:
         assert is_json_prefix(good), good
     for bad in ['Sure! {"a":1', '{"a" 1', '{"a":1}}', '{a:1', '```json']:
         assert not is_json_prefix(bad), bad
