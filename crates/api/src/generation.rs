@@ -5,6 +5,8 @@ use crate::error::ApiError;
 use crate::request_log::RequestLog;
 use crate::resident::Lease;
 use crate::state::AppState;
+use crate::tools::{Piece, ToolCallReader};
+use ferrollama_model::ToolCall;
 use ferrollama_engine::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -109,21 +111,42 @@ fn timed_out(timeout: Option<std::time::Duration>) -> Event {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Finished {
     pub text: String,
+    /// The calls the model made, when the request offered tools.
+    pub calls: Vec<ToolCall>,
     pub reason: FinishReason,
     pub usage: Usage,
     pub timings: Timings,
 }
 
-/// Waits for every choice to finish.
-pub async fn collect(mut merged: Merged, choices: usize) -> Result<Vec<Finished>, ApiError> {
-    let mut texts = vec![String::new(); choices];
+impl Finished {
+    fn take(&mut self, pieces: Vec<Piece>) {
+        for piece in pieces {
+            match piece {
+                Piece::Text(text) => self.text.push_str(&text),
+                Piece::Call(call) => self.calls.push(call),
+            }
+        }
+    }
+}
+
+/// Waits for every choice to finish; with `reader`, each choice's output is read for calls.
+pub async fn collect(
+    mut merged: Merged,
+    choices: usize,
+    reader: Option<&ToolCallReader>,
+) -> Result<Vec<Finished>, ApiError> {
+    let mut readers = vec![reader.cloned(); choices];
+    let mut so_far = vec![Finished::default(); choices];
     let mut done: Vec<Option<Finished>> = vec![None; choices];
     while let Some((i, event)) = merged.recv().await {
         match event {
-            Event::Token { text, .. } => texts[i].push_str(&text),
+            Event::Token { text, token_id } => match &mut readers[i] {
+                Some(reader) => so_far[i].take(reader.push(&text, token_id)),
+                None => so_far[i].text.push_str(&text),
+            },
             Event::Finished {
                 reason,
                 usage,
@@ -133,11 +156,15 @@ pub async fn collect(mut merged: Merged, choices: usize) -> Result<Vec<Finished>
                 if let Some(error) = error {
                     return Err(ApiError::internal(error));
                 }
+                let mut finished = std::mem::take(&mut so_far[i]);
+                if let Some(reader) = &mut readers[i] {
+                    finished.take(reader.finish());
+                }
                 done[i] = Some(Finished {
-                    text: std::mem::take(&mut texts[i]),
                     reason,
                     usage,
                     timings,
+                    ..finished
                 });
             }
         }

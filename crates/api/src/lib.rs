@@ -21,6 +21,7 @@ mod request_log;
 mod resident;
 mod state;
 mod structured;
+mod tools;
 
 pub use keep_alive::KeepAlive;
 pub use metrics::Metrics;
@@ -48,6 +49,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{*id}", get(openai::get_model))
+        .route("/tokenize", post(openai::tokenize))
+        .route("/detokenize", post(openai::detokenize))
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
         .route("/api/tags", get(ollama::tags))

@@ -23,6 +23,8 @@ pub struct ModelInfo {
     /// Its default options as Ollama's `show` prints them: `stop "[INST]"`, one per line.
     pub parameters: String,
     pub on_gpu: bool,
+    /// Its template can offer tools (Ollama's `tools` capability).
+    pub tools: bool,
 }
 
 impl ModelInfo {
@@ -59,6 +61,7 @@ impl ModelInfo {
             template: model.chat_template.name().to_string(),
             parameters: modelfile_parameters(defaults),
             on_gpu: model.model.device().is_cuda(),
+            tools: model.chat_template.tool_syntax(&model.tokenizer).is_some(),
         }
     }
 }

@@ -129,16 +129,17 @@ fn entry_info(store: &Store, entry: StoreEntry, with_template: bool) -> ModelInf
         ),
         None => ("unknown", 0, "unknown"),
     };
-    let template = gguf
+    let (template, tools) = gguf
         .as_ref()
         .filter(|_| with_template)
         .and_then(|g| {
             let tokenizer = Tokenizer::from_gguf(g).ok()?;
             let jinja = g.string("tokenizer.chat_template");
-            ChatTemplate::for_model(&tokenizer, jinja).ok()
+            let template = ChatTemplate::for_model(&tokenizer, jinja).ok()?;
+            Some((template.name(), template.tool_syntax(&tokenizer).is_some()))
         })
-        .map_or("", |t| t.name())
-        .to_string();
+        .unwrap_or(("", false));
+    let template = template.to_string();
     let shown = entry.name.to_string();
     let mut model_info = json!({ "general.architecture": architecture });
     if let Some(context) = summary.as_ref().and_then(|s| s.context_length) {
@@ -154,6 +155,7 @@ fn entry_info(store: &Store, entry: StoreEntry, with_template: bool) -> ModelInf
         template,
         parameters: String::new(),
         on_gpu: false,
+        tools,
     }
 }
 

@@ -9,13 +9,14 @@ use crate::request_log::RequestLog;
 use crate::resident::Lease;
 use crate::state::{AppState, Limits};
 use crate::structured::OutputFormat;
+use crate::tools::{Piece, ToolCallReader, Tools};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrollama_engine::{Event, GenerationRequest, SamplingParams, Timings, Usage};
-use ferrollama_model::{ChatMessage, Role};
+use ferrollama_model::{ChatMessage, Role, ToolCall, ToolSyntax};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -71,7 +72,7 @@ struct ChatBody {
     /// Structured output: `"json"` or a JSON schema.
     #[serde(default)]
     format: Value,
-    /// Known, not honoured yet: refused when non-empty.
+    /// Functions the model may call.
     tools: Option<Vec<Value>>,
 }
 
@@ -82,6 +83,22 @@ struct ChatMessageBody {
     content: String,
     /// Known, not honoured: refused when non-empty.
     images: Option<Vec<Value>>,
+    /// An assistant message's calls (arguments as JSON objects; Ollama gives no ids).
+    tool_calls: Option<Vec<OllamaToolCall>>,
+    /// The call a tool message answers, from clients that send one.
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OllamaToolCall {
+    function: OllamaFunctionCall,
+}
+
+#[derive(Deserialize)]
+struct OllamaFunctionCall {
+    name: String,
+    #[serde(default)]
+    arguments: Value,
 }
 
 /// Ollama fields whose asked-for behaviour (`what`) this server does not have: a 400 naming
@@ -300,6 +317,7 @@ async fn generate_inner(state: AppState, body: Bytes) -> Result<Response, ApiErr
         model: body.model,
         options: &body.options,
         format,
+        tools: None,
         stream: body.stream,
         chat: false,
     };
@@ -314,7 +332,7 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
     let body: ChatBody = parse(&body)?;
     let keep_alive = keep_alive(&body.keep_alive)?;
     options(&Map::new(), &body.options)?; // a bad request loads nothing
-    refuse_unhonoured("tools", "tool calling is", body.tools.as_ref())?;
+    let tools = Tools::parse(body.tools.as_deref(), None, None)?;
     for m in &body.messages {
         refuse_unhonoured("images", "images are", m.images.as_ref())?;
     }
@@ -326,20 +344,42 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
         .messages
         .iter()
         .map(|m| {
-            Ok(ChatMessage::new(
-                m.role
-                    .parse()
-                    .map_err(|_| ApiError::bad_request(format!("unknown role `{}`", m.role)))?,
-                m.content.clone(),
-            ))
+            let role = m
+                .role
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("unknown role `{}`", m.role)))?;
+            let mut message = ChatMessage::new(role, m.content.clone());
+            message.tool_call_id = m.tool_call_id.clone();
+            message.tool_calls = m
+                .tool_calls
+                .iter()
+                .flatten()
+                .map(|c| ToolCall {
+                    id: None,
+                    name: c.function.name.clone(),
+                    arguments: match &c.function.arguments {
+                        Value::Null => json!({}),
+                        arguments => arguments.clone(),
+                    },
+                })
+                .collect();
+            Ok(message)
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let lease = state.model(&body.model, keep_alive).await?;
     let loaded = lease.loaded().clone();
-    let prompt = loaded
-        .model
-        .chat_template
-        .encode(&loaded.model.tokenizer, &messages)?;
+    let (template, tokenizer) = (&loaded.model.chat_template, &loaded.model.tokenizer);
+    let tools = match tools {
+        None => None,
+        Some(tools) => {
+            let syntax = template.tool_syntax(tokenizer).ok_or_else(|| {
+                ApiError::invalid("tools", format!("{} does not support tools", body.model))
+            })?;
+            Some((tools, syntax))
+        }
+    };
+    let offered = tools.as_ref().map_or(&[][..], |(t, _)| &t.functions[..]);
+    let prompt = template.encode_with_tools(tokenizer, &messages, offered)?;
     let log = state.request_log("/api/chat", &body.model, || {
         crate::request_log::transcript(&messages)
     });
@@ -348,6 +388,7 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
         model: body.model,
         options: &body.options,
         format,
+        tools,
         stream: body.stream,
         chat: true,
     };
@@ -359,6 +400,8 @@ struct Ask<'a> {
     model: String,
     options: &'a Map<String, Value>,
     format: Option<OutputFormat>,
+    /// Tools offered, with how the model writes its calls.
+    tools: Option<(Tools, ToolSyntax)>,
     stream: Option<bool>,
     /// Answer as /api/chat (a message) rather than /api/generate (a response).
     chat: bool,
@@ -378,15 +421,30 @@ async fn run(
     loaded.check_context(prompt.len())?;
     let mut request =
         options(&loaded.defaults, ask.options)?.request(prompt, loaded.context(), &state.limits)?;
-    request.grammar = ask
-        .format
-        .map(|f| f.grammar(&loaded, "format"))
-        .transpose()?;
+    let mut reader = None;
+    request.grammar = match &ask.tools {
+        Some((tools, syntax)) => {
+            reader = tools.reader(*syntax);
+            Some(tools.grammar(&loaded, *syntax, ask.format.as_ref())?)
+        }
+        None => ask
+            .format
+            .map(|f| f.grammar(&loaded, "format"))
+            .transpose()?,
+    };
     let load_duration = lease.load_duration;
     drop(loaded);
     let merged = submit_all(state, lease, vec![request], 1, log)?;
     let stream = ask.stream.unwrap_or(true);
-    respond(load_duration, merged, ask.model, stream, ask.chat).await
+    respond(load_duration, merged, ask.model, stream, ask.chat, reader).await
+}
+
+/// Calls as Ollama writes them: arguments as JSON objects.
+fn ollama_calls(calls: &[ToolCall]) -> Value {
+    calls
+        .iter()
+        .map(|c| json!({"function": {"name": c.name, "arguments": c.arguments}}))
+        .collect()
 }
 
 /// One JSON object per token (NDJSON) with a final one carrying counts and timings, or one
@@ -397,6 +455,7 @@ async fn respond(
     model: String,
     stream: bool,
     chat: bool,
+    reader: Option<ToolCallReader>,
 ) -> Result<Response, ApiError> {
     let piece = move |text: &str| {
         if chat {
@@ -406,8 +465,11 @@ async fn respond(
         }
     };
     if !stream {
-        let result = collect(merged, 1).await?.remove(0);
+        let result = collect(merged, 1, reader.as_ref()).await?.remove(0);
         let mut body = piece(&result.text);
+        if !result.calls.is_empty() {
+            body["message"]["tool_calls"] = ollama_calls(&result.calls);
+        }
         merge(
             &mut body,
             json!({"model": model, "created_at": now_rfc3339()}),
@@ -432,46 +494,65 @@ async fn respond(
     let events = UnboundedReceiverStream::new(merged)
         .timeout_repeating(tokio::time::interval_at(start, HEARTBEAT))
         .map(|item| item.ok().map(|(_, event)| event));
+    let mut reader = reader;
     let lines = tokio_stream::once(None)
         .chain(events)
         .filter_map(move |event| {
-            let mut line = match event {
-                None => {
-                    let mut line = piece("");
+            let pieces = match (&event, &mut reader) {
+                (None, _) => vec![Piece::Text(String::new())], // the heartbeat
+                (Some(Event::Token { text, token_id }), Some(reader)) => {
+                    reader.push(text, *token_id)
+                }
+                (Some(Event::Token { text, .. }), None) if text.is_empty() => Vec::new(),
+                (Some(Event::Token { text, .. }), None) => vec![Piece::Text(text.clone())],
+                (Some(Event::Finished { .. }), Some(reader)) => reader.finish(),
+                (Some(Event::Finished { .. }), None) => Vec::new(),
+            };
+            let mut lines: Vec<Value> = pieces
+                .into_iter()
+                .filter(|p| event.is_none() || p != &Piece::Text(String::new()))
+                .map(|p| {
+                    let mut line = match p {
+                        Piece::Text(text) => piece(&text),
+                        Piece::Call(call) => {
+                            let mut line = piece("");
+                            line["message"]["tool_calls"] = ollama_calls(&[call]);
+                            line
+                        }
+                    };
                     line["done"] = json!(false);
                     line
-                }
-                Some(Event::Token { text, .. }) if text.is_empty() => return None,
-                Some(Event::Token { text, .. }) => {
-                    let mut line = piece(&text);
-                    line["done"] = json!(false);
-                    line
-                }
-                Some(Event::Finished {
-                    reason,
-                    usage,
-                    timings,
-                    error,
-                }) => {
-                    if let Some(error) = error {
-                        return Some(Ok::<_, std::convert::Infallible>(format!(
-                            "{}\n",
-                            json!({"error": error})
-                        )));
-                    }
+                })
+                .collect();
+            if let Some(Event::Finished {
+                reason,
+                usage,
+                timings,
+                error,
+            }) = &event
+            {
+                if let Some(error) = error {
+                    lines.push(json!({"error": error}));
+                } else {
                     let mut line = piece("");
                     merge(
                         &mut line,
-                        final_fields(load_duration, &usage, &timings, finish_reason(reason)),
+                        final_fields(load_duration, usage, timings, finish_reason(*reason)),
                     );
-                    line
+                    lines.push(line);
                 }
-            };
-            merge(
-                &mut line,
-                json!({"model": model, "created_at": now_rfc3339()}),
-            );
-            Some(Ok(format!("{line}\n")))
+            }
+            // One chunk of NDJSON for the event: no line, or several (text, then a call).
+            let chunk: String = lines
+                .into_iter()
+                .map(|mut line| {
+                    if line.get("error").is_none() {
+                        merge(&mut line, json!({"model": model, "created_at": now_rfc3339()}));
+                    }
+                    format!("{line}\n")
+                })
+                .collect();
+            (!chunk.is_empty()).then_some(Ok::<_, std::convert::Infallible>(chunk))
         });
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
@@ -548,9 +629,18 @@ pub async fn show(State(state): State<AppState>, body: Bytes) -> Result<Json<Val
         "template": info.template,
         "details": info.details,
         "model_info": info.model_info,
-        "capabilities": ["completion"],
+        "capabilities": capabilities(&info),
         "modified_at": rfc3339(info.modified),
     })))
+}
+
+/// Ollama's capabilities: every model completes; one whose template offers tools calls them.
+fn capabilities(info: &ModelInfo) -> Value {
+    if info.tools {
+        json!(["completion", "tools"])
+    } else {
+        json!(["completion"])
+    }
 }
 
 pub async fn version() -> Json<Value> {

@@ -5,13 +5,14 @@ use crate::generation::{collect, finish_reason, submit_all, Merged, HEARTBEAT};
 use crate::resident::Loaded;
 use crate::state::{AppState, Limits};
 use crate::structured::OutputFormat;
+use crate::tools::{Piece, ToolCallReader, Tools};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrollama_engine::{Event, GenerationRequest, Grammar, SamplingParams, Usage};
-use ferrollama_model::{ChatMessage, Role};
+use ferrollama_model::{ChatMessage, Role, ToolCall};
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -43,13 +44,15 @@ struct Params {
     ignore_eos: bool,
     /// Structured output (`text`, `json_object`, `json_schema`).
     response_format: Option<Value>,
+    /// Functions the model may call, and whether or which it must.
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
     // Known fields that we do not honour (yet): a value that asks for them is refused by name
     // rather than silently ignored.
     logprobs: Option<bool>,
     top_logprobs: Option<Value>,
     logit_bias: Option<Map<String, Value>>,
-    tools: Option<Vec<Value>>,
-    tool_choice: Option<Value>,
     functions: Option<Vec<Value>>,
     function_call: Option<Value>,
 }
@@ -78,6 +81,24 @@ struct ChatBody {
 struct Message {
     role: String,
     content: Option<Content>,
+    /// An assistant message's calls.
+    tool_calls: Option<Vec<MessageToolCall>>,
+    /// The call a tool message answers.
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MessageToolCall {
+    id: Option<String>,
+    function: FunctionCall,
+}
+
+#[derive(Deserialize)]
+struct FunctionCall {
+    name: String,
+    /// JSON text, as OpenAI sends it.
+    #[serde(default)]
+    arguments: String,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +141,7 @@ struct Plan {
     stop: Vec<String>,
     ignore_eos: bool,
     format: Option<OutputFormat>,
+    tools: Option<Tools>,
 }
 
 impl Params {
@@ -133,6 +155,11 @@ impl Params {
             None => None,
             Some(value) => OutputFormat::from_openai(value)?,
         };
+        let tools = Tools::parse(
+            self.tools.as_deref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls,
+        )?;
         let default = |key: &str| defaults.get(key).and_then(Value::as_f64).map(|v| v as f32);
         let n = self.n.unwrap_or(1);
         let most = limits.max_choices as i64;
@@ -234,12 +261,13 @@ impl Params {
             stop,
             ignore_eos: self.ignore_eos,
             format,
+            tools,
         })
     }
 
     /// OpenAI fields whose asked-for behaviour this server does not have: a 400 naming the
-    /// field, never silence. Their off values (`logprobs: false`, `tools: []`,
-    /// `tool_choice: "none"`) pass.
+    /// field, never silence. Their off values (`logprobs: false`, `functions: []`,
+    /// `function_call: "none"`) pass.
     fn refuse_unhonoured(&self) -> Result<(), ApiError> {
         let not_supported = |param: &'static str, what: &str| {
             Err(ApiError::invalid(
@@ -260,19 +288,15 @@ impl Params {
         if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
             return not_supported("logit_bias", "biasing tokens");
         }
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return not_supported("tools", "tool calling");
-        }
         if self.functions.as_ref().is_some_and(|f| !f.is_empty()) {
-            return not_supported("functions", "function calling");
+            return not_supported("functions", "the deprecated `functions` (use `tools`)");
         }
-        for (param, value) in [
-            ("tool_choice", &self.tool_choice),
-            ("function_call", &self.function_call),
-        ] {
-            if value.as_ref().is_some_and(|v| v != "none" && v != "auto") {
-                return not_supported(param, "forcing a tool call");
-            }
+        if self
+            .function_call
+            .as_ref()
+            .is_some_and(|v| v != "none" && v != "auto")
+        {
+            return not_supported("function_call", "the deprecated `function_call` (use `tool_choice`)");
         }
         Ok(())
     }
@@ -291,6 +315,28 @@ impl Plan {
             .as_ref()
             .map(|f| f.grammar(loaded, "response_format"))
             .transpose()
+    }
+
+    /// A chat's prompt, grammar and call reader: with tools, in the format of `loaded`'s
+    /// template, which must have one.
+    fn chat(
+        &self,
+        loaded: &Loaded,
+        messages: &[ChatMessage],
+    ) -> Result<(Vec<u32>, Option<Grammar>, Option<ToolCallReader>), ApiError> {
+        let (model, tokenizer) = (&loaded.model, &loaded.model.tokenizer);
+        let Some(tools) = &self.tools else {
+            let prompt = model.chat_template.encode(tokenizer, messages)?;
+            return Ok((prompt, self.grammar(loaded)?, None));
+        };
+        let syntax = model.chat_template.tool_syntax(tokenizer).ok_or_else(|| {
+            ApiError::invalid("tools", "tools: this model's chat template has no tool-call format")
+        })?;
+        let prompt = model
+            .chat_template
+            .encode_with_tools(tokenizer, messages, &tools.functions)?;
+        let grammar = tools.grammar(loaded, syntax, self.format.as_ref())?;
+        Ok((prompt, Some(grammar), tools.reader(syntax)))
     }
 
     /// One engine request per choice; `choice` seeds differ so n samples differ.
@@ -325,7 +371,7 @@ fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
             let role: Role = m.role.parse().map_err(|_| {
                 ApiError::invalid(
                     "messages",
-                    format!("unknown role `{}` (system, user, assistant)", m.role),
+                    format!("unknown role `{}` (system, user, assistant, tool)", m.role),
                 )
             })?;
             let content = match &m.content {
@@ -347,9 +393,40 @@ fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
                     text
                 }
             };
-            Ok(ChatMessage::new(role, content))
+            let mut message = ChatMessage::new(role, content);
+            message.tool_call_id = m.tool_call_id.clone();
+            message.tool_calls = m
+                .tool_calls
+                .iter()
+                .flatten()
+                .map(|c| ToolCall {
+                    id: c.id.clone(),
+                    name: c.function.name.clone(),
+                    arguments: ToolCall::arguments_from_text(&c.function.arguments),
+                })
+                .collect();
+            Ok(message)
         })
         .collect()
+}
+
+/// A call as OpenAI writes it in a message (its arguments as JSON text); `index` in a
+/// streamed delta.
+fn openai_call(call: &ToolCall, index: Option<usize>) -> Value {
+    let mut out = json!({"id": call.id, "type": "function",
+                         "function": {"name": call.name, "arguments": call.arguments.to_string()}});
+    if let Some(index) = index {
+        out["index"] = json!(index);
+    }
+    out
+}
+
+/// OpenAI's finish reason, `tool_calls` when the model called.
+fn chat_finish_reason(reason: ferrollama_engine::FinishReason, called: bool) -> &'static str {
+    match (reason, called) {
+        (ferrollama_engine::FinishReason::Stop, true) => "tool_calls",
+        _ => finish_reason(reason),
+    }
 }
 
 /// What a body goes through before any model is involved: parsing and validation (the fuzz
@@ -378,12 +455,8 @@ async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let lease = state.model(&body.params.model, None).await?;
     let loaded = lease.loaded().clone();
     let plan = body.params.plan(&loaded.defaults, &state.limits)?;
-    let prompt = loaded
-        .model
-        .chat_template
-        .encode(&loaded.model.tokenizer, &messages)?;
+    let (prompt, grammar, reader) = plan.chat(&loaded, &messages)?;
     loaded.check_context(prompt.len())?;
-    let grammar = plan.grammar(&loaded)?;
     let requests = (0..plan.n)
         .map(|i| plan.request(prompt.clone(), loaded.context(), i, &grammar))
         .collect();
@@ -394,22 +467,29 @@ async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let merged = submit_all(&state, lease, requests, plan.n, log)?;
     let meta = ResponseMeta::new("chat.completion", &body.params.model);
     if body.params.stream {
-        return Ok(stream(
-            merged,
-            plan.n,
-            plan.n,
-            meta,
-            body.params.include_usage(),
-            true,
-        ));
+        let shape = StreamShape {
+            choices: plan.n,
+            per_prompt: plan.n,
+            include_usage: body.params.include_usage(),
+            chat: true,
+        };
+        return Ok(stream(merged, shape, meta, reader));
     }
-    let results = collect(merged, plan.n).await?;
+    let results = collect(merged, plan.n, reader.as_ref()).await?;
     let choices: Vec<Value> = results
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            json!({"index": i, "message": {"role": "assistant", "content": r.text},
-                   "logprobs": null, "finish_reason": finish_reason(r.reason)})
+            let mut message = json!({"role": "assistant", "content": r.text});
+            if !r.calls.is_empty() {
+                let calls: Vec<Value> = r.calls.iter().map(|c| openai_call(c, None)).collect();
+                message["tool_calls"] = json!(calls);
+                if r.text.is_empty() {
+                    message["content"] = Value::Null;
+                }
+            }
+            json!({"index": i, "message": message, "logprobs": null,
+                   "finish_reason": chat_finish_reason(r.reason, !r.calls.is_empty())})
         })
         .collect();
     let usage = usage_json(results.iter().map(|r| &r.usage), plan.n);
@@ -426,6 +506,12 @@ pub async fn completions(
 async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: CompletionBody = parse(&body)?;
     body.params.plan(&Map::new(), &state.limits)?; // a bad request loads nothing
+    if body.params.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid(
+            "tools",
+            "tools: tool calls need a chat (/v1/chat/completions)",
+        ));
+    }
     let lease = state.model(&body.params.model, None).await?;
     let loaded = lease.loaded().clone();
     let plan = body.params.plan(&loaded.defaults, &state.limits)?;
@@ -470,16 +556,15 @@ async fn complete(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let merged = submit_all(&state, lease, requests, plan.n, log)?;
     let meta = ResponseMeta::new("text_completion", &body.params.model);
     if body.params.stream {
-        return Ok(stream(
-            merged,
+        let shape = StreamShape {
             choices,
-            plan.n,
-            meta,
-            body.params.include_usage(),
-            false,
-        ));
+            per_prompt: plan.n,
+            include_usage: body.params.include_usage(),
+            chat: false,
+        };
+        return Ok(stream(merged, shape, meta, None));
     }
-    let results = collect(merged, choices).await?;
+    let results = collect(merged, choices, None).await?;
     let choices: Vec<Value> = results
         .iter()
         .enumerate()
@@ -541,16 +626,29 @@ fn usage_json<'a>(usages: impl Iterator<Item = &'a Usage>, per_prompt: usize) ->
            "prompt_tokens_details": {"cached_tokens": cached}})
 }
 
-/// Server-sent events: one chunk per token per choice, a last chunk with the finish reason,
-/// optionally a usage chunk, then `[DONE]`.
-fn stream(
-    merged: Merged,
+/// What a stream carries: how many choices (in groups of `per_prompt` samples of a prompt),
+/// whether it ends with usage, and whether they are chat messages or completion texts.
+struct StreamShape {
     choices: usize,
     per_prompt: usize,
-    meta: ResponseMeta,
     include_usage: bool,
     chat: bool,
+}
+
+/// Server-sent events: one chunk per token per choice (a call, once whole, is one chunk), a
+/// last chunk with the finish reason, optionally a usage chunk, then `[DONE]`.
+fn stream(
+    merged: Merged,
+    shape: StreamShape,
+    meta: ResponseMeta,
+    reader: Option<ToolCallReader>,
 ) -> Response {
+    let StreamShape {
+        choices,
+        per_prompt,
+        include_usage,
+        chat,
+    } = shape;
     let object = if chat {
         "chat.completion.chunk"
     } else {
@@ -587,13 +685,32 @@ fn stream(
     } else {
         vec![SseEvent::default().comment("")]
     };
+    let call_delta = |index: usize, call: &ToolCall, number: usize| {
+        json!([{"index": index, "delta": {"tool_calls": [openai_call(call, Some(number))]},
+                "logprobs": null, "finish_reason": null}])
+    };
     let mut usages: Vec<Option<Usage>> = vec![None; choices];
+    let mut readers = vec![reader; choices];
+    let mut calls_made = vec![0usize; choices];
     let events = UnboundedReceiverStream::new(merged).flat_map(move |(i, event)| {
         let mut out = Vec::new();
-        match event {
-            Event::Token { text, .. } if !text.is_empty() => {
-                out.push(chunk(delta(i, Some(&text), false, None), None))
+        let pieces = match (&event, &mut readers[i]) {
+            (Event::Token { text, token_id }, Some(reader)) => reader.push(text, *token_id),
+            (Event::Token { text, .. }, None) => vec![Piece::Text(text.clone())],
+            (Event::Finished { .. }, Some(reader)) => reader.finish(),
+            (Event::Finished { .. }, None) => Vec::new(),
+        };
+        for piece in pieces {
+            match piece {
+                Piece::Text(text) if text.is_empty() => {}
+                Piece::Text(text) => out.push(chunk(delta(i, Some(&text), false, None), None)),
+                Piece::Call(call) => {
+                    out.push(chunk(call_delta(i, &call, calls_made[i]), None));
+                    calls_made[i] += 1;
+                }
             }
+        }
+        match event {
             Event::Token { .. } => {}
             Event::Finished {
                 reason,
@@ -606,10 +723,12 @@ fn stream(
                         json!({"error": {"message": error, "type": "server_error"}}).to_string(),
                     ));
                 }
-                out.push(chunk(
-                    delta(i, None, false, Some(finish_reason(reason))),
-                    None,
-                ));
+                let reason = if chat {
+                    chat_finish_reason(reason, calls_made[i] > 0)
+                } else {
+                    finish_reason(reason)
+                };
+                out.push(chunk(delta(i, None, false, Some(reason)), None));
                 usages[i] = Some(usage);
                 if usages.iter().all(Option::is_some) {
                     if include_usage {
@@ -626,6 +745,62 @@ fn stream(
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(HEARTBEAT))
         .into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenizeBody {
+    model: String,
+    prompt: Option<String>,
+    messages: Option<Vec<Message>>,
+    tools: Option<Vec<Value>>,
+}
+
+/// vLLM's `/tokenize`: the ids a prompt, or a chat with its tools, becomes, exactly as
+/// generation would read it.
+pub async fn tokenize(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, OpenAiError> {
+    tokenize_inner(state, body).await.map_err(ApiError::openai)
+}
+
+async fn tokenize_inner(state: AppState, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body: TokenizeBody = parse(&body)?;
+    let tools = Tools::parse(body.tools.as_deref(), None, None)?;
+    let lease = state.model(&body.model, None).await?;
+    let loaded = lease.loaded();
+    let (template, tokenizer) = (&loaded.model.chat_template, &loaded.model.tokenizer);
+    let tokens = match (&body.prompt, &body.messages) {
+        (Some(prompt), None) => tokenizer.encode_prompt(prompt)?,
+        (None, Some(messages)) => {
+            let offered = tools.as_ref().map_or(&[][..], |t| &t.functions[..]);
+            if !offered.is_empty() && template.tool_syntax(tokenizer).is_none() {
+                return Err(ApiError::invalid("tools", "tools: this model's chat template has no tool-call format"));
+            }
+            template.encode_with_tools(tokenizer, &chat_messages(messages)?, offered)?
+        }
+        _ => return Err(ApiError::bad_request("give either `prompt` or `messages`")),
+    };
+    Ok(Json(json!({"count": tokens.len(), "max_model_len": loaded.context(), "tokens": tokens})))
+}
+
+#[derive(Deserialize)]
+struct DetokenizeBody {
+    model: String,
+    tokens: Vec<u32>,
+}
+
+/// vLLM's `/detokenize`: the text of token ids (special tokens left out).
+pub async fn detokenize(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, OpenAiError> {
+    async {
+        let body: DetokenizeBody = parse(&body)?;
+        let lease = state.model(&body.model, None).await?;
+        let loaded = lease.loaded();
+        let vocab = loaded.model.config().vocab_size;
+        if body.tokens.iter().any(|&t| t as usize >= vocab) {
+            return Err(ApiError::invalid("tokens", format!("token ids must be below {vocab}")));
+        }
+        Ok(Json(json!({"prompt": loaded.model.tokenizer.decode(&body.tokens)?})))
+    }
+    .await
+    .map_err(ApiError::openai)
 }
 
 /// Every model a request can name: the loaded one, one served from a file, and the store's.

@@ -3,8 +3,8 @@
 //! token advances it. The grammar's state lives in the sequence, so preemption by recompute
 //! (which keeps the sequence and only recomputes its keys and values) keeps it too.
 //!
-//! Grammars are llguidance's (JSON schema here): compiled once per request against a token
-//! table built once per tokenizer.
+//! Grammars are llguidance's (JSON schema, or Lark for tool calls): compiled once per request
+//! against a token table built once per tokenizer.
 
 use ferrollama_model::Tokenizer;
 use llguidance::api::TopLevelGrammar;
@@ -42,6 +42,12 @@ impl Grammars {
     /// Any JSON object: Ollama's `format: "json"` and OpenAI's `json_object`.
     pub fn json_object(&self, tokenizer: &Tokenizer) -> Result<Grammar, String> {
         self.json_schema(tokenizer, &json!({"type": "object"}))
+    }
+
+    /// A constraint from a Lark grammar (llguidance's dialect: `%json {…}` embeds a schema,
+    /// `<[id]>` names a special token); one that does not compile is an error naming why.
+    pub fn lark(&self, tokenizer: &Tokenizer, source: &str) -> Result<Grammar, String> {
+        self.compile(tokenizer, TopLevelGrammar::from_lark(source.to_string()))
     }
 
     fn compile(&self, tokenizer: &Tokenizer, grammar: TopLevelGrammar) -> Result<Grammar, String> {

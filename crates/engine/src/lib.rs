@@ -16,7 +16,7 @@ pub mod scheduler;
 pub mod sequence;
 pub mod stop;
 
-pub use constraint::{Grammar, Grammars};
+pub use constraint::{Constraint, Grammar, Grammars};
 pub use engine::{start, EngineConfig, EngineError, EngineHandle, EngineStats, RequestStream};
 pub use request::{Event, FinishReason, GenerationRequest, Timings, Usage};
 pub use sampler::SamplingParams;

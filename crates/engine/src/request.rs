@@ -32,9 +32,10 @@ impl GenerationRequest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FinishReason {
     /// An end-of-sequence token or a stop string.
+    #[default]
     Stop,
     /// max_tokens or the end of the context.
     Length,

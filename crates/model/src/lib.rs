@@ -24,7 +24,7 @@ pub mod weights;
 
 pub use attention::{AttentionKind, AttentionSpec};
 pub use batch::{Batch, Logits, SeqChunk};
-pub use chat::{ChatMessage, ChatTemplate, Role};
+pub use chat::{python_json, ChatMessage, ChatTemplate, FunctionSpec, Role, ToolCall, ToolSyntax};
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;

@@ -1,6 +1,12 @@
 //! Jinja chat templates (tokenizer_config.json's or GGUF's `chat_template`), rendered with
 //! minijinja the way transformers' `apply_chat_template` renders them.
+//!
+//! Tools: a template that writes them itself (it reads `tools` and speaks `<tool_call>`) gets
+//! them as transformers passes them. Any other is given the conversation spelled out: the
+//! tools and the call format in front of the system prompt, calls as `<tool_call>` text, and
+//! results as user turns in `<tool_response>`.
 
+use super::tools::{self, FunctionSpec};
 use super::{ChatMessage, Role};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
@@ -11,6 +17,8 @@ const JINJA_FUEL: u64 = 2_000_000;
 
 pub struct JinjaTemplate {
     env: Environment<'static>,
+    /// The template offers tools and reads calls and results itself.
+    writes_tools: bool,
 }
 
 fn template_err(e: impl std::fmt::Display) -> ModelError {
@@ -35,21 +43,35 @@ impl JinjaTemplate {
         );
         env.add_template_owned("chat", source.to_string())
             .map_err(template_err)?;
-        Ok(Self { env })
+        let writes_tools = source.contains("tools") && source.contains("<tool_call>");
+        Ok(Self { env, writes_tools })
     }
 
     /// The prompt text. A trailing assistant message is cut right after its content so the model
     /// continues it (transformers' `continue_final_message`).
-    pub fn render(&self, tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<String> {
-        let continued = messages.last().filter(|m| m.role == Role::Assistant);
-        let items: Vec<_> = messages
+    pub fn render(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[ChatMessage],
+        tools: &[FunctionSpec],
+    ) -> Result<String> {
+        let has_tool_turns = messages
             .iter()
-            .map(|m| context! { role => m.role.as_str(), content => m.content })
-            .collect();
+            .any(|m| m.role == Role::Tool || !m.tool_calls.is_empty());
+        if !self.writes_tools && (!tools.is_empty() || has_tool_turns) {
+            return self.render(tokenizer, &spelled_out(messages, tools), &[]);
+        }
+        let continued = messages
+            .last()
+            .filter(|m| m.role == Role::Assistant && m.tool_calls.is_empty());
+        let items: Vec<_> = messages.iter().map(item).collect();
+        let tools: Option<Vec<_>> =
+            (!tools.is_empty()).then(|| tools.iter().map(FunctionSpec::to_json).collect());
         let template = self.env.get_template("chat").map_err(template_err)?;
         let text = template
             .render(context! {
                 messages => items,
+                tools => tools,
                 add_generation_prompt => continued.is_none(),
                 bos_token => tokenizer.bos_token().unwrap_or_default(),
                 eos_token => tokenizer.eos_token().unwrap_or_default(),
@@ -60,6 +82,60 @@ impl JinjaTemplate {
             None => Ok(text),
         }
     }
+}
+
+/// A message as transformers hands it to a template: calls in OpenAI's shape with their
+/// arguments as objects.
+fn item(m: &ChatMessage) -> minijinja::Value {
+    let calls: Vec<_> = m
+        .tool_calls
+        .iter()
+        .map(|c| {
+            serde_json::json!({"id": c.id, "type": "function",
+                               "function": {"name": c.name, "arguments": c.arguments}})
+        })
+        .collect();
+    context! {
+        role => m.role.as_str(),
+        content => m.content,
+        tool_calls => (!calls.is_empty()).then_some(calls),
+        tool_call_id => m.tool_call_id,
+    }
+}
+
+/// The conversation for a template that knows no tools: the tools and how to call them go
+/// in front of the system prompt, calls become `<tool_call>` text and results user turns.
+fn spelled_out(messages: &[ChatMessage], offered: &[FunctionSpec]) -> Vec<ChatMessage> {
+    let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len() + 1);
+    if !offered.is_empty() {
+        let instructions = tools::instructions(offered);
+        match messages.first().filter(|m| m.role == Role::System) {
+            Some(system) => out.push(ChatMessage::new(
+                Role::System,
+                format!("{}\n\n{instructions}", system.content),
+            )),
+            None => out.push(ChatMessage::new(Role::System, instructions)),
+        }
+    }
+    for (i, m) in messages.iter().enumerate() {
+        if i == 0 && !offered.is_empty() && m.role == Role::System {
+            continue; // merged above
+        }
+        out.push(match m.role {
+            Role::Tool => ChatMessage::new(Role::User, tools::tagged_result(&m.content)),
+            Role::Assistant if !m.tool_calls.is_empty() => {
+                let calls = tools::tagged_calls(&m.tool_calls);
+                let text = if m.content.is_empty() {
+                    calls
+                } else {
+                    format!("{}\n{calls}", m.content)
+                };
+                ChatMessage::new(Role::Assistant, text)
+            }
+            _ => ChatMessage::new(m.role, m.content.clone()),
+        });
+    }
+    out
 }
 
 fn cut_after_final_message(text: &str, message: &str) -> Result<String> {
@@ -95,7 +171,7 @@ mod tests {
             "{% for i in range(10000) %}{% for j in range(10000) %}{{ j }}{% endfor %}{% endfor %}";
         let template = JinjaTemplate::new(endless).unwrap();
         let messages = [ChatMessage::new(Role::User, "hi".to_string())];
-        let error = template.render(&tokenizer(), &messages).unwrap_err();
+        let error = template.render(&tokenizer(), &messages, &[]).unwrap_err();
         assert!(error.to_string().contains("fuel"), "{error}");
     }
 
@@ -107,7 +183,7 @@ mod tests {
         let messages = [ChatMessage::new(Role::User, " hi ")];
         // trim_blocks drops the newline after `{% endfor %}`, as transformers renders it.
         assert_eq!(
-            template.render(&tokenizer(), &messages).unwrap(),
+            template.render(&tokenizer(), &messages, &[]).unwrap(),
             "<s>[user]hi<gen></s>"
         );
     }
@@ -117,7 +193,7 @@ mod tests {
         let source = "{% if messages[0].role != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}";
         let template = JinjaTemplate::new(source).unwrap();
         let err = template
-            .render(&tokenizer(), &[ChatMessage::new(Role::Assistant, "x")])
+            .render(&tokenizer(), &[ChatMessage::new(Role::Assistant, "x")], &[])
             .unwrap_err();
         assert!(
             err.to_string()

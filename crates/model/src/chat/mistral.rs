@@ -1,17 +1,51 @@
 //! The Mistral instruct format (tokenizer v3, Mistral-7B-Instruct-v0.3), as `mistral-common`
 //! encodes a chat request:
-//! `<s>[INST] user[/INST] assistant</s>[INST] system\n\nlast user[/INST]`
-//! - consecutive messages of one role are joined with a blank line;
-//! - the system text goes in front of the last user message;
+//! `<s>[INST] user[/INST] assistant</s>[AVAILABLE_TOOLS] [tools][/AVAILABLE_TOOLS][INST] system\n\nlast user[/INST]`
+//! - consecutive messages of one role are joined with a blank line (tool results never are);
+//! - the system text goes in front of the last user message, and the tools (when any) just
+//!   before that message's `[INST]`;
 //! - each text is encoded on its own (so it starts with SentencePiece's `▁`), assistant text
 //!   without trailing spaces;
+//! - calls are `[TOOL_CALLS] [{"name": …, "arguments": {…}, "id": …}]</s>`, results
+//!   `[TOOL_RESULTS] {"content": …, "call_id": …}[/TOOL_RESULTS]`, JSON as Python writes it;
 //! - a final assistant message gets no `</s>`: the model continues it.
 
+use super::tools::{python_json, FunctionSpec, ToolCall};
 use super::{ChatMessage, Role};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
+use serde_json::{json, Value};
 
-pub(super) fn encode(tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+/// One turn after runs of a role are joined and the system text is taken out.
+enum Turn {
+    User(String),
+    Assistant { text: String, calls: Vec<ToolCall> },
+    ToolResult { content: String, call_id: Option<String> },
+}
+
+/// The control token that opens the model's calls, when the vocabulary has the whole tool
+/// format (v3 and later).
+pub(super) fn tool_calls_token(tokenizer: &Tokenizer) -> Option<u32> {
+    let needed = [
+        "[AVAILABLE_TOOLS]",
+        "[/AVAILABLE_TOOLS]",
+        "[TOOL_RESULTS]",
+        "[/TOOL_RESULTS]",
+    ];
+    if !needed.iter().all(|name| tokenizer.is_control(name)) {
+        return None;
+    }
+    tokenizer
+        .is_control("[TOOL_CALLS]")
+        .then(|| tokenizer.token_to_id("[TOOL_CALLS]"))
+        .flatten()
+}
+
+pub(super) fn encode(
+    tokenizer: &Tokenizer,
+    messages: &[ChatMessage],
+    tools: &[FunctionSpec],
+) -> Result<Vec<u32>> {
     let control = |name: &str| {
         tokenizer
             .token_to_id(name)
@@ -29,46 +63,81 @@ pub(super) fn encode(tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<
     let (mut turns, system) = split_turns(messages);
     if turns.is_empty() {
         // Only system text: it is all the model gets to read.
-        turns.push((Role::User, String::new()));
+        turns.push(Turn::User(String::new()));
     }
     if let Some(system) = system {
-        match turns.iter_mut().rev().find(|(role, _)| *role == Role::User) {
-            Some((_, text)) => *text = format!("{system}\n\n{text}"),
-            None => turns.insert(0, (Role::User, format!("{system}\n\n"))),
+        match turns.iter_mut().rev().find_map(|turn| match turn {
+            Turn::User(text) => Some(text),
+            _ => None,
+        }) {
+            Some(text) => *text = format!("{system}\n\n{text}"),
+            None => turns.insert(0, Turn::User(format!("{system}\n\n"))),
         }
     }
-    if turns[0].0 == Role::Assistant {
-        // A conversation opening with the assistant gets an empty user turn first.
-        turns.insert(0, (Role::User, String::new()));
+    if !matches!(turns[0], Turn::User(_)) {
+        // A conversation opening with the assistant or a tool gets an empty user turn first.
+        turns.insert(0, Turn::User(String::new()));
     }
+    let last_user = turns
+        .iter()
+        .rposition(|turn| matches!(turn, Turn::User(_)))
+        .expect("the first turn is the user's");
 
     let mut ids = vec![bos];
     let last = turns.len() - 1;
-    for (i, (role, text)) in turns.iter().enumerate() {
-        match role {
-            Role::User => {
+    for (i, turn) in turns.iter().enumerate() {
+        match turn {
+            Turn::User(text) => {
+                if i == last_user && !tools.is_empty() {
+                    let listed: Vec<Value> = tools.iter().map(FunctionSpec::to_json).collect();
+                    ids.push(control("[AVAILABLE_TOOLS]")?);
+                    ids.extend(tokenizer.encode(&python_json(&Value::Array(listed)))?);
+                    ids.push(control("[/AVAILABLE_TOOLS]")?);
+                }
                 ids.push(inst);
                 ids.extend(tokenizer.encode(text)?);
                 ids.push(end_inst);
             }
-            Role::Assistant => {
+            Turn::Assistant { text, calls } => {
                 // mistral-common strips trailing spaces of assistant text (not newlines).
-                ids.extend(tokenizer.encode(text.trim_end_matches(' '))?);
+                if !text.is_empty() || calls.is_empty() {
+                    ids.extend(tokenizer.encode(text.trim_end_matches(' '))?);
+                }
+                if !calls.is_empty() {
+                    let listed: Vec<Value> = calls.iter().map(ToolCall::to_json).collect();
+                    ids.push(control("[TOOL_CALLS]")?);
+                    ids.extend(tokenizer.encode(&python_json(&Value::Array(listed)))?);
+                }
                 if i != last {
                     ids.push(eos);
                 }
             }
-            Role::System => unreachable!("system messages were taken out above"),
+            Turn::ToolResult { content, call_id } => {
+                let mut result = json!({"content": tool_content(content)});
+                if let Some(id) = call_id {
+                    result["call_id"] = json!(id);
+                }
+                ids.push(control("[TOOL_RESULTS]")?);
+                ids.extend(tokenizer.encode(&python_json(&result))?);
+                ids.push(control("[/TOOL_RESULTS]")?);
+            }
         }
     }
     Ok(ids)
 }
 
-/// Joins runs of same-role messages with a blank line (skipping empty ones) and takes out the
-/// system text (every non-empty system message, joined likewise). A system message still ends
-/// a run: the user messages around it stay separate turns.
-fn split_turns(messages: &[ChatMessage]) -> (Vec<(Role, String)>, Option<String>) {
-    let mut runs: Vec<(Role, Vec<&str>)> = Vec::new();
+/// A tool's result as mistral-common reads it: JSON when it parses (an empty one is `{}`),
+/// else the text.
+fn tool_content(content: &str) -> Value {
+    ToolCall::arguments_from_text(content)
+}
+
+/// Joins runs of same-role messages with a blank line (skipping empty ones; an assistant run
+/// gathers its calls too) and takes out the system text (every non-empty system message,
+/// joined likewise). A system message still ends a run: the user messages around it stay
+/// separate turns. Tool results stay one turn each.
+fn split_turns(messages: &[ChatMessage]) -> (Vec<Turn>, Option<String>) {
+    let mut runs: Vec<(Role, Vec<&ChatMessage>)> = Vec::new();
     let mut system: Vec<&str> = Vec::new();
     let mut run_open = false;
     for m in messages {
@@ -78,23 +147,35 @@ fn split_turns(messages: &[ChatMessage]) -> (Vec<(Role, String)>, Option<String>
             continue;
         }
         match runs.last_mut() {
-            Some((role, parts)) if run_open && *role == m.role => parts.push(&m.content),
-            _ => runs.push((m.role, vec![&m.content])),
+            Some((role, run)) if run_open && *role == m.role && m.role != Role::Tool => run.push(m),
+            _ => runs.push((m.role, vec![m])),
         }
         run_open = true;
     }
-    let join = |parts: &[&str]| {
+    let join = |parts: &mut dyn Iterator<Item = &str>| {
         parts
-            .iter()
             .filter(|p| !p.is_empty())
-            .copied()
             .collect::<Vec<_>>()
             .join("\n\n")
     };
     let turns = runs
         .iter()
-        .map(|(role, parts)| (*role, join(parts)))
+        .map(|(role, run)| {
+            let text = join(&mut run.iter().map(|m| m.content.as_str()));
+            match role {
+                Role::User => Turn::User(text),
+                Role::Assistant => Turn::Assistant {
+                    text,
+                    calls: run.iter().flat_map(|m| m.tool_calls.clone()).collect(),
+                },
+                Role::Tool => Turn::ToolResult {
+                    content: run[0].content.clone(),
+                    call_id: run[0].tool_call_id.clone(),
+                },
+                Role::System => unreachable!("system messages were taken out above"),
+            }
+        })
         .collect();
-    let system = join(&system);
+    let system = join(&mut system.iter().copied());
     (turns, (!system.is_empty()).then_some(system))
 }

@@ -4,9 +4,14 @@
 //! - Any other model's jinja `chat_template` is rendered with Hugging Face semantics.
 //!
 //! A trailing assistant message is a prefix for the model to continue, never a closed turn.
+//! Tools offered, calls made and their results go into the prompt in each family's own format
+//! (`tools`).
 
 mod jinja;
 mod mistral;
+mod tools;
+
+pub use tools::{python_json, FunctionSpec, ToolCall, ToolSyntax};
 
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
@@ -16,6 +21,8 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's result, answering one of the assistant's calls.
+    Tool,
 }
 
 impl Role {
@@ -24,6 +31,7 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 }
@@ -35,15 +43,20 @@ impl std::str::FromStr for Role {
             "system" => Ok(Role::System),
             "user" => Ok(Role::User),
             "assistant" => Ok(Role::Assistant),
+            "tool" => Ok(Role::Tool),
             other => Err(ModelError::ChatTemplate(format!("unknown role `{other}`"))),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// The calls an assistant message made.
+    pub tool_calls: Vec<ToolCall>,
+    /// Which call a tool message answers (OpenAI's `tool_call_id`; Ollama sends none).
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -51,6 +64,8 @@ impl ChatMessage {
         Self {
             role,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
 }
@@ -87,17 +102,36 @@ impl ChatTemplate {
         }
     }
 
+    /// How the model writes tool calls; `None` when its template has no way to offer tools.
+    pub fn tool_syntax(&self, tokenizer: &Tokenizer) -> Option<ToolSyntax> {
+        match self {
+            ChatTemplate::MistralInstruct => mistral::tool_calls_token(tokenizer).map(ToolSyntax::Token),
+            ChatTemplate::Jinja(_) => Some(ToolSyntax::Tagged),
+            ChatTemplate::None => None,
+        }
+    }
+
     /// The prompt ids for `messages`, ready for generation.
     pub fn encode(&self, tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        self.encode_with_tools(tokenizer, messages, &[])
+    }
+
+    /// The prompt ids for `messages` with `tools` offered to the model.
+    pub fn encode_with_tools(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[ChatMessage],
+        tools: &[FunctionSpec],
+    ) -> Result<Vec<u32>> {
         if messages.is_empty() {
             return Err(ModelError::ChatTemplate(
                 "a conversation needs at least one message".into(),
             ));
         }
         match self {
-            ChatTemplate::MistralInstruct => mistral::encode(tokenizer, messages),
+            ChatTemplate::MistralInstruct => mistral::encode(tokenizer, messages, tools),
             ChatTemplate::Jinja(template) => {
-                let text = template.render(tokenizer, messages)?;
+                let text = template.render(tokenizer, messages, tools)?;
                 let mut ids = tokenizer.encode(&text)?;
                 // Templates usually spell BOS themselves; add it only where one is missing.
                 if let (true, Some(bos)) = (tokenizer.add_bos(), tokenizer.bos_id()) {

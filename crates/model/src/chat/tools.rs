@@ -1,0 +1,171 @@
+//! Tools in a conversation: the functions a request offers the model, the calls it made, and
+//! how each template family writes a call.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// A function the model may call (OpenAI's `tools[].function`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub description: String,
+    /// A JSON schema for the arguments object.
+    pub parameters: Value,
+}
+
+impl FunctionSpec {
+    /// The tool as OpenAI and Hugging Face templates write it, keys in mistral-common's order.
+    pub fn to_json(&self) -> Value {
+        json!({"type": "function", "function": {
+            "name": self.name, "description": self.description, "parameters": self.parameters}})
+    }
+}
+
+/// One call the assistant made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// Absent in Ollama's history, which has no call ids.
+    pub id: Option<String>,
+    pub name: String,
+    /// The arguments as JSON (a string when a client sent text that is not JSON).
+    pub arguments: Value,
+}
+
+impl ToolCall {
+    /// Arguments a client sent as text, read as mistral-common reads them: JSON when they
+    /// parse (none at all is `{}`), else the text itself.
+    pub fn arguments_from_text(text: &str) -> Value {
+        if text.trim().is_empty() {
+            return json!({});
+        }
+        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+    }
+
+    /// `{"name": …, "arguments": …, "id": …}`: how Mistral writes a call, and the shape
+    /// `<tool_call>` blocks carry.
+    pub fn to_json(&self) -> Value {
+        let mut call = json!({"name": self.name, "arguments": self.arguments});
+        if let Some(id) = &self.id {
+            call["id"] = json!(id);
+        }
+        call
+    }
+}
+
+/// How a model writes its calls, so that the server can hold it to the format and read the
+/// calls back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolSyntax {
+    /// A control token, then a JSON array of calls (Mistral's `[TOOL_CALLS]`).
+    Token(u32),
+    /// `<tool_call>` … `</tool_call>` around a call object or an array of them (Hermes, Qwen,
+    /// SmolLM2, and the instructions this server gives templates that know no tools).
+    Tagged,
+}
+
+/// `value` as Python's `json.dumps(value, ensure_ascii=False)` writes it (`", "` and `": "`
+/// between items): what mistral-common and most chat templates put in a prompt.
+pub fn python_json(value: &Value) -> String {
+    let mut out = Vec::new();
+    let mut writer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    value
+        .serialize(&mut writer)
+        .expect("a JSON value always serializes");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+/// What a template that knows no tools is told, in front of its system prompt: the tools,
+/// and the `<tool_call>` format (SmolLM2's and Ollama's for it).
+pub(super) fn instructions(tools: &[FunctionSpec]) -> String {
+    let listed: Vec<Value> = tools.iter().map(FunctionSpec::to_json).collect();
+    format!(
+        "You can call functions to answer. They are listed in JSON between <tools> and </tools>:\n\
+         <tools>{}</tools>\n\
+         To call functions, reply with only a JSON list of calls between <tool_call> and \
+         </tool_call>, like this:\n\
+         <tool_call>[{{\"name\": \"function_name\", \"arguments\": {{\"argument\": \"value\"}}}}]</tool_call>\n\
+         When no function is needed, answer in plain text.",
+        python_json(&Value::Array(listed))
+    )
+}
+
+/// Calls as the `<tool_call>` block an assistant turn carries.
+pub(super) fn tagged_calls(calls: &[ToolCall]) -> String {
+    let listed: Vec<Value> = calls.iter().map(ToolCall::to_json).collect();
+    format!(
+        "<tool_call>{}</tool_call>",
+        python_json(&Value::Array(listed))
+    )
+}
+
+/// A tool's result as the user turn that carries it back.
+pub(super) fn tagged_result(content: &str) -> String {
+    format!("<tool_response>\n{content}\n</tool_response>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_json_spaces_items_like_json_dumps() {
+        let value = json!({"a": [1, 2.5, "é\n\""], "b": {}, "c": [], "d": null});
+        assert_eq!(
+            python_json(&value),
+            r#"{"a": [1, 2.5, "é\n\""], "b": {}, "c": [], "d": null}"#
+        );
+    }
+
+    #[test]
+    fn a_call_writes_its_id_only_when_it_has_one() {
+        let mut call = ToolCall {
+            id: None,
+            name: "f".into(),
+            arguments: json!({"x": 1}),
+        };
+        assert_eq!(
+            python_json(&call.to_json()),
+            r#"{"name": "f", "arguments": {"x": 1}}"#
+        );
+        call.id = Some("abcDEF123".into());
+        assert_eq!(
+            python_json(&call.to_json()),
+            r#"{"name": "f", "arguments": {"x": 1}, "id": "abcDEF123"}"#
+        );
+    }
+}
