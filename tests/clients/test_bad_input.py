@@ -49,8 +49,19 @@ V1_CASES = [
     ("logprobs true", "/v1/chat/completions", {**CHAT, "logprobs": True}, 400),
     ("top_logprobs 3", "/v1/chat/completions", {**CHAT, "top_logprobs": 3}, 400),
     ("logit_bias", "/v1/chat/completions", {**CHAT, "logit_bias": {"42": 5}}, 400),
-    ("tools", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, 400),
-    ("tool_choice required", "/v1/chat/completions", {**CHAT, "tool_choice": "required"}, 400),
+    # Tools that cannot be offered, and calls that cannot be made.
+    ("tool of another type", "/v1/chat/completions", {**CHAT, "tools": [{"type": "retrieval"}]}, 400),
+    ("tool without function", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function"}]}, 400),
+    ("tool name with spaces", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "get weather"}}]}, 400),
+    ("tool parameters not a schema", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": "city"}}]}, 400),
+    ("tool parameters bad schema", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}}]}, 400),
+    ("tool named twice", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}] * 2}, 400),
+    ("tool_choice required without tools", "/v1/chat/completions", {**CHAT, "tool_choice": "required"}, 400),
+    ("tool_choice unknown function", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400),
+    ("tool_choice unknown word", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"}, 400),
+    ("tools on completions", "/v1/completions", {"model": "mistral:instruct", "prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]}, 400),
+    ("functions (deprecated)", "/v1/chat/completions", {**CHAT, "functions": [{"name": "f"}]}, 400),
+    ("tool call arguments not text", "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"id": "abcDEF123", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]}, 400),
     ("completion logprobs", "/v1/completions", {"model": "mistral:instruct", "prompt": "x", "logprobs": True}, 400),
 ]
 
@@ -59,6 +70,8 @@ V1_PASSING = [
     ("logprobs false", {**CHAT, "logprobs": False}),
     ("tools empty", {**CHAT, "tools": []}),
     ("tool_choice none", {**CHAT, "tool_choice": "none"}),
+    ("tool_choice auto", {**CHAT, "tool_choice": "auto"}),
+    ("tools with tool_choice none", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none"}),
     ("response_format text", {**CHAT, "response_format": {"type": "text"}}),
     ("unknown extra field", {**CHAT, "some_vendor_extra": {"x": 1}, "metadata": {"a": "b"}}),
 ]
@@ -74,7 +87,9 @@ API_CASES = [
     ("format xml", "/api/generate", {"model": "mistral:instruct", "prompt": "hi", "format": "xml"}, 400),
     ("format number", "/api/chat", {"model": "mistral:instruct", "messages": [{"role": "user", "content": "hi"}], "format": 3}, 400),
     ("format bad schema", "/api/chat", {"model": "mistral:instruct", "messages": [{"role": "user", "content": "hi"}], "format": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}, "stream": False}, 400),
-    ("chat tools", "/api/chat", {"model": "mistral:instruct", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}, 400),
+    ("chat tool name with spaces", "/api/chat", {"model": "mistral:instruct", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "get weather"}}]}, 400),
+    ("chat tool bad schema", "/api/chat", {"model": "mistral:instruct", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}}], "stream": False}, 400),
+    ("chat tool_choice unknown function", "/api/chat", {"model": "mistral:instruct", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}], "options": {"tool_choice": {"type": "function", "function": {"name": "g"}}}}, 400),
     ("images", "/api/generate", {"model": "mistral:instruct", "prompt": "hi", "images": ["aGk="]}, 400),
 ]
 
@@ -137,7 +152,9 @@ def test_off_values_and_unknown_fields_pass(server, name, body):
 
 @pytest.mark.parametrize("field,body", [
     ("logprobs", {**CHAT, "logprobs": True}),
-    ("tools", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+    ("tools", {**CHAT, "tools": [{"type": "function", "function": {"name": "f g"}}]}),
+    ("tool_choice", {**CHAT, "tool_choice": "required"}),
+    ("functions", {**CHAT, "functions": [{"name": "f"}]}),
     ("response_format", {**CHAT, "response_format": {"type": "yaml"}}),
 ])
 def test_an_unhonoured_value_is_named(server, field, body):

@@ -6,8 +6,8 @@ use crate::request_log::RequestLog;
 use crate::resident::Lease;
 use crate::state::AppState;
 use crate::tools::{Piece, ToolCallReader};
-use ferrollama_model::ToolCall;
 use ferrollama_engine::{Event, FinishReason, GenerationRequest, Timings, Usage};
+use ferrollama_model::ToolCall;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 

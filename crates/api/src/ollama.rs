@@ -332,7 +332,9 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
     let body: ChatBody = parse(&body)?;
     let keep_alive = keep_alive(&body.keep_alive)?;
     options(&Map::new(), &body.options)?; // a bad request loads nothing
-    let tools = Tools::parse(body.tools.as_deref(), None, None)?;
+                                          // Ollama's API cannot force a call; `options.tool_choice` (OpenAI's values) can, and
+                                          // ollama-python passes options through.
+    let tools = Tools::parse(body.tools.as_deref(), body.options.get("tool_choice"), None)?;
     for m in &body.messages {
         refuse_unhonoured("images", "images are", m.images.as_ref())?;
     }
@@ -547,7 +549,10 @@ async fn respond(
                 .into_iter()
                 .map(|mut line| {
                     if line.get("error").is_none() {
-                        merge(&mut line, json!({"model": model, "created_at": now_rfc3339()}));
+                        merge(
+                            &mut line,
+                            json!({"model": model, "created_at": now_rfc3339()}),
+                        );
                     }
                     format!("{line}\n")
                 })

@@ -296,7 +296,10 @@ impl Params {
             .as_ref()
             .is_some_and(|v| v != "none" && v != "auto")
         {
-            return not_supported("function_call", "the deprecated `function_call` (use `tool_choice`)");
+            return not_supported(
+                "function_call",
+                "the deprecated `function_call` (use `tool_choice`)",
+            );
         }
         Ok(())
     }
@@ -330,11 +333,15 @@ impl Plan {
             return Ok((prompt, self.grammar(loaded)?, None));
         };
         let syntax = model.chat_template.tool_syntax(tokenizer).ok_or_else(|| {
-            ApiError::invalid("tools", "tools: this model's chat template has no tool-call format")
+            ApiError::invalid(
+                "tools",
+                "tools: this model's chat template has no tool-call format",
+            )
         })?;
-        let prompt = model
-            .chat_template
-            .encode_with_tools(tokenizer, messages, &tools.functions)?;
+        let prompt =
+            model
+                .chat_template
+                .encode_with_tools(tokenizer, messages, &tools.functions)?;
         let grammar = tools.grammar(loaded, syntax, self.format.as_ref())?;
         Ok((prompt, Some(grammar), tools.reader(syntax)))
     }
@@ -757,7 +764,10 @@ struct TokenizeBody {
 
 /// vLLM's `/tokenize`: the ids a prompt, or a chat with its tools, becomes, exactly as
 /// generation would read it.
-pub async fn tokenize(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, OpenAiError> {
+pub async fn tokenize(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, OpenAiError> {
     tokenize_inner(state, body).await.map_err(ApiError::openai)
 }
 
@@ -772,13 +782,18 @@ async fn tokenize_inner(state: AppState, body: Bytes) -> Result<Json<Value>, Api
         (None, Some(messages)) => {
             let offered = tools.as_ref().map_or(&[][..], |t| &t.functions[..]);
             if !offered.is_empty() && template.tool_syntax(tokenizer).is_none() {
-                return Err(ApiError::invalid("tools", "tools: this model's chat template has no tool-call format"));
+                return Err(ApiError::invalid(
+                    "tools",
+                    "tools: this model's chat template has no tool-call format",
+                ));
             }
             template.encode_with_tools(tokenizer, &chat_messages(messages)?, offered)?
         }
         _ => return Err(ApiError::bad_request("give either `prompt` or `messages`")),
     };
-    Ok(Json(json!({"count": tokens.len(), "max_model_len": loaded.context(), "tokens": tokens})))
+    Ok(Json(
+        json!({"count": tokens.len(), "max_model_len": loaded.context(), "tokens": tokens}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -788,16 +803,24 @@ struct DetokenizeBody {
 }
 
 /// vLLM's `/detokenize`: the text of token ids (special tokens left out).
-pub async fn detokenize(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, OpenAiError> {
+pub async fn detokenize(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, OpenAiError> {
     async {
         let body: DetokenizeBody = parse(&body)?;
         let lease = state.model(&body.model, None).await?;
         let loaded = lease.loaded();
         let vocab = loaded.model.config().vocab_size;
         if body.tokens.iter().any(|&t| t as usize >= vocab) {
-            return Err(ApiError::invalid("tokens", format!("token ids must be below {vocab}")));
+            return Err(ApiError::invalid(
+                "tokens",
+                format!("token ids must be below {vocab}"),
+            ));
         }
-        Ok(Json(json!({"prompt": loaded.model.tokenizer.decode(&body.tokens)?})))
+        Ok(Json(
+            json!({"prompt": loaded.model.tokenizer.decode(&body.tokens)?}),
+        ))
     }
     .await
     .map_err(ApiError::openai)

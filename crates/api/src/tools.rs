@@ -106,8 +106,12 @@ impl Tools {
         let mut rules = vec![start.to_string()];
         rules.push(match text {
             None => "text: TEXT".into(),
-            Some(OutputFormat::JsonObject) => format!("text: %json {}", args_schema(&json!({"type": "object"}))),
-            Some(OutputFormat::JsonSchema(schema)) => format!("text: %json {}", args_schema(schema)),
+            Some(OutputFormat::JsonObject) => {
+                format!("text: %json {}", args_schema(&json!({"type": "object"})))
+            }
+            Some(OutputFormat::JsonSchema(schema)) => {
+                format!("text: %json {}", args_schema(schema))
+            }
         });
         match syntax {
             ToolSyntax::Token(id) => {
@@ -160,9 +164,9 @@ impl Tools {
 fn args_schema(schema: &Value) -> Value {
     let mut schema = schema.clone();
     if let Some(object) = schema.as_object_mut() {
-        object.entry("x-guidance").or_insert_with(|| {
-            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
-        });
+        object.entry("x-guidance").or_insert_with(
+            || json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
     }
     schema
 }
@@ -204,7 +208,12 @@ fn function(i: usize, tool: &Value) -> Result<FunctionSpec, ApiError> {
 }
 
 fn tool_choice(choice: Option<&Value>, functions: &[FunctionSpec]) -> Result<ToolChoice, ApiError> {
-    let invalid = |what: String| Err(ApiError::invalid("tool_choice", format!("tool_choice: {what}")));
+    let invalid = |what: String| {
+        Err(ApiError::invalid(
+            "tool_choice",
+            format!("tool_choice: {what}"),
+        ))
+    };
     let choice = match choice {
         None | Some(Value::Null) => ToolChoice::Auto,
         Some(Value::String(s)) => match s.as_str() {
@@ -212,14 +221,20 @@ fn tool_choice(choice: Option<&Value>, functions: &[FunctionSpec]) -> Result<Too
             "auto" => ToolChoice::Auto,
             // "any" is Mistral's name for it.
             "required" | "any" => ToolChoice::Required,
-            other => return invalid(format!("unknown value `{other}` (none, auto, required, or a function)")),
+            other => {
+                return invalid(format!(
+                    "unknown value `{other}` (none, auto, required, or a function)"
+                ))
+            }
         },
         Some(object) => match object.pointer("/function/name").and_then(Value::as_str) {
             Some(name) if functions.iter().any(|f| f.name == name) => {
                 ToolChoice::Function(name.to_string())
             }
             Some(name) => return invalid(format!("the function `{name}` is not among the tools")),
-            None => return invalid(r#"expected {"type": "function", "function": {"name": …}}"#.into()),
+            None => {
+                return invalid(r#"expected {"type": "function", "function": {"name": …}}"#.into())
+            }
         },
     };
     if functions.is_empty() && matches!(choice, ToolChoice::Required | ToolChoice::Function(_)) {
@@ -412,7 +427,12 @@ impl ObjectScanner {
                 }
                 '}' | ']' => {
                     self.open.pop();
-                    if c == '}' && self.current.as_ref().is_some_and(|(_, d)| *d == self.open.len()) {
+                    if c == '}'
+                        && self
+                            .current
+                            .as_ref()
+                            .is_some_and(|(_, d)| *d == self.open.len())
+                    {
                         done.push(self.current.take().expect("checked").0);
                     }
                 }
@@ -448,7 +468,15 @@ mod tests {
     fn mistral_calls_follow_their_control_token() {
         let pieces = read(
             ToolSyntax::Token(5),
-            &[("", 5), (" [{\"name\": \"f\", ", 1), ("\"arguments\": {\"s\": \"}]{\\\"\"}}", 2), (", {\"name\": \"g\", \"arguments\": {}, \"id\": \"abcDEF123\"}]", 3)],
+            &[
+                ("", 5),
+                (" [{\"name\": \"f\", ", 1),
+                ("\"arguments\": {\"s\": \"}]{\\\"\"}}", 2),
+                (
+                    ", {\"name\": \"g\", \"arguments\": {}, \"id\": \"abcDEF123\"}]",
+                    3,
+                ),
+            ],
         );
         assert_eq!(pieces.len(), 2, "{pieces:?}");
         let (name, args, id) = call(&pieces[0]);
@@ -463,7 +491,10 @@ mod tests {
         let pieces = read(ToolSyntax::Token(5), &[("Hello", 9), (" [{\"name\"", 10)]);
         assert_eq!(
             pieces,
-            vec![Piece::Text("Hello".into()), Piece::Text(" [{\"name\"".into())]
+            vec![
+                Piece::Text("Hello".into()),
+                Piece::Text(" [{\"name\"".into())
+            ]
         );
     }
 
@@ -471,8 +502,14 @@ mod tests {
     fn tagged_calls_as_objects_or_arrays() {
         let tokens = [
             ("\n<tool", 1),
-            ("_call>[{\"name\": \"f\", \"arguments\": {\"a\": [1, {\"b\": 2}]}}]</tool_call>", 2),
-            ("\n<tool_call>\n{\"name\": \"g\", \"arguments\": {}}\n</tool_call>", 3),
+            (
+                "_call>[{\"name\": \"f\", \"arguments\": {\"a\": [1, {\"b\": 2}]}}]</tool_call>",
+                2,
+            ),
+            (
+                "\n<tool_call>\n{\"name\": \"g\", \"arguments\": {}}\n</tool_call>",
+                3,
+            ),
         ];
         let pieces = read(ToolSyntax::Tagged, &tokens);
         assert_eq!(pieces.len(), 2, "{pieces:?}");
@@ -482,18 +519,33 @@ mod tests {
 
     #[test]
     fn tagged_text_is_held_only_while_it_could_open_a_call() {
-        let pieces = read(ToolSyntax::Tagged, &[("<to", 1), ("day> is", 2), (" fine", 3)]);
+        let pieces = read(
+            ToolSyntax::Tagged,
+            &[("<to", 1), ("day> is", 2), (" fine", 3)],
+        );
         assert_eq!(
             pieces,
-            vec![Piece::Text("<today> is".into()), Piece::Text(" fine".into())]
+            vec![
+                Piece::Text("<today> is".into()),
+                Piece::Text(" fine".into())
+            ]
         );
-        assert_eq!(read(ToolSyntax::Tagged, &[("<tool", 1)]), vec![Piece::Text("<tool".into())]);
+        assert_eq!(
+            read(ToolSyntax::Tagged, &[("<tool", 1)]),
+            vec![Piece::Text("<tool".into())]
+        );
     }
 
     #[test]
     fn a_call_cut_short_is_given_out_as_text() {
-        let pieces = read(ToolSyntax::Token(5), &[("", 5), (" [{\"name\": \"f\", \"argu", 1)]);
-        assert_eq!(pieces, vec![Piece::Text(" [{\"name\": \"f\", \"argu".into())]);
+        let pieces = read(
+            ToolSyntax::Token(5),
+            &[("", 5), (" [{\"name\": \"f\", \"argu", 1)],
+        );
+        assert_eq!(
+            pieces,
+            vec![Piece::Text(" [{\"name\": \"f\", \"argu".into())]
+        );
     }
 
     fn tokenizer() -> ferrollama_model::Tokenizer {
@@ -536,7 +588,11 @@ mod tests {
         let grammars = ferrollama_engine::Grammars::default();
         let eos = 2;
         let encode = |text: &str| tokenizer.encode(text).unwrap();
-        let compile = |tools: &Tools, syntax| grammars.lark(&tokenizer, &tools.lark(syntax, None)).unwrap();
+        let compile = |tools: &Tools, syntax| {
+            grammars
+                .lark(&tokenizer, &tools.lark(syntax, None))
+                .unwrap()
+        };
         let mut auto = tools(None).unwrap().unwrap();
         let call = r#"[{"name": "get_weather", "arguments": {"city": "Paris"}}]"#;
 
@@ -553,13 +609,19 @@ mod tests {
         unknown.extend(encode(r#"[{"name": "get_time", "#));
         assert!(walk(&grammar, vocab, &unknown).is_err());
         let mut bad_arguments = vec![5];
-        bad_arguments.extend(encode(r#"[{"name": "get_weather", "arguments": {"city": 3"#));
+        bad_arguments.extend(encode(
+            r#"[{"name": "get_weather", "arguments": {"city": 3"#,
+        ));
         assert!(walk(&grammar, vocab, &bad_arguments).is_err());
 
         // Tagged: `<tool_call>` around an object or an array.
         let grammar = compile(&auto, ToolSyntax::Tagged);
-        for reply in [format!("<tool_call>{call}</tool_call>"), format!("<tool_call>\n{}\n</tool_call>", &call[1..call.len() - 1])] {
-            let mut done = walk(&grammar, vocab, &encode(&reply)).unwrap_or_else(|e| panic!("{reply}: {e}"));
+        for reply in [
+            format!("<tool_call>{call}</tool_call>"),
+            format!("<tool_call>\n{}\n</tool_call>", &call[1..call.len() - 1]),
+        ] {
+            let mut done =
+                walk(&grammar, vocab, &encode(&reply)).unwrap_or_else(|e| panic!("{reply}: {e}"));
             assert!(allows(&mut done, vocab, eos), "{reply}");
         }
         assert!(walk(&grammar, vocab, &encode("<tool_call>[{\"name\": \"x")).is_err());
@@ -577,28 +639,44 @@ mod tests {
     }
 
     fn tools(choice: Option<Value>) -> Result<Option<Tools>, ApiError> {
-        let offered = [json!({"type": "function", "function": {"name": "get_weather",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})];
+        let offered = [
+            json!({"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}),
+        ];
         Tools::parse(Some(&offered), choice.as_ref(), None)
     }
 
     #[test]
     fn tool_choice_values() {
         assert_eq!(tools(None).unwrap().unwrap().choice, ToolChoice::Auto);
-        assert_eq!(tools(Some(json!("none"))).unwrap().unwrap().choice, ToolChoice::None);
-        assert_eq!(tools(Some(json!("required"))).unwrap().unwrap().choice, ToolChoice::Required);
         assert_eq!(
-            tools(Some(json!({"type": "function", "function": {"name": "get_weather"}})))
-                .unwrap()
-                .unwrap()
-                .choice,
+            tools(Some(json!("none"))).unwrap().unwrap().choice,
+            ToolChoice::None
+        );
+        assert_eq!(
+            tools(Some(json!("required"))).unwrap().unwrap().choice,
+            ToolChoice::Required
+        );
+        assert_eq!(
+            tools(Some(
+                json!({"type": "function", "function": {"name": "get_weather"}})
+            ))
+            .unwrap()
+            .unwrap()
+            .choice,
             ToolChoice::Function("get_weather".into())
         );
-        for bad in [json!("sometimes"), json!({"type": "function", "function": {"name": "nope"}}), json!({})] {
+        for bad in [
+            json!("sometimes"),
+            json!({"type": "function", "function": {"name": "nope"}}),
+            json!({}),
+        ] {
             assert!(tools(Some(bad.clone())).is_err(), "{bad}");
         }
         assert!(Tools::parse(None, Some(&json!("required")), None).is_err());
-        assert!(Tools::parse(None, Some(&json!("auto")), None).unwrap().is_none());
+        assert!(Tools::parse(None, Some(&json!("auto")), None)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -612,7 +690,10 @@ mod tests {
             let err = Tools::parse(Some(&[bad.clone()]), None, None).unwrap_err();
             assert!(err.message.contains("tools[0]"), "{bad}: {}", err.message);
         }
-        let twice = [json!({"function": {"name": "f"}}), json!({"function": {"name": "f"}})];
+        let twice = [
+            json!({"function": {"name": "f"}}),
+            json!({"function": {"name": "f"}}),
+        ];
         assert!(Tools::parse(Some(&twice), None, None).is_err());
     }
 }

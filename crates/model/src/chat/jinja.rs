@@ -202,6 +202,69 @@ mod tests {
         );
     }
 
+    fn weather() -> FunctionSpec {
+        FunctionSpec {
+            name: "get_weather".into(),
+            description: "Weather in a city".into(),
+            parameters: serde_json::json!({"type": "object"}),
+        }
+    }
+
+    fn tool_conversation() -> Vec<ChatMessage> {
+        let mut call = ChatMessage::new(Role::Assistant, "");
+        call.tool_calls = vec![super::super::ToolCall {
+            id: Some("abcDEF123".into()),
+            name: "get_weather".into(),
+            arguments: serde_json::json!({"city": "Paris"}),
+        }];
+        let mut result = ChatMessage::new(Role::Tool, "sunny");
+        result.tool_call_id = Some("abcDEF123".into());
+        vec![
+            ChatMessage::new(Role::System, "Be brief."),
+            ChatMessage::new(Role::User, "Weather?"),
+            call,
+            result,
+        ]
+    }
+
+    #[test]
+    fn a_template_without_tools_gets_them_spelled_out() {
+        let chatml =
+            "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}<|assistant|>";
+        let template = JinjaTemplate::new(chatml).unwrap();
+        let text = template
+            .render(&tokenizer(), &tool_conversation(), &[weather()])
+            .unwrap();
+        let expected_call = r#"<|assistant|><tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "abcDEF123"}]</tool_call>"#;
+        assert!(
+            text.starts_with("<|system|>Be brief.\n\nYou can call functions"),
+            "{text}"
+        );
+        assert!(text.contains(r#"<tools>[{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {"type": "object"}}}]</tools>"#), "{text}");
+        assert!(text.contains(expected_call), "{text}");
+        assert!(
+            text.contains("<|user|><tool_response>\nsunny\n</tool_response>"),
+            "{text}"
+        );
+        assert!(text.ends_with("<|assistant|>"), "{text}");
+    }
+
+    #[test]
+    fn a_template_with_tools_gets_them_as_transformers_passes_them() {
+        let source = "{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}\
+                      {% for m in messages %}{% if m.tool_calls %}<tool_call>{{ m.tool_calls[0].function.name }}{{ m.tool_calls[0].function.arguments | tojson }}</tool_call>\
+                      {% elif m.role == 'tool' %}[{{ m.tool_call_id }}:{{ m.content }}]{% else %}{{ m.role }}:{{ m.content }};{% endif %}{% endfor %}";
+        let template = JinjaTemplate::new(source).unwrap();
+        let text = template
+            .render(&tokenizer(), &tool_conversation(), &[weather()])
+            .unwrap();
+        assert!(
+            text.starts_with(r#"<tools>[{"function":"#) || text.starts_with(r#"<tools>[{"type":"#),
+            "{text}"
+        );
+        assert!(text.ends_with(r#"system:Be brief.;user:Weather?;<tool_call>get_weather{"city":"Paris"}</tool_call>[abcDEF123:sunny]"#), "{text}");
+    }
+
     #[test]
     fn cuts_after_a_continued_message() {
         let text = "<|im_start|>assistant\nThought: <|im_end|>\n";

@@ -19,8 +19,14 @@ use serde_json::{json, Value};
 /// One turn after runs of a role are joined and the system text is taken out.
 enum Turn {
     User(String),
-    Assistant { text: String, calls: Vec<ToolCall> },
-    ToolResult { content: String, call_id: Option<String> },
+    Assistant {
+        text: String,
+        calls: Vec<ToolCall>,
+    },
+    ToolResult {
+        content: String,
+        call_id: Option<String>,
+    },
 }
 
 /// The control token that opens the model's calls, when the vocabulary has the whole tool

@@ -105,7 +105,9 @@ impl ChatTemplate {
     /// How the model writes tool calls; `None` when its template has no way to offer tools.
     pub fn tool_syntax(&self, tokenizer: &Tokenizer) -> Option<ToolSyntax> {
         match self {
-            ChatTemplate::MistralInstruct => mistral::tool_calls_token(tokenizer).map(ToolSyntax::Token),
+            ChatTemplate::MistralInstruct => {
+                mistral::tool_calls_token(tokenizer).map(ToolSyntax::Token)
+            }
             ChatTemplate::Jinja(_) => Some(ToolSyntax::Tagged),
             ChatTemplate::None => None,
         }
