@@ -8,7 +8,7 @@
 
 use ferrollama_model::Tokenizer;
 use llguidance::api::TopLevelGrammar;
-use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Value};
 use std::fmt;
@@ -96,6 +96,7 @@ impl Grammar {
     pub fn start(&self) -> Constraint {
         Constraint {
             matcher: self.0.deep_clone(),
+            prepared: None,
         }
     }
 }
@@ -109,16 +110,31 @@ impl fmt::Debug for Grammar {
 /// One sequence's place in its grammar.
 pub struct Constraint {
     matcher: Matcher,
+    /// The next step's allowed tokens, computed while the model ran.
+    prepared: Option<Result<SimpleVob, String>>,
 }
 
 impl Constraint {
+    /// Computes the allowed tokens for the next sample ahead of time: the engine calls this
+    /// on another thread while the forward runs.
+    pub fn prepare(&mut self) {
+        self.prepared = Some(
+            self.matcher
+                .compute_mask_or_eos()
+                .map_err(|e| e.to_string()),
+        );
+    }
+
     /// Sets the logits of every token the grammar forbids next to minus infinity. Once the
     /// grammar is complete only end-of-sequence remains.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
-        let allowed = self
-            .matcher
-            .compute_mask_or_eos()
-            .map_err(|e| e.to_string())?;
+        let allowed = match self.prepared.take() {
+            Some(prepared) => prepared?,
+            None => self
+                .matcher
+                .compute_mask_or_eos()
+                .map_err(|e| e.to_string())?,
+        };
         for (token, logit) in logits.iter_mut().enumerate() {
             if token >= allowed.len() || !allowed.is_allowed(token as u32) {
                 *logit = f32::NEG_INFINITY;
@@ -129,6 +145,7 @@ impl Constraint {
 
     /// Advances past the token sampled under the mask.
     pub fn advance(&mut self, token: u32) -> Result<(), String> {
+        self.prepared = None;
         self.matcher.consume_token(token).map_err(|e| e.to_string())
     }
 

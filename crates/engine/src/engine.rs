@@ -400,11 +400,19 @@ impl Engine {
     }
 
     fn step(&mut self, plan: &StepPlan) {
-        let logits = self
-            .model
-            .model
-            .forward(&self.scheduler.batch(plan), &mut self.cache)
-            .and_then(|l| Ok(l.to_vec2::<f32>()?));
+        // Grammar masks are computed beside the forward, not after it: they depend only on
+        // the tokens so far.
+        let mut constrained = self.scheduler.take_constraints(plan);
+        let logits = std::thread::scope(|scope| {
+            if !constrained.is_empty() {
+                scope.spawn(|| constrained.iter_mut().for_each(|(_, c)| c.prepare()));
+            }
+            self.model
+                .model
+                .forward(&self.scheduler.batch(plan), &mut self.cache)
+                .and_then(|l| Ok(l.to_vec2::<f32>()?))
+        });
+        self.scheduler.restore_constraints(constrained);
         let mut rows = match logits {
             Ok(rows) => rows,
             Err(e) => {

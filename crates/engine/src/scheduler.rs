@@ -9,6 +9,7 @@
 //! which applies them and returns the sequences that finished.
 
 use crate::block_pool::BlockPool;
+use crate::constraint::Constraint;
 use crate::request::FinishReason;
 use crate::sequence::Sequence;
 use ferrollama_model::{Batch, SeqChunk};
@@ -234,6 +235,30 @@ impl Scheduler {
             }
         }
         finished
+    }
+
+    /// The grammars of the sequences that sample in `plan` (their last pending token is in
+    /// it), taken out so that their next masks can be computed while the model runs. They go
+    /// back with `restore_constraints` before `update`.
+    pub fn take_constraints(&mut self, plan: &StepPlan) -> Vec<(u64, Constraint)> {
+        let mut taken = Vec::new();
+        for chunk in &plan.chunks {
+            let i = self.position(chunk.id);
+            let seq = &mut self.running[i];
+            if seq.pending() == chunk.take {
+                if let Some(constraint) = seq.constraint.take() {
+                    taken.push((chunk.id, constraint));
+                }
+            }
+        }
+        taken
+    }
+
+    pub fn restore_constraints(&mut self, taken: Vec<(u64, Constraint)>) {
+        for (id, constraint) in taken {
+            let i = self.position(id);
+            self.running[i].constraint = Some(constraint);
+        }
     }
 
     /// A step that failed as a whole: its sequences leave, blocks given back.

@@ -549,6 +549,10 @@ fn constrained(
 
 /// Constrained output is whole JSON of the schema's shape, ends by itself (not by length),
 /// and is the same alone and amid 15 free sequences.
+/// A Mistral tool call: `[TOOL_CALLS]` (id 5), then one call of `f` with a digit argument.
+const TOOL_CALL_LARK: &str = r#"start: <[5]> " "? "[" "{\"name\": \"f\", \"arguments\": " args "}" "]"
+args: %json {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["n"], "additionalProperties": false}"#;
+
 #[test]
 fn constrained_sequences_follow_their_grammar_and_are_batch_independent() {
     let model = tiny();
@@ -567,6 +571,20 @@ fn constrained_sequences_follow_their_grammar_and_are_batch_independent() {
     assert!(object["name"].as_str().unwrap().chars().count() <= 6);
     assert!((0..=99).contains(&object["count"].as_i64().unwrap()));
     assert!(object["tags"].as_array().unwrap().len() <= 3);
+    // A tool call's grammar (Lark, a control token first) in the same batch.
+    let call = ferrollama_engine::Grammars::default()
+        .lark(&model.tokenizer, TOOL_CALL_LARK)
+        .unwrap();
+    let call_alone = collect(engine.submit(constrained(&prompts[9], &call, 7)).unwrap());
+    assert_eq!(
+        call_alone.reason,
+        FinishReason::Stop,
+        "{:?}",
+        call_alone.text
+    );
+    assert_eq!(call_alone.ids[0], 5, "[TOOL_CALLS] first");
+    let calls: serde_json::Value = serde_json::from_str(&call_alone.text).expect(&call_alone.text);
+    assert!((0..=9).contains(&calls[0]["arguments"]["n"].as_i64().unwrap()));
 
     let streams: Vec<_> = prompts
         .iter()
@@ -574,6 +592,8 @@ fn constrained_sequences_follow_their_grammar_and_are_batch_independent() {
         .map(|(i, p)| {
             let request = if i == 5 {
                 constrained(p, &grammar, 42)
+            } else if i == 9 {
+                constrained(p, &call, 7)
             } else {
                 GenerationRequest {
                     sampling: SamplingParams {
@@ -589,6 +609,7 @@ fn constrained_sequences_follow_their_grammar_and_are_batch_independent() {
     let together: Vec<Outcome> = streams.into_iter().map(collect).collect();
     assert_eq!(together[5].ids, alone.ids);
     assert_eq!(together[5].text, alone.text);
+    assert_eq!(together[9].ids, call_alone.ids);
     // The free ones are not held to the grammar.
     assert!(together
         .iter()
