@@ -302,7 +302,11 @@ fn levels(args: &BenchArgs) -> Result<Vec<Load>> {
         bail!("--max-concurrency must be at least 1");
     }
     if !args.request_rate.is_empty() {
-        if let Some(bad) = args.request_rate.iter().find(|r| !(**r > 0.0)) {
+        if let Some(bad) = args
+            .request_rate
+            .iter()
+            .find(|r| r.partial_cmp(&&0.0) != Some(std::cmp::Ordering::Greater))
+        {
             bail!("--request-rate must be positive, got {bad}");
         }
         return Ok(args

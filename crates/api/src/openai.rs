@@ -311,6 +311,10 @@ impl Params {
     }
 }
 
+/// What a chat runs on: its prompt, the grammar it decodes under, and the reader of its
+/// calls.
+type ChatInput = (Vec<u32>, Option<Grammar>, Option<ToolCallReader>);
+
 impl Plan {
     /// The structured-output grammar for `loaded`, when the request asks for one.
     fn grammar(&self, loaded: &Loaded) -> Result<Option<Grammar>, ApiError> {
@@ -322,11 +326,7 @@ impl Plan {
 
     /// A chat's prompt, grammar and call reader: with tools, in the format of `loaded`'s
     /// template, which must have one.
-    fn chat(
-        &self,
-        loaded: &Loaded,
-        messages: &[ChatMessage],
-    ) -> Result<(Vec<u32>, Option<Grammar>, Option<ToolCallReader>), ApiError> {
+    fn chat(&self, loaded: &Loaded, messages: &[ChatMessage]) -> Result<ChatInput, ApiError> {
         let (model, tokenizer) = (&loaded.model, &loaded.model.tokenizer);
         let Some(tools) = &self.tools else {
             let prompt = model.chat_template.encode(tokenizer, messages)?;

@@ -687,7 +687,7 @@ mod tests {
             json!({"type": "function", "function": {"name": "has space"}}),
             json!({"type": "function", "function": {"name": "f", "parameters": "x"}}),
         ] {
-            let err = Tools::parse(Some(&[bad.clone()]), None, None).unwrap_err();
+            let err = Tools::parse(Some(std::slice::from_ref(&bad)), None, None).unwrap_err();
             assert!(err.message.contains("tools[0]"), "{bad}: {}", err.message);
         }
         let twice = [

@@ -72,7 +72,7 @@ impl ChatMessage {
 
 pub enum ChatTemplate {
     MistralInstruct,
-    Jinja(jinja::JinjaTemplate),
+    Jinja(Box<jinja::JinjaTemplate>),
     /// The model ships no template: only raw prompts can be served.
     None,
 }
@@ -84,14 +84,18 @@ impl ChatTemplate {
             return Ok(ChatTemplate::MistralInstruct);
         }
         match jinja_source {
-            Some(source) => Ok(ChatTemplate::Jinja(jinja::JinjaTemplate::new(source)?)),
+            Some(source) => Ok(ChatTemplate::Jinja(Box::new(jinja::JinjaTemplate::new(
+                source,
+            )?))),
             None => Ok(ChatTemplate::None),
         }
     }
 
     /// A jinja template from its source, whatever the vocabulary.
     pub fn jinja(source: &str) -> Result<Self> {
-        Ok(ChatTemplate::Jinja(jinja::JinjaTemplate::new(source)?))
+        Ok(ChatTemplate::Jinja(Box::new(jinja::JinjaTemplate::new(
+            source,
+        )?)))
     }
 
     pub fn name(&self) -> &'static str {
