@@ -61,7 +61,8 @@ V1_CASES = [
     ("tool_choice unknown word", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"}, 400),
     ("tools on completions", "/v1/completions", {"model": "mistral:instruct", "prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]}, 400),
     ("functions (deprecated)", "/v1/chat/completions", {**CHAT, "functions": [{"name": "f"}]}, 400),
-    ("tool call arguments not text", "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"id": "abcDEF123", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]}, 400),
+    ("tool parameters of a string", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, 400),
+    ("tool call arguments a number", "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"id": "abcDEF123", "type": "function", "function": {"name": 7, "arguments": "{}"}}]}]}, 400),
     ("completion logprobs", "/v1/completions", {"model": "mistral:instruct", "prompt": "x", "logprobs": True}, 400),
 ]
 
@@ -72,6 +73,11 @@ V1_PASSING = [
     ("tool_choice none", {**CHAT, "tool_choice": "none"}),
     ("tool_choice auto", {**CHAT, "tool_choice": "auto"}),
     ("tools with tool_choice none", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none"}),
+    # Some clients send a call's arguments as the object rather than JSON text.
+    ("tool call arguments as an object", {**CHAT, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "tool_calls": [{"id": "abcDEF123", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]},
+        {"role": "tool", "tool_call_id": "abcDEF123", "content": "done"}]}),
     ("response_format text", {**CHAT, "response_format": {"type": "text"}}),
     ("unknown extra field", {**CHAT, "some_vendor_extra": {"x": 1}, "metadata": {"a": "b"}}),
 ]

@@ -361,6 +361,7 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
                     name: c.function.name.clone(),
                     arguments: match &c.function.arguments {
                         Value::Null => json!({}),
+                        Value::String(text) => ToolCall::arguments_from_text(text),
                         arguments => arguments.clone(),
                     },
                 })
@@ -426,6 +427,9 @@ async fn run(
     let mut reader = None;
     request.grammar = match &ask.tools {
         Some((tools, syntax)) => {
+            if let Some(format) = &ask.format {
+                format.grammar(&loaded, "format")?; // its own errors, named as its own
+            }
             reader = tools.reader(*syntax);
             Some(tools.grammar(&loaded, *syntax, ask.format.as_ref())?)
         }

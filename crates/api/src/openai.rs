@@ -96,9 +96,9 @@ struct MessageToolCall {
 #[derive(Deserialize)]
 struct FunctionCall {
     name: String,
-    /// JSON text, as OpenAI sends it.
+    /// JSON text, as OpenAI sends it (some clients send the object itself).
     #[serde(default)]
-    arguments: String,
+    arguments: Value,
 }
 
 #[derive(Deserialize)]
@@ -342,6 +342,8 @@ impl Plan {
             model
                 .chat_template
                 .encode_with_tools(tokenizer, messages, &tools.functions)?;
+        // A response_format that cannot compile is named as such, not as the tools' fault.
+        self.grammar(loaded)?;
         let grammar = tools.grammar(loaded, syntax, self.format.as_ref())?;
         Ok((prompt, Some(grammar), tools.reader(syntax)))
     }
@@ -409,7 +411,11 @@ fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
                 .map(|c| ToolCall {
                     id: c.id.clone(),
                     name: c.function.name.clone(),
-                    arguments: ToolCall::arguments_from_text(&c.function.arguments),
+                    arguments: match &c.function.arguments {
+                        Value::String(text) => ToolCall::arguments_from_text(text),
+                        Value::Null => json!({}),
+                        object => object.clone(),
+                    },
                 })
                 .collect();
             Ok(message)

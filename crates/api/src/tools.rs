@@ -122,8 +122,9 @@ impl Tools {
             ToolSyntax::Tagged => {
                 // The opening tag is one lexeme with the space before it: llguidance's lexer
                 // takes the longest match, so a separate space would be read as TEXT.
+                // Space after the last block may end the reply too.
                 let blocks = if parallel { "(TAG block)*" } else { "" };
-                rules.push(format!("calls: TAG block {blocks}"));
+                rules.push(format!("calls: TAG block {blocks} WS?"));
                 rules.push(format!(
                     r#"block: WS? (call | "[" {list} "]") WS? "</tool_call>""#
                 ));
@@ -160,13 +161,15 @@ impl Tools {
 }
 
 /// A schema with JSON written as the models saw it in training: Python's separators, no
-/// free whitespace (with which a model can spend its budget on newlines).
+/// free whitespace (with which a model can spend its budget on newlines). Keywords llguidance
+/// does not enforce (`uniqueItems`, `not`, …) are let through, as OpenAI's non-strict tools are.
 fn args_schema(schema: &Value) -> Value {
     let mut schema = schema.clone();
     if let Some(object) = schema.as_object_mut() {
-        object.entry("x-guidance").or_insert_with(
-            || json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
-        );
+        object.entry("x-guidance").or_insert_with(|| {
+            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": ",
+                   "lenient": true})
+        });
     }
     schema
 }
@@ -193,8 +196,8 @@ fn function(i: usize, tool: &Value) -> Result<FunctionSpec, ApiError> {
     }
     let parameters = match f.get("parameters") {
         None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
-        Some(p) if p.is_object() => p.clone(),
-        Some(_) => return invalid("function.parameters must be a JSON schema object".into()),
+        Some(p) if p.is_object() && p.get("type").is_none_or(|t| t == "object") => p.clone(),
+        Some(_) => return invalid("function.parameters must be a JSON schema of an object".into()),
     };
     Ok(FunctionSpec {
         name: name.to_string(),
@@ -290,7 +293,7 @@ impl ToolCallReader {
                 ToolSyntax::Token(_) => State::Text,
                 ToolSyntax::Tagged => {
                     self.held.push_str(text);
-                    let start = self.held.trim_start();
+                    let start = self.held.trim_start_matches([' ', '\t', '\n']);
                     if start.starts_with(TAG) {
                         let held = std::mem::take(&mut self.held);
                         return self.start_calls(&held);
@@ -350,17 +353,14 @@ impl ToolCallReader {
     }
 }
 
-/// A call object as the model wrote it, with an id: the model's own, or a new one.
+/// A call object as the model wrote it, with a new id. An id the model wrote itself (Mistral's
+/// history shows them) may copy one from the conversation, so it is not used.
 fn call_of(object: &str) -> Option<ToolCall> {
     let value: Value = serde_json::from_str(object).ok()?;
     let name = value.get("name")?.as_str()?.to_string();
     let arguments = value.get("arguments").cloned().unwrap_or(json!({}));
-    let id = value
-        .get("id")
-        .and_then(Value::as_str)
-        .map_or_else(new_call_id, str::to_string);
     Some(ToolCall {
-        id: Some(id),
+        id: Some(new_call_id()),
         name,
         arguments,
     })
@@ -483,7 +483,9 @@ mod tests {
         assert_eq!((name, args), ("f", &json!({"s": "}]{\""})));
         assert_eq!(id.len(), 9);
         assert!(id.chars().all(|c| c.is_ascii_alphanumeric()));
-        assert_eq!(call(&pieces[1]), ("g", &json!({}), "abcDEF123"));
+        let (name, args, id) = call(&pieces[1]);
+        assert_eq!((name, args), ("g", &json!({})));
+        assert_ne!(id, "abcDEF123", "the model's own id is replaced");
     }
 
     #[test]
@@ -625,6 +627,12 @@ mod tests {
             assert!(allows(&mut done, vocab, eos), "{reply}");
         }
         assert!(walk(&grammar, vocab, &encode("<tool_call>[{\"name\": \"x")).is_err());
+        let spaced = format!("<tool_call>{call}</tool_call>\n");
+        let mut spaced = walk(&grammar, vocab, &encode(&spaced)).unwrap();
+        assert!(
+            allows(&mut spaced, vocab, eos),
+            "a reply may end after a newline"
+        );
 
         // `none`: text only, so no control token; `required`: no text.
         auto.choice = ToolChoice::None;
@@ -686,6 +694,7 @@ mod tests {
             json!({"type": "function"}),
             json!({"type": "function", "function": {"name": "has space"}}),
             json!({"type": "function", "function": {"name": "f", "parameters": "x"}}),
+            json!({"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}),
         ] {
             let err = Tools::parse(Some(std::slice::from_ref(&bad)), None, None).unwrap_err();
             assert!(err.message.contains("tools[0]"), "{bad}: {}", err.message);

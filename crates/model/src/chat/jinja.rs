@@ -35,6 +35,7 @@ impl JinjaTemplate {
         // server. A real chat template over a long conversation needs far less.
         env.set_fuel(Some(JINJA_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_filter("tojson", tojson);
         env.add_function(
             "raise_exception",
             |message: String| -> std::result::Result<String, Error> {
@@ -43,7 +44,12 @@ impl JinjaTemplate {
         );
         env.add_template_owned("chat", source.to_string())
             .map_err(template_err)?;
-        let writes_tools = source.contains("tools") && source.contains("<tool_call>");
+        // Templates whose calls are `<tool_call>` + JSON (Hermes, Qwen 2.5); XML-style calls
+        // (`<function=…>`, Qwen3-Coder) are another format, so those get ours spelled out.
+        let writes_tools = source.contains("tools")
+            && source.contains("<tool_call>")
+            && source.contains("arguments")
+            && !source.contains("<function=");
         Ok(Self { env, writes_tools })
     }
 
@@ -84,6 +90,39 @@ impl JinjaTemplate {
     }
 }
 
+/// transformers' `tojson`: JSON as Python's `json.dumps` writes it (`", "`, `": "`, no HTML
+/// escaping, keys in their order), indented when `indent` is given. minijinja's own is compact
+/// and escapes `<`, `>`, `&` and `'`, which would change the prompt.
+fn tojson(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<minijinja::Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    // Accepted for the signature's sake; Python's defaults are what we write.
+    let _: Option<minijinja::Value> = kwargs.get("ensure_ascii")?;
+    let _: Option<minijinja::Value> = kwargs.get("separators")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let mut json = serde_json::to_value(&value)
+        .map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
+    if sort_keys == Some(true) {
+        json.sort_all_objects();
+    }
+    let text = match indent {
+        None => tools::python_json(&json),
+        Some(n) => {
+            let spaces = vec![b' '; n];
+            let mut out = Vec::new();
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(&spaces);
+            let mut writer = serde_json::Serializer::with_formatter(&mut out, formatter);
+            serde::Serialize::serialize(&json, &mut writer)
+                .map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
+            String::from_utf8(out).expect("serde_json writes UTF-8")
+        }
+    };
+    Ok(minijinja::Value::from_safe_string(text))
+}
+
 /// A message as transformers hands it to a template: calls in OpenAI's shape with their
 /// arguments as objects.
 fn item(m: &ChatMessage) -> minijinja::Value {
@@ -120,6 +159,14 @@ fn spelled_out(messages: &[ChatMessage], offered: &[FunctionSpec]) -> Vec<ChatMe
     for (i, m) in messages.iter().enumerate() {
         if i == 0 && !offered.is_empty() && m.role == Role::System {
             continue; // merged above
+        }
+        if m.role == Role::Tool && i > 0 && messages[i - 1].role == Role::Tool {
+            if let Some(last) = out.last_mut() {
+                // Results of parallel calls share one user turn: templates that want turns to
+                // alternate accept it.
+                last.content = format!("{}\n{}", last.content, tools::tagged_result(&m.content));
+                continue;
+            }
         }
         out.push(match m.role {
             Role::Tool => ChatMessage::new(Role::User, tools::tagged_result(&m.content)),
@@ -228,6 +275,21 @@ mod tests {
     }
 
     #[test]
+    fn results_of_parallel_calls_share_one_user_turn() {
+        let chatml = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}";
+        let template = JinjaTemplate::new(chatml).unwrap();
+        let mut messages = tool_conversation();
+        messages.push(ChatMessage::new(Role::Tool, "rain"));
+        let text = template
+            .render(&tokenizer(), &messages, &[weather()])
+            .unwrap();
+        assert!(
+            text.contains("<|user|><tool_response>\nsunny\n</tool_response>\n<tool_response>\nrain\n</tool_response>\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_template_without_tools_gets_them_spelled_out() {
         let chatml =
             "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}<|assistant|>";
@@ -258,11 +320,26 @@ mod tests {
         let text = template
             .render(&tokenizer(), &tool_conversation(), &[weather()])
             .unwrap();
-        assert!(
-            text.starts_with(r#"<tools>[{"function":"#) || text.starts_with(r#"<tools>[{"type":"#),
-            "{text}"
+        // Keys in the given order, Python's separators, nothing escaped: as transformers renders.
+        assert!(text.starts_with(r#"<tools>[{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {"type": "object"}}}]</tools>"#), "{text}");
+        assert!(text.ends_with(r#"system:Be brief.;user:Weather?;<tool_call>get_weather{"city": "Paris"}</tool_call>[abcDEF123:sunny]"#), "{text}");
+    }
+
+    #[test]
+    fn tojson_writes_what_transformers_writes() {
+        let source = "{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ x | tojson(sort_keys=true) }}";
+        let template = JinjaTemplate::new(source).unwrap();
+        let env = &template.env;
+        let x = serde_json::json!({"b": "<a & 'q'>", "a": [1, {}]});
+        let text = env
+            .get_template("chat")
+            .unwrap()
+            .render(minijinja::context! { x => x })
+            .unwrap();
+        assert_eq!(
+            text,
+            "{\"b\": \"<a & 'q'>\", \"a\": [1, {}]}|{\n  \"b\": \"<a & 'q'>\",\n  \"a\": [\n    1,\n    {}\n  ]\n}|{\"a\": [1, {}], \"b\": \"<a & 'q'>\"}"
         );
-        assert!(text.ends_with(r#"system:Be brief.;user:Weather?;<tool_call>get_weather{"city":"Paris"}</tool_call>[abcDEF123:sunny]"#), "{text}");
     }
 
     #[test]

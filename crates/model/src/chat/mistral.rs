@@ -41,6 +41,10 @@ pub(super) fn tool_calls_token(tokenizer: &Tokenizer) -> Option<u32> {
     if !needed.iter().all(|name| tokenizer.is_control(name)) {
         return None;
     }
+    // v11 and later (`[TOOL_CALLS]name[ARGS]{…}`, `[CALL_ID]`) are another format, not this one.
+    if tokenizer.is_control("[ARGS]") || tokenizer.is_control("[CALL_ID]") {
+        return None;
+    }
     tokenizer
         .is_control("[TOOL_CALLS]")
         .then(|| tokenizer.token_to_id("[TOOL_CALLS]"))

@@ -45,7 +45,12 @@ impl ToolCall {
     /// `<tool_call>` blocks carry.
     pub fn to_json(&self) -> Value {
         let mut call = json!({"name": self.name, "arguments": self.arguments});
-        if let Some(id) = &self.id {
+        // mistral-common writes no id for an empty one or "null".
+        if let Some(id) = self
+            .id
+            .as_ref()
+            .filter(|id| !id.is_empty() && *id != "null")
+        {
             call["id"] = json!(id);
         }
         call
