@@ -52,3 +52,28 @@ def test_text_completion_path(server):
         "max_tokens": 16, "n": 1, "stop": STOPS, "temperature": 0.0}).json()
     assert [c["index"] for c in r["choices"]] == [0, 1]
     assert r["usage"]["completion_tokens"] > 0
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                   "required": ["city"], "additionalProperties": False}}}
+
+
+def test_tool_calls_through_litellm(call):
+    """Calls as litellm (the gateway's client) reads them, whole and rebuilt from a stream."""
+    import json
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    # A named function is called once (litellm's custom_openai does not pass parallel_tool_calls).
+    kwargs = dict(messages=messages, tools=[WEATHER], temperature=0.0, max_tokens=200,
+                  tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    r = call(**kwargs)
+    assert r.choices[0].finish_reason == "tool_calls"
+    (tool_call,) = r.choices[0].message.tool_calls
+    assert tool_call.function.name == "get_weather"
+    assert json.loads(tool_call.function.arguments)["city"] in ("Paris", "Rome")
+    rebuilt = litellm.stream_chunk_builder(list(call(stream=True, **kwargs)), messages=messages)
+    (streamed,) = rebuilt.choices[0].message.tool_calls
+    assert (streamed.function.name, json.loads(streamed.function.arguments)) == \
+        (tool_call.function.name, json.loads(tool_call.function.arguments))
+    assert rebuilt.choices[0].finish_reason == "tool_calls"
