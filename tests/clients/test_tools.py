@@ -6,7 +6,7 @@
   shows our ids, and the answer's prompt_tokens ties them to what was served).
 - More conversations (parallel calls, text results, unicode, several tools) against
   mistral-common the same way.
-- Streamed tool-call deltas, tool_choice (auto, none, required, a named function),
+- Streamed tool-call deltas (the id and name, then the arguments as written), tool_choice (auto, none, required, a named function),
   parallel_tool_calls, and calls in /api/chat, streamed and not.
 - ollama-python's chat(tools=…) on SmolLM2, whose template knows no tools: the server spells
   them out in `<tool_call>` form and reads the calls back.
@@ -154,10 +154,12 @@ def test_streamed_calls_arrive_as_openai_deltas(client):
         for choice in chunk.choices:
             assert not choice.delta.content, "a forced call streams no text"
             for delta in choice.delta.tool_calls or []:
-                call = calls[choice.index].setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                call = calls[choice.index].setdefault(delta.index, {"id": "", "name": "", "arguments": "",
+                                                                    "deltas": 0})
                 call["id"] += delta.id or ""
                 call["name"] += delta.function.name or ""
                 call["arguments"] += delta.function.arguments or ""
+                call["deltas"] += 1
             if choice.finish_reason:
                 reasons[choice.index] = choice.finish_reason
     assert reasons == {0: "tool_calls", 1: "tool_calls"}
@@ -167,6 +169,8 @@ def test_streamed_calls_arrive_as_openai_deltas(client):
         call = per_choice[0]
         assert CALL_ID.fullmatch(call["id"]) and call["name"] == "get_time"
         jsonschema.validate(json.loads(call["arguments"]), SCHEMAS["get_time"])
+        # As OpenAI streams them: the id and name first, then the arguments in pieces.
+        assert call["deltas"] > 2, call
 
 
 def test_required_calls_follow_parallel_tool_calls(client):

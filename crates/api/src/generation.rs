@@ -127,6 +127,8 @@ impl Finished {
             match piece {
                 Piece::Text(text) => self.text.push_str(&text),
                 Piece::Call(call) => self.calls.push(call),
+                // The whole call follows; only streams to OpenAI clients want its parts.
+                Piece::CallStarted { .. } | Piece::Arguments(_) => {}
             }
         }
     }

@@ -514,10 +514,11 @@ async fn respond(
                 (Some(Event::Finished { .. }), Some(reader)) => reader.finish(),
                 (Some(Event::Finished { .. }), None) => Vec::new(),
             };
+            // Ollama gives each call whole, once its object closes.
             let mut lines: Vec<Value> = pieces
                 .into_iter()
                 .filter(|p| event.is_none() || p != &Piece::Text(String::new()))
-                .map(|p| {
+                .filter_map(|p| {
                     let mut line = match p {
                         Piece::Text(text) => piece(&text),
                         Piece::Call(call) => {
@@ -525,9 +526,10 @@ async fn respond(
                             line["message"]["tool_calls"] = ollama_calls(&[call]);
                             line
                         }
+                        Piece::CallStarted { .. } | Piece::Arguments(_) => return None,
                     };
                     line["done"] = json!(false);
-                    line
+                    Some(line)
                 })
                 .collect();
             if let Some(Event::Finished {

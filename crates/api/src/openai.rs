@@ -423,15 +423,10 @@ fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
         .collect()
 }
 
-/// A call as OpenAI writes it in a message (its arguments as JSON text); `index` in a
-/// streamed delta.
-fn openai_call(call: &ToolCall, index: Option<usize>) -> Value {
-    let mut out = json!({"id": call.id, "type": "function",
-                         "function": {"name": call.name, "arguments": call.arguments.to_string()}});
-    if let Some(index) = index {
-        out["index"] = json!(index);
-    }
-    out
+/// A call as OpenAI writes it in a message (its arguments as JSON text).
+fn openai_call(call: &ToolCall) -> Value {
+    json!({"id": call.id, "type": "function",
+           "function": {"name": call.name, "arguments": call.arguments.to_string()}})
 }
 
 /// OpenAI's finish reason, `tool_calls` when the model called.
@@ -495,7 +490,7 @@ async fn chat(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         .map(|(i, r)| {
             let mut message = json!({"role": "assistant", "content": r.text});
             if !r.calls.is_empty() {
-                let calls: Vec<Value> = r.calls.iter().map(|c| openai_call(c, None)).collect();
+                let calls: Vec<Value> = r.calls.iter().map(openai_call).collect();
                 message["tool_calls"] = json!(calls);
                 if r.text.is_empty() {
                     message["content"] = Value::Null;
@@ -698,12 +693,14 @@ fn stream(
     } else {
         vec![SseEvent::default().comment("")]
     };
-    let call_delta = |index: usize, call: &ToolCall, number: usize| {
-        json!([{"index": index, "delta": {"tool_calls": [openai_call(call, Some(number))]},
+    // A call streams as OpenAI's do: its id and name first, then its arguments' text.
+    let call_delta = |index: usize, call: Value| {
+        json!([{"index": index, "delta": {"tool_calls": [call]},
                 "logprobs": null, "finish_reason": null}])
     };
     let mut usages: Vec<Option<Usage>> = vec![None; choices];
     let mut readers = vec![reader; choices];
+    let mut calls_started = vec![0usize; choices];
     let mut calls_made = vec![0usize; choices];
     let events = UnboundedReceiverStream::new(merged).flat_map(move |(i, event)| {
         let mut out = Vec::new();
@@ -717,10 +714,18 @@ fn stream(
             match piece {
                 Piece::Text(text) if text.is_empty() => {}
                 Piece::Text(text) => out.push(chunk(delta(i, Some(&text), false, None), None)),
-                Piece::Call(call) => {
-                    out.push(chunk(call_delta(i, &call, calls_made[i]), None));
-                    calls_made[i] += 1;
+                Piece::CallStarted { id, name } => {
+                    let call = json!({"index": calls_started[i], "id": id, "type": "function",
+                                      "function": {"name": name, "arguments": ""}});
+                    out.push(chunk(call_delta(i, call), None));
+                    calls_started[i] += 1;
                 }
+                Piece::Arguments(text) => {
+                    let call = json!({"index": calls_started[i].saturating_sub(1),
+                                      "function": {"arguments": text}});
+                    out.push(chunk(call_delta(i, call), None));
+                }
+                Piece::Call(_) => calls_made[i] += 1,
             }
         }
         match event {

@@ -250,11 +250,21 @@ fn tool_choice(choice: Option<&Value>, functions: &[FunctionSpec]) -> Result<Too
 #[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
     Text(String),
+    /// A call has begun: its id and function are known (OpenAI streams these first).
+    CallStarted {
+        id: String,
+        name: String,
+    },
+    /// More of the started call's arguments, as the model writes them.
+    Arguments(String),
+    /// A whole call: the same id, and the arguments parsed.
     Call(ToolCall),
 }
 
 /// Reads one choice's output as it streams: text passes through, a reply that opens with
-/// the model's call format becomes calls, each given out as soon as its object closes.
+/// the model's call format becomes calls. Each call is given out as it is written (its start,
+/// then its arguments' text) and once more whole when its object closes: streams to OpenAI
+/// clients use the first, everything else the second.
 #[derive(Debug, Clone)]
 pub struct ToolCallReader {
     syntax: ToolSyntax,
@@ -262,7 +272,18 @@ pub struct ToolCallReader {
     /// Text held back: the start of a reply that may yet be a call, or a call's JSON.
     held: String,
     scanner: ObjectScanner,
+    /// The call being written, once its name is known.
+    started: Option<Started>,
     calls: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Started {
+    id: String,
+    /// Where its arguments begin in the object's text, and how much of them is given out.
+    arguments_at: usize,
+    sent: usize,
+    arguments_done: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -281,6 +302,7 @@ impl ToolCallReader {
             state: State::Undecided,
             held: String::new(),
             scanner: ObjectScanner::default(),
+            started: None,
             calls: 0,
         }
     }
@@ -311,12 +333,13 @@ impl ToolCallReader {
         }
     }
 
-    /// The end of the output: whatever is still held. A call format that never produced a
-    /// whole call (the output was cut) is given out as the text it was.
+    /// The end of the output: whatever is still held. A call format cut before any call
+    /// began (by `max_tokens`) is given out as the text it was; a call cut midway stays the
+    /// start it was streamed as.
     pub fn finish(&mut self) -> Vec<Piece> {
         match self.state {
             State::Undecided => self.become_text(),
-            State::Calls if self.calls == 0 => {
+            State::Calls if self.calls == 0 && self.started.is_none() => {
                 vec![Piece::Text(std::mem::take(&mut self.held))]
             }
             _ => Vec::new(),
@@ -344,13 +367,113 @@ impl ToolCallReader {
         }
         let mut pieces = Vec::new();
         for object in self.scanner.push(text) {
-            if let Some(call) = call_of(&object) {
-                self.calls += 1;
-                pieces.push(Piece::Call(call));
+            // The first object closed here is the one being written, if it had begun.
+            let started = self.started.take();
+            let Some(mut call) = call_of(&object) else {
+                continue;
+            };
+            match started {
+                Some(mut started) => {
+                    pieces.extend(started.more_arguments(&object));
+                    call.id = Some(started.id);
+                }
+                None => {
+                    let id = call.id.clone().unwrap_or_else(new_call_id);
+                    pieces.push(Piece::CallStarted {
+                        id,
+                        name: call.name.clone(),
+                    });
+                    pieces.push(Piece::Arguments(call.arguments.to_string()));
+                }
+            }
+            self.calls += 1;
+            pieces.push(Piece::Call(call));
+        }
+        if let Some(partial) = self.scanner.partial() {
+            match &mut self.started {
+                Some(started) => pieces.extend(started.more_arguments(partial)),
+                None => {
+                    if let Some((name, arguments_at)) = call_opening(partial) {
+                        let mut started = Started {
+                            id: new_call_id(),
+                            arguments_at,
+                            sent: 0,
+                            arguments_done: false,
+                        };
+                        pieces.push(Piece::CallStarted {
+                            id: started.id.clone(),
+                            name: name.to_string(),
+                        });
+                        pieces.extend(started.more_arguments(partial));
+                        self.started = Some(started);
+                    }
+                }
             }
         }
         pieces
     }
+}
+
+impl Started {
+    /// The arguments' text written since the last call, from the call object's text so far;
+    /// nothing past the arguments' end.
+    fn more_arguments(&mut self, object: &str) -> Option<Piece> {
+        if self.arguments_done {
+            return None;
+        }
+        let arguments = object.get(self.arguments_at..)?;
+        let end = match json_value_end(arguments) {
+            Some(end) => {
+                self.arguments_done = true;
+                end
+            }
+            None => arguments.len(),
+        };
+        let fresh = arguments.get(self.sent..end)?;
+        self.sent = end;
+        (!fresh.is_empty()).then(|| Piece::Arguments(fresh.to_string()))
+    }
+}
+
+/// `{"name": "NAME", "arguments": ` at the start of a call object (the grammar writes exactly
+/// this): the name, and where the arguments begin.
+fn call_opening(object: &str) -> Option<(&str, usize)> {
+    let rest = object.strip_prefix(r#"{"name": ""#)?;
+    let name_end = rest.find('"')?;
+    let after = rest[name_end..].strip_prefix(r#"", "arguments": "#)?;
+    Some((&rest[..name_end], object.len() - after.len()))
+}
+
+/// Where the JSON object or array at the start of `text` ends, once it has; `None` while it
+/// is still open (or `text` does not start with one).
+fn json_value_end(text: &str) -> Option<usize> {
+    if !text.starts_with(['{', '[']) {
+        return None;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, c) in text.char_indices() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A call object as the model wrote it, with a new id. An id the model wrote itself (Mistral's
@@ -400,6 +523,11 @@ struct ObjectScanner {
 }
 
 impl ObjectScanner {
+    /// The call object being read, so far.
+    fn partial(&self) -> Option<&str> {
+        self.current.as_ref().map(|(object, _)| object.as_str())
+    }
+
     fn push(&mut self, text: &str) -> Vec<String> {
         let mut done = Vec::new();
         for c in text.chars() {
@@ -447,7 +575,8 @@ impl ObjectScanner {
 mod tests {
     use super::*;
 
-    fn read(syntax: ToolSyntax, tokens: &[(&str, u32)]) -> Vec<Piece> {
+    /// Every piece the reader gives out for `tokens`.
+    fn read_all(syntax: ToolSyntax, tokens: &[(&str, u32)]) -> Vec<Piece> {
         let mut reader = ToolCallReader::new(syntax);
         let mut pieces: Vec<Piece> = Vec::new();
         for (text, id) in tokens {
@@ -455,6 +584,60 @@ mod tests {
         }
         pieces.extend(reader.finish());
         pieces
+    }
+
+    /// The text and whole calls (what a response that is not streamed to OpenAI reads).
+    fn read(syntax: ToolSyntax, tokens: &[(&str, u32)]) -> Vec<Piece> {
+        read_all(syntax, tokens)
+            .into_iter()
+            .filter(|p| matches!(p, Piece::Text(_) | Piece::Call(_)))
+            .collect()
+    }
+
+    #[test]
+    fn calls_stream_as_they_are_written() {
+        let tokens = [
+            ("", 5),
+            (" [{\"name\": \"f\", \"arg", 1),
+            ("uments\": {\"s\": \"a}", 2),
+            (
+                "\\\"b\"}, \"id\": \"abcDEF123\"}, {\"name\": \"g\", \"arguments\": {}}",
+                3,
+            ),
+            ("]", 4),
+        ];
+        let mut reader = ToolCallReader::new(ToolSyntax::Token(5));
+        let per_token: Vec<Vec<Piece>> = tokens.iter().map(|(t, id)| reader.push(t, *id)).collect();
+        assert!(
+            per_token[1].is_empty(),
+            "the name is not known yet: {:?}",
+            per_token[1]
+        );
+        // Once `"arguments": ` is written the call starts, and its arguments follow as written.
+        let Piece::CallStarted { id, name } = &per_token[2][0] else {
+            panic!("{:?}", per_token[2]);
+        };
+        assert_eq!(name, "f");
+        assert_eq!(per_token[2][1], Piece::Arguments("{\"s\": \"a}".into()));
+        // The rest of f's arguments (not its id), f whole, then g started, written and whole.
+        let rest = &per_token[3];
+        assert_eq!(rest[0], Piece::Arguments("\\\"b\"}".into()));
+        let Piece::Call(f) = &rest[1] else {
+            panic!("{rest:?}")
+        };
+        assert_eq!(f.id.as_ref(), Some(id));
+        assert_eq!(f.arguments, json!({"s": "a}\"b"}));
+        assert!(
+            matches!(&rest[2], Piece::CallStarted { name, .. } if name == "g"),
+            "{rest:?}"
+        );
+        assert_eq!(rest[3], Piece::Arguments("{}".into()));
+        assert!(
+            matches!(&rest[4], Piece::Call(g) if g.name == "g"),
+            "{rest:?}"
+        );
+        assert_eq!(rest.len(), 5);
+        assert!(reader.push("", 2).is_empty() && reader.finish().is_empty());
     }
 
     fn call(piece: &Piece) -> (&str, &Value, &str) {
@@ -539,7 +722,7 @@ mod tests {
     }
 
     #[test]
-    fn a_call_cut_short_is_given_out_as_text() {
+    fn a_call_cut_short_is_given_out_as_text_until_it_has_begun() {
         let pieces = read(
             ToolSyntax::Token(5),
             &[("", 5), (" [{\"name\": \"f\", \"argu", 1)],
@@ -548,6 +731,13 @@ mod tests {
             pieces,
             vec![Piece::Text(" [{\"name\": \"f\", \"argu".into())]
         );
+        // Once begun, it stays the start of a call that was streamed.
+        let begun = [("", 5), (" [{\"name\": \"f\", \"arguments\": {\"a\"", 1)];
+        assert_eq!(read(ToolSyntax::Token(5), &begun), vec![]);
+        assert!(matches!(
+            read_all(ToolSyntax::Token(5), &begun)[0],
+            Piece::CallStarted { .. }
+        ));
     }
 
     fn tokenizer() -> ferrollama_model::Tokenizer {
