@@ -98,11 +98,21 @@ impl RequestLog {
     }
 }
 
-/// Chat messages as text, one `role: content` line each, for `--log-prompts`.
+/// Chat messages as text, one `role: content` line each (with the calls an assistant made and
+/// the call a tool result answers), for `--log-prompts`.
 pub fn transcript(messages: &[ferrollama_model::ChatMessage]) -> String {
     messages
         .iter()
-        .map(|m| format!("{:?}: {}", m.role, m.content))
+        .map(|m| {
+            let mut line = format!("{:?}: {}", m.role, m.content);
+            for call in &m.tool_calls {
+                line.push_str(&format!(" [call {}({})]", call.name, call.arguments));
+            }
+            if let Some(id) = &m.tool_call_id {
+                line.push_str(&format!(" [answers {id}]"));
+            }
+            line
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
