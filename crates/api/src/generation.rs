@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use crate::request_log::RequestLog;
 use crate::resident::Lease;
 use crate::state::AppState;
-use crate::tools::{Piece, ToolCallReader};
+use crate::tool_calls::{Piece, ToolCallReader};
 use ferrollama_engine::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use ferrollama_model::ToolCall;
 use std::sync::Arc;

@@ -2,9 +2,11 @@
 //! streaming) over one engine. Handlers parse and validate, render chat templates, tokenize,
 //! and turn engine events into each API's shapes; they never touch tensors.
 //!
-//! Where things are: routes here, `openai.rs`, `ollama.rs`, the model store's routes in
-//! `models.rs`, the engine bridge in `generation.rs`, which model is loaded (and when it is
-//! unloaded) in `resident.rs`, model names in `names.rs`, error shapes in `error.rs`.
+//! Where things are: routes here, `openai.rs`, `ollama.rs`, the model store's routes and
+//! `/v1/models` in `models.rs`, the engine bridge in `generation.rs`, which model is loaded
+//! (and when it is unloaded) in `resident.rs`, model names in `names.rs`, error shapes in
+//! `error.rs`; structured output in `structured.rs`, tools asked for in `tools.rs` and read
+//! back in `tool_calls.rs`, vLLM's `/tokenize` in `tokenize.rs`.
 
 mod error;
 #[doc(hidden)]
@@ -21,6 +23,8 @@ mod request_log;
 mod resident;
 mod state;
 mod structured;
+mod tokenize;
+mod tool_calls;
 mod tools;
 
 pub use keep_alive::KeepAlive;
@@ -47,10 +51,10 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(ollama::root).head(ollama::root))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
-        .route("/v1/models", get(openai::list_models))
-        .route("/v1/models/{*id}", get(openai::get_model))
-        .route("/tokenize", post(openai::tokenize))
-        .route("/detokenize", post(openai::detokenize))
+        .route("/v1/models", get(models::list_models))
+        .route("/v1/models/{*id}", get(models::get_model))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
         .route("/api/tags", get(ollama::tags))

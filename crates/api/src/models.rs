@@ -1,13 +1,14 @@
 //! The model store over HTTP, as Ollama serves it: `/api/pull` (progress streamed as NDJSON,
 //! or one answer with `"stream": false`), `/api/delete`, `/api/copy`, and the store's part of
-//! `/api/tags`. Disk work runs off the async workers.
+//! `/api/tags`; and every model a request can name, as OpenAI lists them (`/v1/models`). Disk
+//! work runs off the async workers.
 
-use crate::error::{parse, ApiError, OllamaError};
+use crate::error::{parse, ApiError, OllamaError, OpenAiError};
 use crate::model_info::{details, ModelInfo};
 use crate::names::ModelNames;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -247,4 +248,52 @@ pub async fn copy(State(state): State<AppState>, body: Bytes) -> Result<Response
         .await
         .map_err(ApiError::ollama)?;
     Ok(StatusCode::OK.into_response())
+}
+
+/// Every model a request can name: the loaded one, one served from a file, and the store's.
+pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, OpenAiError> {
+    let data: Vec<Value> = known_models(&state)
+        .await
+        .map_err(ApiError::openai)?
+        .into_iter()
+        .map(|(id, created)| model_object(&id, created))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, OpenAiError> {
+    let known = known_models(&state).await.map_err(ApiError::openai)?;
+    let found = known
+        .iter()
+        .find(|(name, _)| name == &id || ModelNames::of_store(name).matches(&id));
+    match found {
+        Some((_, created)) => Ok(Json(model_object(&id, *created))),
+        None => Err(ApiError::not_found(format!("The model `{id}` does not exist")).openai()),
+    }
+}
+
+/// Names with their creation times (Unix seconds), each once.
+async fn known_models(state: &AppState) -> Result<Vec<(String, u64)>, ApiError> {
+    let resident = state.residents.running().map(|r| r.loaded.info.clone());
+    let stored = store_models(state).await?;
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let infos = resident
+        .into_iter()
+        .chain(state.residents.loader().listed())
+        .chain(stored);
+    for info in infos {
+        for name in &info.names.all {
+            if !out.iter().any(|(n, _)| n == name) {
+                out.push((name.clone(), info.created()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn model_object(id: &str, created: u64) -> Value {
+    json!({"id": id, "object": "model", "created": created, "owned_by": "ferrollama"})
 }

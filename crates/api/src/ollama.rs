@@ -9,7 +9,8 @@ use crate::request_log::RequestLog;
 use crate::resident::Lease;
 use crate::state::{AppState, Limits};
 use crate::structured::OutputFormat;
-use crate::tools::{Piece, ToolCallReader, Tools};
+use crate::tool_calls::{Piece, ToolCallReader};
+use crate::tools::Tools;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
@@ -359,11 +360,7 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
                 .map(|c| ToolCall {
                     id: None,
                     name: c.function.name.clone(),
-                    arguments: match &c.function.arguments {
-                        Value::Null => json!({}),
-                        Value::String(text) => ToolCall::arguments_from_text(text),
-                        arguments => arguments.clone(),
-                    },
+                    arguments: ToolCall::arguments_from_json(&c.function.arguments),
                 })
                 .collect();
             Ok(message)
@@ -374,14 +371,9 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
     let (template, tokenizer) = (&loaded.model.chat_template, &loaded.model.tokenizer);
     let tools = match tools {
         None => None,
-        Some(tools) => {
-            let syntax = template.tool_syntax(tokenizer).ok_or_else(|| {
-                ApiError::invalid("tools", format!("{} does not support tools", body.model))
-            })?;
-            Some((tools, syntax))
-        }
+        Some(tools) => Some((Tools::syntax(&loaded)?, tools)),
     };
-    let offered = tools.as_ref().map_or(&[][..], |(t, _)| &t.functions[..]);
+    let offered = crate::tools::offered(tools.as_ref().map(|(_, t)| t));
     let prompt = template.encode_with_tools(tokenizer, &messages, offered)?;
     let log = state.request_log("/api/chat", &body.model, || {
         crate::request_log::transcript(&messages)
@@ -404,7 +396,7 @@ struct Ask<'a> {
     options: &'a Map<String, Value>,
     format: Option<OutputFormat>,
     /// Tools offered, with how the model writes its calls.
-    tools: Option<(Tools, ToolSyntax)>,
+    tools: Option<(ToolSyntax, Tools)>,
     stream: Option<bool>,
     /// Answer as /api/chat (a message) rather than /api/generate (a response).
     chat: bool,
@@ -426,12 +418,10 @@ async fn run(
         options(&loaded.defaults, ask.options)?.request(prompt, loaded.context(), &state.limits)?;
     let mut reader = None;
     request.grammar = match &ask.tools {
-        Some((tools, syntax)) => {
-            if let Some(format) = &ask.format {
-                format.grammar(&loaded, "format")?; // its own errors, named as its own
-            }
+        Some((syntax, tools)) => {
             reader = tools.reader(*syntax);
-            Some(tools.grammar(&loaded, *syntax, ask.format.as_ref())?)
+            let text = ask.format.as_ref().map(|f| (f, "format"));
+            Some(tools.grammar(&loaded, *syntax, text)?)
         }
         None => ask
             .format

@@ -1,13 +1,15 @@
-//! The OpenAI-compatible surface: /v1/chat/completions, /v1/completions, /v1/models.
+//! The OpenAI-compatible surface: /v1/chat/completions and /v1/completions (/v1/models is
+//! `models.rs`).
 
 use crate::error::{parse, ApiError, OpenAiError};
 use crate::generation::{collect, finish_reason, submit_all, Merged, HEARTBEAT};
 use crate::resident::Loaded;
 use crate::state::{AppState, Limits};
 use crate::structured::OutputFormat;
-use crate::tools::{Piece, ToolCallReader, Tools};
+use crate::tool_calls::{Piece, ToolCallReader};
+use crate::tools::Tools;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -78,7 +80,7 @@ struct ChatBody {
 }
 
 #[derive(Deserialize)]
-struct Message {
+pub(crate) struct Message {
     role: String,
     content: Option<Content>,
     /// An assistant message's calls.
@@ -332,19 +334,13 @@ impl Plan {
             let prompt = model.chat_template.encode(tokenizer, messages)?;
             return Ok((prompt, self.grammar(loaded)?, None));
         };
-        let syntax = model.chat_template.tool_syntax(tokenizer).ok_or_else(|| {
-            ApiError::invalid(
-                "tools",
-                "tools: this model's chat template has no tool-call format",
-            )
-        })?;
+        let syntax = Tools::syntax(loaded)?;
         let prompt =
             model
                 .chat_template
                 .encode_with_tools(tokenizer, messages, &tools.functions)?;
-        // A response_format that cannot compile is named as such, not as the tools' fault.
-        self.grammar(loaded)?;
-        let grammar = tools.grammar(loaded, syntax, self.format.as_ref())?;
+        let text = self.format.as_ref().map(|f| (f, "response_format"));
+        let grammar = tools.grammar(loaded, syntax, text)?;
         Ok((prompt, Some(grammar), tools.reader(syntax)))
     }
 
@@ -370,7 +366,7 @@ impl Plan {
     }
 }
 
-fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
+pub(crate) fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
@@ -411,11 +407,7 @@ fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
                 .map(|c| ToolCall {
                     id: c.id.clone(),
                     name: c.function.name.clone(),
-                    arguments: match &c.function.arguments {
-                        Value::String(text) => ToolCall::arguments_from_text(text),
-                        Value::Null => json!({}),
-                        object => object.clone(),
-                    },
+                    arguments: ToolCall::arguments_from_json(&c.function.arguments),
                 })
                 .collect();
             Ok(message)
@@ -763,124 +755,4 @@ fn stream(
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(HEARTBEAT))
         .into_response()
-}
-
-#[derive(Deserialize)]
-struct TokenizeBody {
-    model: String,
-    prompt: Option<String>,
-    messages: Option<Vec<Message>>,
-    tools: Option<Vec<Value>>,
-}
-
-/// vLLM's `/tokenize`: the ids a prompt, or a chat with its tools, becomes, exactly as
-/// generation would read it.
-pub async fn tokenize(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<Value>, OpenAiError> {
-    tokenize_inner(state, body).await.map_err(ApiError::openai)
-}
-
-async fn tokenize_inner(state: AppState, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body: TokenizeBody = parse(&body)?;
-    let tools = Tools::parse(body.tools.as_deref(), None, None)?;
-    let lease = state.model(&body.model, None).await?;
-    let loaded = lease.loaded();
-    let (template, tokenizer) = (&loaded.model.chat_template, &loaded.model.tokenizer);
-    let tokens = match (&body.prompt, &body.messages) {
-        (Some(prompt), None) => tokenizer.encode_prompt(prompt)?,
-        (None, Some(messages)) => {
-            let offered = tools.as_ref().map_or(&[][..], |t| &t.functions[..]);
-            if !offered.is_empty() && template.tool_syntax(tokenizer).is_none() {
-                return Err(ApiError::invalid(
-                    "tools",
-                    "tools: this model's chat template has no tool-call format",
-                ));
-            }
-            template.encode_with_tools(tokenizer, &chat_messages(messages)?, offered)?
-        }
-        _ => return Err(ApiError::bad_request("give either `prompt` or `messages`")),
-    };
-    Ok(Json(
-        json!({"count": tokens.len(), "max_model_len": loaded.context(), "tokens": tokens}),
-    ))
-}
-
-#[derive(Deserialize)]
-struct DetokenizeBody {
-    model: String,
-    tokens: Vec<u32>,
-}
-
-/// vLLM's `/detokenize`: the text of token ids (special tokens left out).
-pub async fn detokenize(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<Value>, OpenAiError> {
-    async {
-        let body: DetokenizeBody = parse(&body)?;
-        let lease = state.model(&body.model, None).await?;
-        let loaded = lease.loaded();
-        let vocab = loaded.model.config().vocab_size;
-        if body.tokens.iter().any(|&t| t as usize >= vocab) {
-            return Err(ApiError::invalid(
-                "tokens",
-                format!("token ids must be below {vocab}"),
-            ));
-        }
-        Ok(Json(
-            json!({"prompt": loaded.model.tokenizer.decode(&body.tokens)?}),
-        ))
-    }
-    .await
-    .map_err(ApiError::openai)
-}
-
-/// Every model a request can name: the loaded one, one served from a file, and the store's.
-pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, OpenAiError> {
-    let data: Vec<Value> = known_models(&state)
-        .await
-        .map_err(ApiError::openai)?
-        .into_iter()
-        .map(|(id, created)| model_object(&id, created))
-        .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
-}
-
-pub async fn get_model(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, OpenAiError> {
-    let known = known_models(&state).await.map_err(ApiError::openai)?;
-    let found = known
-        .iter()
-        .find(|(name, _)| name == &id || crate::names::ModelNames::of_store(name).matches(&id));
-    match found {
-        Some((_, created)) => Ok(Json(model_object(&id, *created))),
-        None => Err(ApiError::not_found(format!("The model `{id}` does not exist")).openai()),
-    }
-}
-
-/// Names with their creation times (Unix seconds), each once.
-async fn known_models(state: &AppState) -> Result<Vec<(String, u64)>, ApiError> {
-    let resident = state.residents.running().map(|r| r.loaded.info.clone());
-    let stored = crate::models::store_models(state).await?;
-    let mut out: Vec<(String, u64)> = Vec::new();
-    let infos = resident
-        .into_iter()
-        .chain(state.residents.loader().listed())
-        .chain(stored);
-    for info in infos {
-        for name in &info.names.all {
-            if !out.iter().any(|(n, _)| n == name) {
-                out.push((name.clone(), info.created()));
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn model_object(id: &str, created: u64) -> Value {
-    json!({"id": id, "object": "model", "created": created, "owned_by": "ferrollama"})
 }

@@ -112,12 +112,10 @@ fn tojson(
         None => tools::python_json(&json),
         Some(n) => {
             let spaces = vec![b' '; n];
-            let mut out = Vec::new();
-            let formatter = serde_json::ser::PrettyFormatter::with_indent(&spaces);
-            let mut writer = serde_json::Serializer::with_formatter(&mut out, formatter);
-            serde::Serialize::serialize(&json, &mut writer)
-                .map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
-            String::from_utf8(out).expect("serde_json writes UTF-8")
+            tools::json_with(
+                &json,
+                serde_json::ser::PrettyFormatter::with_indent(&spaces),
+            )
         }
     };
     Ok(minijinja::Value::from_safe_string(text))

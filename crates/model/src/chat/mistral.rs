@@ -123,7 +123,8 @@ pub(super) fn encode(
                 }
             }
             Turn::ToolResult { content, call_id } => {
-                let mut result = json!({"content": tool_content(content)});
+                // mistral-common reads a result as JSON when it parses, as it reads arguments.
+                let mut result = json!({"content": ToolCall::arguments_from_text(content)});
                 if let Some(id) = call_id {
                     result["call_id"] = json!(id);
                 }
@@ -134,12 +135,6 @@ pub(super) fn encode(
         }
     }
     Ok(ids)
-}
-
-/// A tool's result as mistral-common reads it: JSON when it parses (an empty one is `{}`),
-/// else the text.
-fn tool_content(content: &str) -> Value {
-    ToolCall::arguments_from_text(content)
 }
 
 /// Joins runs of same-role messages with a blank line (skipping empty ones; an assistant run

@@ -41,6 +41,16 @@ impl ToolCall {
         serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
     }
 
+    /// Arguments as a client sent them: JSON text (OpenAI's way, read as above), the object
+    /// itself (Ollama's, and some OpenAI clients'), or nothing (`{}`).
+    pub fn arguments_from_json(sent: &Value) -> Value {
+        match sent {
+            Value::String(text) => Self::arguments_from_text(text),
+            Value::Null => json!({}),
+            arguments => arguments.clone(),
+        }
+    }
+
     /// `{"name": …, "arguments": …, "id": …}`: how Mistral writes a call, and the shape
     /// `<tool_call>` blocks carry.
     pub fn to_json(&self) -> Value {
@@ -71,8 +81,13 @@ pub enum ToolSyntax {
 /// `value` as Python's `json.dumps(value, ensure_ascii=False)` writes it (`", "` and `": "`
 /// between items): what mistral-common and most chat templates put in a prompt.
 pub fn python_json(value: &Value) -> String {
+    json_with(value, PythonFormatter)
+}
+
+/// `value` written by `formatter` (Python's separators, or an indenting one).
+pub(super) fn json_with(value: &Value, formatter: impl serde_json::ser::Formatter) -> String {
     let mut out = Vec::new();
-    let mut writer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    let mut writer = serde_json::Serializer::with_formatter(&mut out, formatter);
     value
         .serialize(&mut writer)
         .expect("a JSON value always serializes");
@@ -81,17 +96,22 @@ pub fn python_json(value: &Value) -> String {
 
 struct PythonFormatter;
 
+/// `", "` before every item but the first, in arrays and objects alike.
+fn item_separator<W: ?Sized + std::io::Write>(writer: &mut W, first: bool) -> std::io::Result<()> {
+    if first {
+        Ok(())
+    } else {
+        writer.write_all(b", ")
+    }
+}
+
 impl serde_json::ser::Formatter for PythonFormatter {
     fn begin_array_value<W: ?Sized + std::io::Write>(
         &mut self,
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        item_separator(writer, first)
     }
 
     fn begin_object_key<W: ?Sized + std::io::Write>(
@@ -99,11 +119,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        item_separator(writer, first)
     }
 
     fn begin_object_value<W: ?Sized + std::io::Write>(
@@ -154,6 +170,22 @@ mod tests {
             python_json(&value),
             r#"{"a": [1, 2.5, "é\n\""], "b": {}, "c": [], "d": null}"#
         );
+    }
+
+    #[test]
+    fn an_empty_or_null_id_is_no_id_as_in_mistral_common() {
+        for id in ["", "null"] {
+            let call = ToolCall {
+                id: Some(id.into()),
+                name: "f".into(),
+                arguments: json!({}),
+            };
+            assert_eq!(
+                call.to_json(),
+                json!({"name": "f", "arguments": {}}),
+                "{id:?}"
+            );
+        }
     }
 
     #[test]
