@@ -1,7 +1,8 @@
 //! With the `cuda` feature: compiles `kernels/*.cu` with nvcc for the one architecture named by
-//! `CUDA_COMPUTE_CAP` (as candle-kernels does) into a static library. Always: records that
-//! architecture (0 without CUDA) for the dtype policy, and `cfg(ferrollama_bf16)` when the
-//! build has bf16 kernels (8.0 and up).
+//! `CUDA_COMPUTE_CAP` (as candle-kernels does) into a static library. With `emulate` (and not
+//! `cuda`): compiles the same sources as host C++ against `kernels/emulator.h`, for tests
+//! without a GPU. Always: records that architecture (0 without CUDA) for the dtype policy, and
+//! `cfg(ferrollama_bf16)` when the build has bf16 kernels (8.0 and up, and the emulator).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,9 @@ fn main() {
     )
     .unwrap();
     if !cuda {
+        if env::var_os("CARGO_FEATURE_EMULATE").is_some() {
+            emulate();
+        }
         return;
     }
     if compute_cap >= 80 {
@@ -27,18 +31,10 @@ fn main() {
     }
     // Read when the script runs, not baked in when it compiles: a target dir shared by clones
     // at other paths (CI keeps one under /tmp) would otherwise point at a clone that is gone.
-    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    let sources = Path::new(&manifest_dir).join("../../kernels");
-    println!("cargo::rerun-if-changed={}", sources.display());
+    let sources = sources();
     let nvcc = nvcc();
     let mut objects = Vec::new();
-    let mut units: Vec<PathBuf> = std::fs::read_dir(&sources)
-        .unwrap_or_else(|e| panic!("cannot read the CUDA sources in {}: {e}", sources.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
-        .collect();
-    units.sort();
-    for unit in units {
+    for unit in units(&sources) {
         let object = out.join(unit.file_stem().unwrap()).with_extension("o");
         let mut cmd = Command::new(&nvcc);
         cmd.args(["-c", "-O3", "-std=c++17", "--expt-relaxed-constexpr"])
@@ -63,6 +59,47 @@ fn main() {
     println!("cargo::rustc-link-lib=static=ferrollama_kernels");
     println!("cargo::rustc-link-lib=dylib=cudart");
 }
+
+fn sources() -> PathBuf {
+    let manifest_dir = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let sources = Path::new(&manifest_dir).join("../../kernels");
+    println!("cargo::rerun-if-changed={}", sources.display());
+    sources
+}
+
+/// The `.cu` files (headers are `.cuh` and `.h`).
+fn units(sources: &Path) -> Vec<PathBuf> {
+    let mut units: Vec<PathBuf> = std::fs::read_dir(sources)
+        .unwrap_or_else(|e| panic!("cannot read the CUDA sources in {}: {e}", sources.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    units.sort();
+    units
+}
+
+/// The kernels as host C++ under the emulator (bf16 included: the host has no arch limits).
+#[cfg(feature = "emulate")]
+fn emulate() {
+    println!("cargo::rustc-cfg=ferrollama_bf16");
+    let sources = sources();
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++17")
+        .define("FERRO_EMULATE", None)
+        .include(&sources)
+        // The .cu files are C++ to the host compiler.
+        .flag("-xc++")
+        .warnings(false);
+    for unit in units(&sources) {
+        build.file(unit);
+    }
+    build.compile("ferrollama_kernels_emulated");
+}
+
+#[cfg(not(feature = "emulate"))]
+fn emulate() {}
 
 /// `CUDA_COMPUTE_CAP` (75 for a T4, 90 for H100/H200), else what nvidia-smi reports.
 fn compute_cap() -> u32 {

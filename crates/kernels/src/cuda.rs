@@ -1,18 +1,23 @@
-//! Launching our kernels on candle's CUDA stream: shapes, checks and device addresses.
+//! Our kernels on candle's CUDA tensors and stream: one step's attention inputs uploaded once
+//! ([`AttentionStep`]), the launches of `launch.rs` with the tensors' device addresses, and the
+//! device set-up (memory pool, event tracking) that the model's step relies on.
 
-use crate::ffi;
-use candle_core::cuda_backend::cudarc::driver::{CudaStream, DevicePtr};
+use crate::ffi::{Element, Stream};
+use crate::launch::{self, AttentionAddresses};
+use crate::plan::{AttentionPlan, MAX_GROUP};
+use candle_core::cuda_backend::cudarc::driver::{sys, CudaStream, DevicePtr};
 use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::{bail, CudaDevice, DType, Device, Layout, Result, Storage, Tensor};
 use std::ffi::c_void;
 
-/// What the log and the memory plan need to know about a GPU.
+/// What the log, the memory plan and the step planner need to know about a GPU.
 #[derive(Debug, Clone)]
 pub struct GpuInfo {
     pub name: String,
     pub compute_capability: (u32, u32),
     pub total_memory: usize,
     pub free_memory: usize,
+    pub multiprocessors: usize,
 }
 
 pub fn gpu_info(device: &CudaDevice) -> Result<GpuInfo> {
@@ -20,12 +25,43 @@ pub fn gpu_info(device: &CudaDevice) -> Result<GpuInfo> {
     let context = stream.context();
     let (major, minor) = context.compute_capability().map_err(cuda_error)?;
     let (free_memory, total_memory) = context.mem_get_info().map_err(cuda_error)?;
+    let multiprocessors = context
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(cuda_error)?;
     Ok(GpuInfo {
         name: context.name().map_err(cuda_error)?,
         compute_capability: (major as u32, minor as u32),
         total_memory,
         free_memory,
+        multiprocessors: multiprocessors.max(1) as usize,
     })
+}
+
+/// Once per device, before the model allocates: the model uses candle's one stream, so
+/// cudarc's per-allocation events (for synchronising several streams) are pure cost; and the
+/// default memory pool keeps what it has (release threshold: all), so a step's activations are
+/// reused from the pool instead of going back to the driver at every synchronisation.
+pub fn prepare_device(device: &CudaDevice) -> Result<()> {
+    unsafe { device.disable_event_tracking() };
+    let stream = device.cuda_stream();
+    let ordinal = stream.context().ordinal() as i32;
+    unsafe {
+        let mut pool = std::ptr::null_mut();
+        let status = sys::cuDeviceGetDefaultMemPool(&mut pool, ordinal);
+        if status != sys::CUresult::CUDA_SUCCESS {
+            bail!("cuDeviceGetDefaultMemPool: {status:?}")
+        }
+        let mut threshold = u64::MAX;
+        let status = sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut c_void,
+        );
+        if status != sys::CUresult::CUDA_SUCCESS {
+            bail!("cuMemPoolSetAttribute: {status:?}")
+        }
+    }
+    Ok(())
 }
 
 /// For GPU tests: CUDA device 0, or `None` after printing `SKIPPED <test>` when there is none.
@@ -48,6 +84,15 @@ pub fn gpu_or_skip(test: &str) -> Option<Device> {
 
 fn cuda_error(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
     candle_core::Error::Cuda(Box::new(e))
+}
+
+pub fn element(dtype: DType) -> Result<Element> {
+    Ok(match dtype {
+        DType::F32 => Element::F32,
+        DType::F16 => Element::F16,
+        DType::BF16 => Element::Bf16,
+        other => bail!("no kernels for {other:?}"),
+    })
 }
 
 /// Elements per 16 bytes: the innermost extent of the key layout.
@@ -78,205 +123,306 @@ pub fn value_cache_shape(
     (num_blocks, kv_heads, head_dim, block_size)
 }
 
-/// Writes each token's keys and values (`[tokens, kv_heads, head_dim]`) to its cache slot
-/// (`slots`: u32 `[tokens]`, `block * block_size + offset`).
-pub fn reshape_and_cache(
-    key: &Tensor,
-    value: &Tensor,
-    key_cache: &Tensor,
-    value_cache: &Tensor,
-    slots: &Tensor,
-) -> Result<()> {
-    let (tokens, kv_heads, head_dim) = key.dims3()?;
-    let dtype = key.dtype();
-    if value.dims() != key.dims() || slots.dims() != [tokens] || slots.dtype() != DType::U32 {
-        bail!(
-            "reshape_and_cache: keys {:?}, values {:?}, slots {:?} {:?}",
-            key.shape(),
-            value.shape(),
-            slots.shape(),
-            slots.dtype()
-        )
-    }
-    let (cache_kv_heads, block_size) = check_caches(key_cache, value_cache, head_dim, dtype)?;
-    if cache_kv_heads != kv_heads {
-        bail!("reshape_and_cache: {kv_heads} KV heads into a cache of {cache_kv_heads}")
-    }
-    for t in [value, key_cache, value_cache] {
-        if t.dtype() != dtype {
-            bail!(
-                "reshape_and_cache: mixed dtypes {dtype:?} and {:?}",
-                t.dtype()
-            )
-        }
-    }
-    let launch: ffi::CacheFn = match dtype {
-        DType::F32 => ffi::ferro_reshape_and_cache_f32,
-        DType::F16 => ffi::ferro_reshape_and_cache_f16,
-        #[cfg(ferrollama_bf16)]
-        DType::BF16 => ffi::ferro_reshape_and_cache_bf16,
-        other => bail!("reshape_and_cache: no kernel for {other:?} in this build"),
-    };
-    let stream = stream_of(key)?;
-    let (key, value) = (key.contiguous()?, value.contiguous()?);
-    let (k, kl) = key.storage_and_layout();
-    let (v, vl) = value.storage_and_layout();
-    let (kc, kcl) = key_cache.storage_and_layout();
-    let (vc, vcl) = value_cache.storage_and_layout();
-    let (s, sl) = slots.storage_and_layout();
-    // The caches are written through their addresses, as a kernel writes any buffer: the
-    // model that owns them runs one step at a time on one stream.
-    let status = unsafe {
-        launch(
-            address(&k, kl, &stream)? as *const c_void,
-            address(&v, vl, &stream)? as *const c_void,
-            address(&kc, kcl, &stream)? as *mut c_void,
-            address(&vc, vcl, &stream)? as *mut c_void,
-            address(&s, sl, &stream)? as *const u32,
-            tokens as i32,
-            kv_heads as i32,
-            head_dim as i32,
-            block_size as i32,
-            stream.cu_stream() as ffi::Stream,
-        )
-    };
-    launched(status, "reshape_and_cache")
+/// A tensor of uninitialised device memory: for outputs a kernel writes in full.
+pub fn uninit(
+    shape: impl Into<candle_core::Shape>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    unsafe { Tensor::empty(shape, dtype, device) }
 }
 
-/// Attention of query rows over the paged cache. Row `r` belongs to sequence `row_seq[r]`
-/// (a row of `block_tables`) and sees its keys up to position `context_lens[r] - 1`, the
-/// last `window` of them when `window > 0`.
-pub struct PagedAttention {
-    /// u32 `[sequences, max_blocks]`.
-    pub block_tables: Tensor,
-    /// u32 `[rows]`.
-    pub row_seq: Tensor,
-    /// u32 `[rows]`.
-    pub context_lens: Tensor,
-    /// The most keys any row sees: sizes the partitions.
-    pub max_keys: usize,
-    pub scale: f32,
-    /// Sliding window (0: none).
-    pub window: usize,
+/// One step's attention on the GPU: its plan and the plan's index arrays, uploaded once and
+/// read by every layer's launches.
+pub struct AttentionStep {
+    plan: AttentionPlan,
+    indices: Tensor,
+    scratch: Option<Tensor>,
 }
 
-impl PagedAttention {
-    /// `q` is `[rows, heads, head_dim]`; returns the same shape.
-    pub fn forward(&self, q: &Tensor, key_cache: &Tensor, value_cache: &Tensor) -> Result<Tensor> {
-        let (rows, heads, head_dim) = q.dims3()?;
-        let dtype = q.dtype();
-        let (kv_heads, block_size) = check_caches(key_cache, value_cache, head_dim, dtype)?;
-        if heads % kv_heads != 0 || key_cache.dtype() != dtype || value_cache.dtype() != dtype {
-            bail!(
-                "paged_attention: {heads} heads over {kv_heads} KV heads, {dtype:?} queries over a {:?} cache",
-                key_cache.dtype()
-            )
-        }
-        let (seqs, max_blocks) = self.block_tables.dims2()?;
-        for (name, t) in [
-            ("row_seq", &self.row_seq),
-            ("context_lens", &self.context_lens),
-        ] {
-            if t.dims() != [rows] || t.dtype() != DType::U32 {
-                bail!(
-                    "paged_attention: {name} {:?} {:?} for {rows} rows",
-                    t.shape(),
-                    t.dtype()
-                )
-            }
-        }
-        if seqs == 0 || self.block_tables.dtype() != DType::U32 {
-            bail!(
-                "paged_attention: block tables {:?}",
-                self.block_tables.shape()
-            )
-        }
-        let launch: ffi::AttentionFn = match dtype {
-            DType::F32 => ffi::ferro_paged_attention_f32,
-            DType::F16 => ffi::ferro_paged_attention_f16,
-            #[cfg(ferrollama_bf16)]
-            DType::BF16 => ffi::ferro_paged_attention_bf16,
-            other => bail!("paged_attention: no kernel for {other:?} in this build"),
+impl AttentionStep {
+    pub fn new(plan: AttentionPlan, device: &Device) -> Result<Self> {
+        let indices = Tensor::new(plan.indices.as_slice(), device)?;
+        let scratch = match plan.scratch_len() {
+            0 => None,
+            n => Some(uninit(n, DType::F32, device)?),
         };
-        let partition = unsafe { ffi::ferro_attention_partition_size() } as usize;
-        let partitions = self.max_keys.div_ceil(partition).max(1);
-        let device = q.device();
-        // NaN first: an element the kernel failed to write shows, never a stale zero.
-        let out = Tensor::full(f32::NAN, (rows, heads, head_dim), device)?.to_dtype(dtype)?;
-        let part_out = Tensor::zeros((rows, heads, partitions, head_dim), DType::F32, device)?;
-        let part_max = Tensor::zeros((rows, heads, partitions), DType::F32, device)?;
-        let part_sum = Tensor::zeros((rows, heads, partitions), DType::F32, device)?;
-        let stream = stream_of(q)?;
-        let q = q.contiguous()?;
-        {
-            let guards = [
-                &out,
-                &part_out,
-                &part_max,
-                &part_sum,
-                &q,
-                key_cache,
-                value_cache,
-                &self.block_tables,
-                &self.row_seq,
-                &self.context_lens,
-            ]
-            .map(|t| t.storage_and_layout());
-            let mut addresses = [0u64; 10];
-            for (a, (storage, layout)) in addresses.iter_mut().zip(&guards) {
-                *a = address(storage, layout, &stream)?;
+        Ok(Self {
+            plan,
+            indices,
+            scratch,
+        })
+    }
+
+    pub fn plan(&self) -> &AttentionPlan {
+        &self.plan
+    }
+
+    /// How many thread blocks keep `info`'s GPU busy: the planner's `thread_blocks`.
+    pub fn thread_blocks(info: &GpuInfo) -> usize {
+        2 * info.multiprocessors
+    }
+
+    /// Writes the step's new keys and values (`[rows, kv_heads, head_dim]`) to their slots.
+    pub fn write_cache(
+        &self,
+        key: &Tensor,
+        value: &Tensor,
+        key_cache: &Tensor,
+        value_cache: &Tensor,
+    ) -> Result<()> {
+        let s = &self.plan.shape;
+        let shape = [self.plan.rows, s.kv_heads, s.head_dim];
+        self.check_caches(key_cache, value_cache, key.dtype())?;
+        let (key, value) = (key.contiguous()?, value.contiguous()?);
+        for (name, t) in [("keys", &key), ("values", &value)] {
+            if t.dims() != shape || t.dtype() != key_cache.dtype() {
+                bail!("write_cache: {name} {:?} {:?}", t.shape(), t.dtype())
             }
-            let [o, po, pm, ps, q, kc, vc, bt, rs, cl] = addresses;
-            let status = unsafe {
-                launch(
-                    o as *mut c_void,
-                    po as *mut f32,
-                    pm as *mut f32,
-                    ps as *mut f32,
-                    q as *const c_void,
-                    kc as *const c_void,
-                    vc as *const c_void,
-                    bt as *const u32,
-                    rs as *const u32,
-                    cl as *const u32,
-                    rows as i32,
-                    heads as i32,
-                    kv_heads as i32,
-                    head_dim as i32,
-                    block_size as i32,
-                    max_blocks as i32,
-                    partitions as i32,
-                    self.scale,
-                    self.window as i32,
-                    stream.cu_stream() as ffi::Stream,
-                )
-            };
-            launched(status, "paged_attention")?;
         }
+        let stream = stream_of(&key)?;
+        let a = Addresses::of(
+            &[&key, &value, key_cache, value_cache, &self.indices],
+            &stream,
+        )?;
+        // The caches are written through their addresses, as a kernel writes any buffer: the
+        // model that owns them runs one step at a time on one stream.
+        to_candle(unsafe {
+            launch::reshape_and_cache(
+                element(key.dtype())?,
+                &self.plan,
+                a.get(0),
+                a.get(1),
+                a.get_mut(2),
+                a.get_mut(3),
+                a.get(4) as *const u32,
+                cu(&stream),
+            )
+        })
+    }
+
+    /// The fused projection's rows `[rows, (heads + 2 kv_heads) head_dim]` with rotary
+    /// embedding (`cos`, `sin`: f32 `[rows, head_dim / 2]`): returns q `[rows, heads, head_dim]`,
+    /// and writes k and v to their cache slots.
+    pub fn qkv_rope_cache(
+        &self,
+        qkv: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        key_cache: &Tensor,
+        value_cache: &Tensor,
+    ) -> Result<Tensor> {
+        let s = &self.plan.shape;
+        let rows = self.plan.rows;
+        let dtype = qkv.dtype();
+        self.check_caches(key_cache, value_cache, dtype)?;
+        if qkv.dims() != [rows, (s.heads + 2 * s.kv_heads) * s.head_dim] {
+            bail!("qkv_rope_cache: projections {:?}", qkv.shape())
+        }
+        for t in [cos, sin] {
+            if t.dims() != [rows, s.head_dim / 2] || t.dtype() != DType::F32 {
+                bail!("qkv_rope_cache: cos/sin {:?} {:?}", t.shape(), t.dtype())
+            }
+        }
+        let qkv = qkv.contiguous()?;
+        let q = uninit((rows, s.heads, s.head_dim), dtype, qkv.device())?;
+        let stream = stream_of(&qkv)?;
+        let a = Addresses::of(
+            &[&q, key_cache, value_cache, &qkv, cos, sin, &self.indices],
+            &stream,
+        )?;
+        to_candle(unsafe {
+            launch::qkv_rope_cache(
+                element(dtype)?,
+                &self.plan,
+                a.get_mut(0),
+                a.get_mut(1),
+                a.get_mut(2),
+                a.get(3),
+                a.get(4) as *const f32,
+                a.get(5) as *const f32,
+                a.get(6) as *const u32,
+                cu(&stream),
+            )
+        })?;
+        Ok(q)
+    }
+
+    /// Attention of the step's rows, `q` `[rows, heads, head_dim]`, over the caches (which
+    /// already hold this step's keys and values). Returns the same shape.
+    pub fn attention(
+        &self,
+        q: &Tensor,
+        key_cache: &Tensor,
+        value_cache: &Tensor,
+    ) -> Result<Tensor> {
+        let s = &self.plan.shape;
+        let dtype = q.dtype();
+        self.check_caches(key_cache, value_cache, dtype)?;
+        if q.dims() != [self.plan.rows, s.heads, s.head_dim] {
+            bail!("paged_attention: queries {:?}", q.shape())
+        }
+        let q = q.contiguous()?;
+        let out = uninit(q.shape(), dtype, q.device())?;
+        let stream = stream_of(&q)?;
+        let mut tensors = vec![&out, &q, key_cache, value_cache, &self.indices];
+        if let Some(scratch) = &self.scratch {
+            tensors.push(scratch);
+        }
+        let a = Addresses::of(&tensors, &stream)?;
+        let addresses = AttentionAddresses {
+            out: a.get_mut(0),
+            q: a.get(1),
+            key_cache: a.get(2),
+            value_cache: a.get(3),
+            indices: a.get(4) as *const u32,
+            scratch: if self.scratch.is_some() {
+                a.get_mut(5) as *mut f32
+            } else {
+                std::ptr::null_mut()
+            },
+        };
+        to_candle(unsafe {
+            launch::attention(element(dtype)?, &self.plan, &addresses, cu(&stream))
+        })?;
         Ok(out)
     }
+
+    fn check_caches(&self, key_cache: &Tensor, value_cache: &Tensor, dtype: DType) -> Result<()> {
+        let s = &self.plan.shape;
+        let num_blocks = value_cache.dim(0)?;
+        let keys = key_cache_shape(num_blocks, s.kv_heads, s.head_dim, s.block_size, dtype);
+        let values = value_cache_shape(num_blocks, s.kv_heads, s.head_dim, s.block_size);
+        if key_cache.dims5()? != keys
+            || value_cache.dims4()? != values
+            || key_cache.dtype() != dtype
+            || value_cache.dtype() != dtype
+            || s.head_dim % pack(dtype) != 0
+            || s.heads % s.kv_heads != 0
+            || s.heads / s.kv_heads > MAX_GROUP * 64
+        {
+            bail!(
+                "KV cache {:?} {:?} and {:?} do not fit {dtype:?} heads {s:?}",
+                key_cache.shape(),
+                key_cache.dtype(),
+                value_cache.shape()
+            )
+        }
+        Ok(())
+    }
 }
 
-/// Checks that the caches have the layout of `head_dim`-wide heads in `dtype`; returns their
-/// KV heads and block size.
-fn check_caches(
-    key_cache: &Tensor,
-    value_cache: &Tensor,
-    head_dim: usize,
-    dtype: DType,
-) -> Result<(usize, usize)> {
-    let (num_blocks, kv_heads, _, block_size) = value_cache.dims4()?;
-    let x = pack(dtype);
-    let key_shape = key_cache_shape(num_blocks, kv_heads, head_dim, block_size, dtype);
-    let value_shape = value_cache_shape(num_blocks, kv_heads, head_dim, block_size);
-    if head_dim % x != 0 || key_cache.dims5()? != key_shape || value_cache.dims4()? != value_shape {
+/// `x + delta` and `rmsnorm(x + delta) * weight`, rows of `weight.len()`, in one kernel.
+pub fn add_rms_norm(
+    x: &Tensor,
+    delta: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    let (rows, width) = x.dims2()?;
+    let dtype = x.dtype();
+    if delta.dims() != x.dims() || weight.dims() != [width] {
         bail!(
-            "KV cache shapes {:?} and {:?} do not fit heads of {head_dim} ({dtype:?})",
-            key_cache.shape(),
-            value_cache.shape()
+            "add_rms_norm: {:?} + {:?}, weight {:?}",
+            x.shape(),
+            delta.shape(),
+            weight.shape()
         )
     }
-    Ok((kv_heads, block_size))
+    if delta.dtype() != dtype || weight.dtype() != dtype {
+        bail!("add_rms_norm: mixed dtypes")
+    }
+    let (x, delta) = (x.contiguous()?, delta.contiguous()?);
+    let sum = uninit((rows, width), dtype, x.device())?;
+    let h = uninit((rows, width), dtype, x.device())?;
+    let stream = stream_of(&x)?;
+    let a = Addresses::of(&[&sum, &x, &delta, weight, &h], &stream)?;
+    to_candle(unsafe {
+        launch::add_rms_norm(
+            element(dtype)?,
+            a.get_mut(0),
+            a.get(1),
+            a.get(2),
+            a.get(3),
+            a.get_mut(4),
+            rows,
+            width,
+            eps,
+            cu(&stream),
+        )
+    })?;
+    Ok((sum, h))
+}
+
+/// `silu(gate) * up` of rows `[gate | up]`: `[rows, 2 width]` → `[rows, width]`.
+pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
+    let (rows, both) = gate_up.dims2()?;
+    if both % 2 != 0 {
+        bail!("silu_mul: an odd width {both}")
+    }
+    let gate_up = gate_up.contiguous()?;
+    let out = uninit((rows, both / 2), gate_up.dtype(), gate_up.device())?;
+    let stream = stream_of(&gate_up)?;
+    let a = Addresses::of(&[&out, &gate_up], &stream)?;
+    to_candle(unsafe {
+        launch::silu_mul(
+            element(gate_up.dtype())?,
+            a.get_mut(0),
+            a.get(1),
+            rows,
+            both / 2,
+            cu(&stream),
+        )
+    })?;
+    Ok(out)
+}
+
+/// `a` (16 x 16) times `b` (16 x 8), both row-major f16 or bf16, through the kernels' mma
+/// fragment layouts: the hardware's check of them.
+pub fn mma_check(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let c = Tensor::zeros((16, 8), DType::F32, a.device())?;
+    let stream = stream_of(a)?;
+    let addresses = Addresses::of(&[&c, a, b], &stream)?;
+    extern "C" {
+        fn ferro_mma_check_f16(c: *mut f32, a: *const c_void, b: *const c_void, s: Stream) -> i32;
+        #[cfg(ferrollama_bf16)]
+        fn ferro_mma_check_bf16(c: *mut f32, a: *const c_void, b: *const c_void, s: Stream) -> i32;
+    }
+    let (cp, ap, bp) = (
+        addresses.get_mut(0) as *mut f32,
+        addresses.get(1),
+        addresses.get(2),
+    );
+    let status = unsafe {
+        match a.dtype() {
+            DType::F16 => ferro_mma_check_f16(cp, ap, bp, cu(&stream)),
+            #[cfg(ferrollama_bf16)]
+            DType::BF16 => ferro_mma_check_bf16(cp, ap, bp, cu(&stream)),
+            other => bail!("mma_check: {other:?}"),
+        }
+    };
+    to_candle(crate::ffi::launched(status, "mma_check"))?;
+    Ok(c)
+}
+
+/// The device addresses of contiguous tensors, taken while their storage is borrowed.
+struct Addresses(Vec<u64>);
+
+impl Addresses {
+    fn of(tensors: &[&Tensor], stream: &CudaStream) -> Result<Self> {
+        let mut addresses = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            let (storage, layout) = t.storage_and_layout();
+            addresses.push(address(&storage, layout, stream)?);
+        }
+        Ok(Self(addresses))
+    }
+    fn get(&self, i: usize) -> *const c_void {
+        self.0[i] as *const c_void
+    }
+    fn get_mut(&self, i: usize) -> *mut c_void {
+        self.0[i] as *mut c_void
+    }
 }
 
 fn stream_of(t: &Tensor) -> Result<std::sync::Arc<CudaStream>> {
@@ -284,6 +430,14 @@ fn stream_of(t: &Tensor) -> Result<std::sync::Arc<CudaStream>> {
         Device::Cuda(device) => Ok(device.cuda_stream()),
         other => bail!("expected a CUDA tensor, found one on {other:?}"),
     }
+}
+
+fn cu(stream: &CudaStream) -> Stream {
+    stream.cu_stream() as Stream
+}
+
+fn to_candle(r: std::result::Result<(), String>) -> Result<()> {
+    r.map_err(candle_core::Error::Msg)
 }
 
 /// The device address of a contiguous CUDA tensor's first element.
@@ -306,11 +460,4 @@ fn address(storage: &Storage, layout: &Layout, stream: &CudaStream) -> Result<u6
         CudaStorageSlice::U32(s) => at!(s, u32),
         _ => bail!("a kernel argument of an unsupported dtype"),
     })
-}
-
-fn launched(status: i32, kernel: &str) -> Result<()> {
-    if status != 0 {
-        bail!("{kernel}: CUDA launch failed with cudaError_t {status}")
-    }
-    Ok(())
 }

@@ -1,12 +1,14 @@
-//! Our CUDA kernels against plain CPU references on fresh random inputs. They need a GPU: with
-//! none they print SKIPPED and return, unless FERROLLAMA_REQUIRE_GPU is set (the GPU check
-//! script sets it), where a missing GPU fails them.
-#![cfg(feature = "cuda")]
+//! Our kernels against plain CPU references (f64) on fresh random inputs, through the same
+//! step plan the model uses. Two backends run them:
+//! - with `cuda`, the GPU (with none these print SKIPPED and return, unless
+//!   FERROLLAMA_REQUIRE_GPU is set, as benches/gpu/check.sh sets it, where a missing GPU fails);
+//! - with `emulate`, the host emulator of `kernels/emulator.h`: the same sources and launches on
+//!   the CPU, so CI checks every kernel's logic (indices, fragments, barriers) without a GPU. The
+//!   emulator runs one thread block at a time, so its cases are smaller.
+#![cfg(any(feature = "cuda", feature = "emulate"))]
 
-use candle_core::{DType, Device, Tensor};
-use ferrollama_kernels::{
-    gpu_or_skip as gpu, key_cache_shape, reshape_and_cache, value_cache_shape, PagedAttention,
-};
+use ferrollama_kernels::ffi::Element;
+use ferrollama_kernels::{AttentionPlan, AttentionShape, SeqRows};
 
 /// xorshift64*: fresh inputs per seed, no dependency.
 struct Rng(u64);
@@ -41,138 +43,553 @@ impl Rng {
     }
 }
 
-/// The dtypes this build has kernels for, each with its tolerance (relative to the largest
-/// reference value) and its seed.
-fn dtypes() -> Vec<(DType, f32)> {
-    let mut dtypes = vec![(DType::F32, 1e-5), (DType::F16, 2e-3)];
-    if ferrollama_kernels::BUILD_HAS_BF16 {
-        dtypes.push((DType::BF16, 2e-3));
+/// Rounds through `element`, so references read what the kernels read.
+fn rounded(values: &[f32], element: Element) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&v| match element {
+            Element::F32 => v,
+            Element::F16 => half::f16::from_f32(v).to_f32(),
+            Element::Bf16 => half::bf16::from_f32(v).to_f32(),
+        })
+        .collect()
+}
+
+/// Where the tests run.
+enum Backend {
+    #[cfg(feature = "cuda")]
+    Gpu(candle_core::Device),
+    #[cfg(all(feature = "emulate", not(feature = "cuda")))]
+    Emulated,
+}
+
+fn backend(test: &str) -> Option<Backend> {
+    #[cfg(feature = "cuda")]
+    return ferrollama_kernels::gpu_or_skip(test).map(Backend::Gpu);
+    #[cfg(all(feature = "emulate", not(feature = "cuda")))]
+    {
+        let _ = test;
+        Some(Backend::Emulated)
     }
-    dtypes
 }
 
-/// Rounds through `dtype` on the CPU, so the reference reads what the GPU reads.
-fn rounded(values: Vec<f32>, dtype: DType) -> Vec<f32> {
-    let n = values.len();
-    Tensor::from_vec(values, n, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+impl Backend {
+    fn emulated(&self) -> bool {
+        #[cfg(all(feature = "emulate", not(feature = "cuda")))]
+        return true;
+        #[cfg(feature = "cuda")]
+        return false;
+    }
+
+    /// The element types this build has kernels for.
+    fn elements(&self) -> Vec<Element> {
+        let mut elements = vec![Element::F32, Element::F16];
+        if ferrollama_kernels::BUILD_HAS_BF16 {
+            elements.push(Element::Bf16);
+        }
+        elements
+    }
 }
 
-fn upload(values: &[f32], shape: &[usize], dtype: DType, device: &Device) -> Tensor {
-    Tensor::from_slice(values, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-        .to_device(device)
-        .unwrap()
+/// The one place that runs a kernel on host data, whichever backend. Values go in and come back
+/// as f32; `element` is the type the kernel computes in.
+mod run {
+    use super::*;
+
+    #[cfg(all(feature = "emulate", not(feature = "cuda")))]
+    mod imp {
+        use super::*;
+        use ferrollama_kernels::emulated::{self as emu, Float};
+
+        fn to<T: Float>(v: &[f32]) -> Vec<T> {
+            v.iter().map(|&x| T::from_f32(x)).collect()
+        }
+        fn back<T: Float>(v: &[T]) -> Vec<f32> {
+            v.iter().map(|x| x.to_f32()).collect()
+        }
+
+        macro_rules! by_element {
+            ($element:expr, $T:ident => $body:expr) => {
+                match $element {
+                    Element::F32 => {
+                        type $T = f32;
+                        $body
+                    }
+                    Element::F16 => {
+                        type $T = half::f16;
+                        $body
+                    }
+                    Element::Bf16 => {
+                        type $T = half::bf16;
+                        $body
+                    }
+                }
+            };
+        }
+
+        pub fn attention(
+            el: Element,
+            plan: &AttentionPlan,
+            q: &[f32],
+            kc: &[f32],
+            vc: &[f32],
+        ) -> Vec<f32> {
+            by_element!(el, T => back(&emu::attention::<T>(plan, &to(q), &to(kc), &to(vc)).unwrap()))
+        }
+
+        pub fn write_cache(
+            el: Element,
+            plan: &AttentionPlan,
+            k: &[f32],
+            v: &[f32],
+            cache_len: usize,
+        ) -> (Vec<f32>, Vec<f32>) {
+            by_element!(el, T => {
+                let (mut kc, mut vc) = (to::<T>(&vec![0.0; cache_len]), to::<T>(&vec![0.0; cache_len]));
+                emu::reshape_and_cache::<T>(plan, &to(k), &to(v), &mut kc, &mut vc).unwrap();
+                (back(&kc), back(&vc))
+            })
+        }
+
+        pub fn qkv_rope_cache(
+            el: Element,
+            plan: &AttentionPlan,
+            qkv: &[f32],
+            cos: &[f32],
+            sin: &[f32],
+            cache_len: usize,
+        ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+            by_element!(el, T => {
+                let (mut kc, mut vc) = (to::<T>(&vec![0.0; cache_len]), to::<T>(&vec![0.0; cache_len]));
+                let q = emu::qkv_rope_cache::<T>(plan, &to(qkv), cos, sin, &mut kc, &mut vc).unwrap();
+                (back(&q), back(&kc), back(&vc))
+            })
+        }
+
+        pub fn add_rms_norm(
+            el: Element,
+            x: &[f32],
+            delta: &[f32],
+            weight: &[f32],
+            eps: f32,
+        ) -> (Vec<f32>, Vec<f32>) {
+            by_element!(el, T => {
+                let mut x = to::<T>(x);
+                let h = emu::add_rms_norm::<T>(&mut x, &to(delta), &to(weight), eps).unwrap();
+                (back(&x), back(&h))
+            })
+        }
+
+        pub fn silu_mul(el: Element, gate_up: &[f32], width: usize) -> Vec<f32> {
+            by_element!(el, T => back(&emu::silu_mul::<T>(&to(gate_up), width).unwrap()))
+        }
+
+        pub fn mma(el: Element, a: &[f32], b: &[f32]) -> Vec<f32> {
+            by_element!(el, T => emu::mma_check::<T>(&to(a), &to(b)).unwrap())
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    mod imp {
+        use super::*;
+        use candle_core::{DType, Device, Tensor};
+        use ferrollama_kernels::{key_cache_shape, value_cache_shape, AttentionStep};
+
+        fn device() -> Device {
+            Device::new_cuda(0).unwrap()
+        }
+        fn dtype(el: Element) -> DType {
+            match el {
+                Element::F32 => DType::F32,
+                Element::F16 => DType::F16,
+                Element::Bf16 => DType::BF16,
+            }
+        }
+        fn up(v: &[f32], shape: &[usize], el: Element) -> Tensor {
+            Tensor::from_slice(v, shape, &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype(el))
+                .unwrap()
+                .to_device(&device())
+                .unwrap()
+        }
+        fn down(t: &Tensor) -> Vec<f32> {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        }
+        fn caches(el: Element, plan: &AttentionPlan, kc: &[f32], vc: &[f32]) -> (Tensor, Tensor) {
+            let s = &plan.shape;
+            let blocks = kc.len() / (s.kv_heads * s.head_dim * s.block_size);
+            let k = key_cache_shape(blocks, s.kv_heads, s.head_dim, s.block_size, dtype(el));
+            let v = value_cache_shape(blocks, s.kv_heads, s.head_dim, s.block_size);
+            (
+                up(kc, &[k.0, k.1, k.2, k.3, k.4], el),
+                up(vc, &[v.0, v.1, v.2, v.3], el),
+            )
+        }
+
+        pub fn attention(
+            el: Element,
+            plan: &AttentionPlan,
+            q: &[f32],
+            kc: &[f32],
+            vc: &[f32],
+        ) -> Vec<f32> {
+            let s = &plan.shape;
+            let (kc, vc) = caches(el, plan, kc, vc);
+            let step = AttentionStep::new(plan.clone(), &device()).unwrap();
+            let q = up(q, &[plan.rows, s.heads, s.head_dim], el);
+            down(&step.attention(&q, &kc, &vc).unwrap())
+        }
+
+        pub fn write_cache(
+            el: Element,
+            plan: &AttentionPlan,
+            k: &[f32],
+            v: &[f32],
+            cache_len: usize,
+        ) -> (Vec<f32>, Vec<f32>) {
+            let s = &plan.shape;
+            let zeros = vec![0.0; cache_len];
+            let (kc, vc) = caches(el, plan, &zeros, &zeros);
+            let step = AttentionStep::new(plan.clone(), &device()).unwrap();
+            let shape = [plan.rows, s.kv_heads, s.head_dim];
+            step.write_cache(&up(k, &shape, el), &up(v, &shape, el), &kc, &vc)
+                .unwrap();
+            (down(&kc), down(&vc))
+        }
+
+        pub fn qkv_rope_cache(
+            el: Element,
+            plan: &AttentionPlan,
+            qkv: &[f32],
+            cos: &[f32],
+            sin: &[f32],
+            cache_len: usize,
+        ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+            let s = &plan.shape;
+            let zeros = vec![0.0; cache_len];
+            let (kc, vc) = caches(el, plan, &zeros, &zeros);
+            let step = AttentionStep::new(plan.clone(), &device()).unwrap();
+            let qkv = up(
+                qkv,
+                &[plan.rows, (s.heads + 2 * s.kv_heads) * s.head_dim],
+                el,
+            );
+            let half = [plan.rows, s.head_dim / 2];
+            let (cos, sin) = (up(cos, &half, Element::F32), up(sin, &half, Element::F32));
+            let q = step.qkv_rope_cache(&qkv, &cos, &sin, &kc, &vc).unwrap();
+            (down(&q), down(&kc), down(&vc))
+        }
+
+        pub fn add_rms_norm(
+            el: Element,
+            x: &[f32],
+            delta: &[f32],
+            weight: &[f32],
+            eps: f32,
+        ) -> (Vec<f32>, Vec<f32>) {
+            let width = weight.len();
+            let shape = [x.len() / width, width];
+            let (sum, h) = ferrollama_kernels::add_rms_norm(
+                &up(x, &shape, el),
+                &up(delta, &shape, el),
+                &up(weight, &[width], el),
+                eps,
+            )
+            .unwrap();
+            (down(&sum), down(&h))
+        }
+
+        pub fn silu_mul(el: Element, gate_up: &[f32], width: usize) -> Vec<f32> {
+            down(
+                &ferrollama_kernels::silu_mul(&up(
+                    gate_up,
+                    &[gate_up.len() / (2 * width), 2 * width],
+                    el,
+                ))
+                .unwrap(),
+            )
+        }
+
+        pub fn mma(el: Element, a: &[f32], b: &[f32]) -> Vec<f32> {
+            down(
+                &ferrollama_kernels::mma_check(&up(a, &[16, 16], el), &up(b, &[16, 8], el))
+                    .unwrap(),
+            )
+        }
+    }
+
+    pub use imp::*;
 }
 
-fn download(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+/// The worst error relative to the largest reference value, and where.
+fn worst(got: &[f32], want: &[f32]) -> (usize, f32) {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| {
+            if g.is_finite() {
+                (g - w).abs() / scale
+            } else {
+                f32::INFINITY
+            }
+        })
+        .enumerate()
+        .fold(
+            (0, 0f32),
+            |best, (i, e)| if e > best.1 { (i, e) } else { best },
+        )
+}
+
+/// One unit in the last place of `element`, relative.
+fn ulp(element: Element) -> f32 {
+    match element {
+        Element::F32 => 1.2e-7,
+        Element::F16 => 9.8e-4,
+        Element::Bf16 => 7.9e-3,
+    }
+}
+
+#[test]
+fn mma_fragments_match_a_plain_matmul() {
+    let Some(backend) = backend("mma_fragments") else {
+        return;
+    };
+    let mut rng = Rng::new(7);
+    for el in backend
+        .elements()
+        .into_iter()
+        .filter(|&e| e != Element::F32)
+    {
+        let paths: &[bool] = if backend.emulated() && el == Element::F16 {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &sm75 in paths {
+            #[cfg(all(feature = "emulate", not(feature = "cuda")))]
+            ferrollama_kernels::emulated::emulate_sm75_mma(sm75);
+            let a = rounded(&rng.vec(256), el);
+            let b = rounded(&rng.vec(128), el);
+            let c = run::mma(el, &a, &b);
+            let want: Vec<f32> = (0..128)
+                .map(|i| {
+                    let (row, col) = (i / 8, i % 8);
+                    (0..16)
+                        .map(|k| a[row * 16 + k] as f64 * b[k * 8 + col] as f64)
+                        .sum::<f64>() as f32
+                })
+                .collect();
+            let (at, err) = worst(&c, &want);
+            eprintln!(
+                "mma {el:?}{}: worst relative error {err:.2e} at {at}",
+                if sm75 { " (sm_75 form)" } else { "" }
+            );
+            assert!(err < 1e-5, "{el:?}: {err} at ({}, {})", at / 8, at % 8);
+        }
+        #[cfg(all(feature = "emulate", not(feature = "cuda")))]
+        ferrollama_kernels::emulated::emulate_sm75_mma(false);
+    }
+}
+
+#[cfg(all(feature = "emulate", not(feature = "cuda")))]
+#[test]
+fn the_emulator_rounds_as_the_device_does() {
+    use ferrollama_kernels::emulated::*;
+    let mut rng = Rng::new(3);
+    let mut values: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        65504.0,
+        65520.0,
+        65519.0,
+        1e-8,
+        6e-8,
+        2.98e-8,
+        5.96e-8,
+        -3e-5,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        3.0e38,
+    ];
+    for _ in 0..200_000 {
+        let bits = rng.next() as u32;
+        let v = f32::from_bits(bits);
+        if !v.is_nan() {
+            values.push(v);
+        }
+        values.push(rng.unit() * 10f32.powi(rng.below(12) as i32 - 8));
+    }
+    for v in values {
+        assert_eq!(
+            emulated_f16_bits(v),
+            half::f16::from_f32(v).to_bits(),
+            "f16 of {v:e}"
+        );
+        assert_eq!(
+            emulated_bf16_bits(v),
+            half::bf16::from_f32(v).to_bits(),
+            "bf16 of {v:e}"
+        );
+    }
+    for bits in 0..=u16::MAX {
+        let h = half::f16::from_bits(bits);
+        if !h.is_nan() {
+            assert_eq!(emulated_f16_value(bits), h.to_f32(), "f16 bits {bits:#x}");
+        }
+    }
 }
 
 /// Where element `d` of key head `h` of slot `offset` in `block` lives (see the .cu file).
-fn key_index(block: usize, h: usize, d: usize, offset: usize, s: &Shape, x: usize) -> usize {
+fn key_index(
+    block: usize,
+    h: usize,
+    d: usize,
+    offset: usize,
+    s: &AttentionShape,
+    x: usize,
+) -> usize {
     (((block * s.kv_heads + h) * (s.head_dim / x) + d / x) * s.block_size + offset) * x + d % x
 }
 
-fn value_index(block: usize, h: usize, d: usize, offset: usize, s: &Shape) -> usize {
+fn value_index(block: usize, h: usize, d: usize, offset: usize, s: &AttentionShape) -> usize {
     ((block * s.kv_heads + h) * s.head_dim + d) * s.block_size + offset
 }
 
-struct Shape {
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    block_size: usize,
+fn pack(el: Element) -> usize {
+    16 / el.size()
+}
+
+/// A batch of sequences: (cached, new) each, with scattered blocks from a pool of `blocks`.
+struct Batch {
+    tables: Vec<Vec<u32>>,
+    seqs: Vec<(usize, usize)>,
     blocks: usize,
+}
+
+impl Batch {
+    fn new(rng: &mut Rng, seqs: &[(usize, usize)], block_size: usize) -> Self {
+        let needed: Vec<usize> = seqs
+            .iter()
+            .map(|(c, n)| (c + n).div_ceil(block_size))
+            .collect();
+        let blocks = needed.iter().sum::<usize>() + 3;
+        let order = rng.permutation(blocks);
+        let mut next = 0;
+        let tables = needed
+            .iter()
+            .map(|&n| {
+                next += n;
+                order[next - n..next].to_vec()
+            })
+            .collect();
+        Self {
+            tables,
+            seqs: seqs.to_vec(),
+            blocks,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.seqs.iter().map(|s| s.1).sum()
+    }
+
+    fn plan(&self, shape: AttentionShape, flash: bool) -> AttentionPlan {
+        let mut first_row = 0;
+        let rows: Vec<SeqRows> = self
+            .seqs
+            .iter()
+            .zip(&self.tables)
+            .map(|(&(cached, new), table)| {
+                let r = SeqRows {
+                    first_row,
+                    cached,
+                    new,
+                    block_table: table,
+                };
+                first_row += new;
+                r
+            })
+            .collect();
+        AttentionPlan::new(shape, &rows, flash, 1)
+    }
+
+    /// (sequence, position) of every row, in batch order.
+    fn row_positions(&self) -> Vec<(usize, usize)> {
+        self.seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &(cached, new))| (cached..cached + new).map(move |p| (i, p)))
+            .collect()
+    }
 }
 
 #[test]
 fn reshape_and_cache_puts_every_element_in_its_slot() {
-    let Some(device) = gpu("reshape_and_cache") else {
+    let Some(backend) = backend("reshape_and_cache") else {
         return;
     };
-    let s = Shape {
+    let s = AttentionShape {
         heads: 8,
         kv_heads: 2,
         head_dim: 64,
         block_size: 16,
-        blocks: 9,
+        window: 0,
     };
-    for (seed, (dtype, _)) in dtypes().into_iter().enumerate() {
+    for (seed, el) in backend.elements().into_iter().enumerate() {
         let mut rng = Rng::new(seed as u64 + 1);
-        let tokens = 37;
+        let batch = Batch::new(&mut rng, &[(5, 30), (0, 1), (40, 6)], s.block_size);
+        let plan = batch.plan(s, false);
         let width = s.kv_heads * s.head_dim;
-        let (keys, values) = (rng.vec(tokens * width), rng.vec(tokens * width));
-        // Distinct slots, scattered over the blocks.
-        let slots: Vec<u32> = rng.permutation(s.blocks * s.block_size)[..tokens].to_vec();
-        let x = 16 / dtype.size_in_bytes();
-        let key_shape = key_cache_shape(s.blocks, s.kv_heads, s.head_dim, s.block_size, dtype);
-        let value_shape = value_cache_shape(s.blocks, s.kv_heads, s.head_dim, s.block_size);
-        let key_cache = Tensor::zeros(key_shape, dtype, &device).unwrap();
-        let value_cache = Tensor::zeros(value_shape, dtype, &device).unwrap();
-        let shape = [tokens, s.kv_heads, s.head_dim];
-        reshape_and_cache(
-            &upload(&keys, &shape, dtype, &device),
-            &upload(&values, &shape, dtype, &device),
-            &key_cache,
-            &value_cache,
-            &Tensor::new(slots.as_slice(), &device).unwrap(),
-        )
-        .unwrap();
-        let (kc, vc) = (download(&key_cache), download(&value_cache));
-        let (keys, values) = (rounded(keys, dtype), rounded(values, dtype));
-        let mut expected_k = vec![0f32; kc.len()];
-        let mut expected_v = vec![0f32; vc.len()];
-        for (t, &slot) in slots.iter().enumerate() {
-            let (block, offset) = (slot as usize / s.block_size, slot as usize % s.block_size);
+        let tokens = batch.rows();
+        let keys = rounded(&rng.vec(tokens * width), el);
+        let values = rounded(&rng.vec(tokens * width), el);
+        let cache_len = batch.blocks * s.block_size * width;
+        let (kc, vc) = run::write_cache(el, &plan, &keys, &values, cache_len);
+        let mut expected_k = vec![0f32; cache_len];
+        let mut expected_v = vec![0f32; cache_len];
+        for (t, (seq, position)) in batch.row_positions().into_iter().enumerate() {
+            let block = batch.tables[seq][position / s.block_size] as usize;
+            let offset = position % s.block_size;
             for h in 0..s.kv_heads {
                 for d in 0..s.head_dim {
                     let i = t * width + h * s.head_dim + d;
-                    expected_k[key_index(block, h, d, offset, &s, x)] = keys[i];
+                    expected_k[key_index(block, h, d, offset, &s, pack(el))] = keys[i];
                     expected_v[value_index(block, h, d, offset, &s)] = values[i];
                 }
             }
         }
-        assert_eq!(kc, expected_k, "{dtype:?} keys");
-        assert_eq!(vc, expected_v, "{dtype:?} values");
-        eprintln!("reshape_and_cache {dtype:?}: {tokens} tokens exact");
+        assert_eq!(kc, expected_k, "{el:?} keys");
+        assert_eq!(vc, expected_v, "{el:?} values");
+        eprintln!("reshape_and_cache {el:?}: {tokens} tokens exact");
     }
 }
 
-/// Softmax attention in f64 over the same cache layout.
-#[allow(clippy::too_many_arguments)]
+/// Softmax attention in f64 over the same cache layout: each row sees its sequence's keys up to
+/// its own position, the last `window` of them when windowed.
 fn reference(
-    s: &Shape,
+    s: &AttentionShape,
     x: usize,
     q: &[f32],
     kc: &[f32],
     vc: &[f32],
-    tables: &[Vec<u32>],
-    row_seq: &[u32],
-    context_lens: &[u32],
-    window: usize,
+    batch: &Batch,
 ) -> Vec<f32> {
     let scale = 1.0 / (s.head_dim as f64).sqrt();
     let group = s.heads / s.kv_heads;
     let mut out = vec![0f32; q.len()];
-    for (row, (&seq, &context)) in row_seq.iter().zip(context_lens).enumerate() {
-        let table = &tables[seq as usize];
-        let context = context as usize;
-        let first = if window > 0 {
-            context.saturating_sub(window)
+    for (row, (seq, position)) in batch.row_positions().into_iter().enumerate() {
+        let table = &batch.tables[seq];
+        let context = position + 1;
+        let first = if s.window > 0 {
+            context.saturating_sub(s.window)
         } else {
             0
         };
@@ -207,126 +624,294 @@ fn reference(
     out
 }
 
-/// Rows of very different lengths (one key, a block's worth, past one 512-key partition,
-/// past two), GQA, scattered block tables, several sequences, with and without a window.
+/// One attention case: random q and caches for `batch`, the plan's kernels against the reference.
+fn check_attention(
+    label: &str,
+    el: Element,
+    s: AttentionShape,
+    batch: &Batch,
+    plan: &AttentionPlan,
+    tolerance: f32,
+    seed: u64,
+) {
+    let mut rng = Rng::new(seed);
+    let n_cache = batch.blocks * s.kv_heads * s.head_dim * s.block_size;
+    let kc = rounded(&rng.vec(n_cache), el);
+    let vc = rounded(&rng.vec(n_cache), el);
+    // Scaled so that scores spread: a peaked softmax is the harder case.
+    let q: Vec<f32> = rng
+        .vec(plan.rows * s.heads * s.head_dim)
+        .iter()
+        .map(|v| v * 3.0)
+        .collect();
+    let q = rounded(&q, el);
+    let got = run::attention(el, plan, &q, &kc, &vc);
+    let want = reference(&s, pack(el), &q, &kc, &vc, batch);
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{label}: an output element was not written"
+    );
+    let (at, err) = worst(&got, &want);
+    eprintln!(
+        "{label}: {} decode rows, {} flash tiles, partitions {}x{}: worst relative error {err:.2e} at {at}",
+        plan.decode_rows, plan.tiles, plan.partitions, plan.partition
+    );
+    assert!(
+        err <= tolerance,
+        "{label}: {err} > {tolerance} at element {at}"
+    );
+}
+
+/// The CUDA-core kernel: rows of very different lengths (one key, a block's worth, past a
+/// partition, past several), GQA, scattered block tables, several sequences, with and without
+/// a window, one partition and many.
 #[test]
 fn paged_attention_matches_the_reference() {
-    let Some(device) = gpu("paged_attention") else {
+    let Some(backend) = backend("paged_attention") else {
         return;
     };
-    for (head_dim, heads, kv_heads) in [(128, 32, 8), (64, 9, 3), (16, 4, 2)] {
+    // (head_dim, heads, kv_heads); the emulator takes smaller ones.
+    let shapes: &[(usize, usize, usize)] = if backend.emulated() {
+        &[(128, 8, 2), (64, 9, 3), (16, 4, 2), (80, 2, 1), (256, 2, 1)]
+    } else {
+        &[
+            (128, 32, 8),
+            (64, 9, 3),
+            (16, 4, 2),
+            (80, 32, 32),
+            (256, 8, 1),
+        ]
+    };
+    let long = if backend.emulated() { 700 } else { 1300 };
+    for &(head_dim, heads, kv_heads) in shapes {
         for window in [0, 300] {
-            for (seed, (dtype, tolerance)) in dtypes().into_iter().enumerate() {
-                let s = Shape {
+            for (seed, el) in backend.elements().into_iter().enumerate() {
+                let s = AttentionShape {
                     heads,
                     kv_heads,
                     head_dim,
                     block_size: 16,
-                    blocks: 200,
+                    window,
                 };
                 let mut rng = Rng::new((seed * 31 + head_dim + window) as u64);
-                let x = 16 / dtype.size_in_bytes();
-                // Four sequences of these lengths, each with its own scattered blocks.
-                let lengths = [1usize, 16, 700, 1300];
-                let order = rng.permutation(s.blocks);
-                let mut next = 0;
-                let tables: Vec<Vec<u32>> = lengths
-                    .iter()
-                    .map(|&len| {
-                        let n = len.div_ceil(s.block_size);
-                        next += n;
-                        order[next - n..next].to_vec()
-                    })
-                    .collect();
-                // Rows: each sequence's last position (decode), and a run of the longest
-                // sequence's positions (a prompt chunk seeing its own keys).
-                let mut row_seq: Vec<u32> = (0..4).collect();
-                let mut context_lens: Vec<u32> = lengths.iter().map(|&l| l as u32).collect();
-                for p in 1290..1300u32 {
-                    row_seq.push(3);
-                    context_lens.push(p);
-                }
-                let rows = row_seq.len();
-                let key_shape = key_cache_shape(s.blocks, kv_heads, head_dim, 16, dtype);
-                let value_shape = value_cache_shape(s.blocks, kv_heads, head_dim, 16);
-                let n_cache = s.blocks * kv_heads * head_dim * 16;
-                let kc = rounded(rng.vec(n_cache), dtype);
-                let vc = rounded(rng.vec(n_cache), dtype);
-                // Scaled so that scores spread: a peaked softmax is the harder case.
-                let q: Vec<f32> = rng
-                    .vec(rows * heads * head_dim)
-                    .iter()
-                    .map(|v| v * 3.0)
-                    .collect();
-                let q = rounded(q, dtype);
-                let max_blocks = tables.iter().map(Vec::len).max().unwrap();
-                let flat: Vec<u32> = tables
-                    .iter()
-                    .flat_map(|t| {
-                        t.iter()
-                            .copied()
-                            .chain(std::iter::repeat(0))
-                            .take(max_blocks)
-                    })
-                    .collect();
-                let attention = PagedAttention {
-                    block_tables: Tensor::from_vec(flat, (4, max_blocks), &device).unwrap(),
-                    row_seq: Tensor::new(row_seq.as_slice(), &device).unwrap(),
-                    context_lens: Tensor::new(context_lens.as_slice(), &device).unwrap(),
-                    max_keys: 1300,
-                    scale: 1.0 / (head_dim as f32).sqrt(),
-                    window,
+                // Four decoding sequences, and the longest one's last ten positions as rows
+                // of a fifth "sequence" over the same blocks (a chunk seeing its own keys).
+                let mut batch =
+                    Batch::new(&mut rng, &[(0, 1), (15, 1), (599, 1), (long - 1, 1)], 16);
+                batch.seqs.push((long - 10, 10));
+                batch.tables.push(batch.tables[3].clone());
+                let tolerance = if el == Element::F32 {
+                    1e-5
+                } else {
+                    2.0 * ulp(el)
                 };
-                let k5 = [
-                    key_shape.0,
-                    key_shape.1,
-                    key_shape.2,
-                    key_shape.3,
-                    key_shape.4,
-                ];
-                let v4 = [value_shape.0, value_shape.1, value_shape.2, value_shape.3];
-                let out = attention
-                    .forward(
-                        &upload(&q, &[rows, heads, head_dim], dtype, &device),
-                        &upload(&kc, &k5, dtype, &device),
-                        &upload(&vc, &v4, dtype, &device),
-                    )
-                    .unwrap();
-                assert_eq!(out.dims(), [rows, heads, head_dim]);
-                let got = download(&out);
-                let want = reference(
-                    &s,
-                    x,
-                    &q,
-                    &kc,
-                    &vc,
-                    &tables,
-                    &row_seq,
-                    &context_lens,
-                    window,
-                );
-                assert!(
-                    got.iter().all(|v| v.is_finite()),
-                    "an output element was not written"
-                );
-                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let (at, err) = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(g, w)| (g - w).abs() / scale)
-                    .enumerate()
-                    .fold(
-                        (0, 0f32),
-                        |best, (i, e)| if e > best.1 { (i, e) } else { best },
-                    );
-                eprintln!(
-                    "paged_attention {dtype:?} head_dim {head_dim} heads {heads}/{kv_heads} window {window}: worst relative error {err:.2e} at {at}"
-                );
-                assert!(
-                    err <= tolerance,
-                    "{dtype:?}: {err} > {tolerance} at element {at}"
-                );
+                for forced in [None, Some(64)] {
+                    let mut plan = batch.plan(s, false);
+                    if let Some(p) = forced {
+                        plan = plan
+                            .with_partition(p, long.min(if window > 0 { window } else { long }));
+                    }
+                    let label = format!("paged_attention {el:?} {head_dim}/{heads}/{kv_heads} window {window} partition {}", plan.partition);
+                    check_attention(&label, el, s, &batch, &plan, tolerance, seed as u64 + 99);
+                }
             }
         }
+    }
+}
+
+/// The tensor-core prompt kernel: prompts of 1, 17, 500 and 2,100 rows, whole and as a chunk
+/// after cached keys, beside decode rows in the same step, with and without a window.
+#[test]
+fn flash_attention_matches_the_reference() {
+    let Some(backend) = backend("flash_attention") else {
+        return;
+    };
+    let shapes: &[(usize, usize, usize, &[usize])] = if backend.emulated() {
+        &[
+            (16, 4, 2, &[1, 17, 500, 2100]),
+            (128, 8, 2, &[17, 100]),
+            (64, 9, 3, &[70]),
+            (32, 2, 2, &[40]),
+        ]
+    } else {
+        &[
+            (128, 32, 8, &[1, 17, 500, 2100]),
+            (64, 9, 3, &[17, 500, 2100]),
+            (16, 4, 2, &[17, 500]),
+            (32, 8, 8, &[100]),
+        ]
+    };
+    for &(head_dim, heads, kv_heads, prompts) in shapes {
+        for &prompt in prompts {
+            for (window, cached) in [(0, 0), (0, 37), (300, 0), (300, 250)] {
+                for (seed, el) in backend
+                    .elements()
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, e)| *e != Element::F32)
+                {
+                    let paths: &[bool] = if backend.emulated() && el == Element::F16 && prompt < 200
+                    {
+                        &[false, true]
+                    } else {
+                        &[false]
+                    };
+                    for &sm75 in paths {
+                        #[cfg(all(feature = "emulate", not(feature = "cuda")))]
+                        ferrollama_kernels::emulated::emulate_sm75_mma(sm75);
+                        let s = AttentionShape {
+                            heads,
+                            kv_heads,
+                            head_dim,
+                            block_size: 16,
+                            window,
+                        };
+                        let mut rng = Rng::new((seed * 17 + prompt + cached + window) as u64);
+                        // The prompt (chunk), a decoding sequence beside it, and a short second prompt.
+                        let batch = Batch::new(&mut rng, &[(cached, prompt), (44, 1), (3, 5)], 16);
+                        let plan = batch.plan(s, true);
+                        assert!(plan.tiles > 0 || prompt == 1);
+                        // P is rounded to the element type before P V: about one ulp per term.
+                        let tolerance = 3.0 * ulp(el);
+                        let label = format!(
+                            "flash_attention {el:?}{} {head_dim}/{heads}/{kv_heads} prompt {prompt} after {cached} window {window}",
+                            if sm75 { " (sm_75 mma)" } else { "" }
+                        );
+                        check_attention(&label, el, s, &batch, &plan, tolerance, seed as u64 + 5);
+                    }
+                    #[cfg(all(feature = "emulate", not(feature = "cuda")))]
+                    ferrollama_kernels::emulated::emulate_sm75_mma(false);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn qkv_rope_cache_rotates_and_stores() {
+    let Some(backend) = backend("qkv_rope_cache") else {
+        return;
+    };
+    let s = AttentionShape {
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 64,
+        block_size: 16,
+        window: 0,
+    };
+    for (seed, el) in backend.elements().into_iter().enumerate() {
+        let mut rng = Rng::new(seed as u64 + 40);
+        let batch = Batch::new(&mut rng, &[(3, 20), (0, 1)], s.block_size);
+        let plan = batch.plan(s, false);
+        let rows = batch.rows();
+        let (d, half) = (s.head_dim, s.head_dim / 2);
+        let width = (s.heads + 2 * s.kv_heads) * d;
+        let qkv = rounded(&rng.vec(rows * width), el);
+        let angles: Vec<f32> = rng.vec(rows * half).iter().map(|a| a * 40.0).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let cache_len = batch.blocks * s.block_size * s.kv_heads * d;
+        let (q, kc, vc) = run::qkv_rope_cache(el, &plan, &qkv, &cos, &sin, cache_len);
+        let rotate = |row: usize, head: usize, i: usize| -> (f32, f32) {
+            let x = &qkv[row * width + head * d..];
+            let (c, s) = (cos[row * half + i] as f64, sin[row * half + i] as f64);
+            let (x1, x2) = (x[i] as f64, x[i + half] as f64);
+            ((x1 * c - x2 * s) as f32, (x1 * s + x2 * c) as f32)
+        };
+        let mut want_q = vec![0f32; q.len()];
+        let mut want_k = vec![0f32; cache_len];
+        let mut want_v = vec![0f32; cache_len];
+        for (row, (seq, position)) in batch.row_positions().into_iter().enumerate() {
+            let block = batch.tables[seq][position / s.block_size] as usize;
+            let offset = position % s.block_size;
+            for head in 0..s.heads + s.kv_heads {
+                for i in 0..half {
+                    let (y1, y2) = rotate(row, head, i);
+                    if head < s.heads {
+                        want_q[(row * s.heads + head) * d + i] = y1;
+                        want_q[(row * s.heads + head) * d + i + half] = y2;
+                    } else {
+                        let h = head - s.heads;
+                        want_k[key_index(block, h, i, offset, &s, pack(el))] = y1;
+                        want_k[key_index(block, h, i + half, offset, &s, pack(el))] = y2;
+                    }
+                }
+            }
+            for h in 0..s.kv_heads {
+                for e in 0..d {
+                    want_v[value_index(block, h, e, offset, &s)] =
+                        qkv[row * width + (s.heads + s.kv_heads + h) * d + e];
+                }
+            }
+        }
+        for (name, got, want) in [
+            ("q", &q, &want_q),
+            ("keys", &kc, &want_k),
+            ("values", &vc, &want_v),
+        ] {
+            let (at, err) = worst(got, want);
+            eprintln!("qkv_rope_cache {el:?} {name}: worst relative error {err:.2e}");
+            assert!(err <= 2.0 * ulp(el), "{el:?} {name}: {err} at {at}");
+        }
+    }
+}
+
+#[test]
+fn add_rms_norm_and_silu_mul_match_the_reference() {
+    let Some(backend) = backend("add_rms_norm") else {
+        return;
+    };
+    for (seed, el) in backend.elements().into_iter().enumerate() {
+        let mut rng = Rng::new(seed as u64 + 70);
+        let (rows, width) = (5, 300);
+        let x = rounded(&rng.vec(rows * width), el);
+        let delta = rounded(&rng.vec(rows * width), el);
+        let weight = rounded(&rng.vec(width), el);
+        let eps = 1e-5;
+        let (sum, h) = run::add_rms_norm(el, &x, &delta, &weight, eps);
+        let want_sum = rounded(
+            &x.iter().zip(&delta).map(|(a, b)| a + b).collect::<Vec<_>>(),
+            el,
+        );
+        assert_eq!(
+            sum, want_sum,
+            "{el:?}: the residual is x + delta, rounded once"
+        );
+        let mut want_h = Vec::new();
+        for row in want_sum.chunks(width) {
+            let rms = (row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / width as f64
+                + eps as f64)
+                .sqrt();
+            want_h.extend(
+                row.iter()
+                    .zip(&weight)
+                    .map(|(v, w)| (*v as f64 / rms * *w as f64) as f32),
+            );
+        }
+        let (at, err) = worst(&h, &want_h);
+        eprintln!("add_rms_norm {el:?}: worst relative error {err:.2e}");
+        assert!(err <= 2.0 * ulp(el), "{el:?}: {err} at {at}");
+
+        let gate_up = rounded(
+            &rng.vec(rows * 2 * width)
+                .iter()
+                .map(|v| v * 6.0)
+                .collect::<Vec<_>>(),
+            el,
+        );
+        let out = run::silu_mul(el, &gate_up, width);
+        let want: Vec<f32> = gate_up
+            .chunks(2 * width)
+            .flat_map(|row| {
+                let (g, u) = row.split_at(width);
+                g.iter()
+                    .zip(u)
+                    .map(|(g, u)| (*g as f64 / (1.0 + (-*g as f64).exp()) * *u as f64) as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let (at, err) = worst(&out, &want);
+        eprintln!("silu_mul {el:?}: worst relative error {err:.2e}");
+        assert!(err <= 2.0 * ulp(el), "{el:?}: {err} at {at}");
     }
 }
