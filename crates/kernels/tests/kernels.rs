@@ -58,14 +58,14 @@ fn rounded(values: &[f32], element: Element) -> Vec<f32> {
 /// Where the tests run.
 enum Backend {
     #[cfg(feature = "cuda")]
-    Gpu(candle_core::Device),
+    Gpu,
     #[cfg(all(feature = "emulate", not(feature = "cuda")))]
     Emulated,
 }
 
 fn backend(test: &str) -> Option<Backend> {
     #[cfg(feature = "cuda")]
-    return ferrollama_kernels::gpu_or_skip(test).map(Backend::Gpu);
+    return ferrollama_kernels::gpu_or_skip(test).map(|_| Backend::Gpu);
     #[cfg(all(feature = "emulate", not(feature = "cuda")))]
     {
         let _ = test;
@@ -79,6 +79,13 @@ impl Backend {
         return true;
         #[cfg(feature = "cuda")]
         return false;
+    }
+
+    /// The small cases: under the emulator, and on a GPU under compute-sanitizer
+    /// (FERROLLAMA_SMALL_KERNEL_TESTS, set by benches/gpu/check.sh), where every access is
+    /// checked and big cases take minutes.
+    fn small(&self) -> bool {
+        self.emulated() || std::env::var_os("FERROLLAMA_SMALL_KERNEL_TESTS").is_some()
     }
 
     /// The element types this build has kernels for.
@@ -671,7 +678,7 @@ fn paged_attention_matches_the_reference() {
         return;
     };
     // (head_dim, heads, kv_heads); the emulator takes smaller ones.
-    let shapes: &[(usize, usize, usize)] = if backend.emulated() {
+    let shapes: &[(usize, usize, usize)] = if backend.small() {
         &[(128, 8, 2), (64, 9, 3), (16, 4, 2), (80, 2, 1), (256, 2, 1)]
     } else {
         &[
@@ -682,7 +689,7 @@ fn paged_attention_matches_the_reference() {
             (256, 8, 1),
         ]
     };
-    let long = if backend.emulated() { 700 } else { 1300 };
+    let long = if backend.small() { 700 } else { 1300 };
     for &(head_dim, heads, kv_heads) in shapes {
         for window in [0, 300] {
             for (seed, el) in backend.elements().into_iter().enumerate() {
@@ -726,7 +733,7 @@ fn flash_attention_matches_the_reference() {
     let Some(backend) = backend("flash_attention") else {
         return;
     };
-    let shapes: &[(usize, usize, usize, &[usize])] = if backend.emulated() {
+    let shapes: &[(usize, usize, usize, &[usize])] = if backend.small() {
         &[
             (16, 4, 2, &[1, 17, 500, 2100]),
             (128, 8, 2, &[17, 100]),
@@ -913,5 +920,106 @@ fn add_rms_norm_and_silu_mul_match_the_reference() {
         let (at, err) = worst(&out, &want);
         eprintln!("silu_mul {el:?}: worst relative error {err:.2e}");
         assert!(err <= 2.0 * ulp(el), "{el:?}: {err} at {at}");
+    }
+}
+
+/// Not a check: the attention kernels' speed for benches/gpu/check.sh, timed with CUDA events
+/// over 20 launches after 3 warm ones, at Mistral-7B's heads (32 over 8 KV heads, 128 wide):
+/// decode attention for batch 16 x 3,000 keys, 64 x 1,000 and 1 x 3,000 (GB/s of the KV bytes
+/// it reads; the roofline is the device copy bandwidth the check measures), and prompt attention
+/// for one 2,000-token prompt (TFLOP/s counting the causal half).
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "a measurement, run by benches/gpu/check.sh"]
+fn attention_kernel_benchmark() {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+    use candle_core::{DType, Device, Tensor};
+    use ferrollama_kernels::{gpu_info, key_cache_shape, value_cache_shape, AttentionStep};
+    let Some(device) = ferrollama_kernels::gpu_or_skip("attention_kernel_benchmark") else {
+        return;
+    };
+    let Device::Cuda(cuda) = &device else {
+        unreachable!()
+    };
+    let stream = cuda.cuda_stream();
+    let thread_blocks = AttentionStep::thread_blocks(&gpu_info(cuda).unwrap());
+    let mut dtypes = vec![DType::F16];
+    if ferrollama_kernels::BUILD_HAS_BF16 {
+        dtypes.push(DType::BF16);
+    }
+    let s = AttentionShape {
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        block_size: 16,
+        window: 0,
+    };
+    // (sequences, cached keys before the new rows, new rows each)
+    let cases: [(usize, usize, usize); 4] =
+        [(16, 2999, 1), (64, 999, 1), (1, 2999, 1), (1, 0, 2000)];
+    for dtype in dtypes {
+        for (seqs, cached, new) in cases {
+            let blocks_each = (cached + new).div_ceil(s.block_size);
+            let tables: Vec<Vec<u32>> = (0..seqs)
+                .map(|i| ((i * blocks_each) as u32..((i + 1) * blocks_each) as u32).collect())
+                .collect();
+            let rows: Vec<SeqRows> = tables
+                .iter()
+                .enumerate()
+                .map(|(i, t)| SeqRows {
+                    first_row: i * new,
+                    cached,
+                    new,
+                    block_table: t,
+                })
+                .collect();
+            let plan = AttentionPlan::new(s, &rows, true, thread_blocks);
+            let blocks = seqs * blocks_each;
+            let k = key_cache_shape(blocks, s.kv_heads, s.head_dim, s.block_size, dtype);
+            let v = value_cache_shape(blocks, s.kv_heads, s.head_dim, s.block_size);
+            let random = |shape: &[usize]| {
+                Tensor::randn(0f32, 1f32, shape, &device)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let kc = random(&[k.0, k.1, k.2, k.3, k.4]);
+            let vc = random(&[v.0, v.1, v.2, v.3]);
+            let q = random(&[plan.rows, s.heads, s.head_dim]);
+            let (tiles, decode_rows, partitions) = (plan.tiles, plan.decode_rows, plan.partitions);
+            let step = AttentionStep::new(plan, &device).unwrap();
+            for _ in 0..3 {
+                step.attention(&q, &kc, &vc).unwrap();
+            }
+            let iterations = 20;
+            let start = stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .unwrap();
+            for _ in 0..iterations {
+                step.attention(&q, &kc, &vc).unwrap();
+            }
+            let end = stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .unwrap();
+            end.synchronize().unwrap();
+            let seconds = start.elapsed_ms(&end).unwrap() as f64 / 1e3 / iterations as f64;
+            let context = cached + new;
+            if new == 1 {
+                let bytes =
+                    (seqs * context * s.kv_heads * s.head_dim * 2 * dtype.size_in_bytes()) as f64;
+                println!(
+                    "decode attention {dtype:?} batch {seqs} x context {context}: {:.1} us, {:.0} GB/s of KV ({decode_rows} rows, {partitions} partitions)",
+                    seconds * 1e6,
+                    bytes / seconds / 1e9
+                );
+            } else {
+                let flops = 4.0 * (new * new) as f64 / 2.0 * (s.heads * s.head_dim) as f64;
+                println!(
+                    "prompt attention {dtype:?} {new} rows: {:.1} us, {:.1} TFLOP/s ({tiles} tiles)",
+                    seconds * 1e6,
+                    flops / seconds / 1e12
+                );
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod cpu;
 pub mod device;
 pub mod error;
+pub mod fused;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod kv_cache;
@@ -29,5 +30,5 @@ pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
 pub use load::{load, LoadOptions, LoadedModel, ModelSource};
-pub use model::Model;
+pub use model::{Model, ModelOptions};
 pub use tokenizer::{Detokenizer, Tokenizer};

@@ -3,6 +3,7 @@
 
 use crate::cpu::quant::{self, QuantMatrix};
 use crate::error::{ModelError, Result};
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{Module, Tensor};
 
@@ -43,15 +44,19 @@ impl Linear {
     }
 }
 
-/// Matrices that read the same input (attention's q, k, v; the MLP's gate and up). When they
-/// share a CPU quant format they become one matrix: the input is quantized once and one
-/// parallel loop runs instead of several, which is what a small model's decode step is made
-/// of. Otherwise each runs on its own.
+/// Matrices that read the same input (attention's q, k, v; the MLP's gate and up), as one
+/// matrix wherever they can be: the input is quantized once and one matmul (one launch, one
+/// parallel loop) runs instead of several, which is most of a decode step.
 pub enum Projections {
+    /// One matrix for our CPU kernels.
     Fused {
         matrix: QuantMatrix,
         widths: Vec<usize>,
     },
+    /// One candle matrix (on any device): quantized matrices of one format with their rows
+    /// concatenated, or dense ones of one dtype.
+    Joined { matrix: QMatMul, widths: Vec<usize> },
+    /// Formats that differ (a Q4_K_M file keeps some of them in Q6_K): each on its own.
     Separate(Vec<Linear>),
 }
 
@@ -71,34 +76,111 @@ impl Projections {
             let matrix = QuantMatrix::from_ggml(dtype, &raw, rows, cols);
             return Ok(Projections::Fused { matrix, widths });
         }
+        if let Some((matrix, widths)) = join(&parts)? {
+            return Ok(Projections::Joined { matrix, widths });
+        }
         Ok(Projections::Separate(
             parts.into_iter().map(Linear::new).collect::<Result<_>>()?,
         ))
+    }
+
+    /// `x` is `[tokens, in_features]`; returns `[tokens, sum of out_features]`, the parts side
+    /// by side.
+    pub fn forward_joined(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Projections::Fused { matrix, .. } => {
+                let out = quant_forward(matrix, x)?;
+                Ok(Tensor::from_vec(
+                    out,
+                    (x.dim(0)?, matrix.rows()),
+                    x.device(),
+                )?)
+            }
+            Projections::Joined { matrix, .. } => Ok(matrix.forward(x)?),
+            Projections::Separate(parts) => {
+                let outputs = parts
+                    .iter()
+                    .map(|p| p.forward(x))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&outputs, 1)?)
+            }
+        }
     }
 
     /// `x` is `[tokens, in_features]`; returns one `[tokens, out_features]` per matrix.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         match self {
             Projections::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
-            Projections::Fused { matrix, widths } => {
-                let tokens = x.dim(0)?;
-                let out = quant_forward(matrix, x)?;
-                let total = matrix.rows();
-                let mut offset = 0;
-                widths
-                    .iter()
-                    .map(|&width| {
-                        let mut part = Vec::with_capacity(tokens * width);
-                        for row in out.chunks_exact(total) {
-                            part.extend_from_slice(&row[offset..offset + width]);
-                        }
-                        offset += width;
-                        Ok(Tensor::from_vec(part, (tokens, width), x.device())?)
-                    })
-                    .collect()
+            Projections::Fused { widths, .. } | Projections::Joined { widths, .. } => {
+                split(&self.forward_joined(x)?, widths)
             }
         }
     }
+}
+
+/// The columns of `joined` cut into parts of `widths`, each contiguous.
+pub fn split(joined: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
+    let mut offset = 0;
+    widths
+        .iter()
+        .map(|&width| {
+            let part = joined.narrow(1, offset, width)?.contiguous()?;
+            offset += width;
+            Ok(part)
+        })
+        .collect()
+}
+
+/// One matrix with the rows of all `parts`, when they share a quant format (or a dense dtype),
+/// a device and an input width; with their widths.
+fn join(parts: &[QMatMul]) -> Result<Option<(QMatMul, Vec<usize>)>> {
+    let mut widths = Vec::with_capacity(parts.len());
+    let dense: Option<Vec<&Tensor>> = parts
+        .iter()
+        .map(|p| match p {
+            QMatMul::Tensor(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    if let Some(dense) = dense {
+        let first = dense[0];
+        if dense.iter().any(|t| {
+            t.dtype() != first.dtype()
+                || t.dim(1).ok() != first.dim(1).ok()
+                || !t.device().same_device(first.device())
+        }) {
+            return Ok(None);
+        }
+        for t in &dense {
+            widths.push(t.dim(0)?);
+        }
+        return Ok(Some((QMatMul::Tensor(Tensor::cat(&dense, 0)?), widths)));
+    }
+    let quantized: Option<Vec<&std::sync::Arc<candle_core::quantized::QTensor>>> = parts
+        .iter()
+        .map(|p| match p {
+            QMatMul::QTensor(q) => Some(q),
+            _ => None,
+        })
+        .collect();
+    let Some(quantized) = quantized else {
+        return Ok(None);
+    };
+    let first = quantized[0];
+    let cols = first.shape().dims2()?.1;
+    let mut raw = Vec::new();
+    for q in &quantized {
+        let (rows, c) = q.shape().dims2()?;
+        if q.dtype() != first.dtype() || c != cols || !q.device().same_device(&first.device()) {
+            return Ok(None);
+        }
+        // On a GPU this is a copy to the host and back, once per matrix at load.
+        raw.extend_from_slice(&q.data()?);
+        widths.push(rows);
+    }
+    let rows = widths.iter().sum::<usize>();
+    let joined = qtensor_from_ggml(first.dtype(), &raw, vec![rows, cols], &first.device())?;
+    Ok(Some((QMatMul::from_qtensor(joined)?, widths)))
 }
 
 /// `x` (`[tokens, cols]`) through our CPU kernel: `[tokens, rows]`, flat. A malformed file

@@ -5,7 +5,7 @@ use crate::attention::{AttentionKind, AttentionSpec};
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::model::Model;
+use crate::model::{Model, ModelOptions};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{GgufFile, GgufWeights, RandomDType, RandomWeights, SafetensorsWeights};
 use candle_core::{DType, Device};
@@ -63,6 +63,8 @@ pub struct LoadOptions {
     /// The KV cache's element type; `None`: f16 for the native CPU kernels, the model's dtype
     /// elsewhere.
     pub kv_dtype: Option<DType>,
+    /// Quantized weights dequantized at load (see [`crate::ModelOptions`]).
+    pub dequantize: bool,
 }
 
 impl LoadOptions {
@@ -77,7 +79,15 @@ impl LoadOptions {
             dtype: None,
             attention: AttentionKind::Auto,
             kv_dtype: None,
+            dequantize: false,
         }
+    }
+
+    /// Quantized weights dequantized to the model's dtype: the exact reference of a quantized
+    /// file.
+    pub fn dequantized(mut self) -> Self {
+        self.dequantize = true;
+        self
     }
 
     pub fn with_attention(mut self, attention: AttentionKind) -> Self {
@@ -124,11 +134,14 @@ pub fn load(
     let device = &options.device;
     let dtype = options.dtype()?;
     let mut build = |config: &ModelConfig, weights: &mut dyn crate::weights::WeightSource| {
-        let attention = AttentionSpec {
-            kind: options.attention,
-            kv_dtype: options.kv_dtype,
+        let model_options = ModelOptions {
+            attention: AttentionSpec {
+                kind: options.attention,
+                kv_dtype: options.kv_dtype,
+            },
+            dequantize: options.dequantize,
         };
-        Model::load(config, weights, device, dtype, attention, progress)
+        Model::load(config, weights, device, dtype, model_options, progress)
     };
     match source {
         ModelSource::Gguf(path) => {

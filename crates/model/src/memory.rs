@@ -76,8 +76,10 @@ pub fn activation_bytes(
     // Logits in the dtype and in f32.
     let logits = seqs.min(tokens) * c.vocab_size * (s + 4);
     let attention_scratch = match attention {
-        // Per query row and head: one f32 partial result per 512-key partition.
-        "cuda" => tokens * c.num_heads * context.div_ceil(512) * (c.head_dim + 2) * 4,
+        // Per decode row and head: one f32 partial result per 512-key partition; shorter
+        // partitions only where few rows leave the GPU idle, at most 512 thread blocks of up
+        // to 8 heads each (crates/kernels/src/plan.rs).
+        "cuda" => (tokens * c.num_heads * context.div_ceil(512) + 512 * 8) * (c.head_dim + 2) * 4,
         // Scores and probabilities over every key (f32 and the dtype), plus gathered keys
         // and values.
         _ => tokens * c.num_heads * context * (4 + 4 + s) + 2 * context * kv_width * s,

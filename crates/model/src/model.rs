@@ -1,18 +1,18 @@
 //! The Mistral/Llama-family transformer: RMSNorm, rotary attention with grouped KV heads over
 //! the paged cache, SwiGLU MLP. One `forward` serves any mix of prefill and decode chunks.
 
-use crate::attention::{self, Attention, AttentionSpec, HeadShape, StepLayout};
+use crate::attention::{self, Attention, AttentionKind, AttentionSpec, HeadShape, StepLayout};
 use crate::batch::{Batch, Logits};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::fused;
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, Projections};
-use crate::rope::Rope;
+use crate::rope::{Rope, RopeRows};
 use crate::weights::{Param, WeightSource};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::rms_norm;
-use candle_nn::rotary_emb::rope_thd;
 
 pub struct Model {
     config: ModelConfig,
@@ -25,6 +25,30 @@ pub struct Model {
     output_norm: Tensor,
     lm_head: Linear,
     rope: Rope,
+}
+
+/// How the model is built, beyond its device and dtype.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ModelOptions {
+    pub attention: AttentionSpec,
+    /// Quantized matrices dequantized to the model's dtype at load: the exact reference that
+    /// quantized paths are measured against (tests), or dense matmuls where they are faster.
+    pub dequantize: bool,
+}
+
+impl From<AttentionSpec> for ModelOptions {
+    fn from(attention: AttentionSpec) -> Self {
+        Self {
+            attention,
+            dequantize: false,
+        }
+    }
+}
+
+impl From<AttentionKind> for ModelOptions {
+    fn from(kind: AttentionKind) -> Self {
+        AttentionSpec::from(kind).into()
+    }
 }
 
 struct Layer {
@@ -40,20 +64,32 @@ struct Layer {
 
 impl Model {
     /// Loads every weight from `weights` onto `device`, computing in `dtype` with the
-    /// attention implementation `attention` names; `progress(done, total)` reports each layer.
+    /// attention implementation `options` names; `progress(done, total)` reports each layer.
     pub fn load(
         config: &ModelConfig,
         weights: &mut dyn WeightSource,
         device: &Device,
         dtype: DType,
-        attention: impl Into<AttentionSpec>,
+        options: impl Into<ModelOptions>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         config.validate()?;
-        let attention = attention::build(attention.into(), head_shape(config), dtype, device)?;
-        // Dense matrices and norms compute in the model's dtype; quantized ones stay as they are.
+        let options = options.into();
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(cuda) = device {
+            ferrollama_kernels::prepare_device(cuda)?;
+        }
+        let attention = attention::build(options.attention, head_shape(config), dtype, device)?;
+        // Dense matrices and norms compute in the model's dtype; quantized ones stay as they are
+        // (unless asked to dequantize).
         let matrix = |weights: &mut dyn WeightSource, param| -> Result<QMatMul> {
-            in_dtype(weights.matrix(param)?, dtype)
+            let m = weights.matrix(param)?;
+            match m {
+                QMatMul::QTensor(q) if options.dequantize => {
+                    Ok(QMatMul::Tensor(q.dequantize(device)?.to_dtype(dtype)?))
+                }
+                m => in_dtype(m, dtype),
+            }
         };
         let vector = |weights: &mut dyn WeightSource, param| -> Result<Tensor> {
             Ok(weights.vector(param)?.to_dtype(dtype)?)
@@ -150,53 +186,37 @@ impl Model {
     pub fn forward(&self, batch: &Batch<'_>, cache: &mut KvCache) -> Result<Tensor> {
         self.check(batch, cache)?;
         let c = &self.config;
-        let n = batch.num_tokens();
         let ids: Vec<u32> = batch
             .seqs
             .iter()
             .flat_map(|s| s.tokens.iter().copied())
             .collect();
         // Everything about where the tokens go is built once here, not once per layer.
-        let layout = StepLayout::new(head_shape(c), cache.block_size(), &batch.seqs);
+        let shape = head_shape(c);
+        let layout = StepLayout::new(shape, cache.block_size(), &batch.seqs);
         let step = self.attention.prepare(&layout)?;
-        let (cos, sin) = self.rope.cos_sin(&layout.positions, &self.device)?;
-        let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
+        let rope = RopeRows::new(&self.rope, &layout.positions, &self.device, self.dtype)?;
         let eps = c.rms_norm_eps as f32;
 
         let ids = Tensor::new(ids, &self.device)?;
         let mut x = self.embedding.embedding(&ids)?.to_dtype(self.dtype)?;
+        // `h` is always the normed input of what comes next: each residual add is fused with
+        // the norm after it.
+        let mut h = rms_norm(&x, &self.layers[0].attn_norm, eps)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.attn_norm, eps)?;
-            let [q, k, v]: [Tensor; 3] = layer
-                .qkv
-                .forward(&h)?
-                .try_into()
-                .expect("three projections");
-            let q = q.reshape((1, n, c.num_heads, c.head_dim))?;
-            let k = k.reshape((1, n, c.num_kv_heads, c.head_dim))?;
-            let q = rope_thd(&q.contiguous()?, &cos, &sin)?;
-            let k = rope_thd(&k.contiguous()?, &cos, &sin)?;
-
-            let attn = step.forward(
-                &cache.layers[l],
-                &q.reshape((n, c.num_heads, c.head_dim))?,
-                &k.reshape((n, c.num_kv_heads, c.head_dim))?,
-                &v.reshape((n, c.num_kv_heads, c.head_dim))?,
-            )?;
-            x = (x + layer.o.forward(&attn)?)?;
-
-            let h = rms_norm(&x, &layer.ffn_norm, eps)?;
-            let [gate, up]: [Tensor; 2] = layer
-                .gate_up
-                .forward(&h)?
-                .try_into()
-                .expect("two projections");
-            let mlp = layer.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
-            x = (x + mlp)?;
+            let qkv = layer.qkv.forward_joined(&h)?;
+            let attn = step.forward_qkv(&cache.layers[l], &qkv, &shape, &rope)?;
+            (x, h) = fused::add_rms_norm(&x, &layer.o.forward(&attn)?, &layer.ffn_norm, eps)?;
+            let act = fused::swiglu(&layer.gate_up.forward_joined(&h)?)?;
+            let next_norm = self
+                .layers
+                .get(l + 1)
+                .map_or(&self.output_norm, |next| &next.attn_norm);
+            (x, h) = fused::add_rms_norm(&x, &layer.down.forward(&act)?, next_norm, eps)?;
         }
 
-        let x = match batch.logits {
-            Logits::All => x,
+        let h = match batch.logits {
+            Logits::All => h,
             Logits::Last => {
                 let mut last = Vec::with_capacity(batch.seqs.len());
                 let mut end = 0u32;
@@ -204,11 +224,13 @@ impl Model {
                     end += seq.tokens.len() as u32;
                     last.push(end - 1);
                 }
-                x.index_select(&Tensor::new(last, &self.device)?, 0)?
+                h.index_select(&Tensor::new(last, &self.device)?, 0)?
             }
         };
-        let x = rms_norm(&x.contiguous()?, &self.output_norm, eps)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+        Ok(self
+            .lm_head
+            .forward(&h.contiguous()?)?
+            .to_dtype(DType::F32)?)
     }
 
     fn check(&self, batch: &Batch<'_>, cache: &KvCache) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 pub struct Rope {
     inv_freq: Vec<f32>,
@@ -66,5 +66,26 @@ impl Rope {
             Tensor::from_vec(cos, shape, device)?,
             Tensor::from_vec(sin, shape, device)?,
         ))
+    }
+}
+
+/// One step's rotary rows: cos and sin `[tokens, head_dim / 2]` in f32 (what our CUDA kernel
+/// reads) and in the model's dtype (what candle's rope takes).
+pub struct RopeRows {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub cos_in_dtype: Tensor,
+    pub sin_in_dtype: Tensor,
+}
+
+impl RopeRows {
+    pub fn new(rope: &Rope, positions: &[u32], device: &Device, dtype: DType) -> Result<Self> {
+        let (cos, sin) = rope.cos_sin(positions, device)?;
+        Ok(Self {
+            cos_in_dtype: cos.to_dtype(dtype)?,
+            sin_in_dtype: sin.to_dtype(dtype)?,
+            cos,
+            sin,
+        })
     }
 }

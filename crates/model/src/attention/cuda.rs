@@ -1,26 +1,40 @@
 //! Paged attention with our CUDA kernels (`crates/kernels`). Layout: vLLM's, as the kernels
-//! define it (`key_cache_shape`, `value_cache_shape`). Every new token is a query row over its
-//! own sequence's blocks, seeing positions up to its own, so prompt chunks and decoding tokens
-//! run in one launch.
+//! define it (`key_cache_shape`, `value_cache_shape`). Each step is planned once
+//! (`ferrollama_kernels::AttentionPlan`): prompt chunks go to the tensor-core kernel in tiles,
+//! decoding rows to the CUDA-core kernel, and every index array goes up in one upload. The
+//! joined q/k/v projection takes one fused kernel (rotary embedding, q out, k and v into the
+//! cache) before attention.
 
 use super::{Attention, HeadShape, LayerKv, StepAttention, StepLayout};
 use crate::error::Result;
+use crate::rope::RopeRows;
 use candle_core::{DType, Device, Tensor};
-use ferrollama_kernels::{key_cache_shape, reshape_and_cache, value_cache_shape, PagedAttention};
+use ferrollama_kernels::{
+    key_cache_shape, value_cache_shape, AttentionPlan, AttentionShape, AttentionStep, SeqRows,
+};
 
 pub struct Cuda {
     shape: HeadShape,
     dtype: DType,
     device: Device,
+    /// Decode thread blocks that keep this GPU busy (twice its multiprocessors).
+    thread_blocks: usize,
 }
 
 impl Cuda {
-    pub fn new(shape: HeadShape, dtype: DType, device: Device) -> Self {
-        Self {
+    pub fn new(shape: HeadShape, dtype: DType, device: Device) -> Result<Self> {
+        let thread_blocks = match &device {
+            Device::Cuda(cuda) => {
+                AttentionStep::thread_blocks(&ferrollama_kernels::gpu_info(cuda)?)
+            }
+            _ => 1,
+        };
+        Ok(Self {
             shape,
             dtype,
             device,
-        }
+            thread_blocks,
+        })
     }
 }
 
@@ -48,56 +62,55 @@ impl Attention for Cuda {
     }
 
     fn prepare<'a>(&'a self, step: &'a StepLayout) -> Result<Box<dyn StepAttention + 'a>> {
-        let n = step.num_tokens();
-        let max_blocks = step
+        let shape = AttentionShape {
+            heads: self.shape.num_heads,
+            kv_heads: self.shape.num_kv_heads,
+            head_dim: self.shape.head_dim,
+            block_size: step.block_size,
+            window: self.shape.sliding_window.unwrap_or(0),
+        };
+        let seqs: Vec<SeqRows> = step
             .seqs
             .iter()
-            .map(|s| s.block_table.len())
-            .max()
-            .unwrap_or(1);
-        let mut tables = vec![0u32; step.seqs.len() * max_blocks];
-        let mut row_seq = Vec::with_capacity(n);
-        for (i, seq) in step.seqs.iter().enumerate() {
-            tables[i * max_blocks..][..seq.block_table.len()].copy_from_slice(&seq.block_table);
-            row_seq.extend(std::iter::repeat_n(i as u32, seq.new));
-        }
-        let context_lens: Vec<u32> = step.positions.iter().map(|p| p + 1).collect();
-        let window = self.shape.sliding_window.unwrap_or(0);
-        let max_keys = context_lens
-            .iter()
-            .map(|&c| {
-                if window > 0 {
-                    (c as usize).min(window)
-                } else {
-                    c as usize
-                }
+            .map(|s| SeqRows {
+                first_row: s.first_row,
+                cached: s.cached,
+                new: s.new,
+                block_table: &s.block_table,
             })
-            .max()
-            .unwrap_or(1);
-        let device = &self.device;
+            .collect();
+        // Tensor cores take 16-bit floats; where the build has kernels for the dtype.
+        let flash = self.dtype != DType::F32;
+        let plan = AttentionPlan::new(shape, &seqs, flash, self.thread_blocks);
         Ok(Box::new(CudaStep {
-            slots: Tensor::new(step.slots.as_slice(), device)?,
-            attention: PagedAttention {
-                block_tables: Tensor::from_vec(tables, (step.seqs.len(), max_blocks), device)?,
-                row_seq: Tensor::new(row_seq, device)?,
-                context_lens: Tensor::new(context_lens, device)?,
-                max_keys,
-                scale: 1.0 / (self.shape.head_dim as f32).sqrt(),
-                window,
-            },
+            step: AttentionStep::new(plan, &self.device)?,
         }))
     }
 }
 
 struct CudaStep {
-    slots: Tensor,
-    attention: PagedAttention,
+    step: AttentionStep,
 }
 
 impl StepAttention for CudaStep {
     fn forward(&self, kv: &LayerKv, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        reshape_and_cache(k, v, &kv.keys, &kv.values, &self.slots)?;
-        let out = self.attention.forward(q, &kv.keys, &kv.values)?;
+        self.step.write_cache(k, v, &kv.keys, &kv.values)?;
+        let out = self.step.attention(q, &kv.keys, &kv.values)?;
+        let (n, heads, head_dim) = out.dims3()?;
+        Ok(out.reshape((n, heads * head_dim))?)
+    }
+
+    fn forward_qkv(
+        &self,
+        kv: &LayerKv,
+        qkv: &Tensor,
+        _shape: &HeadShape,
+        rope: &RopeRows,
+    ) -> Result<Tensor> {
+        let q = self
+            .step
+            .qkv_rope_cache(qkv, &rope.cos, &rope.sin, &kv.keys, &kv.values)?;
+        let out = self.step.attention(&q, &kv.keys, &kv.values)?;
         let (n, heads, head_dim) = out.dims3()?;
         Ok(out.reshape((n, heads * head_dim))?)
     }

@@ -17,7 +17,10 @@ mod native;
 
 use crate::batch::SeqChunk;
 use crate::error::{ModelError, Result};
+use crate::linear::split;
+use crate::rope::RopeRows;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::rotary_emb::rope_thd;
 
 pub use generic::Generic;
 pub use native::Native;
@@ -126,7 +129,7 @@ pub fn build(
         AttentionKind::Generic => Ok(Box::new(Generic::new(shape, dtype, device.clone()))),
         #[cfg(feature = "cuda")]
         AttentionKind::Cuda if device.is_cuda() => {
-            Ok(Box::new(cuda::Cuda::new(shape, dtype, device.clone())))
+            Ok(Box::new(cuda::Cuda::new(shape, dtype, device.clone())?))
         }
         AttentionKind::Cuda => Err(ModelError::Unsupported(
             "CUDA attention needs a CUDA device and a build with the `cuda` feature".into(),
@@ -155,6 +158,34 @@ pub trait StepAttention {
     /// embedding applied. Stores the new keys and values in `kv` first, so a token attends to
     /// itself and to its sequence's earlier tokens alike. Returns `[tokens, heads * head_dim]`.
     fn forward(&self, kv: &LayerKv, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor>;
+
+    /// The same from the joined q/k/v projection `[tokens, (heads + 2 kv_heads) head_dim]`,
+    /// before rotary embedding: splits it and rotates q and k (candle ops), then [`forward`].
+    /// Implementations with a fused kernel for all of that override it.
+    ///
+    /// [`forward`]: StepAttention::forward
+    fn forward_qkv(
+        &self,
+        kv: &LayerKv,
+        qkv: &Tensor,
+        shape: &HeadShape,
+        rope: &RopeRows,
+    ) -> Result<Tensor> {
+        let n = qkv.dim(0)?;
+        let (heads, kv_heads, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+        let [q, k, v]: [Tensor; 3] = split(qkv, &[heads * d, kv_heads * d, kv_heads * d])?
+            .try_into()
+            .expect("three projections");
+        let (cos, sin) = (&rope.cos_in_dtype, &rope.sin_in_dtype);
+        let q = rope_thd(&q.reshape((1, n, heads, d))?, cos, sin)?;
+        let k = rope_thd(&k.reshape((1, n, kv_heads, d))?, cos, sin)?;
+        self.forward(
+            kv,
+            &q.reshape((n, heads, d))?,
+            &k.reshape((n, kv_heads, d))?,
+            &v.reshape((n, kv_heads, d))?,
+        )
+    }
 }
 
 /// Where one sequence's new tokens sit in a step's flat batch and in the cache.

@@ -11,7 +11,19 @@ use std::path::{Path, PathBuf};
 
 pub const BLOCK_SIZE: usize = 16;
 
+/// The checkout whose fixtures the tests read: `FERROLLAMA_ROOT`, else the first directory
+/// from the working directory up that has `models/fixtures` (a test binary copied to another
+/// machine, as benches/gpu/check.sh runs them, finds the checkout it runs in), else the one
+/// the tests were built from.
 pub fn repo_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("FERROLLAMA_ROOT") {
+        return PathBuf::from(root);
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Some(found) = cwd.ancestors().find(|d| d.join("models/fixtures").is_dir()) {
+            return found.to_path_buf();
+        }
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
@@ -84,6 +96,18 @@ pub fn load_model(path: &Path) -> LoadedModel {
 pub fn load_model_with(path: &Path, attention: AttentionKind) -> LoadedModel {
     let source = ModelSource::from_path(path).unwrap();
     let options = LoadOptions::cpu().with_attention(attention);
+    load(&source, &options, &mut |_, _| {}).unwrap()
+}
+
+/// The exact reference of a quantized file: its weights dequantized to f32 at load, the
+/// forward in f32 on the CPU (f32 KV cache). What a quantized matmul would compute if it
+/// rounded nothing but the weights.
+pub fn exact_reference(path: &Path) -> LoadedModel {
+    let source = ModelSource::from_path(path).unwrap();
+    let options = LoadOptions::cpu()
+        .with_attention(AttentionKind::Native)
+        .with_kv_dtype(candle_core::DType::F32)
+        .dequantized();
     load(&source, &options, &mut |_, _| {}).unwrap()
 }
 

@@ -1,0 +1,36 @@
+//! A layer's elementwise steps between its matmuls: one kernel each on CUDA (`crates/kernels`,
+//! computing in f32 and rounding once), candle ops elsewhere (the CPU path is unchanged).
+
+use crate::error::Result;
+use crate::linear::split;
+use candle_core::Tensor;
+use candle_nn::ops::{rms_norm, silu};
+
+/// `(x + delta, rmsnorm(x + delta) * weight)`: the residual add and the next norm.
+pub fn add_rms_norm(
+    x: &Tensor,
+    delta: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return Ok(ferrollama_kernels::add_rms_norm(x, delta, weight, eps)?);
+    }
+    let x = (x + delta)?;
+    let h = rms_norm(&x, weight, eps)?;
+    Ok((x, h))
+}
+
+/// SwiGLU of the joined gate/up projection `[tokens, 2 width]`: `silu(gate) * up`.
+pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if gate_up.device().is_cuda() {
+        return Ok(ferrollama_kernels::silu_mul(gate_up)?);
+    }
+    let width = gate_up.dim(1)? / 2;
+    let [gate, up]: [Tensor; 2] = split(gate_up, &[width, width])?
+        .try_into()
+        .expect("two halves");
+    Ok((silu(&gate)? * up)?)
+}
