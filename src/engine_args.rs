@@ -65,6 +65,7 @@ impl EngineArgs {
             dtype: self.dtype.0,
             attention: self.attention,
             kv_dtype: self.kv_cache_dtype.0,
+            dequantize: false,
         })
     }
 
