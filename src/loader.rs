@@ -72,6 +72,7 @@ impl ServeLoader {
         let aliases: Vec<String> = entry.map(|e| e.names.clone()).unwrap_or_default();
         let mut names = ModelNames::new(given.or(short.as_deref()), reference, &aliases);
         names.all.extend(short.filter(|n| !names.all.contains(n)));
+        self.say_what_is_not_used(reference);
         let mut defaults = entry.map(|e| e.defaults()).unwrap_or_default();
         defaults.extend(self.params_layer(reference));
         let model = Arc::new(loaded.model);
@@ -81,7 +82,7 @@ impl ServeLoader {
         println!(
             "loaded {reference} in {:.1}s: device {}, dtype {:?}, attention {}, KV cache {:?}, {:.2} GiB = {} tokens",
             loaded.took.as_secs_f64(),
-            ferrollama_model::device::describe(m.device()),
+            ferrollama_model::device::describe(m.device(), config.threads),
             m.dtype(),
             m.attention(),
             m.kv_dtype(),
@@ -114,6 +115,27 @@ impl ServeLoader {
     }
 
     /// The options in a store model's params layer (Ollama's default options for it).
+    /// A store model's Modelfile layers that are not used, said at load rather than ignored:
+    /// its TEMPLATE (Go template syntax; the GGUF's own chat template is used) and SYSTEM (a
+    /// default system prompt, not applied).
+    fn say_what_is_not_used(&self, reference: &str) {
+        use ferrollama_store::manifest::{SYSTEM, TEMPLATE};
+        let Some(manifest) = store_name(reference).and_then(|name| self.store.manifest(&name).ok())
+        else {
+            return;
+        };
+        if manifest.layer(TEMPLATE).is_some() {
+            tracing::info!(
+                "{reference}: its Modelfile TEMPLATE is Go template syntax, which ferrollama does not run; prompts use the GGUF's own chat template"
+            );
+        }
+        if manifest.layer(SYSTEM).is_some() {
+            tracing::warn!(
+                "{reference}: its Modelfile SYSTEM prompt is not applied; send it as a system message"
+            );
+        }
+    }
+
     fn params_layer(&self, reference: &str) -> serde_json::Map<String, serde_json::Value> {
         let layer = store_name(reference).and_then(|name| {
             let manifest = self.store.manifest(&name).ok()?;

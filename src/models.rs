@@ -6,8 +6,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-const MODEL_LAYER: &str = "application/vnd.ollama.image.model";
-
 #[derive(clap::Args)]
 pub struct PullArgs {
     /// A model name: `mistral:instruct`, `namespace/name:tag`, `host/namespace/name:tag`, or a
@@ -26,6 +24,10 @@ pub struct PullArgs {
 pub struct ShowArgs {
     /// A name in the store, or a GGUF file.
     pub name: String,
+    /// Hash every blob of a store name and fail naming any whose bytes do not match its
+    /// digest (a pull trusts a blob only by its hash; this checks one already on disk).
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(clap::Args)]
@@ -91,26 +93,19 @@ pub fn pull(args: PullArgs) -> anyhow::Result<()> {
             }
         }
     };
+    let pin = args.model_sha256.as_deref().map(str::to_ascii_lowercase);
+    if let Some(pin) = &pin {
+        if !(pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit())) {
+            anyhow::bail!("--model-sha256 takes 64 hex digits, not \"{pin}\"");
+        }
+    }
+    // The pin is checked against the manifest before any blob is fetched or anything written.
     let pulled = runtime
-        .block_on(Puller::from_env().pull(&store, &name, &mut report))
+        .block_on(Puller::from_env().pull(&store, &name, pin.as_deref(), &mut report))
         .with_context(|| format!("pulling {name}"))?;
-    match (pulled, args.model_sha256) {
-        (Pulled::Snapshot(dir), None) => println!("{name}: {}", dir.display()),
-        (Pulled::Snapshot(_), Some(_)) => {
-            anyhow::bail!("--model-sha256 pins a GGUF model layer; {name} is a safetensors repo")
-        }
-        (Pulled::Manifest(manifest), Some(want)) => {
-            let got = manifest
-                .layer(MODEL_LAYER)
-                .map(|l| l.digest.trim_start_matches("sha256:").to_string());
-            if got.as_deref() != Some(want.as_str()) {
-                anyhow::bail!(
-                    "{name}'s model layer is sha256:{}, not the pinned sha256:{want}",
-                    got.as_deref().unwrap_or("(none)")
-                );
-            }
-            println!("{name}: model layer sha256:{want}, as pinned");
-        }
+    match (pulled, pin) {
+        (Pulled::Snapshot(dir), _) => println!("{name}: {}", dir.display()),
+        (Pulled::Manifest(_), Some(pin)) => println!("{name}: model layer sha256:{pin}, as pinned"),
         (Pulled::Manifest(_), None) => {}
     }
     Ok(())
@@ -156,7 +151,14 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
     use ferrollama_model::weights::GgufFile;
     use ferrollama_model::{ChatTemplate, Tokenizer};
     let path = match crate::resolve::store_name(&args.name) {
-        Some(name) => Store::from_env().model_file(&name)?,
+        Some(name) => {
+            let store = Store::from_env();
+            if args.verify {
+                verify(&store, &name)?;
+            }
+            store.model_file(&name)?
+        }
+        None if args.verify => anyhow::bail!("--verify checks a name in the store"),
         None => std::path::PathBuf::from(&args.name),
     };
     let gguf = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -199,6 +201,40 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
     for (key, value) in rows {
         println!("    {key:<16}{value}");
     }
+    Ok(())
+}
+
+/// Every blob of `name` hashed against its digest.
+fn verify(store: &Store, name: &ModelName) -> anyhow::Result<()> {
+    let manifest = store.manifest(name)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut bad = Vec::new();
+    for layer in manifest.blobs() {
+        let ok = runtime.block_on(store.verify_blob(&layer.digest))?;
+        println!(
+            "  {} {:<40} {}",
+            if ok { "ok " } else { "BAD" },
+            layer.media_type,
+            layer.digest
+        );
+        if !ok {
+            bad.push(format!(
+                "{} ({})",
+                store.blob_path(&layer.digest)?.display(),
+                layer.media_type
+            ));
+        }
+    }
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "{name}: {} blob(s) do not hash to their digest (missing or damaged): {}; pull it again",
+            bad.len(),
+            bad.join(", ")
+        );
+    }
+    println!("{name}: every blob matches its sha256");
     Ok(())
 }
 

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer <key>` on every request.
     #[arg(long, env = "FERROLLAMA_API_KEY")]
     pub api_key: Option<String>,
+    /// Refuse the endpoints that change the model store (`/api/pull`, `/api/delete`,
+    /// `/api/copy`, `/api/create`, `/api/push`) whatever the key: for replicas that only serve.
+    #[arg(long, env = "FERROLLAMA_READ_ONLY")]
+    pub read_only: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -123,6 +127,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 max_choices: args.max_choices.max(1),
             },
             api_key: args.api_key.filter(|k| !k.is_empty()).map(Into::into),
+            read_only: args.read_only,
             store,
             puller: Puller::from_env(),
         };

@@ -80,3 +80,40 @@ def test_log_prompts_puts_the_prompt_in_the_line(tmp_path):
     (line,) = request_lines(log_path.read_text())
     assert SECRET in line["fields"]["prompt"]
     assert KEY not in log_path.read_text()
+
+
+def metric(text, name):
+    return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name + " "))
+
+
+def test_a_cancelled_request_counts_its_tokens_in_its_log_line_and_metrics(tmp_path):
+    """A client that hangs up mid-reply: its line and /metrics still count what it cost."""
+    log_path = tmp_path / "server.log"
+    proc, base, _ = start(log_path)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    try:
+        before = requests.get(base + "/metrics", headers=headers).text
+        seen = 0
+        with requests.post(base + "/api/generate", headers=headers, stream=True, json={
+                "model": "tiny", "prompt": "Tell me a long story about a lighthouse.",
+                "options": {"temperature": 0, "num_predict": 2000}}) as reply:
+            for line in reply.iter_lines():
+                if line.strip() and not json.loads(line)["done"]:
+                    seen += 1
+                if seen == 3:
+                    break  # hang up
+        deadline = time.time() + 15
+        while not request_lines(log_path.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        after = requests.get(base + "/metrics", headers=headers).text
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    (line,) = request_lines(log_path.read_text())
+    fields = line["fields"]
+    assert fields["finish"] == "cancelled", fields
+    assert fields["prompt_tokens"] > 5 and fields["generated_tokens"] >= 3, fields
+    assert metric(after, "ferrollama_prompt_tokens_total") - \
+        metric(before, "ferrollama_prompt_tokens_total") == fields["prompt_tokens"]
+    assert metric(after, "ferrollama_generation_tokens_total") - \
+        metric(before, "ferrollama_generation_tokens_total") == fields["generated_tokens"]

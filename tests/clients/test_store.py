@@ -61,8 +61,9 @@ def registry():
     server.shutdown()
 
 
-def ferrollama(store, registry_url, *args, check=True):
-    env = dict(os.environ, OLLAMA_MODELS=str(store), FERROLLAMA_REGISTRY_URL=registry_url)
+def ferrollama(store, registry_url, *args, check=True, env=None):
+    env = dict(os.environ, OLLAMA_MODELS=str(store), FERROLLAMA_REGISTRY_URL=registry_url,
+               **(env or {}))
     result = subprocess.run([BINARY, *args], env=env, capture_output=True, text=True, timeout=120,
                             stdin=subprocess.DEVNULL)
     if check:
@@ -126,6 +127,18 @@ def test_a_pinned_model_digest_is_checked(registry, tmp_path):
                        check=False)
     assert moved.returncode != 0 and f"is sha256:{model}, not the pinned sha256:{'0' * 64}" \
         in moved.stderr
+
+
+def test_a_pin_mismatch_leaves_the_store_unchanged(registry, tmp_path):
+    """Checked against the manifest before any blob: no manifest (which a later `serve NAME`
+    would load unpinned), no blob."""
+    url, _ = registry
+    store = tmp_path / "models"
+    moved = ferrollama(store, url, "pull", "tiny-mistral:q4_0", "--model-sha256", "1" * 64,
+                       check=False)
+    assert moved.returncode != 0 and "nothing was written" in moved.stderr
+    assert not store.exists() or files(store) == []
+    assert not (store / "manifests").exists()
 
 
 @pytest.mark.parametrize("bad", ["../escape", "a/../../b", "tiny mistral", "x/y/z/w:t"])
@@ -207,3 +220,200 @@ def test_ollama_python_pulls_lists_copies_and_deletes_through_the_server(server_
     assert answer.status_code == 404 and "nothing:here" in answer.json()["error"]
     bad = requests.post(base + "/api/pull", json={"model": "../up"})
     assert bad.status_code == 400 and '"../up"' in bad.json()["error"]
+
+
+class Registry:
+    """A registry whose model blob can be served slowly, or stall after some bytes; it counts
+    the model blob's transfers and bytes."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = json.dumps({"model_format": "gguf", "model_family": "llama"}).encode()
+        self.manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": layer("application/vnd.docker.container.image.v1+json", self.config),
+            "layers": [layer("application/vnd.ollama.image.model", model)],
+        }
+        self.blobs = {self.manifest["config"]["digest"]: self.config,
+                      self.manifest["layers"][0]["digest"]: model}
+        self.model_digest = self.manifest["layers"][0]["digest"]
+        self.transfers = 0
+        self.bytes = 0
+        self.stall_after = None  # bytes of the model blob, then silence
+        self.seconds_per_mb = 0.0
+        registry = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path == "/v2/library/tiny-mistral/manifests/q4_0":
+                    body, start = json.dumps(registry.manifest).encode(), 0
+                elif "/blobs/" in self.path and self.path.rsplit("/", 1)[1] in registry.blobs:
+                    body = registry.blobs[self.path.rsplit("/", 1)[1]]
+                    start = int((self.headers.get("Range") or "bytes=0-")[6:].rstrip("-") or 0)
+                else:
+                    self.send_error(404)
+                    return
+                model = self.path.endswith(registry.model_digest)
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                if model:
+                    registry.transfers += 1
+                try:
+                    for at in range(start, len(body), 65536):
+                        if model and registry.stall_after is not None and at >= registry.stall_after:
+                            time.sleep(3600)
+                        chunk = body[at:at + 65536]
+                        self.wfile.write(chunk)
+                        if model:
+                            registry.bytes += len(chunk)
+                            time.sleep(registry.seconds_per_mb * len(chunk) / 1e6)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def blob_path(self, store):
+        return store / "blobs" / ("sha256-" + self.model_digest.split(":")[1])
+
+
+@pytest.fixture()
+def controlled():
+    registry = Registry(GGUF.read_bytes())
+    yield registry
+    registry.server.shutdown()
+
+
+def test_a_stalled_registry_fails_the_pull_naming_the_stall_and_a_rerun_resumes(controlled,
+                                                                              tmp_path):
+    store = tmp_path / "models"
+    size = len(controlled.model)
+    controlled.stall_after = size // 2
+    started = time.time()
+    stalled = ferrollama(store, controlled.url, "pull", "tiny-mistral:q4_0", check=False,
+                         env={"FERROLLAMA_STALL_TIMEOUT": "3"})
+    took = time.time() - started
+    assert stalled.returncode != 0 and "no bytes arrived for 3 s" in stalled.stderr, stalled.stderr
+    assert took < 30, f"gave up after {took:.0f} s"
+    assert not (store / "manifests").exists()
+
+    controlled.stall_after = None
+    before = controlled.bytes
+    ferrollama(store, controlled.url, "pull", "tiny-mistral:q4_0")
+    fetched = controlled.bytes - before
+    assert fetched <= size - size // 2 + 65536, f"the rerun resumed: {fetched} of {size} bytes"
+    assert hashlib.sha256(controlled.blob_path(store).read_bytes()).hexdigest() == \
+        controlled.model_digest.split(":")[1]
+
+
+def test_two_pulls_of_one_model_download_it_once(controlled, tmp_path):
+    """Two CLI pulls at once, then two /api/pull at once on a server: all succeed, the model
+    blob crosses the network once per store, and the blob on disk hashes to its name."""
+    controlled.seconds_per_mb = 2.0  # about 4 s for tiny-mistral's 1.9 MB: the pulls overlap
+    store = tmp_path / "cli"
+    env = dict(os.environ, OLLAMA_MODELS=str(store), FERROLLAMA_REGISTRY_URL=controlled.url)
+    pulls = [subprocess.Popen([BINARY, "pull", "tiny-mistral:q4_0"], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL) for _ in range(2)]
+    for p in pulls:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert controlled.transfers == 1, f"{controlled.transfers} downloads of the model blob"
+    digest = controlled.model_digest.split(":")[1]
+    assert hashlib.sha256(controlled.blob_path(store).read_bytes()).hexdigest() == digest
+
+    server_store = tmp_path / "server"
+    proc, base = serve(dict(os.environ, OLLAMA_MODELS=str(server_store),
+                            FERROLLAMA_REGISTRY_URL=controlled.url),
+                       "--model", str(ROOT / "models/fixtures/tiny-mistral"), "--name", "m")
+    try:
+        results = []
+
+        def api_pull():
+            results.append(requests.post(base + "/api/pull", timeout=120,
+                                         json={"model": "tiny-mistral:q4_0", "stream": False}))
+
+        threads = [threading.Thread(target=api_pull) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.json() for r in results] == [{"status": "success"}] * 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert controlled.transfers == 2, "one more download, for the server's store"
+    assert hashlib.sha256(controlled.blob_path(server_store).read_bytes()).hexdigest() == digest
+
+
+def test_a_damaged_blob_is_found_and_named_and_a_pull_replaces_it(controlled, tmp_path):
+    store = tmp_path / "models"
+    ferrollama(store, controlled.url, "pull", "tiny-mistral:q4_0")
+    assert "every blob matches its sha256" in ferrollama(store, controlled.url, "show", "--verify",
+                                                         "tiny-mistral:q4_0").stdout
+    blob = controlled.blob_path(store)
+    damaged = bytearray(blob.read_bytes())
+    damaged[1000] ^= 0xFF  # same size: a pull that trusted sizes would keep it
+    blob.write_bytes(bytes(damaged))
+    found = ferrollama(store, controlled.url, "show", "--verify", "tiny-mistral:q4_0", check=False)
+    assert found.returncode != 0 and str(blob) in found.stderr, found.stderr
+    transfers = controlled.transfers
+    ferrollama(store, controlled.url, "pull", "tiny-mistral:q4_0")
+    assert controlled.transfers == transfers + 1, "the damaged blob was fetched again"
+    ferrollama(store, controlled.url, "show", "--verify", "tiny-mistral:q4_0")
+
+
+def test_ollamas_own_partial_files_are_left_alone(controlled, tmp_path):
+    """Ollama downloads into `sha256-<hex>-partial` (and `-partial-N` parts): a pull of ours
+    beside one never takes it for its own or deletes it."""
+    store = tmp_path / "models"
+    partial = controlled.blob_path(store).with_name(controlled.blob_path(store).name + "-partial")
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\0" * 100)
+    ferrollama(store, controlled.url, "pull", "tiny-mistral:q4_0")
+    assert partial.read_bytes() == b"\0" * 100
+
+
+def test_names_match_ignoring_case_as_ollamas_do(registry, tmp_path):
+    url, _ = registry
+    store = tmp_path / "models"
+    ferrollama(store, url, "pull", "tiny-mistral:q4_0")
+    shown = ferrollama(store, url, "show", "Tiny-Mistral:Q4_0").stdout
+    assert "quantization    Q4_0" in shown
+
+
+def test_a_read_only_server_refuses_store_changes_whatever_the_key(registry, tmp_path):
+    url, _ = registry
+    store = tmp_path / "models"
+    ferrollama(store, url, "pull", "tiny-mistral:q4_0")
+    key = {"Authorization": "Bearer k3y"}
+    env = dict(os.environ, OLLAMA_MODELS=str(store), FERROLLAMA_REGISTRY_URL=url)
+    for flags, with_key in [([], 200), (["--read-only"], 403)]:
+        proc, base = serve(env, "--model", str(ROOT / "models/fixtures/tiny-mistral"),
+                           "--name", "m", "--api-key", "k3y", *flags)
+        try:
+            body = {"model": "tiny-mistral:q4_0"}
+            assert requests.delete(base + "/api/delete", json=body).status_code == 401
+            answer = requests.post(base + "/api/copy", headers=key,
+                                   json={"source": "tiny-mistral:q4_0", "destination": "c:1"})
+            assert answer.status_code == with_key, answer.text
+            if with_key == 403:
+                assert "read-only" in answer.json()["error"]
+                for path, method in [("/api/delete", requests.delete),
+                                     ("/api/pull", requests.post)]:
+                    refused = method(base + path, headers=key, json=body)
+                    assert refused.status_code == 403, (path, refused.text)
+                # Serving goes on.
+                assert requests.post(base + "/api/generate", headers=key, json={
+                    "model": "m", "prompt": "Hi", "stream": False,
+                    "options": {"num_predict": 2}}).status_code == 200
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)

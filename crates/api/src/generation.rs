@@ -54,35 +54,48 @@ pub fn submit_all(
         let metrics = state.metrics.clone();
         let log = log.clone();
         tokio::spawn(async move {
+            // The client left (or time ran out): the request is cancelled in the engine, and
+            // its stream is still read to its end, for the tokens it did cost.
+            let (mut gone, mut over_time) = (false, false);
             loop {
                 // The client going is noticed when it goes, not at the next event (a prompt
-                // being read sends none for seconds): dropping `stream` cancels the request.
-                let event = tokio::select! {
-                    event = stream.next() => event,
-                    _ = tx.closed() => return,
-                    _ = until(deadline) => Some(timed_out(timeout)),
-                };
-                let Some(event) = event else { return };
-                let over_time = matches!(
-                    &event,
-                    Event::Finished {
-                        reason: FinishReason::Cancelled,
-                        ..
+                // being read sends none for seconds).
+                let event = if gone || over_time {
+                    stream.next().await
+                } else {
+                    tokio::select! {
+                        event = stream.next() => event,
+                        _ = tx.closed() => {
+                            stream.cancel();
+                            gone = true;
+                            continue;
+                        }
+                        _ = until(deadline) => {
+                            stream.cancel();
+                            over_time = true;
+                            continue;
+                        }
                     }
-                );
+                };
+                let Some(mut event) = event else { return };
                 if let Event::Finished {
                     usage,
                     timings,
                     reason,
                     error,
-                } = &event
+                } = &mut event
                 {
+                    if over_time {
+                        *reason = FinishReason::Cancelled;
+                        *error = Some(timed_out_message(timeout));
+                    }
                     metrics.finished(usage, timings);
                     log.finished(usage, timings, *reason, error.as_deref());
                     lease.take();
                 }
-                if tx.send((index, event)).is_err() || over_time {
-                    return; // dropping `stream` cancels the request in the engine
+                if !gone && tx.send((index, event)).is_err() {
+                    stream.cancel();
+                    gone = true;
                 }
             }
         });
@@ -98,17 +111,10 @@ async fn until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// The final event of a choice that ran past `--request-timeout`.
-fn timed_out(timeout: Option<std::time::Duration>) -> Event {
+/// Why a choice that ran past `--request-timeout` ended.
+fn timed_out_message(timeout: Option<std::time::Duration>) -> String {
     let limit = timeout.map_or(String::new(), |t| format!(" ({} s)", t.as_secs_f64()));
-    Event::Finished {
-        reason: FinishReason::Cancelled,
-        usage: Usage::default(),
-        timings: Timings::default(),
-        error: Some(format!(
-            "the request ran past the server's --request-timeout{limit}"
-        )),
-    }
+    format!("the request ran past the server's --request-timeout{limit}")
 }
 
 #[derive(Debug, Clone, Default)]

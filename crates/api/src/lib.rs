@@ -73,6 +73,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             refuse_while_draining,
         ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_store_changes,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -176,6 +180,34 @@ async fn not_found(request: Request) -> Response {
     } else {
         error.ollama().into_response()
     }
+}
+
+/// Ollama's endpoints that change the store.
+const STORE_CHANGES: [&str; 5] = [
+    "/api/pull",
+    "/api/delete",
+    "/api/copy",
+    "/api/create",
+    "/api/push",
+];
+
+/// With `--read-only`, the endpoints that change the store answer 403, with or without a key.
+async fn refuse_store_changes(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if state.read_only && (STORE_CHANGES.contains(&path) || path.starts_with("/api/blobs/")) {
+        return ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!("{path} is refused: this server is read-only (--read-only)"),
+            param: None,
+        }
+        .ollama()
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// With an API key configured, every request needs `Authorization: Bearer <key>`. Without

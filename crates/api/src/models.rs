@@ -206,7 +206,7 @@ pub async fn pull(State(state): State<AppState>, body: Bytes) -> Result<Response
             }
             let _ = progress.send(Ok(progress_json(event)));
         };
-        if let Err(e) = puller.pull(&store, &name, &mut report).await {
+        if let Err(e) = puller.pull(&store, &name, None, &mut report).await {
             let _ = sender.send(Err(e.into()));
         }
     });

@@ -484,8 +484,11 @@ async fn respond(
         }
         return Ok(Json(body).into_response());
     }
-    // A heartbeat is an empty chunk, which ollama-python and litellm read as no text (NDJSON has
-    // no comments): one at once, then one per second of silence while the prompt is read.
+    // A heartbeat is a space with no newline: one at once, then one per second of silence while
+    // the prompt is read. Bytes flow (a client's read timeout never fires), yet no line is
+    // made: the spaces lead the next JSON line, which every JSON parser reads past. An empty
+    // JSON line would be a line of its own, and litellm's `ollama/` provider (1.53.1, the AI
+    // Gateway's) fails on `{"response":"","done":false}`, as on a blank or space-only line.
     let start = tokio::time::Instant::now() + HEARTBEAT;
     let events = UnboundedReceiverStream::new(merged)
         .timeout_repeating(tokio::time::interval_at(start, HEARTBEAT))
@@ -494,20 +497,21 @@ async fn respond(
     let lines = tokio_stream::once(None)
         .chain(events)
         .filter_map(move |event| {
+            let Some(event) = event else {
+                return Some(Ok::<_, std::convert::Infallible>(" ".to_string()));
+                // a heartbeat
+            };
             let pieces = match (&event, &mut reader) {
-                (None, _) => vec![Piece::Text(String::new())], // the heartbeat
-                (Some(Event::Token { text, token_id }), Some(reader)) => {
-                    reader.push(text, *token_id)
-                }
-                (Some(Event::Token { text, .. }), None) if text.is_empty() => Vec::new(),
-                (Some(Event::Token { text, .. }), None) => vec![Piece::Text(text.clone())],
-                (Some(Event::Finished { .. }), Some(reader)) => reader.finish(),
-                (Some(Event::Finished { .. }), None) => Vec::new(),
+                (Event::Token { text, token_id }, Some(reader)) => reader.push(text, *token_id),
+                (Event::Token { text, .. }, None) if text.is_empty() => Vec::new(),
+                (Event::Token { text, .. }, None) => vec![Piece::Text(text.clone())],
+                (Event::Finished { .. }, Some(reader)) => reader.finish(),
+                (Event::Finished { .. }, None) => Vec::new(),
             };
             // Ollama gives each call whole, once its object closes.
             let mut lines: Vec<Value> = pieces
                 .into_iter()
-                .filter(|p| event.is_none() || p != &Piece::Text(String::new()))
+                .filter(|p| p != &Piece::Text(String::new()))
                 .filter_map(|p| {
                     let mut line = match p {
                         Piece::Text(text) => piece(&text),
@@ -522,12 +526,12 @@ async fn respond(
                     Some(line)
                 })
                 .collect();
-            if let Some(Event::Finished {
+            if let Event::Finished {
                 reason,
                 usage,
                 timings,
                 error,
-            }) = &event
+            } = &event
             {
                 if let Some(error) = error {
                     lines.push(json!({"error": error}));

@@ -15,6 +15,8 @@ pub struct AppState {
     pub residents: Arc<Residents>,
     /// Bearer token required on every request, if set.
     pub api_key: Option<Arc<str>>,
+    /// Refuse every store-changing endpoint, whatever the key (read-only replicas).
+    pub read_only: bool,
     /// The Ollama store that /api/tags lists and /api/pull, /api/delete, /api/copy change.
     pub store: Store,
     /// Pulls from the Ollama registry and the Hugging Face hub.

@@ -89,12 +89,21 @@ enum Command {
     AbortAll(String),
 }
 
-/// The caller's side of one request: events until `Finished`. Dropping it cancels the request.
+/// The caller's side of one request: events until `Finished`. Dropping it cancels the request;
+/// [`RequestStream::cancel`] does too, and still brings its `Finished` event with the usage
+/// so far (for the log and metrics of a request whose client left).
 pub struct RequestStream {
     rx: UnboundedReceiver<Event>,
+    cancelled: Arc<AtomicBool>,
 }
 
 impl RequestStream {
+    /// Ends the request at the engine's next look (between layers of a running step); its
+    /// `Finished` event, reason `Cancelled`, still comes through this stream.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
     pub async fn next(&mut self) -> Option<Event> {
         self.rx.recv().await
     }
@@ -210,7 +219,9 @@ impl EngineHandle {
         request.sampling.validate().map_err(EngineError::Sampling)?;
         let (tx, rx) = unbounded_channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok((Sequence::new(id, request, tx), RequestStream { rx }))
+        let seq = Sequence::new(id, request, tx);
+        let cancelled = seq.cancelled.clone();
+        Ok((seq, RequestStream { rx, cancelled }))
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -373,11 +384,17 @@ impl Engine {
                 }
                 next = inbox.try_recv().ok();
             }
-            // Requests whose caller hung up give their blocks back before the next step.
-            let left = self.scheduler.remove_where(|seq| seq.events.is_closed());
-            self.queued.fetch_sub(left, Ordering::SeqCst);
+            // Requests whose caller hung up or cancelled give their blocks back before the next
+            // step; a cancelled one that still listens hears how far it got.
+            let (left, never_ran) = self.scheduler.take_where(Sequence::abandoned);
+            self.queued.fetch_sub(never_ran, Ordering::SeqCst);
+            for seq in left {
+                finish(seq, FinishReason::Cancelled, None, &self.model);
+            }
             let plan = self.scheduler.schedule();
             self.queued.fetch_sub(plan.admitted, Ordering::SeqCst);
+            // What runs now shows while it runs (a long prompt chunk takes seconds).
+            self.publish_occupancy();
             if !plan.chunks.is_empty() {
                 self.step(&plan);
             }
@@ -403,18 +420,28 @@ impl Engine {
         // Grammar masks are computed beside the forward, not after it: they depend only on
         // the tokens so far.
         let mut constrained = self.scheduler.take_constraints(plan);
+        // The step stops between layers once every caller in it has gone: a client that
+        // hangs up during a long prompt chunk frees the engine at once, not at the chunk's end.
+        let callers = self.scheduler.callers(plan);
+        let all_gone = || {
+            callers
+                .iter()
+                .all(|(events, cancelled)| events.is_closed() || cancelled.load(Ordering::Relaxed))
+        };
         let logits = std::thread::scope(|scope| {
             if !constrained.is_empty() {
                 scope.spawn(|| constrained.iter_mut().for_each(|(_, c)| c.prepare()));
             }
             self.model
                 .model
-                .forward(&self.scheduler.batch(plan), &mut self.cache)
-                .and_then(|l| Ok(l.to_vec2::<f32>()?))
+                .forward_until(&self.scheduler.batch(plan), &mut self.cache, &all_gone)
+                .and_then(|l| l.map(|l| Ok(l.to_vec2::<f32>()?)).transpose())
         });
         self.scheduler.restore_constraints(constrained);
         let mut rows = match logits {
-            Ok(rows) => rows,
+            Ok(Some(rows)) => rows,
+            // Abandoned mid-step: the loop takes its sequences out next.
+            Ok(None) => return,
             Err(e) => {
                 // The batch failed as a whole: its requests get the error, the others go on.
                 tracing::error!("forward failed: {e}");
@@ -431,6 +458,13 @@ impl Engine {
         for (seq, reason) in finished {
             finish(seq, reason, None, &self.model);
         }
+    }
+
+    fn publish_occupancy(&self) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        stats.running = self.scheduler.num_running();
+        stats.waiting = self.scheduler.num_waiting();
+        stats.free_blocks = self.scheduler.num_free_blocks();
     }
 
     fn publish_stats(&self, preempted: usize) {

@@ -83,26 +83,49 @@ impl Scheduler {
         self.pool.num_free()
     }
 
-    /// Removes the sequences `gone` picks (their callers hung up), giving their blocks back.
-    /// Returns how many of them had never run (they leave the queue).
-    pub fn remove_where(&mut self, gone: impl Fn(&Sequence) -> bool) -> usize {
-        let pool = &mut self.pool;
-        self.running.retain_mut(|seq| {
-            let leave = gone(seq);
-            if leave {
-                seq.free_blocks(pool);
+    /// Takes out the sequences `gone` picks (their callers hung up or cancelled), giving their
+    /// blocks back. Returns them, and how many of them had never run (they leave the queue).
+    pub fn take_where(&mut self, gone: impl Fn(&Sequence) -> bool) -> (Vec<Sequence>, usize) {
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() {
+            if gone(&self.running[i]) {
+                let mut seq = self.running.remove(i);
+                seq.free_blocks(&mut self.pool);
+                taken.push(seq);
+            } else {
+                i += 1;
             }
-            !leave
-        });
-        let before = self.waiting.len();
+        }
         let mut never_ran = 0;
-        self.waiting.retain(|seq| {
-            let leave = gone(seq);
-            never_ran += usize::from(leave && seq.first_scheduled.is_none());
-            !leave
-        });
-        debug_assert!(self.waiting.len() + never_ran <= before);
-        never_ran
+        let mut kept = std::collections::VecDeque::with_capacity(self.waiting.len());
+        for seq in self.waiting.drain(..) {
+            if gone(&seq) {
+                never_ran += usize::from(seq.first_scheduled.is_none());
+                taken.push(seq);
+            } else {
+                kept.push_back(seq);
+            }
+        }
+        self.waiting = kept;
+        (taken, never_ran)
+    }
+
+    /// How to tell, during the step, whether each caller of `plan` is still there.
+    pub fn callers(
+        &self,
+        plan: &StepPlan,
+    ) -> Vec<(
+        tokio::sync::mpsc::UnboundedSender<crate::Event>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    )> {
+        plan.chunks
+            .iter()
+            .map(|chunk| {
+                let seq = &self.running[self.position(chunk.id)];
+                (seq.events.clone(), seq.cancelled.clone())
+            })
+            .collect()
     }
 
     /// Every sequence, running or waiting, leaves (the server is shutting down).

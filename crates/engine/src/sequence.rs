@@ -31,6 +31,8 @@ pub struct Sequence {
     pub detokenizer: Detokenizer,
     pub stop: StopMatcher,
     pub events: UnboundedSender<Event>,
+    /// Set by the caller's [`crate::RequestStream::cancel`]: end now, with the usage so far.
+    pub cancelled: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub arrived: Instant,
     pub first_scheduled: Option<Instant>,
     pub first_token: Option<Instant>,
@@ -39,6 +41,11 @@ pub struct Sequence {
 }
 
 impl Sequence {
+    /// Whether the caller has gone (hung up, or cancelled): the sequence should stop.
+    pub fn abandoned(&self) -> bool {
+        self.events.is_closed() || self.cancelled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn new(id: u64, request: GenerationRequest, events: UnboundedSender<Event>) -> Self {
         Self {
             id,
@@ -56,6 +63,7 @@ impl Sequence {
             detokenizer: Detokenizer::new(),
             stop: StopMatcher::new(request.stop),
             events,
+            cancelled: Default::default(),
             arrived: Instant::now(),
             first_scheduled: None,
             first_token: None,

@@ -114,8 +114,9 @@ pub fn gpu_memory(device: &Device) -> Result<(usize, usize)> {
     }
 }
 
-/// One line for the log: the device, as a person would name it.
-pub fn describe(device: &Device) -> String {
+/// One line for the log: the device, as a person would name it; on the CPU, with the threads
+/// the engine computes on (`threads`; 0: one per core, rayon's default).
+pub fn describe(device: &Device, threads: usize) -> String {
     match device {
         #[cfg(feature = "cuda")]
         Device::Cuda(cuda) => match ferrollama_kernels::gpu_info(cuda) {
@@ -129,10 +130,13 @@ pub fn describe(device: &Device) -> String {
             ),
             Err(e) => format!("CUDA device ({e})"),
         },
-        Device::Cpu => format!(
-            "CPU ({} threads)",
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        ),
+        Device::Cpu => {
+            let threads = match threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            format!("CPU ({threads} threads)")
+        }
         #[allow(unreachable_patterns)]
         other => format!("{other:?}"),
     }

@@ -184,6 +184,20 @@ impl Model {
     /// Runs one batch. Writes the new tokens' keys and values into `cache` and returns f32
     /// logits: `[sequences, vocab]` for [`Logits::Last`], `[tokens, vocab]` for [`Logits::All`].
     pub fn forward(&self, batch: &Batch<'_>, cache: &mut KvCache) -> Result<Tensor> {
+        Ok(self
+            .forward_until(batch, cache, &|| false)?
+            .expect("never stopped"))
+    }
+
+    /// As [`Model::forward`], but gives up between layers once `stop` says so (every caller of
+    /// the batch has gone): `None`, with the cache's new slots half written, for sequences that
+    /// are about to be dropped.
+    pub fn forward_until(
+        &self,
+        batch: &Batch<'_>,
+        cache: &mut KvCache,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Tensor>> {
         self.check(batch, cache)?;
         let c = &self.config;
         let ids: Vec<u32> = batch
@@ -204,6 +218,9 @@ impl Model {
         // the norm after it.
         let mut h = rms_norm(&x, &self.layers[0].attn_norm, eps)?;
         for (l, layer) in self.layers.iter().enumerate() {
+            if stop() {
+                return Ok(None);
+            }
             let qkv = layer.qkv.forward_joined(&h)?;
             let attn = step.forward_qkv(&cache.layers[l], &qkv, &shape, &rope)?;
             (x, h) = fused::add_rms_norm(&x, &layer.o.forward(&attn)?, &layer.ffn_norm, eps)?;
@@ -227,10 +244,8 @@ impl Model {
                 h.index_select(&Tensor::new(last, &self.device)?, 0)?
             }
         };
-        Ok(self
-            .lm_head
-            .forward(&h.contiguous()?)?
-            .to_dtype(DType::F32)?)
+        let logits = self.lm_head.forward(&h.contiguous()?)?;
+        Ok(Some(logits.to_dtype(DType::F32)?))
     }
 
     fn check(&self, batch: &Batch<'_>, cache: &KvCache) -> Result<()> {

@@ -134,11 +134,13 @@ impl HuggingFace {
     }
 
     /// Fetches `name` (`hf.co/org/repo[:quant]`): a GGUF repo into `store`, a safetensors
-    /// repo into the HF cache. Reports progress as a registry pull does.
+    /// repo into the HF cache. With `pin`, a GGUF of another sha256 (or a safetensors repo)
+    /// fails before anything enters the store. Reports progress as a registry pull does.
     pub async fn pull(
         &self,
         store: &Store,
         name: &ModelName,
+        pin: Option<&str>,
         report: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<Pulled, PullError> {
         let id = repo_id(name);
@@ -153,9 +155,16 @@ impl HuggingFace {
             .filter_map(|s| GgufFile::from_repo_path(&s.rfilename))
             .collect();
         let pulled = if ggufs.is_empty() {
+            if let Some(want) = pin {
+                return Err(PullError::PinMismatch {
+                    name: name.to_string(),
+                    got: "(a safetensors repo, no GGUF model layer)".into(),
+                    want: want.into(),
+                });
+            }
             self.pull_safetensors(name, &repo, &listing, report).await
         } else {
-            self.pull_gguf(store, name, &repo, &listing, &ggufs, report)
+            self.pull_gguf(store, name, &repo, &listing, &ggufs, pin, report)
                 .await
         };
         // hf-hub writes a ref named by the pinned commit itself: clutter no tool reads.
@@ -217,6 +226,16 @@ impl HuggingFace {
             url: url.clone(),
             message: format!("not a repo listing: {e}"),
         })?;
+        // The commit names a directory in the cache: it must be one (40 hex digits).
+        if !(listing.sha.len() == 40 && listing.sha.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(PullError::Hub {
+                url,
+                message: format!(
+                    "the listing's commit \"{}\" is not a commit id",
+                    listing.sha
+                ),
+            });
+        }
         // File names become paths in the cache: none may climb out of the snapshot.
         listing.siblings.retain(|s| is_plain_relative(&s.rfilename));
         Ok(listing)
@@ -229,6 +248,7 @@ impl HuggingFace {
         repo: &ApiRepo,
         listing: &Listing,
         ggufs: &[GgufFile],
+        pin: Option<&str>,
         report: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<Pulled, PullError> {
         let chosen = quant::choose(ggufs, &name.tag).map_err(|no| match no {
@@ -252,12 +272,32 @@ impl HuggingFace {
             .iter()
             .find(|s| s.rfilename == chosen.path)
             .expect("chosen among the listing's files");
-        // Already in the store (a re-pull, or another tag of the same file): nothing to fetch.
-        let stored = file.sha256().and_then(|hex| {
-            let blob = store.blob_path(&format!("sha256:{hex}")).ok()?;
-            let size = std::fs::metadata(&blob).ok()?.len();
-            (file.size.is_none_or(|s| s == size)).then_some((hex.to_string(), size))
-        });
+        let pin_mismatch = |got: &str| PullError::PinMismatch {
+            name: name.to_string(),
+            got: got.to_string(),
+            want: pin.unwrap_or_default().to_string(),
+        };
+        if let (Some(want), Some(hex)) = (pin, file.sha256()) {
+            if want != hex {
+                return Err(pin_mismatch(hex));
+            }
+        }
+        // Already in the store (a re-pull, or another tag of the same file), and its bytes
+        // still hash to its name: nothing to fetch.
+        let mut stored = None;
+        if let Some(hex) = file.sha256() {
+            let digest = format!("sha256:{hex}");
+            let size = store
+                .blob_path(&digest)
+                .ok()
+                .and_then(|blob| std::fs::metadata(blob).ok())
+                .map(|m| m.len());
+            if let Some(size) = size.filter(|&size| file.size.is_none_or(|s| s == size)) {
+                if store.verify_blob(&digest).await? {
+                    stored = Some((hex.to_string(), size));
+                }
+            }
+        }
         let (hex, size) = match stored {
             Some((hex, size)) => {
                 report(PullEvent::Blob {
@@ -276,6 +316,9 @@ impl HuggingFace {
                     Some(hex) => hex,
                     None => check(&path, file.sha256(), &repo.url(&file.rfilename)).await?,
                 };
+                if pin.is_some_and(|want| want != hex) {
+                    return Err(pin_mismatch(&hex));
+                }
                 let blob = store.link_blob(&format!("sha256:{hex}"), &path)?;
                 let size = std::fs::metadata(&blob).map_err(io(&blob))?.len();
                 (hex, size)

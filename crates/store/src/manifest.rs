@@ -9,6 +9,8 @@ pub const TEMPLATE: &str = "application/vnd.ollama.image.template";
 pub const SYSTEM: &str = "application/vnd.ollama.image.system";
 pub const PARAMS: &str = "application/vnd.ollama.image.params";
 pub const LICENSE: &str = "application/vnd.ollama.image.license";
+pub const ADAPTER: &str = "application/vnd.ollama.image.adapter";
+pub const PROJECTOR: &str = "application/vnd.ollama.image.projector";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

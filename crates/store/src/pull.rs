@@ -37,16 +37,19 @@ impl Puller {
         }
     }
 
+    /// Pulls `name`; with `pin` (64 hex digits), only if its model layer has that sha256,
+    /// checked before anything is written.
     pub async fn pull(
         &self,
         store: &Store,
         name: &ModelName,
+        pin: Option<&str>,
         report: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<Pulled, PullError> {
         if is_hugging_face(name) {
-            self.hugging_face.pull(store, name, report).await
+            self.hugging_face.pull(store, name, pin, report).await
         } else {
-            let manifest = self.registry.pull(store, name, report).await?;
+            let manifest = self.registry.pull(store, name, pin, report).await?;
             Ok(Pulled::Manifest(manifest))
         }
     }

@@ -2,10 +2,16 @@
 //! `/v2/<namespace>/<model>/blobs/<digest>`, the Docker distribution API) into the store.
 //!
 //! What a pull promises:
-//! - every blob's sha256 is checked while it streams in; bytes go to `sha256-<hex>-partial`
-//!   and become the blob only when the digest matches (a mismatch deletes them);
-//! - a transfer that was cut resumes with an HTTP Range request from where it stopped;
-//! - a blob already in the store (a layer two models share) is not fetched again;
+//! - a pinned model layer (`--model-sha256`) is checked against the manifest before anything
+//!   is fetched or written;
+//! - one download per blob, across tasks and processes (a lock file beside it): a second pull
+//!   of the same blob waits for the first, then finds it in place;
+//! - bytes go to a partial file (named so that Ollama's own `-partial` files are never taken
+//!   for ours) and become the blob only when the file's sha256, read back from disk, matches;
+//!   a mismatch deletes them;
+//! - a transfer that was cut resumes with an HTTP Range request from where it stopped, and one
+//!   that stalls (no byte for `stall_timeout`) fails, saying so;
+//! - a blob already in the store (a layer two models share) is hashed, not fetched again;
 //! - the manifest is written last, so a name never points at missing blobs.
 
 use crate::manifest::{Layer, Manifest, MANIFEST_MEDIA_TYPE};
@@ -60,6 +66,14 @@ pub enum PullError {
     },
     #[error("{url}: no bytes arrived for {seconds} s; pull again to resume")]
     Stalled { url: String, seconds: u64 },
+    #[error(
+        "{name}'s model layer is sha256:{got}, not the pinned sha256:{want}; nothing was written"
+    )]
+    PinMismatch {
+        name: String,
+        got: String,
+        want: String,
+    },
 }
 
 /// What a pull reports as it goes, in the order of Ollama's `/api/pull` stream.
@@ -75,20 +89,35 @@ pub enum PullEvent {
     },
 }
 
+/// How long a transfer may bring no byte before it is given up (a rerun resumes it);
+/// `FERROLLAMA_STALL_TIMEOUT` (seconds) overrides it.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const STALL_TIMEOUT_ENV: &str = "FERROLLAMA_STALL_TIMEOUT";
+
 #[derive(Debug, Clone)]
 pub struct Registry {
     client: reqwest::Client,
     base_override: Option<String>,
+    stall_timeout: Duration,
 }
 
 impl Registry {
     /// HTTPS to the name's host, unless `FERROLLAMA_REGISTRY_URL` says otherwise.
     pub fn from_env() -> Self {
-        Self::new(
+        let registry = Self::new(
             std::env::var(REGISTRY_URL_ENV)
                 .ok()
                 .filter(|u| !u.is_empty()),
-        )
+        );
+        match std::env::var(STALL_TIMEOUT_ENV)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            Some(seconds) if seconds > 0 => {
+                registry.with_stall_timeout(Duration::from_secs(seconds))
+            }
+            _ => registry,
+        }
     }
 
     pub fn new(base_override: Option<String>) -> Self {
@@ -101,7 +130,14 @@ impl Registry {
         Self {
             client,
             base_override: base_override.map(|u| u.trim_end_matches('/').to_string()),
+            stall_timeout: STALL_TIMEOUT,
         }
+    }
+
+    /// Another stall timeout (tests).
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
     }
 
     fn base(&self, name: &ModelName) -> String {
@@ -111,11 +147,13 @@ impl Registry {
     }
 
     /// Fetches `name` into `store`: manifest, then each blob not already there, then the
-    /// manifest is written. Reports progress through `report`.
+    /// manifest is written. With `pin` (64 hex digits), a model layer of another digest fails
+    /// the pull before anything is fetched or written. Reports progress through `report`.
     pub async fn pull(
         &self,
         store: &Store,
         name: &ModelName,
+        pin: Option<&str>,
         report: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<Manifest, PullError> {
         let repo = format!("{}/v2/{}/{}", self.base(name), name.namespace, name.model);
@@ -129,9 +167,9 @@ impl Registry {
             StatusCode::NOT_FOUND => return Err(PullError::NotFound(name.to_string())),
             status => return Err(PullError::Status { url, status }),
         }
-        let body = response
-            .bytes()
-            .await
+        let body = self
+            .unstalled(&url, response.bytes())
+            .await?
             .map_err(|source| PullError::Transfer {
                 url: url.clone(),
                 source,
@@ -141,6 +179,19 @@ impl Registry {
                 url: url.clone(),
                 source,
             })?;
+        if let Some(want) = pin {
+            let got = manifest
+                .layer(crate::manifest::MODEL)
+                .and_then(|l| crate::manifest::sha256_hex(&l.digest))
+                .unwrap_or("(no model layer)");
+            if got != want {
+                return Err(PullError::PinMismatch {
+                    name: name.to_string(),
+                    got: got.to_string(),
+                    want: want.to_string(),
+                });
+            }
+        }
         for layer in manifest.blobs() {
             self.fetch_blob(store, &repo, layer, report).await?;
         }
@@ -156,12 +207,25 @@ impl Registry {
         url: &str,
         with: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, PullError> {
-        with(self.client.get(url))
-            .send()
-            .await
+        self.unstalled(url, with(self.client.get(url)).send())
+            .await?
             .map_err(|source| PullError::Unreachable {
                 url: url.to_string(),
                 source,
+            })
+    }
+
+    /// `step`, unless no byte arrives for the stall timeout.
+    async fn unstalled<T>(
+        &self,
+        url: &str,
+        step: impl std::future::Future<Output = T>,
+    ) -> Result<T, PullError> {
+        tokio::time::timeout(self.stall_timeout, step)
+            .await
+            .map_err(|_| PullError::Stalled {
+                url: url.to_string(),
+                seconds: self.stall_timeout.as_secs(),
             })
     }
 
@@ -178,70 +242,84 @@ impl Registry {
             total: layer.size,
             completed,
         };
+        // One download of this blob at a time, whoever else is pulling it.
+        let _lock = store
+            .lock_blob(&layer.digest, || {
+                report(PullEvent::Status(format!(
+                    "waiting for another pull of {}",
+                    layer.digest
+                )))
+            })
+            .await?;
         if std::fs::metadata(&path).is_ok_and(|m| m.len() == layer.size) {
-            report(progress(layer.size));
-            return Ok(());
+            // Trusted only once its bytes hash to its name; a damaged one is fetched again.
+            if store.verify_blob(&layer.digest).await? {
+                report(progress(layer.size));
+                return Ok(());
+            }
+            tracing::warn!(
+                "{}: its bytes do not hash to its name; fetching it again",
+                path.display()
+            );
+            std::fs::remove_file(&path).map_err(io(&path))?;
         }
-        let partial = PathBuf::from(format!("{}-partial", path.display()));
-        let dir = path.parent().expect("blobs/ is a directory");
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        // Whatever an earlier, cut transfer left: hashed again, then continued.
-        let (mut hasher, mut have) = hash_file(&partial).await?;
+        let partial = store.partial_path(&layer.digest)?;
+        // Whatever an earlier, cut transfer left is continued.
+        let mut have = std::fs::metadata(&partial).map_or(0, |m| m.len());
         if have > layer.size {
-            (hasher, have) = (Sha256::new(), 0);
+            have = 0;
         }
         let url = format!("{repo}/blobs/{}", layer.digest);
-        let response = if have < layer.size {
-            Some(
-                self.get(&url, |r| {
+        if have < layer.size {
+            let response = self
+                .get(&url, |r| {
                     if have > 0 {
                         r.header(header::RANGE, format!("bytes={have}-"))
                     } else {
                         r
                     }
                 })
-                .await?,
-            )
-        } else {
-            None
-        };
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&partial)
-            .await
-            .map_err(io(&partial))?;
-        if let Some(response) = response {
+                .await?;
             match response.status() {
                 StatusCode::PARTIAL_CONTENT if have > 0 => {}
                 // A server that ignores Range sends it all: start over.
-                StatusCode::OK => (hasher, have) = (Sha256::new(), 0),
+                StatusCode::OK => have = 0,
                 status => return Err(PullError::Status { url, status }),
             }
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&partial)
+                .await
+                .map_err(io(&partial))?;
             file.set_len(have).await.map_err(io(&partial))?;
             file.seek(std::io::SeekFrom::Start(have))
                 .await
                 .map_err(io(&partial))?;
             report(progress(have));
             let mut body = response.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = match chunk {
-                    Ok(c) => c,
-                    Err(source) => {
+            loop {
+                let chunk = match self.unstalled(&url, body.next()).await {
+                    Ok(Some(Ok(chunk))) => chunk,
+                    Ok(None) => break,
+                    failed => {
+                        // What arrived stays for the next pull to resume from.
                         file.flush().await.map_err(io(&partial))?;
-                        return Err(PullError::Transfer { url, source });
+                        return Err(match failed {
+                            Ok(Some(Err(source))) => PullError::Transfer { url, source },
+                            Err(stalled) => stalled,
+                            Ok(_) => unreachable!("handled above"),
+                        });
                     }
                 };
                 file.write_all(&chunk).await.map_err(io(&partial))?;
-                hasher.update(&chunk);
                 have += chunk.len() as u64;
                 report(progress(have));
             }
+            file.flush().await.map_err(io(&partial))?;
+            file.sync_all().await.map_err(io(&partial))?;
         }
-        file.flush().await.map_err(io(&partial))?;
-        file.sync_all().await.map_err(io(&partial))?;
-        drop(file);
         if have != layer.size {
             return Err(PullError::Incomplete {
                 digest: layer.digest.clone(),
@@ -249,6 +327,9 @@ impl Registry {
                 size: layer.size,
             });
         }
+        // The file as it is on disk, not the stream as it passed: what gets renamed is what
+        // was checked.
+        let (hasher, _) = hash_file(&partial).await?;
         let got = format!("{:x}", hasher.finalize());
         if Some(got.as_str()) != crate::manifest::sha256_hex(&layer.digest) {
             let _ = std::fs::remove_file(&partial);
@@ -258,6 +339,7 @@ impl Registry {
             });
         }
         std::fs::rename(&partial, &path).map_err(io(&path))?;
+        crate::store::sync_dir(path.parent().expect("blobs/ is a directory"));
         Ok(())
     }
 }

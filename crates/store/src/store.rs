@@ -3,8 +3,11 @@
 //! - `manifests/<host>/<namespace>/<model>/<tag>`: a Docker v2 manifest (JSON);
 //! - `blobs/sha256-<hex>`: content-addressed files, shared by every manifest that lists them.
 //!
-//! Writes are atomic: a blob or manifest is written beside its final name and renamed into
-//! place, so a reader never sees half a file.
+//! Writes are atomic and durable: a blob or manifest is written beside its final name (under a
+//! name of its own, so two writers never share one), synced, and renamed into place, so a
+//! reader never sees half a file and a crash never leaves one. Downloads of one blob are one
+//! at a time across processes (a lock file beside it), and a blob is trusted by its sha256, not
+//! its size (`verify_blob`). Names match case-insensitively, as Ollama's do.
 
 use crate::manifest::{self, Manifest};
 use crate::name::{ModelName, NameError};
@@ -21,6 +24,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("model \"{0}\" has no model layer in its manifest")]
     NoModelLayer(String),
+    #[error("model \"{name}\" has a {what} layer, which ferrollama does not apply; serving it without one would not be the same model")]
+    UnsupportedLayer { name: String, what: &'static str },
     #[error("bad digest \"{0}\" (expected sha256:<64 hex digits>)")]
     BadDigest(String),
     #[error("{path}: {source}")]
@@ -83,8 +88,29 @@ impl Store {
         &self.root
     }
 
+    /// Where `name`'s manifest is: the file whose path matches it ignoring case (Ollama
+    /// serves `Mistral:Instruct` as `mistral:instruct`), else where it would be written.
     pub fn manifest_path(&self, name: &ModelName) -> PathBuf {
-        self.root.join(name.manifest_path())
+        let exact = self.root.join(name.manifest_path());
+        if exact.exists() {
+            return exact;
+        }
+        let mut found = self.root.clone();
+        for part in name.manifest_path().iter() {
+            let wanted = part.to_string_lossy().to_lowercase();
+            let matching = std::fs::read_dir(&found).ok().and_then(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name())
+                    .filter(|n| n.to_string_lossy().to_lowercase() == wanted)
+                    .min()
+            });
+            match matching {
+                Some(actual) => found.push(actual),
+                None => return exact,
+            }
+        }
+        found
     }
 
     /// `blobs/sha256-<hex>` for a `sha256:<hex>` digest; anything else is refused, so a
@@ -93,6 +119,68 @@ impl Store {
         let hex =
             manifest::sha256_hex(digest).ok_or_else(|| StoreError::BadDigest(digest.into()))?;
         Ok(self.root.join("blobs").join(format!("sha256-{hex}")))
+    }
+
+    /// Where a download of `digest` collects its bytes until they check out. Ollama's own
+    /// partial files are `sha256-<hex>-partial[-N]` (preallocated, written in parallel parts):
+    /// ours are named so that neither is ever taken for the other.
+    pub fn partial_path(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        let hex =
+            manifest::sha256_hex(digest).ok_or_else(|| StoreError::BadDigest(digest.into()))?;
+        Ok(self
+            .root
+            .join("blobs")
+            .join(format!(".sha256-{hex}.ferrollama-partial")))
+    }
+
+    /// Holds the one download of `digest` (a lock on a file beside the blob, released when
+    /// the guard drops, or the process ends). A second caller, in this process or another,
+    /// waits: `on_wait` is called once when it has to.
+    pub async fn lock_blob(
+        &self,
+        digest: &str,
+        mut on_wait: impl FnMut(),
+    ) -> Result<BlobLock, StoreError> {
+        let hex =
+            manifest::sha256_hex(digest).ok_or_else(|| StoreError::BadDigest(digest.into()))?;
+        let dir = self.root.join("blobs");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!(".sha256-{hex}.ferrollama-lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut waited = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(BlobLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if !waited {
+                        on_wait();
+                        waited = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+            }
+        }
+    }
+
+    /// Whether `digest`'s blob is there and its bytes hash to its name (reads all of it).
+    pub async fn verify_blob(&self, digest: &str) -> Result<bool, StoreError> {
+        let path = self.blob_path(digest)?;
+        let want = manifest::sha256_hex(digest)
+            .expect("checked by blob_path")
+            .to_string();
+        tokio::task::spawn_blocking(move || match file_sha256(&path) {
+            Ok(got) => Ok(got == want),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(&path)(e)),
+        })
+        .await
+        .expect("hashing does not panic")
     }
 
     pub fn manifest(&self, name: &ModelName) -> Result<Manifest, StoreError> {
@@ -110,6 +198,17 @@ impl Store {
     /// The GGUF a name serves: its model layer's blob, which must be present.
     pub fn model_file(&self, name: &ModelName) -> Result<PathBuf, StoreError> {
         let manifest = self.manifest(name)?;
+        for (media_type, what) in [
+            (manifest::ADAPTER, "LoRA adapter"),
+            (manifest::PROJECTOR, "vision projector"),
+        ] {
+            if manifest.layer(media_type).is_some() {
+                return Err(StoreError::UnsupportedLayer {
+                    name: name.to_string(),
+                    what,
+                });
+            }
+        }
         let layer = manifest
             .layer(manifest::MODEL)
             .ok_or_else(|| StoreError::NoModelLayer(name.to_string()))?;
@@ -192,15 +291,15 @@ impl Store {
         }
         let dir = path.parent().expect("blobs/ is a directory");
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let temp = dir.join(format!(
-            ".{}.partial",
-            path.file_name().unwrap().to_string_lossy()
-        ));
-        let _ = std::fs::remove_file(&temp);
+        let temp = temp_beside(&path);
         if std::fs::hard_link(file, &temp).is_err() {
             std::fs::copy(file, &temp).map_err(io(&temp))?;
+            std::fs::File::open(&temp)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&temp))?;
         }
         std::fs::rename(&temp, &path).map_err(io(&path))?;
+        sync_dir(dir);
         Ok(path)
     }
 
@@ -210,21 +309,13 @@ impl Store {
         self.write_manifest(to, &manifest)
     }
 
-    /// `ollama rm`: drops the name, then every blob that no remaining manifest lists.
+    /// `ollama rm`: drops the name, then every blob that no remaining manifest lists. A
+    /// manifest that does not parse still keeps every blob its text names.
     pub fn remove(&self, name: &ModelName) -> Result<(), StoreError> {
         let manifest = self.manifest(name)?;
         let path = self.manifest_path(name);
         std::fs::remove_file(&path).map_err(io(&path))?;
-        let still_used: HashSet<String> = self
-            .list()?
-            .iter()
-            .flat_map(|e| {
-                e.manifest
-                    .blobs()
-                    .map(|l| l.digest.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let still_used = self.digests_in_use()?;
         for layer in manifest.blobs() {
             if still_used.contains(&layer.digest) {
                 continue;
@@ -237,17 +328,81 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Every `sha256:<hex>` that any manifest file mentions, parsed or not.
+    fn digests_in_use(&self) -> Result<HashSet<String>, StoreError> {
+        let mut used = HashSet::new();
+        let mut dirs = vec![self.root.join("manifests")];
+        while let Some(dir) = dirs.pop() {
+            dirs.extend(read_dirs(&dir)?);
+            for file in read_files(&dir)? {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                for (at, _) in text.match_indices("sha256:") {
+                    let candidate = text[at..].chars().take(71).collect::<String>();
+                    if manifest::sha256_hex(&candidate).is_some() {
+                        used.insert(candidate);
+                    }
+                }
+            }
+        }
+        Ok(used)
+    }
 }
 
-/// Writes beside `path`, then renames into place.
+/// A held download of one blob (see [`Store::lock_blob`]).
+pub struct BlobLock {
+    _file: std::fs::File,
+}
+
+/// The sha256 (hex) of a file's bytes.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(format!("{:x}", hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// A fresh name beside `path` for writing it: a leading dot (no valid name part starts with
+/// one, so `list` never sees it), and the process and a counter (two writers never share one).
+fn temp_beside(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = path.file_name().expect("a store path names a file");
+    path.with_file_name(format!(
+        ".{}.{}-{n}.tmp",
+        file.to_string_lossy(),
+        std::process::id()
+    ))
+}
+
+/// Makes a rename in `dir` durable (best effort: not every file system syncs directories).
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes beside `path`, syncs, then renames into place.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
     let dir = path.parent().expect("a store path has a parent");
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    // A leading dot: no valid name part starts with one, so `list` never sees a temp file.
-    let file = path.file_name().expect("a store path names a file");
-    let temp = dir.join(format!(".{}.partial", file.to_string_lossy()));
-    std::fs::write(&temp, bytes).map_err(io(&temp))?;
-    std::fs::rename(&temp, path).map_err(io(path))
+    let temp = temp_beside(path);
+    let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io(&temp))?;
+    drop(file);
+    std::fs::rename(&temp, path).map_err(io(path))?;
+    sync_dir(dir);
+    Ok(())
 }
 
 fn read_dirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {

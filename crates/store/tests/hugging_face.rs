@@ -241,7 +241,7 @@ async fn pull(env: &Env, model: &str) -> (Result<Pulled, PullError>, Vec<PullEve
     let mut events = Vec::new();
     let result = env
         .hub
-        .pull(&env.store, &name(model), &mut |e| events.push(e))
+        .pull(&env.store, &name(model), None, &mut |e| events.push(e))
         .await;
     (result, events)
 }
@@ -549,19 +549,19 @@ async fn the_puller_sends_hugging_face_names_to_the_hub_and_others_to_the_regist
         "hf.co/test/tiny-GGUF:Q4_0",
         "huggingface.co/test/tiny-GGUF:Q4_0",
     ] {
-        let pulled = puller.pull(&env.store, &name(hf), &mut report).await;
+        let pulled = puller.pull(&env.store, &name(hf), None, &mut report).await;
         assert!(
             matches!(pulled, Ok(Pulled::Manifest(_))),
             "{hf}: {pulled:?}"
         );
     }
     let err = puller
-        .pull(&env.store, &name("tiny:latest"), &mut report)
+        .pull(&env.store, &name("tiny:latest"), None, &mut report)
         .await
         .unwrap_err();
     assert!(err.to_string().contains(&closed.to_string()), "{err}");
 
     // `/api/pull` runs a pull on a spawned task: the future must be Send.
     fn assert_send<T: Send>(_: &T) {}
-    assert_send(&puller.pull(&env.store, &name("tiny"), &mut report));
+    assert_send(&puller.pull(&env.store, &name("tiny"), None, &mut report));
 }

@@ -170,7 +170,7 @@ async fn pull(
 ) -> (Result<Manifest, PullError>, Vec<PullEvent>) {
     let mut events = Vec::new();
     let result = Registry::new(Some(url.to_string()))
-        .pull(store, &name(model), &mut |e| events.push(e))
+        .pull(store, &name(model), None, &mut |e| events.push(e))
         .await;
     (result, events)
 }
