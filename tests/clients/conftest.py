@@ -35,9 +35,9 @@ def layer(media_type, data):
             "size": len(data)}
 
 
-def serve(env, *args):
+def serve(env, *args, headers=None):
     """`ferrollama serve ARGS` on a free port with a small KV cache; returns (process, base
-    URL) once it answers."""
+    URL) once it answers (`headers`, for a server that wants a key)."""
     port = free_port()
     proc = subprocess.Popen([BINARY, "serve", "--port", str(port), "--kv-cache-memory", "64MiB",
                              *args], env=env, stdout=subprocess.DEVNULL,
@@ -46,7 +46,7 @@ def serve(env, *args):
     deadline = time.time() + 60
     while True:
         try:
-            if requests.get(base + "/", timeout=1).ok:
+            if requests.get(base + "/", timeout=1, headers=headers).ok:
                 return proc, base
         except requests.ConnectionError:
             pass

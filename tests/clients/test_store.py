@@ -397,7 +397,7 @@ def test_a_read_only_server_refuses_store_changes_whatever_the_key(registry, tmp
     env = dict(os.environ, OLLAMA_MODELS=str(store), FERROLLAMA_REGISTRY_URL=url)
     for flags, with_key in [([], 200), (["--read-only"], 403)]:
         proc, base = serve(env, "--model", str(ROOT / "models/fixtures/tiny-mistral"),
-                           "--name", "m", "--api-key", "k3y", *flags)
+                           "--name", "m", "--api-key", "k3y", *flags, headers=key)
         try:
             body = {"model": "tiny-mistral:q4_0"}
             assert requests.delete(base + "/api/delete", json=body).status_code == 401

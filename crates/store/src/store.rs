@@ -133,9 +133,9 @@ impl Store {
             .join(format!(".sha256-{hex}.ferrollama-partial")))
     }
 
-    /// Holds the one download of `digest` (a lock on a file beside the blob, released when
-    /// the guard drops, or the process ends). A second caller, in this process or another,
-    /// waits: `on_wait` is called once when it has to.
+    /// Holds the one download of `digest`: a lock on a file beside the blob, in this process
+    /// or another. A second caller waits (`on_wait` is called once when it has to). The lock
+    /// file goes when the guard drops; a waiter that locked a file already gone tries again.
     pub async fn lock_blob(
         &self,
         digest: &str,
@@ -146,16 +146,17 @@ impl Store {
         let dir = self.root.join("blobs");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!(".sha256-{hex}.ferrollama-lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
         let mut waited = false;
         loop {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?;
             match file.try_lock() {
-                Ok(()) => return Ok(BlobLock { _file: file }),
+                Ok(()) if same_file(&file, &path) => return Ok(BlobLock { path, _file: file }),
+                Ok(()) => continue, // its holder removed it as we opened it: a new one
                 Err(std::fs::TryLockError::WouldBlock) => {
                     if !waited {
                         on_wait();
@@ -351,7 +352,32 @@ impl Store {
 
 /// A held download of one blob (see [`Store::lock_blob`]).
 pub struct BlobLock {
+    path: PathBuf,
     _file: std::fs::File,
+}
+
+impl Drop for BlobLock {
+    fn drop(&mut self) {
+        // Removed while still locked: a waiter that then locks the old file sees it is gone.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether `path` still names the file `file` has open.
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
+    }
 }
 
 /// The sha256 (hex) of a file's bytes.
