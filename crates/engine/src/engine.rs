@@ -6,6 +6,7 @@ use crate::block_pool::BlockPool;
 use crate::request::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use crate::scheduler::{Scheduler, SchedulerConfig, StepPlan};
 use crate::sequence::Sequence;
+use candle_core::{Tensor, D};
 use ferrollama_model::{KvCache, LoadedModel};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -419,6 +420,7 @@ impl Engine {
     fn step(&mut self, plan: &StepPlan) {
         // Grammar masks are computed beside the forward, not after it: they depend only on
         // the tokens so far.
+        let needs_logits = self.scheduler.needs_logits(plan);
         let mut constrained = self.scheduler.take_constraints(plan);
         // The step stops between layers once every caller in it has gone: a client that
         // hangs up during a long prompt chunk frees the engine at once, not at the chunk's end.
@@ -435,7 +437,10 @@ impl Engine {
             self.model
                 .model
                 .forward_until(&self.scheduler.batch(plan), &mut self.cache, &all_gone)
-                .and_then(|l| l.map(|l| Ok(l.to_vec2::<f32>()?)).transpose())
+                .and_then(|l| {
+                    l.map(|l| read_rows(&l, &needs_logits, !l.device().is_cpu()))
+                        .transpose()
+                })
         });
         self.scheduler.restore_constraints(constrained);
         let mut rows = match logits {
@@ -477,23 +482,70 @@ impl Engine {
     }
 }
 
+/// What the step brings back for one sequence: its whole logit row, or (a plain greedy pick
+/// on a GPU) only the argmax, so 32k floats per sequence need not cross to the host.
+enum Row {
+    Logits(Vec<f32>),
+    Argmax(u32),
+}
+
+/// The rows of `logits` (`[sequences, vocab]`, f32): on the CPU every row as it is; on a GPU
+/// (`on_device`) the argmax of each row there, and the whole rows only of the sequences that
+/// `needs` says sample from them.
+fn read_rows(
+    logits: &Tensor,
+    needs: &[bool],
+    on_device: bool,
+) -> ferrollama_model::Result<Vec<Row>> {
+    if !on_device {
+        return Ok(logits
+            .to_vec2::<f32>()?
+            .into_iter()
+            .map(Row::Logits)
+            .collect());
+    }
+    let mut rows: Vec<Row> = logits
+        .argmax(D::Minus1)?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(Row::Argmax)
+        .collect();
+    let wanted: Vec<u32> = (0..needs.len() as u32)
+        .filter(|&i| needs[i as usize])
+        .collect();
+    if !wanted.is_empty() {
+        let index = Tensor::new(wanted.as_slice(), logits.device())?;
+        let full = logits.index_select(&index, 0)?.to_vec2::<f32>()?;
+        for (&i, row) in wanted.iter().zip(full) {
+            rows[i as usize] = Row::Logits(row);
+        }
+    }
+    Ok(rows)
+}
+
 /// Samples, detokenizes and sends the next token of `seq`; returns a finish reason if that
 /// ends it.
 fn next_token(
     seq: &mut Sequence,
-    logits: &mut [f32],
+    row: &mut Row,
     model: &LoadedModel,
     max_len: usize,
 ) -> Option<FinishReason> {
     let tokenizer = &model.tokenizer;
     let generated = seq.generated();
-    if let Some(constraint) = &mut seq.constraint {
-        if let Err(e) = constraint.mask(logits) {
-            seq.failure = Some(format!("constrained decoding: {e}"));
-            return Some(FinishReason::Error);
+    let token = match row {
+        // A plain greedy pick, made on the device (see `read_rows`).
+        Row::Argmax(token) => *token,
+        Row::Logits(logits) => {
+            if let Some(constraint) = &mut seq.constraint {
+                if let Err(e) = constraint.mask(logits) {
+                    seq.failure = Some(format!("constrained decoding: {e}"));
+                    return Some(FinishReason::Error);
+                }
+            }
+            seq.sampler.sample(logits, &seq.tokens, generated)
         }
-    }
-    let token = seq.sampler.sample(logits, &seq.tokens, generated);
+    };
     seq.tokens.push(token);
     seq.first_token.get_or_insert_with(Instant::now);
     let complete = match &mut seq.constraint {
@@ -573,6 +625,27 @@ fn finish(mut seq: Sequence, reason: FinishReason, error: Option<String>, model:
 fn send_token(seq: &Sequence, text: String, token_id: u32) {
     // A closed channel means the caller hung up; the next step drops the sequence.
     let _ = seq.events.send(Event::Token { text, token_id });
+}
+
+#[cfg(test)]
+mod read_rows_tests {
+    use super::{read_rows, Row};
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn on_a_device_only_the_rows_that_sample_come_back_whole() {
+        let logits = Tensor::new(
+            &[[0.1f32, 2.0, -1.0], [3.0, 0.5, 0.2], [0.0, 0.1, 0.7]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let rows = read_rows(&logits, &[false, true, false], true).unwrap();
+        assert!(matches!(rows[0], Row::Argmax(1)));
+        assert!(matches!(&rows[1], Row::Logits(r) if r == &[3.0, 0.5, 0.2]));
+        assert!(matches!(rows[2], Row::Argmax(2)));
+        let all = read_rows(&logits, &[false, false, false], false).unwrap();
+        assert!(all.iter().all(|r| matches!(r, Row::Logits(_))));
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,15 @@ impl SamplingParams {
         }
     }
 
+    /// Plain argmax of the raw logits: no temperature, no penalty. Such a row can be picked
+    /// on the device, and only its token id copied back.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature == 0.0
+            && (self.repeat_penalty == 1.0 || self.repeat_last_n == 0)
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let bad = |what: &str| Err(format!("{what} is out of range"));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
@@ -88,6 +97,10 @@ impl Sampler {
             rng: SplitMix64::new(seed),
             candidates: Vec::new(),
         }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
     }
 
     /// Picks the next token. `context` is every token so far (prompt and generated);

@@ -111,6 +111,20 @@ impl Scheduler {
         (taken, never_ran)
     }
 
+    /// Per chunk of `plan`: whether its sequence samples this step from the whole logit row
+    /// (penalties, temperature, a grammar). A plain greedy pick needs only the argmax, and a
+    /// prompt chunk that does not end its prompt needs nothing.
+    pub fn needs_logits(&self, plan: &StepPlan) -> Vec<bool> {
+        plan.chunks
+            .iter()
+            .map(|chunk| {
+                let seq = &self.running[self.position(chunk.id)];
+                let samples = seq.pending() == chunk.take;
+                samples && (seq.constraint.is_some() || !seq.sampler.params().is_plain_greedy())
+            })
+            .collect()
+    }
+
     /// How to tell, during the step, whether each caller of `plan` is still there.
     pub fn callers(
         &self,
@@ -235,11 +249,11 @@ impl Scheduler {
     /// cache and its full blocks registered; a sequence with nothing left pending gets its
     /// next token from `sample`, which says whether that ends it. Finished sequences leave,
     /// their blocks given back, and are returned in plan order.
-    pub fn update(
+    pub fn update<R>(
         &mut self,
         plan: &StepPlan,
-        rows: &mut [Vec<f32>],
-        mut sample: impl FnMut(&mut Sequence, &mut [f32]) -> Option<FinishReason>,
+        rows: &mut [R],
+        mut sample: impl FnMut(&mut Sequence, &mut R) -> Option<FinishReason>,
     ) -> Vec<(Sequence, FinishReason)> {
         let bs = self.config.block_size;
         let mut finished = Vec::new();
