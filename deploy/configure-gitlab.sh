@@ -2,9 +2,10 @@
 # The Admin Area clicks of GitLab Duo Self-Hosted, over GitLab's GraphQL API: after checking
 # GitLab's version (17.6+) and waiting for its Duo Enterprise add-on, the AI gateway's URL
 # (17.9+), the self-hosted model (ferrollama), that model for code completions, code
-# generations and Duo Chat (with its sub-features where they exist), and a Duo Enterprise seat
-# for the token's user (root). It reads the current state first and only changes what differs,
-# so a second run sends no mutation.
+# generations and Duo Chat (with its sub-features where they exist), a Duo Enterprise seat for
+# the token's user (root), and direct connections off (IDEs then reach the gateway through
+# GitLab, not at its private address). It reads the current state first and only changes what
+# differs, so a second run sends no mutation.
 set -euo pipefail
 
 usage() {
@@ -21,8 +22,11 @@ Self-Hosted over its API. Needs GitLab EE 17.6 or later with a Duo Enterprise li
                          settings (older ones read AI_GATEWAY_URL from their environment)
   --model-name NAME      the name ferrollama serves (default mistral:instruct)
   --name NAME            the self-hosted model's name in GitLab (default ferrollama-mistral)
-  --api-token TOKEN      API token GitLab sends to ferrollama (default: a placeholder, which
-                         ferrollama ignores unless it runs with --api-key)
+  --api-token TOKEN      API token GitLab sends to ferrollama: its FERROLLAMA_API_KEY (better:
+                         that environment variable, as up.sh passes the key it generated;
+                         default: a placeholder, which ferrollama ignores unless it runs with a
+                         key). GitLab never shows a stored token, so an existing model keeps
+                         its own unless it has none
   --timeout SECONDS      how long to wait for GitLab (default 3600)
   --add-on-timeout SECONDS
                          how long to wait for the Duo Enterprise add-on purchase to appear
@@ -32,7 +36,7 @@ EOF
 }
 
 url="" token="${GITLAB_TOKEN:-}" endpoint="" gateway_url="" served=mistral:instruct model_title=ferrollama-mistral
-api_token=placeholder-ferrollama-needs-none timeout=3600 add_on_timeout=900 poll=15
+api_token="${FERROLLAMA_API_KEY:-placeholder-ferrollama-needs-none}" timeout=3600 add_on_timeout=900 poll=15
 while [ $# -gt 0 ]; do
   case "$1" in
     --url) url="${2%/}"; shift 2 ;;
@@ -64,7 +68,8 @@ api() { curl --config <(printf 'header = "Authorization: Bearer %s"\n' "$token")
 gql() {
   local body response
   body="$(jq -nc --arg q "$1" --argjson v "${2:-"{}"}" '{query: $q, variables: $v}')"
-  response="$(api -fsS -H 'Content-Type: application/json' --data-binary "$body" "$url/api/graphql")" \
+  # The body (it may hold ferrollama's key) on stdin, not on the command line.
+  response="$(api -fsS -H 'Content-Type: application/json' --data-binary @- "$url/api/graphql" <<<"$body")" \
     || die "GraphQL request to $url/api/graphql failed"
   if jq -e '(.errors // []) | length > 0' >/dev/null <<<"$response"; then
     die "GraphQL error: $(jq -c '.errors' <<<"$response")"
@@ -131,10 +136,11 @@ say "Duo Enterprise add-on: $(jq -r '.purchasedQuantity' <<<"$purchase") seat(s)
 schema="$(gql 'query {
   featureInput: __type(name: "AiFeatureSettingUpdateInput") { inputFields { name } }
   modelInput: __type(name: "AiSelfHostedModelCreateInput") { inputFields { name } }
+  modelType: __type(name: "AiSelfHostedModel") { fields { name } }
   duoSettingsInput: __type(name: "DuoSettingsUpdateInput") { inputFields { name } }
   features: __type(name: "AiFeatures") { enumValues { name } }
 }')"
-has_field() { jq -e --arg t "$1" --arg f "$2" 'any(.[$t].inputFields[]?; .name == $f)' >/dev/null <<<"$schema"; }
+has_field() { jq -e --arg t "$1" --arg f "$2" 'any((.[$t].inputFields // .[$t].fields)[]?; .name == $f)' >/dev/null <<<"$schema"; }
 if has_field featureInput features; then feature_arg=features
 elif has_field featureInput feature; then feature_arg=feature
 else die "this GitLab has no aiFeatureSettingUpdate input with feature or features: is it GitLab EE 17.6 or later?"
@@ -162,6 +168,8 @@ wanted="$(jq -nc --arg name "$model_title" --arg endpoint "$endpoint" --arg toke
    + (if $with_id then {identifier: $identifier} else {} end)')"
 fields="id name model endpoint"
 [ "$with_identifier" = false ] || fields="$fields identifier"
+# Whether the model has a token (GitLab shows that, never the token): one without gets ours.
+if has_field modelType hasApiToken; then fields="$fields hasApiToken"; fi
 models="$(gql "query { aiSelfHostedModels { nodes { $fields } } }")"
 current="$(jq -c --arg n "$model_title" '[.aiSelfHostedModels.nodes[] | select(.name == $n)][0]' <<<"$models")"
 if [ "$current" = null ]; then
@@ -171,7 +179,8 @@ if [ "$current" = null ]; then
   current="$(jq -c --arg n "$model_title" '[.aiSelfHostedModels.nodes[] | select(.name == $n)][0]' <<<"$models")"
   [ "$current" != null ] || die "the new self-hosted model $model_title is not listed"
 elif jq -e --argjson w "$wanted" '(.model | ascii_downcase) == "mistral" and .endpoint == $w.endpoint
-       and (($w | has("identifier") | not) or .identifier == $w.identifier)' >/dev/null <<<"$current"; then
+       and (($w | has("identifier") | not) or .identifier == $w.identifier)
+       and ((has("hasApiToken") | not) or .hasApiToken)' >/dev/null <<<"$current"; then
   say "self-hosted model $model_title: already set"
 else
   mutate aiSelfHostedModelUpdate AiSelfHostedModelUpdateInput \
@@ -226,6 +235,24 @@ else
   mutate userAddOnAssignmentCreate UserAddOnAssignmentCreateInput \
     "$(jq -nc --arg p "$purchase_id" --arg u "$user_id" '{addOnPurchaseId: $p, userId: $u}')"
   say "assigned a Duo Enterprise seat to $user_name"
+fi
+
+# 9. Direct connections off. With them on, GitLab answers an editor extension's
+#    POST /api/v4/code_suggestions/direct_access with the AI gateway's URL, a private address
+#    the IDE cannot reach; off, it answers 403 and the IDE asks GitLab, which forwards to the
+#    gateway. GitLab ignores the setting on an instance without code suggestions among its
+#    add-ons, answering 200 all the same, so the value GitLab reports back is what counts.
+settings_url="$url/api/v4/application/settings"
+direct="$(api -fsS "$settings_url" | jq -r '.disabled_direct_code_suggestions')" || die "GET $settings_url failed"
+if [ "$direct" = true ]; then
+  say "direct connections for IDEs: already off"
+else
+  direct="$(api -fsS -X PUT --data disabled_direct_code_suggestions=true "$settings_url" \
+    | jq -r '.disabled_direct_code_suggestions')" || die "PUT $settings_url failed"
+  [ "$direct" = true ] \
+    || die "GitLab kept direct connections on (disabled_direct_code_suggestions: $direct): IDEs would be handed the AI gateway's private URL. Turn them off in the Admin area's GitLab Duo settings (Direct connections)"
+  changes=$((changes + 1))
+  say "direct connections for IDEs turned off: they reach code suggestions through GitLab"
 fi
 
 if [ "$changes" -eq 0 ]; then

@@ -51,11 +51,12 @@ ids() {
 # AWS: dependents first (instances, NAT, addresses), the VPC last. Each listing is assigned
 # before use, so a failing call stops the script instead of looking like "nothing to delete".
 aws_down() {
-  local r=(--region "$region") f=(--filters "Name=tag:$TAG_KEY,Values=$name") out list id igw vpc account
+  local r=(--region "$region") f=(--filters "Name=tag:$TAG_KEY,Values=$name") out list id igw vpc account bucket
   # The bucket up.sh made for a local release tarball, if any.
   account="$(cloud_out 123456789012 aws sts get-caller-identity --query Account --output text)"
-  if [ "$DRY_RUN" = true ] || aws s3api head-bucket --bucket "$TAG_KEY-$name-$account" >/dev/null 2>&1; then
-    cloud aws s3 rb "s3://$TAG_KEY-$name-$account" --force --region "$region" >/dev/null
+  bucket="$(bucket_name aws "$name" "$account")"
+  if [ "$DRY_RUN" = true ] || aws s3api head-bucket --bucket "$bucket" >/dev/null 2>&1; then
+    cloud aws s3 rb "s3://$bucket" --force --region "$region" >/dev/null
   fi
   out="$(ids dryrun-instance-ids aws ec2 describe-instances "${r[@]}" "${f[@]}" \
     Name=instance-state-name,Values=pending,running,stopping,stopped \
@@ -104,7 +105,8 @@ gcp_down() {
   [ -z "$project" ] || p=(--project "$project")
   # The bucket up.sh made for a local release tarball, if any.
   local bucket
-  bucket="gs://$TAG_KEY-$name-${project:-$(cloud_out dryrun-project gcloud config get-value project)}"
+  [ -n "$project" ] || project="$(cloud_out dryrun-project gcloud config get-value project)"
+  bucket="gs://$(bucket_name gcp "$name" "$project")"
   if [ "$DRY_RUN" = true ] || gcloud storage buckets describe "$bucket" "${p[@]}" >/dev/null 2>&1; then
     cloud gcloud storage rm --recursive "$bucket" "${p[@]}"
   fi

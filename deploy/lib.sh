@@ -12,6 +12,8 @@ GATEWAY_IP=10.42.1.11
 LLM_IP=10.42.1.12
 GATEWAY_PORT=5052
 LLM_PORT=11434
+# Google's Identity-Aware Proxy connects from here for `gcloud compute ssh --tunnel-through-iap`.
+IAP_CIDR=35.235.240.0/20
 
 # Every resource carries this tag (AWS) / label or description (GCP) with the deployment name,
 # so down.sh finds exactly what up.sh made.
@@ -62,6 +64,17 @@ cloud() {
 cloud_out() {
   local placeholder="$1"; shift
   if [ "$DRY_RUN" = true ]; then print_call "$@"; echo "$placeholder"; else "$@"; fi
+}
+
+# The bucket a local release tarball goes to (up.sh) and that down.sh deletes: S3 and GCS names
+# take at most 63 characters, and GCS refuses names with "google" in them, so a GCP project ID
+# (up to 30 characters, any words) enters as a short hash. The AWS account is 12 digits.
+bucket_name() { # aws|gcp DEPLOYMENT ACCOUNT_OR_PROJECT
+  if [ "$1" = aws ]; then
+    echo "$TAG_KEY-$2-$3"
+  else
+    echo "$TAG_KEY-$2-$(printf '%s' "$3" | sha256sum | cut -c 1-12)"
+  fi
 }
 
 # Deployment names become parts of cloud resource names and GCP label values.

@@ -2,8 +2,9 @@
 # Release tarballs: the CPU build and the CUDA build for each GPU architecture (candle compiles
 # its kernels for one), each as dist/ferrollama-<version>-linux-x86_64-<build>.tar.gz with a
 # .sha256 file beside it. A tarball holds the stripped binary, README.md, Dockerfile.cuda and a
-# MANIFEST (name, version, build, commit, the binary's sha256, what the host needs). up.sh
-# --ferrollama-tarball takes one of them; the llm VM reads `build=` from MANIFEST.
+# MANIFEST (name, version, build, commit, the binary's sha256, the glibc it needs, the compiler,
+# what else the host needs). up.sh --ferrollama-tarball takes one of them; the llm VM reads
+# `build=` and `glibc=` from MANIFEST and refuses a release it cannot run.
 #
 #   deploy/release.sh                    # cpu, cuda sm_75 (T4) and sm_90 (H100/H200)
 #   deploy/release.sh cpu 75             # the builds named: cpu, or a compute capability
@@ -14,6 +15,8 @@
 # libraries (deploy/firstboot/llm.sh installs them; the CUDA runtime image has them).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# The tarballs are named linux-x86_64 and the VMs are x86_64: build nowhere else.
+[ "$(uname -sm)" = "Linux x86_64" ] || { echo "release.sh builds on x86_64 Linux only, not $(uname -sm)" >&2; exit 2; }
 out="$root/dist"
 if [ "${1:-}" = --out ]; then out="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2; fi
 [ $# -gt 0 ] || set -- cpu 75 90
@@ -31,7 +34,7 @@ for build in "$@"; do
       echo "== cpu (target dir $target)"
       CARGO_TARGET_DIR="$target" cargo build --release --bin ferrollama
       binary="$target/release/ferrollama"
-      kind=cpu needs="x86_64 Linux with glibc; AVX2 for the fast kernels (a scalar path runs elsewhere)" ;;
+      kind=cpu needs="x86_64 Linux; AVX2 for the fast kernels (a scalar path runs elsewhere)" ;;
     [0-9]*)
       [ -n "${CUDA_TOOLCHAIN_READY:-}" ] || { eval "$(kernels/cuda-toolchain.sh)"; CUDA_TOOLCHAIN_READY=1; }
       target="${CARGO_TARGET_DIR:-$root/target}-cuda$build"
@@ -48,12 +51,18 @@ for build in "$@"; do
   cp "$binary" "$stage/$name/ferrollama"
   strip "$stage/$name/ferrollama"
   cp README.md Dockerfile.cuda "$stage/$name/"
+  # The newest glibc symbol version the binary links is the oldest glibc it starts on: the
+  # build host's, in practice. The llm VM compares it with its own (ldd --version).
+  glibc="$(objdump -T "$stage/$name/ferrollama" | { grep -o 'GLIBC_[0-9][0-9.]*' || true; } | cut -d_ -f2 | sort -uV | tail -n 1)"
+  [ -n "$glibc" ] || { echo "no GLIBC_ symbol versions in $binary: not a glibc build?" >&2; exit 1; }
   cat >"$stage/$name/MANIFEST" <<MANIFEST
 name=$name
 version=$version
 build=$kind
 commit=$commit
 binary_sha256=$(sha256sum "$stage/$name/ferrollama" | cut -d' ' -f1)
+glibc=$glibc
+rustc=$(rustc --version)
 needs=$needs
 MANIFEST
   tar -C "$stage" -czf "$out/$name.tar.gz" "$name"

@@ -31,11 +31,15 @@ Options:
   --region REGION            default us-east-1 (aws) or us-central1 (gcp)
   --zone ZONE                default REGIONa (aws) or REGION-a (gcp)
   --project ID               GCP project (default: gcloud's configured project)
-  --gateway-tag TAG          AI gateway image: a line, self-hosted-vX.Y (default self-hosted-v17.6:
+  --gitlab-version X.Y[.Z]   GitLab EE: a line, X.Y (default 17.6, which is out of maintenance:
+                             see the README), whose newest X.Y.Z package the GitLab VM installs
+                             from GitLab's apt repository at first boot; or exactly X.Y.Z.
+                             17.6 or later
+  --gateway-tag TAG          AI gateway image: a line, self-hosted-vX.Y (default: GitLab's line,
                              its newest patch, looked up on Docker Hub), or one tag,
-                             self-hosted-vX.Y.Z-ee; 17.6 or later. The image is pinned by digest
+                             self-hosted-vX.Y.Z-ee; same major.minor as GitLab. The image is
+                             pinned by digest
   --gateway-digest SHA256    the tag's digest (sha256:...), instead of looking it up
-  --gitlab-version X.Y.Z     GitLab EE version; same major.minor as the gateway (default: the tag's)
   --license FILE             GitLab licence file (Ultimate + Duo Enterprise), installed at first boot
   --activation-code CODE     or a cloud licence's activation code (GITLAB_ACTIVATION_CODE at install)
   --email ADDRESS            Let's Encrypt contact address
@@ -55,7 +59,7 @@ EOF
 }
 
 cloud_name="" domain="" name=ferrollama region="" zone="" project=""
-gateway_tag=self-hosted-v17.6 gateway_digest="" gitlab_version="" license="" activation_code="" email=""
+gateway_tag="" gateway_digest="" gitlab_version="" license="" activation_code="" email=""
 ssh_key="$HOME/.ssh/id_ed25519.pub"
 ferrollama_url="" ferrollama_sha256="" ferrollama_tarball=""
 # Ollama's own mistral:7b-instruct-v0.3-q4_0, pulled by ferrollama on the llm VM; the pull
@@ -143,11 +147,24 @@ fi
 [ -n "$license$activation_code" ] || warn "no --license or --activation-code: GitLab Duo Self-Hosted needs a Duo Enterprise licence; configure-gitlab.sh will wait for one"
 [[ "$region$zone$project" =~ ^[a-z0-9-]*$ ]] || usage_error "--region, --zone and --project take lowercase names"
 
+# GitLab and the gateway need only the same major.minor (GitLab's rule), so each takes the
+# newest patch of that line: the only 17.6 gateway tag is 17.6.0, while GitLab 17.6 had patch
+# (security) releases after it. GitLab's package is chosen on the VM at first boot, from
+# GitLab's apt repository; the gateway image here, on Docker Hub.
+gitlab_minor=""
+if [ -n "$gitlab_version" ]; then
+  [[ "$gitlab_version" =~ ^([0-9]+\.[0-9]+)(\.[0-9]+)?$ ]] || usage_error "--gitlab-version must be X.Y or X.Y.Z, got '$gitlab_version'"
+  gitlab_minor="${BASH_REMATCH[1]}"
+fi
+gateway_tag="${gateway_tag:-self-hosted-v${gitlab_minor:-17.6}}"
 # The gateway image: a line (self-hosted-v17.6) means its newest patch; every VM then runs the
 # image by digest, so a tag that moves later cannot change a deployment.
 [[ "$gateway_tag" =~ ^self-hosted-v?([0-9]+)\.([0-9]+)(\.[0-9]+-ee)?$ ]] \
   || usage_error "--gateway-tag must look like self-hosted-v17.6 or self-hosted-v17.6.0-ee, got '$gateway_tag'"
 tag_minor="${BASH_REMATCH[1]}.${BASH_REMATCH[2]}" one_tag="${BASH_REMATCH[3]}"
+gitlab_version="${gitlab_version:-$tag_minor}"
+[ "${gitlab_minor:-$tag_minor}" = "$tag_minor" ] \
+  || usage_error "GitLab $gitlab_version does not match gateway $gateway_tag (major.minor must be equal)"
 # Before 17.6 the ai_custom_model flag was off by default: no self-hosted models.
 if [ "${BASH_REMATCH[1]}" -lt 17 ] || { [ "${BASH_REMATCH[1]}" = 17 ] && [ "${BASH_REMATCH[2]}" -lt 6 ]; }; then
   usage_error "GitLab $tag_minor is too old: GitLab Duo Self-Hosted with a custom model needs 17.6 or later"
@@ -160,12 +177,13 @@ if [ -z "$gateway_digest" ]; then
   read -r gateway_tag gateway_digest <<<"$found"
   log "AI gateway image: $GATEWAY_REPO:$gateway_tag@$gateway_digest"
 fi
-[[ "$gateway_tag" =~ ^self-hosted-v?(([0-9]+\.[0-9]+)\.[0-9]+)-ee$ ]] || die "unexpected gateway tag $gateway_tag"
-tag_version="${BASH_REMATCH[1]}"
-gitlab_version="${gitlab_version:-$tag_version}"
-[[ "$gitlab_version" =~ ^([0-9]+\.[0-9]+)\.[0-9]+$ ]] || usage_error "--gitlab-version must be X.Y.Z"
-[ "${BASH_REMATCH[1]}" = "$tag_minor" ] \
-  || usage_error "GitLab $gitlab_version does not match gateway $gateway_tag (major.minor must be equal)"
+[[ "$gateway_tag" =~ ^self-hosted-v?[0-9]+\.[0-9]+\.[0-9]+-ee$ ]] || die "unexpected gateway tag $gateway_tag"
+if [[ "$gitlab_version" =~ ^[0-9]+\.[0-9]+$ ]]; then
+  log "GitLab EE package: gitlab-ee $gitlab_version.x, the newest $gitlab_version patch in GitLab's apt repository (chosen on the GitLab VM at first boot with apt-cache madison)"
+else
+  log "GitLab EE package: gitlab-ee=$gitlab_version-ee.0"
+fi
+[ "$tag_minor" != 17.6 ] || warn "GitLab 17.6 is out of maintenance: GitLab ships security fixes for its three newest minor releases only, and this VM faces the internet. Prefer a maintained line: --gitlab-version X.Y (with its self-hosted-vX.Y gateway)."
 
 if [ "$eval_mode" = true ]; then
   warn "--eval sets AIGW_AUTH__BYPASS_EXTERNAL=true: the AI gateway then serves requests that GitLab did not authenticate. It must never face the internet (here only the private network reaches port $GATEWAY_PORT). Use it for evaluation only."
@@ -178,11 +196,11 @@ fi
 # VM fetches it from there before anything else needs it. AWS: an S3 object behind a presigned
 # URL (6 hours). GCP: a gs:// object the VM reads with its own service account's token.
 upload_release() {
-  local object bucket account location=()
+  local object bucket account number location=()
   object="$(basename "$ferrollama_tarball")"
   if [ "$cloud_name" = aws ]; then
     account="$(cloud_out 123456789012 aws sts get-caller-identity --query Account --output text)"
-    bucket="$TAG_KEY-$name-$account"
+    bucket="$(bucket_name aws "$name" "$account")"
     # us-east-1 is S3's default location and refuses to be named as one.
     [ "$region" = us-east-1 ] || location=(--create-bucket-configuration "LocationConstraint=$region")
     cloud aws s3api create-bucket --bucket "$bucket" --region "$region" "${location[@]}" >/dev/null
@@ -192,9 +210,16 @@ upload_release() {
       aws s3 presign --region "$region" "s3://$bucket/$object" --expires-in 21600)"
   else
     [ -n "$project" ] || project="$(cloud_out dryrun-project gcloud config get-value project)"
-    bucket="$TAG_KEY-$name-$project"
+    bucket="$(bucket_name gcp "$name" "$project")"
     cloud gcloud storage buckets create "gs://$bucket" --project "$project" --location "$region" \
       --uniform-bucket-level-access
+    # The llm VM reads it as the project's default compute service account, which projects
+    # made since 2024 no longer give any role: grant it reading this bucket (the grant goes
+    # with the bucket).
+    number="$(cloud_out 123456789012 gcloud projects describe "$project" --format 'value(projectNumber)')"
+    cloud gcloud storage buckets add-iam-policy-binding "gs://$bucket" --project "$project" \
+      --member "serviceAccount:$number-compute@developer.gserviceaccount.com" \
+      --role roles/storage.objectViewer >/dev/null
     cloud gcloud storage cp "$ferrollama_tarball" "gs://$bucket/$object" --project "$project"
     ferrollama_url="gs://$bucket/$object"
   fi
@@ -206,6 +231,10 @@ upload_release() {
 secret() { local s; s="$(head -c 32 /dev/urandom | base64 | tr -d '+/=\n')"; echo "${s:0:32}"; }
 root_password="$(secret)"
 admin_token="glpat-$(secret)"
+# ferrollama's API key (64 hex digits): without one, anything on the private network could
+# call /api/delete or /api/pull. GitLab gets it as the self-hosted model's API token, and the
+# gateway sends it to ferrollama with every request.
+llm_api_key="$(od -An -vtx1 -N32 /dev/urandom | tr -d ' \n')"
 model_name="mistral:instruct"
 if [ -z "$render_dir" ]; then
   render_dir="$(mktemp -d)"
@@ -238,7 +267,7 @@ eval_line="# the gateway authenticates every request with GitLab"
 common=("DOMAIN=$domain" "GITLAB_IP=$GITLAB_IP" "GATEWAY_IP=$GATEWAY_IP" "GATEWAY_PORT=$GATEWAY_PORT"
         "LLM_IP=$LLM_IP" "LLM_PORT=$LLM_PORT" "MODEL_NAME=$model_name")
 render "$here/cloud-init/gitlab.yaml" "$render_dir/gitlab.yaml" "${common[@]}" \
-  "GITLAB_PACKAGE=gitlab-ee=$gitlab_version-ee.0" "ROOT_PASSWORD=$root_password" \
+  "GITLAB_VERSION=$gitlab_version" "ROOT_PASSWORD=$root_password" "LLM_API_KEY=$llm_api_key" \
   "ADMIN_TOKEN=$admin_token" "LICENSE_LINE=$license_line" "LICENSE_B64=$license_b64" \
   "LETSENCRYPT_EMAIL_LINE=$email_line" "ACTIVATION_CODE=$activation_code" \
   "LICENSED=$([ -n "$license$activation_code" ] && echo true || echo false)" \
@@ -248,16 +277,19 @@ render "$here/cloud-init/gateway.yaml" "$render_dir/gateway.yaml" "${common[@]}"
   "GATEWAY_IMAGE=$GATEWAY_REPO:$gateway_tag@$gateway_digest" "EVAL_ENV_LINE=$eval_line" \
   "FIRSTBOOT_B64=$(b64 "$here/firstboot/gateway.sh")"
 render "$here/cloud-init/llm.yaml" "$render_dir/llm.yaml" "${common[@]}" \
-  "MODEL=$model" "REGISTRY_URL=$registry_url" \
+  "MODEL=$model" "REGISTRY_URL=$registry_url" "LLM_API_KEY=$llm_api_key" \
   "MODEL_SHA256=$model_sha256" "FERROLLAMA_URL=$ferrollama_url" \
   "FERROLLAMA_SHA256=$ferrollama_sha256" "FERROLLAMA_BUILD=$ferrollama_build" "NVIDIA_DRIVER=$nvidia_driver" \
   "UNIT_B64=$(b64 "$here/systemd/ferrollama.service")" \
   "HEALTHCHECK_B64=$(b64 "$here/llm-healthcheck.sh")" \
   "FIRSTBOOT_B64=$(b64 "$here/firstboot/llm.sh")"
+# EC2 takes at most 16384 bytes of user data, which the GitLab VM's scripts and a licence
+# file exceed: EC2 gets it gzipped (cloud-init unpacks gzip user data by itself), GCP as it is.
 if [ "$cloud_name" = aws ]; then
   for role in gitlab gateway llm; do
-    size="$(wc -c <"$render_dir/$role.yaml")"
-    [ "$size" -le 16384 ] || die "$role.yaml is $size bytes; EC2 user data takes at most 16384"
+    gzip -9 --no-name --stdout "$render_dir/$role.yaml" >"$render_dir/$role.yaml.gz"
+    size="$(wc -c <"$render_dir/$role.yaml.gz")"
+    [ "$size" -le 16384 ] || die "$role.yaml is $size bytes gzipped; EC2 user data takes at most 16384"
   done
 fi
 log "cloud-init files rendered in $render_dir"
@@ -353,7 +385,7 @@ aws_up() {
       --private-ip-address "$4" --no-associate-public-ip-address \
       --metadata-options HttpTokens=required \
       --block-device-mappings "DeviceName=/dev/sda1,Ebs={VolumeSize=${!disk_var},VolumeType=gp3,DeleteOnTermination=true}" \
-      --user-data "file://$render_dir/$1.yaml" \
+      --user-data "fileb://$render_dir/$1.yaml.gz" \
       --tag-specifications "$(spec instance "$1")" "$(spec volume "$1")" \
       --query 'Instances[0].InstanceId' --output text
   }
@@ -366,6 +398,8 @@ aws_up() {
   cloud aws ec2 associate-address "${r[@]}" --allocation-id "$eip" --instance-id "$gitlab_id" >/dev/null
   GITLAB_PUBLIC_IP="$public_ip"
   SSH_HINT="ssh ubuntu@$public_ip"
+  # The private VMs have the same key and take ssh from the VPC: jump through GitLab's VM.
+  PRIVATE_SSH_HINT="ssh -J ubuntu@$public_ip ubuntu@$LLM_IP  (the gateway: ubuntu@$GATEWAY_IP)"
 }
 
 # --- GCP: one custom network and subnet, Cloud NAT for outbound traffic of the private VMs. ---
@@ -385,6 +419,10 @@ gcp_up() {
     --direction INGRESS --allow "tcp:22,tcp:$GATEWAY_PORT" --source-ranges "$PRIVATE_CIDR" --target-tags "$name-gateway"
   cloud gcloud compute firewall-rules create "$name-llm-private" "${p[@]}" "${d[@]}" --network "$name-net" \
     --direction INGRESS --allow "tcp:22,tcp:$LLM_PORT" --source-ranges "$PRIVATE_CIDR" --target-tags "$name-llm"
+  # ssh to the private VMs through Identity-Aware Proxy (gcloud compute ssh --tunnel-through-iap):
+  # IAP's TCP forwarding range reaches port 22 of those two, nothing else.
+  cloud gcloud compute firewall-rules create "$name-iap-ssh" "${p[@]}" "${d[@]}" --network "$name-net" \
+    --direction INGRESS --allow tcp:22 --source-ranges "$IAP_CIDR" --target-tags "$name-gateway,$name-llm"
   cloud gcloud compute addresses create "$name-gitlab-ip" "${p[@]}" "${d[@]}" --region "$region"
   GITLAB_PUBLIC_IP="$(cloud_out 203.0.113.10 gcloud compute addresses describe "$name-gitlab-ip" "${p[@]}" \
     --region "$region" --format 'value(address)')"
@@ -405,6 +443,7 @@ gcp_up() {
   wait_for_dns "$GITLAB_PUBLIC_IP"
   gcp_launch gitlab "$GITLAB_IP" --address "$name-gitlab-ip"
   SSH_HINT="gcloud compute ssh $name-gitlab --zone $zone${project:+ --project $project} --"
+  PRIVATE_SSH_HINT="gcloud compute ssh $name-llm --zone $zone${project:+ --project $project} --tunnel-through-iap  (the gateway: $name-gateway)"
 }
 
 "${cloud_name}_up"
@@ -423,12 +462,15 @@ GitLab Duo Self-Hosted on $cloud_name, deployment '$name'
   admin API token   $admin_token   (root's token 'ferrollama-deploy', 30 days)
   AI gateway        http://$GATEWAY_IP:$GATEWAY_PORT  (private network only)
   ferrollama        http://$LLM_IP:$LLM_PORT  serving $model_name  (private network only)
-These secrets are printed once and kept nowhere else: store them now.
+  ferrollama key    $llm_api_key   (GitLab's self-hosted model sends it as its API token)
+The password and the admin token are printed once and kept nowhere else: store them now.
 Verify every hop:  $SSH_HINT sudo ferrollama-verify
+Private VMs:       $PRIVATE_SSH_HINT
 Remove it all:     deploy/down.sh --cloud $cloud_name --name $name --region $region${project:+ --project $project}
 EOF
 if [ "$configure" = true ]; then
-  GITLAB_TOKEN="$admin_token" "${configure_cmd[@]}"
+  # Both secrets in the environment, off the command line.
+  GITLAB_TOKEN="$admin_token" FERROLLAMA_API_KEY="$llm_api_key" "${configure_cmd[@]}"
 else
-  echo "Configure later:  GITLAB_TOKEN=<admin API token> ${configure_cmd[*]}"
+  echo "Configure later:  GITLAB_TOKEN=<admin API token> FERROLLAMA_API_KEY=<ferrollama key> ${configure_cmd[*]}"
 fi

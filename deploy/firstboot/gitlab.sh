@@ -1,16 +1,39 @@
 #!/usr/bin/env bash
-# First boot of the GitLab VM (run by cloud-init): install GitLab EE at the pinned version (its
-# reconfigure reads the gitlab.rb cloud-init wrote and gets the Let's Encrypt certificate), hold
-# the version, and create the admin API token that configure-gitlab.sh and ferrollama-verify use.
+# First boot of the GitLab VM (run by cloud-init): wait for a route out, install GitLab EE (the
+# newest patch of the chosen line, or the exact version; its reconfigure reads the gitlab.rb
+# cloud-init wrote and gets the Let's Encrypt certificate), hold the version, and create the
+# admin API token that configure-gitlab.sh and ferrollama-verify use.
 set -euo pipefail
 # shellcheck source=/dev/null
-. /etc/ferrollama-deploy/settings.env
+. "${FERROLLAMA_DEPLOY_SETTINGS:-/etc/ferrollama-deploy/settings.env}"  # tests point elsewhere
+
+# On AWS the Elastic IP is attached once the VM runs, seconds after cloud-init has started:
+# until then nothing outside answers. Any HTTP answer from GitLab's package server will do.
+for try in $(seq 90); do
+  curl -sS -o /dev/null --max-time 10 https://packages.gitlab.com/ && break
+  [ "$try" -lt 90 ] || { echo "no route to https://packages.gitlab.com/ after 15 minutes" >&2; exit 1; }
+  sleep 10
+done
+# Waits for the dpkg lock, which Ubuntu's own first-boot apt jobs may hold.
+apt_get() { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "$@"; }
+apt_get update
+apt_get install -y curl ca-certificates jq openssh-server perl tzdata
 
 curl -fsSL https://packages.gitlab.com/install/repositories/gitlab/gitlab-ee/script.deb.sh | bash
+# GitLab needs only the gateway's major.minor: X.Y takes the newest X.Y.Z package in GitLab's
+# repository (its security fixes), X.Y.Z exactly that one.
+if [[ "$GITLAB_VERSION" =~ ^[0-9]+\.[0-9]+$ ]]; then
+  package_version="$(apt-cache madison gitlab-ee | awk '{ print $3 }' \
+    | grep -E "^${GITLAB_VERSION//./\\.}\.[0-9]+-ee\.[0-9]+$" | sort -V | tail -n 1)" \
+    || { echo "GitLab's repository has no gitlab-ee $GITLAB_VERSION.x package" >&2; exit 1; }
+else
+  package_version="$GITLAB_VERSION-ee.0"
+fi
+echo "installing gitlab-ee=$package_version"
 # A cloud licence's activation code activates GitLab during the install (GitLab reads
 # GITLAB_ACTIVATION_CODE at its first reconfigure); a licence file comes through gitlab.rb.
 GITLAB_ACTIVATION_CODE="${ACTIVATION_CODE:-}" EXTERNAL_URL="https://$DOMAIN" \
-  DEBIAN_FRONTEND=noninteractive apt-get install -y "$GITLAB_PACKAGE"
+  apt_get install -y "gitlab-ee=$package_version"
 # The gateway image matches this version; an unattended upgrade must not split them.
 apt-mark hold gitlab-ee
 

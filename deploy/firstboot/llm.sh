@@ -5,10 +5,13 @@
 # then the systemd unit. Safe to run again: verified files are kept. Settings come from
 # /etc/ferrollama-deploy/settings.env, written by cloud-init.
 set -euo pipefail
+# The tests run this script against a directory that stands in for / (the files it reads and
+# writes up to the service user); on the VM it is / itself.
+root="${FERROLLAMA_FIRSTBOOT_ROOT:-}"
 # shellcheck source=/dev/null
-. /etc/ferrollama-deploy/settings.env
+. "$root/etc/ferrollama-deploy/settings.env"
 # shellcheck source=/dev/null
-. /etc/ferrollama/ferrollama.env
+. "$root/etc/ferrollama/ferrollama.env"
 
 # download URL DEST: https as it is; gs://BUCKET/OBJECT (a release up.sh uploaded on GCP) with
 # this VM's service-account token from the metadata server.
@@ -38,14 +41,29 @@ fetch() {
   mv "$dest.part" "$dest"
 }
 
-# The release: a tarball from deploy/release.sh, its binary linked into /usr/local/bin.
-fetch "$FERROLLAMA_URL" "$FERROLLAMA_SHA256" /var/cache/ferrollama/release.tar.gz
-install -d /opt/ferrollama
-tar -xzf /var/cache/ferrollama/release.tar.gz -C /opt/ferrollama
-release_dir="$(tar -tzf /var/cache/ferrollama/release.tar.gz | head -n 1 | cut -d/ -f1)"
-grep -qx "build=$FERROLLAMA_BUILD" "/opt/ferrollama/$release_dir/MANIFEST" \
+# The release: a tarball from deploy/release.sh, its binary linked into /usr/local/bin, once
+# its MANIFEST says it is the build up.sh chose and this system has the glibc it needs.
+tarball="$root/var/cache/ferrollama/release.tar.gz"
+fetch "$FERROLLAMA_URL" "$FERROLLAMA_SHA256" "$tarball"
+# awk reads the whole listing: `head -n 1` would leave tar writing into a closed pipe (SIGPIPE,
+# which pipefail turns into a failed boot).
+release_dir="$(tar -tzf "$tarball" | awk -F/ 'NR == 1 { print $1 }')"
+manifest="$(tar -xzOf "$tarball" "$release_dir/MANIFEST")"
+grep -qx "build=$FERROLLAMA_BUILD" <<<"$manifest" \
   || { echo "the release's MANIFEST does not say build=$FERROLLAMA_BUILD" >&2; exit 1; }
-ln -sfn "/opt/ferrollama/$release_dir/ferrollama" /usr/local/bin/ferrollama
+# The binary needs the glibc of the system it was built on, or newer; with an older one it
+# stops at start with "version GLIBC_2.xx not found". release.sh records it (glibc=).
+needed="$(sed -n 's/^glibc=//p' <<<"$manifest")"
+[ -n "$needed" ] || { echo "the release's MANIFEST names no glibc: make it with deploy/release.sh" >&2; exit 1; }
+have="$(ldd --version | awk 'NR == 1 { print $NF }')"
+if [ "$(printf '%s\n' "$needed" "$have" | sort -V | tail -n 1)" != "$have" ]; then
+  echo "the release needs glibc $needed or newer; this system has $have: build it on an older system (see the README)" >&2
+  exit 1
+fi
+echo "release $release_dir: build $FERROLLAMA_BUILD, needs glibc $needed (this system has $have)"
+install -d "$root/opt/ferrollama"
+tar -xzf "$tarball" -C "$root/opt/ferrollama"
+ln -sfn "/opt/ferrollama/$release_dir/ferrollama" "$root/usr/local/bin/ferrollama"
 
 if [[ "$FERROLLAMA_BUILD" == cuda-* ]]; then
   # Ubuntu's headless server driver for the T4 (precompiled, signed kernel modules); the CUDA
@@ -68,8 +86,8 @@ else
   device=cpu
 fi
 # The unit's environment says which device to serve on.
-sed -i '/^FERROLLAMA_DEVICE=/d' /etc/ferrollama/ferrollama.env
-echo "FERROLLAMA_DEVICE=$device" >>/etc/ferrollama/ferrollama.env
+sed -i '/^FERROLLAMA_DEVICE=/d' "$root/etc/ferrollama/ferrollama.env"
+echo "FERROLLAMA_DEVICE=$device" >>"$root/etc/ferrollama/ferrollama.env"
 
 id ferrollama >/dev/null 2>&1 \
   || useradd --system --home-dir /var/lib/ferrollama --shell /usr/sbin/nologin ferrollama

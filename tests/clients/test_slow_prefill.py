@@ -15,6 +15,8 @@ import requests
 from conftest import serve
 
 PROMPT = "word " * 700
+# Long enough that reading it outlasts the checks below on a fast machine too (~5 s here).
+LONG_PROMPT = "word " * 1600
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,8 @@ def first_body_bytes(sock, timeout):
 
 @pytest.mark.parametrize("path, body", [
     ("/v1/chat/completions", {"model": "big", "stream": True, "max_tokens": 1,
-                              "messages": [{"role": "user", "content": PROMPT}]}),
-    ("/api/generate", {"model": "big", "prompt": PROMPT, "options": {"num_predict": 1}}),
+                              "messages": [{"role": "user", "content": LONG_PROMPT}]}),
+    ("/api/generate", {"model": "big", "prompt": LONG_PROMPT, "options": {"num_predict": 1}}),
 ])
 def test_bytes_flow_at_once_and_a_client_leaving_mid_prefill_is_cancelled(slow, path, body):
     sock = raw_post(slow, path, body)

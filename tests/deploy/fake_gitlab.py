@@ -1,4 +1,5 @@
-"""A fake GitLab for configure-gitlab.sh: GET /api/v4/version and POST /api/graphql.
+"""A fake GitLab for configure-gitlab.sh: GET /api/v4/version, POST /api/graphql, GET and PUT
+/api/v4/application/settings, and POST /api/v4/code_suggestions/direct_access (what an IDE asks).
 
 It answers the queries the script makes from in-memory state, validates every mutation's input
 against one of two schema versions the way GraphQL would (unknown or missing fields, bad enum
@@ -13,11 +14,20 @@ GitLab's licensing rules, as 17.6's sources have them:
   duo_enterprise bundles self_hosted_models (ee/config/cloud_connector/access_data.yml);
 - a licence's add-ons become purchases only when provisioned: `provisioned=False` hides them
   until provision() runs (POST /fake/provision, which the tests' `gitlab-rails` stand-in calls).
+
+Direct connections, as ee/lib/api/code_suggestions.rb and the settings API have them:
+- POST /api/v4/code_suggestions/direct_access answers 403 "Direct connections are disabled"
+  when the application setting disabled_direct_code_suggestions is true; otherwise 201 with
+  base_url = the AI gateway's URL (Gitlab::AiGateway.url: AI_GATEWAY_URL, a private address);
+- PUT /api/v4/application/settings takes disabled_direct_code_suggestions only on an instance
+  with code suggestions among its add-ons (Duo Pro or Enterprise); elsewhere GitLab drops the
+  parameter and still answers 200. `direct_setting_dropped=True` makes it drop it regardless.
 """
 import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 BASE_FEATURES = ["CODE_GENERATIONS", "CODE_COMPLETIONS", "DUO_CHAT"]
 CHAT_SUB_FEATURES = ["DUO_CHAT_EXPLAIN_CODE", "DUO_CHAT_TROUBLESHOOT_JOB", "DUO_CHAT_FIX_CODE",
@@ -57,6 +67,10 @@ MUTATION_INPUT = {
     "userAddOnAssignmentCreate": "UserAddOnAssignmentCreateInput",
     "duoSettingsUpdate": "DuoSettingsUpdateInput",
 }
+# Add-ons that include code suggestions (the complete_code unit primitive).
+CODE_SUGGESTIONS_ADD_ONS = ("CODE_SUGGESTIONS", "DUO_ENTERPRISE")
+# GitLab's AI_GATEWAY_URL on the deployment: what direct_access hands an IDE.
+AI_GATEWAY_URL = "http://10.42.1.11:5052"
 # What check_feature_access! guards: nothing about self-hosted models without Duo Enterprise.
 SELF_HOSTED_QUERIES = ("aiSelfHostedModels", "aiFeatureSettings")
 SELF_HOSTED_MUTATIONS = ("aiSelfHostedModelCreate", "aiSelfHostedModelUpdate", "aiFeatureSettingUpdate")
@@ -85,6 +99,9 @@ class FakeGitLab:
         self.fail_mutation = None  # a mutation name whose payload reports an error
         self.mutations = []  # (name, input) in the order received
         self.version_calls = 0
+        self.disabled_direct_code_suggestions = False
+        self.direct_setting_dropped = False
+        self.setting_updates = []  # the PUT /application/settings bodies, in order
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -99,10 +116,10 @@ class FakeGitLab:
         self.server.server_close()
 
     # --- state helpers used by the tests ---
-    def add_model(self, name, endpoint, identifier=None):
+    def add_model(self, name, endpoint, identifier=None, api_token="x"):
         gid = f"{MODEL_GID}{len(self.models) + 1}"
         self.models.append({"id": gid, "name": name, "model": "mistral", "endpoint": endpoint,
-                            "identifier": identifier, "apiToken": "x"})
+                            "identifier": identifier, "apiToken": api_token})
         return gid
 
     def mutation_names(self):
@@ -126,6 +143,10 @@ class FakeGitLab:
             if type_name == "AiFeatures":
                 data[alias] = {"enumValues": [{"name": f} for f in FEATURES[self.schema]]}
                 continue
+            if type_name == "AiSelfHostedModel":
+                fields = ["id", "name", "model", "endpoint", "hasApiToken", "createdAt"]
+                data[alias] = {"fields": [{"name": f} for f in fields + (["identifier"] if self.schema == "new" else [])]}
+                continue
             required, optional = INPUTS[self.schema].get(type_name, (set(), set()))
             fields = sorted(required | optional)
             data[alias] = {"inputFields": [{"name": f} for f in fields]} if fields else None
@@ -143,6 +164,8 @@ class FakeGitLab:
                 node = {k: m[k] for k in ("id", "name", "model", "endpoint")}
                 if self.schema == "new":
                     node["identifier"] = m["identifier"]
+                if "hasApiToken" in query:
+                    node["hasApiToken"] = bool(m["apiToken"])
                 nodes.append(node)
             data["aiSelfHostedModels"] = {"nodes": nodes}
         if "aiFeatureSettings" in query:
@@ -193,7 +216,7 @@ class FakeGitLab:
         if name == "aiSelfHostedModelCreate":
             if value["model"] not in MODELS:
                 raise GraphQLError(f"invalid AiAcceptedSelfHostedModels value {value['model']}")
-            gid = self.add_model(value["name"], value["endpoint"], value.get("identifier"))
+            gid = self.add_model(value["name"], value["endpoint"], value.get("identifier"), value.get("apiToken"))
             return {name: {"errors": [], "selfHostedModel": {"id": gid}}}
         if name == "aiSelfHostedModelUpdate":
             model = next((m for m in self.models if m["id"] == value["id"]), None)
@@ -201,6 +224,8 @@ class FakeGitLab:
                 return {name: {"errors": ["Self-hosted model not found"]}}
             model.update(name=value["name"], model=value["model"].lower(), endpoint=value["endpoint"],
                          identifier=value.get("identifier"))
+            if "apiToken" in value:
+                model["apiToken"] = value["apiToken"]
             return {name: {"errors": []}}
         if name == "aiFeatureSettingUpdate":
             features = value["features"] if "features" in value else [value["feature"]]
@@ -224,6 +249,31 @@ class FakeGitLab:
             return {name: {"errors": []}}
         raise GraphQLError(f"unknown mutation {name}")
 
+    # --- REST: application settings and what an IDE is given ---
+    def code_suggestions_available(self):
+        return any(p["name"] in CODE_SUGGESTIONS_ADD_ONS for p in self.purchases)
+
+    def application_settings(self):
+        return {"signup_enabled": True, "disabled_direct_code_suggestions": self.disabled_direct_code_suggestions}
+
+    def update_settings(self, params):
+        self.setting_updates.append(params)
+        if "disabled_direct_code_suggestions" in params:
+            value = params["disabled_direct_code_suggestions"]
+            if value not in ("true", "false"):
+                return 400, {"error": "disabled_direct_code_suggestions is invalid"}
+            if self.code_suggestions_available() and not self.direct_setting_dropped:
+                self.disabled_direct_code_suggestions = value == "true"
+        return 200, self.application_settings()
+
+    def direct_access(self):
+        if self.disabled_direct_code_suggestions:
+            return 403, {"message": "403 Forbidden - Direct connections are disabled"}
+        if not self.code_suggestions_available():
+            return 401, {"message": "401 Unauthorized"}
+        return 201, {"base_url": AI_GATEWAY_URL, "token": "instance-jwt", "expires_at": 1767225600,
+                     "headers": {"X-Gitlab-Instance-Id": "fake"}}
+
     def _handler(self):
         fake = self
 
@@ -243,6 +293,11 @@ class FakeGitLab:
                 return self.headers.get("Authorization") == f"Bearer {fake.token}"
 
             def do_GET(self):
+                if self.path == "/api/v4/application/settings":
+                    if not self.authorized():
+                        return self.send_json(401, {"message": "401 Unauthorized"})
+                    with fake.lock:
+                        return self.send_json(200, fake.application_settings())
                 if self.path != "/api/v4/version":
                     return self.send_json(404, {"message": "404 Not Found"})
                 with fake.lock:
@@ -253,10 +308,29 @@ class FakeGitLab:
                     return self.send_json(401, {"message": "401 Unauthorized"})
                 self.send_json(200, {"version": fake.version})
 
+            def do_PUT(self):
+                if self.path != "/api/v4/application/settings":
+                    return self.send_json(404, {"message": "404 Not Found"})
+                if not self.authorized():
+                    return self.send_json(401, {"message": "401 Unauthorized"})
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                if self.headers.get("Content-Type", "").startswith("application/json"):
+                    params = {k: str(v).lower() for k, v in json.loads(raw).items()}
+                else:
+                    params = {k: v[-1] for k, v in parse_qs(raw).items()}
+                with fake.lock:
+                    status, body = fake.update_settings(params)
+                self.send_json(status, body)
+
             def do_POST(self):
                 if self.path == "/fake/provision":
                     fake.provision()
                     return self.send_json(200, {"provisioned": [p["name"] for p in fake.purchases]})
+                if self.path == "/api/v4/code_suggestions/direct_access":
+                    if not self.authorized():
+                        return self.send_json(401, {"message": "401 Unauthorized"})
+                    with fake.lock:
+                        return self.send_json(*fake.direct_access())
                 if self.path != "/api/graphql":
                     return self.send_json(404, {"message": "404 Not Found"})
                 if not self.authorized():

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Every check of deploy/ that needs no cloud: shellcheck on all scripts, `cloud-init schema` on
-# the cloud-init files exactly as up.sh renders them, `systemd-analyze verify` on the unit, and
-# the pytest tests (dry runs, configure-gitlab.sh against a fake GitLab and the mutation check
-# of its rules, verify.sh against fake peers, the llm unit serving SmolLM2 with its own health
-# check, the Helm chart through helm lint/template and the Kubernetes schemas). Exits 1 if any
-# check fails.
+# the cloud-init files exactly as up.sh renders them (EC2's unpacked from the gzip it gets),
+# `systemd-analyze verify` on the unit, and the pytest tests (dry runs, the first-boot scripts
+# with stand-ins, configure-gitlab.sh against a fake GitLab and the mutation check of its rules,
+# verify.sh against fake peers, the release's glibc check, the llm unit serving SmolLM2 with its
+# key and its own health check, the Helm chart through helm lint/template, its values schema and
+# the Kubernetes schemas). Exits 1 if any check fails.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -48,14 +49,17 @@ result() { # NAME STATUS
   if [ "$2" = 0 ]; then summary+=("PASS  $1"); else summary+=("FAIL  $1"); failed=1; fi
 }
 
-# The files up.sh would hand to the cloud: both clouds, with and without --eval.
+# The files up.sh would hand to the cloud: both clouds, with and without --eval. EC2 gets the
+# files gzipped, with a licence-sized (3 KB) licence file: checked as cloud-init unpacks them.
 cloud_init_schema() {
-  local cloud mode dir file out status=0
+  local cloud mode dir file out size status=0
+  head -c 2304 /dev/urandom | base64 -w 76 >"$work/licence"  # 3,113 bytes, like a licence file
   for cloud in aws gcp; do
     for mode in default eval; do
       dir="$work/render-$cloud-$mode"
       local extra=()
       [ "$mode" = default ] || extra=(--eval)
+      [ "$cloud" = gcp ] || extra+=(--license "$work/licence")
       # A pinned gateway image, so no tag lookup reaches Docker Hub from here.
       deploy/up.sh --cloud "$cloud" --domain gitlab.example.com --dry-run --render-dir "$dir" "${extra[@]}" \
         --gateway-tag self-hosted-v17.6.0-ee --gateway-digest "sha256:$(printf '0%.0s' {1..64})" \
@@ -63,8 +67,15 @@ cloud_init_schema() {
         --ferrollama-sha256 "$(printf '0%.0s' {1..64})" \
         >/dev/null 2>&1 || { echo "up.sh --dry-run failed for $cloud $mode"; return 1; }
       for file in "$dir"/gitlab.yaml "$dir"/gateway.yaml "$dir"/llm.yaml; do
+        size=""
+        if [ "$cloud" = aws ]; then
+          size="$(wc -c <"$file.gz")"
+          [ "$size" -le 16384 ] || { echo "$file.gz is $size bytes, over EC2's 16384"; status=1; }
+          gzip -dc "$file.gz" >"$file.unpacked"
+          file="$file.unpacked"
+        fi
         out="$(cloud-init schema --config-file "$file" 2>&1)" || status=1
-        echo "$cloud $mode $(basename "$file"): $out"
+        echo "$cloud $mode $(basename "$file")${size:+ ($size bytes gzipped)}: $out"
         [ "$out" = "Valid cloud-config: $file" ] || status=1
       done
     done
@@ -89,7 +100,7 @@ status=0; shellcheck -x "${scripts[@]}" || status=$?
 result "shellcheck (${#scripts[@]} scripts)" "$status"
 echo "--- cloud-init schema"
 status=0; cloud_init_schema || status=$?
-result "cloud-init schema (12 files rendered by up.sh --dry-run)" "$status"
+result "cloud-init schema (12 files rendered by up.sh --dry-run; EC2's unpacked from gzip, with a 3 KB licence)" "$status"
 echo "--- systemd-analyze verify"
 status=0; systemd_verify || status=$?
 result "systemd-analyze verify ferrollama.service" "$status"

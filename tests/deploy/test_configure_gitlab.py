@@ -1,16 +1,19 @@
 """configure-gitlab.sh against a fake GitLab that speaks two schema versions and keeps
-GitLab's licensing rules (see fake_gitlab.py).
+GitLab's licensing rules and its direct-connection setting (see fake_gitlab.py).
 
 Each test checks the exact mutations that go out and that a second run sends none.
 """
+import json
 import os
 import pathlib
 import subprocess
 import threading
+import urllib.error
+import urllib.request
 
 import pytest
 
-from fake_gitlab import CHAT_SUB_FEATURES, FakeGitLab, MODEL_GID, NO_ACCESS, ROOT_GID
+from fake_gitlab import AI_GATEWAY_URL, CHAT_SUB_FEATURES, FakeGitLab, MODEL_GID, NO_ACCESS, ROOT_GID
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy/configure-gitlab.sh"
@@ -20,8 +23,11 @@ GATEWAY = "http://10.42.1.11:5052"
 ENTERPRISE = "gid://gitlab/GitlabSubscriptions::AddOnPurchase/1"
 
 
-def configure(fake, *extra, token="test-token", timeout="30", add_on_timeout="0", script=SCRIPT):
+def configure(fake, *extra, token="test-token", timeout="30", add_on_timeout="0", script=SCRIPT, api_key=None):
     env = dict(os.environ, GITLAB_TOKEN=token)
+    env.pop("FERROLLAMA_API_KEY", None)
+    if api_key:
+        env["FERROLLAMA_API_KEY"] = api_key
     return subprocess.run(
         [str(script), "--url", fake.url, "--llm-endpoint", ENDPOINT, "--gateway-url", GATEWAY,
          "--poll", "0.1", "--timeout", timeout, "--add-on-timeout", add_on_timeout, *extra],
@@ -66,11 +72,13 @@ def test_old_schema_one_mutation_per_feature_then_nothing():
             ("userAddOnAssignmentCreate", {"addOnPurchaseId": ENTERPRISE, "userId": ROOT_GID}),
         ]
         assert "no model identifier" in out
-        assert "configured (5 change(s))" in out
+        assert fake.setting_updates == [{"disabled_direct_code_suggestions": "true"}]
+        assert "configured (6 change(s))" in out
 
         out = ok(configure(fake))
         assert len(fake.mutations) == 5, fake.mutations[5:]
-        assert "nothing to change" in out
+        assert len(fake.setting_updates) == 1
+        assert "direct connections for IDEs: already off" in out and "nothing to change" in out
 
 
 def test_new_schema_one_mutation_for_all_features_then_nothing():
@@ -92,6 +100,7 @@ def test_new_schema_one_mutation_for_all_features_then_nothing():
 
         out = ok(configure(fake, "--model-name", "mistral:instruct", "--api-token", "sekrit"))
         assert len(fake.mutations) == 4, fake.mutations[4:]
+        assert len(fake.setting_updates) == 1
         assert "nothing to change" in out
 
 
@@ -225,3 +234,71 @@ def test_the_fake_rejects_the_other_versions_argument():
             with pytest.raises(Exception, match="Field is not defined"):
                 fake.mutate("aiFeatureSettingUpdate", "AiFeatureSettingUpdateInput",
                             dict(wrong, provider="VENDORED"))
+
+
+def ide_asks_for_direct_access(fake):
+    """POST /api/v4/code_suggestions/direct_access as an editor extension does: (status, body)."""
+    request = urllib.request.Request(fake.url + "/api/v4/code_suggestions/direct_access", method="POST",
+                                     headers={"Authorization": "Bearer test-token"}, data=b"")
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+@pytest.mark.parametrize("schema", ["old", "new"])
+def test_direct_connections_off_so_an_ide_is_not_given_the_private_gateway_url(schema):
+    with FakeGitLab(schema) as fake:
+        # Before: GitLab hands an IDE the gateway's private address.
+        assert ide_asks_for_direct_access(fake) == (201, {
+            "base_url": AI_GATEWAY_URL, "token": "instance-jwt", "expires_at": 1767225600,
+            "headers": {"X-Gitlab-Instance-Id": "fake"}})
+        out = ok(configure(fake))
+        assert "direct connections for IDEs turned off" in out
+        assert fake.setting_updates == [{"disabled_direct_code_suggestions": "true"}]
+        # After: refused, so the IDE goes through GitLab.
+        assert ide_asks_for_direct_access(fake) == (403, {"message": "403 Forbidden - Direct connections are disabled"})
+
+
+def test_a_setting_gitlab_drops_is_a_failure_not_a_pass():
+    # GitLab answers 200 to a PUT whose parameter it dropped: configure reads the value back.
+    with FakeGitLab("new") as fake:
+        fake.direct_setting_dropped = True
+        result = configure(fake)
+        assert result.returncode == 1
+        assert "GitLab kept direct connections on (disabled_direct_code_suggestions: false)" in result.stderr
+        assert fake.setting_updates == [{"disabled_direct_code_suggestions": "true"}]
+        assert ide_asks_for_direct_access(fake)[0] == 201
+
+
+def test_the_fake_drops_the_setting_without_code_suggestions():
+    # The premise of the test above: GitLab's settings API takes disabled_direct_code_suggestions
+    # only with code suggestions among the add-ons (Duo Pro counts here, unlike for models).
+    for add_ons, kept in (((), False), (("CODE_SUGGESTIONS",), True), (("DUO_ENTERPRISE",), True)):
+        with FakeGitLab("new", add_ons=add_ons) as fake:
+            assert fake.update_settings({"disabled_direct_code_suggestions": "true"}) == (
+                200, {"signup_enabled": True, "disabled_direct_code_suggestions": kept})
+
+
+def test_the_key_from_the_environment_becomes_the_models_token():
+    # As up.sh passes it: FERROLLAMA_API_KEY, off the command line.
+    with FakeGitLab("new") as fake:
+        ok(configure(fake, api_key="k" * 64))
+        [(_, create)] = [m for m in fake.mutations if m[0] == "aiSelfHostedModelCreate"]
+        assert create["apiToken"] == "k" * 64
+
+
+@pytest.mark.parametrize("schema", ["old", "new"])
+def test_a_model_without_an_api_token_gets_the_key(schema):
+    # GitLab shows whether a model has a token, never the token: one without gets ferrollama's key.
+    with FakeGitLab(schema) as fake:
+        identifier = "custom_openai/mistral:instruct" if schema == "new" else None
+        gid = fake.add_model("ferrollama-mistral", ENDPOINT, identifier, api_token=None)
+        ok(configure(fake, "--api-token", "the-key"))
+        updates = [v for n, v in fake.mutations if n == "aiSelfHostedModelUpdate"]
+        assert len(updates) == 1 and updates[0]["id"] == gid and updates[0]["apiToken"] == "the-key"
+        assert fake.models[0]["apiToken"] == "the-key"
+        count = len(fake.mutations)
+        out = ok(configure(fake, "--api-token", "the-key"))
+        assert len(fake.mutations) == count and "self-hosted model ferrollama-mistral: already set" in out

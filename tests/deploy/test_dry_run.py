@@ -3,11 +3,13 @@ renders. Fake `aws` and `gcloud` commands on PATH record any call, so a dry run 
 cloud CLI fails the test.
 """
 import base64
+import gzip
 import hashlib
 import io
 import json
 import os
 import pathlib
+import re
 import shlex
 import subprocess
 import tarfile
@@ -151,8 +153,10 @@ def test_aws_instances_types_disks_and_no_public_address(fake_clis, tmp_path):
         assert f"VolumeSize={DISKS[role]}," in opt(call, "--block-device-mappings")
         assert opt(call, "--private-ip-address") == IPS[role]
         assert "--no-associate-public-ip-address" in call and "--associate-public-ip-address" not in call
-        assert opt(call, "--user-data") == f"file://{render}/{role}.yaml"
-        assert (render / f"{role}.yaml").stat().st_size <= 16384  # EC2's user-data limit
+        # Gzipped (cloud-init unpacks it), as bytes: fileb://, not file://, which reads text.
+        assert opt(call, "--user-data") == f"fileb://{render}/{role}.yaml.gz"
+        assert gzip.decompress((render / f"{role}.yaml.gz").read_bytes()) == (render / f"{role}.yaml").read_bytes()
+        assert (render / f"{role}.yaml.gz").stat().st_size <= 16384  # EC2's user-data limit
     # The only public address goes to GitLab.
     associations = [c for c in calls if c[1:3] == ["ec2", "associate-address"]]
     assert len(associations) == 1 and opt(associations[0], "--instance-id") == "dryrun-instance-gitlab"
@@ -215,11 +219,15 @@ def test_gcp_ports_5052_and_11434_only_from_the_private_range(fake_clis, tmp_pat
     allowed = {name: set(opt(c, "--allow").split(",")) for name, c in rules.items()}
     assert allowed == {"demo-gitlab-public": {"tcp:22", "tcp:80", "tcp:443"},
                        "demo-gateway-private": {"tcp:22", "tcp:5052"},
-                       "demo-llm-private": {"tcp:22", "tcp:11434"}}
+                       "demo-llm-private": {"tcp:22", "tcp:11434"},
+                       "demo-iap-ssh": {"tcp:22"}}
     assert opt(rules["demo-gitlab-public"], "--target-tags") == "demo-gitlab"
     for name in ("demo-gateway-private", "demo-llm-private"):
         assert opt(rules[name], "--source-ranges") == PRIVATE
         assert opt(rules[name], "--target-tags") == name.removesuffix("-private")
+    # ssh onto the private VMs through IAP: from Google's IAP range, port 22 only.
+    assert opt(rules["demo-iap-ssh"], "--source-ranges") == "35.235.240.0/20"
+    assert opt(rules["demo-iap-ssh"], "--target-tags") == "demo-gateway,demo-llm"
     # Each VM carries only its own tag, so only GitLab is behind the public rule.
     tags = {c[4]: opt(c, "--tags") for c in calls if c[1:4] == ["compute", "instances", "create"]}
     assert tags == {"demo-gitlab": "demo-gitlab", "demo-gateway": "demo-gateway", "demo-llm": "demo-llm"}
@@ -264,8 +272,12 @@ def test_rendered_roles(fake_clis, tmp_path):
     assert "gitlab_rails['initial_license_file'] = '/etc/gitlab/ferrollama.gitlab-license'" in rb
     assert gitlab["/etc/gitlab/ferrollama.gitlab-license"] == "LICENCE-DATA\n"
     settings = gitlab["/etc/ferrollama-deploy/settings.env"]
-    assert "GITLAB_PACKAGE=gitlab-ee=17.9.1-ee.0" in settings
+    # The gateway tag's line: the VM installs its newest GitLab patch (test_firstboot.py).
+    assert "GITLAB_VERSION=17.9" in settings.splitlines()
     assert "LLM_URL=http://10.42.1.12:11434" in settings
+    # No apt in cloud-init's own modules: on AWS there is no route out until the Elastic IP.
+    doc = yaml.safe_load((render / "gitlab.yaml").read_text())
+    assert "package_update" not in doc and "packages" not in doc
     assert gitlab["/usr/local/bin/ferrollama-verify"] == (DEPLOY / "verify.sh").read_text()
     assert gitlab["/usr/local/sbin/ferrollama-firstboot"] == (DEPLOY / "firstboot/gitlab.sh").read_text()
 
@@ -279,7 +291,7 @@ def test_rendered_roles(fake_clis, tmp_path):
     assert "DOMAIN=gitlab.example.com" in settings and "GITLAB_IP=10.42.0.10" in settings
     unit = gateway["/usr/local/sbin/ferrollama-firstboot"]
     assert '--add-host "$DOMAIN:$GITLAB_IP"' in unit
-    assert "/monitoring/$probe" in unit and "for probe in healthz ready" in unit
+    assert "/monitoring/healthz" in unit
 
     llm = write_files(render / "llm.yaml")
     assert llm["/etc/systemd/system/ferrollama.service"] == (DEPLOY / "systemd/ferrollama.service").read_text()
@@ -294,6 +306,14 @@ def test_rendered_roles(fake_clis, tmp_path):
     assert "FERROLLAMA_MODEL=mistral:7b-instruct-v0.3-q4_0" in env
     assert "OLLAMA_MODELS=/var/lib/ferrollama/models" in env
     assert "FERROLLAMA_REGISTRY_URL=''" in settings
+    # The API key: in the service's environment (root only) and GitLab's settings, the same.
+    [key] = [line.split("=", 1)[1] for line in env if line.startswith("FERROLLAMA_API_KEY=")]
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    assert f"LLM_API_KEY={key}" in gitlab["/etc/ferrollama-deploy/settings.env"].splitlines()
+    assert "FERROLLAMA_READ_ONLY=true" in env
+    [entry] = [f for f in yaml.safe_load((render / "llm.yaml").read_text())["write_files"]
+               if f["path"] == "/etc/ferrollama/ferrollama.env"]
+    assert entry["permissions"] == "0600" and entry["owner"] == "root:root"
     firstboot = llm["/usr/local/sbin/ferrollama-firstboot"]
     assert 'ferrollama pull "$FERROLLAMA_MODEL" --model-sha256 "$MODEL_SHA256"' in firstboot
     assert "MODEL_URL" not in firstboot, "the model comes from ferrollama pull, not curl"
@@ -310,13 +330,73 @@ def test_model_and_registry_overrides_reach_the_llm_vm(fake_clis, tmp_path):
 
 
 def test_without_licence_no_licence_line(fake_clis, tmp_path):
-    _, render, _ = dry_up(fake_clis, tmp_path, "gcp")
+    _, render, result = dry_up(fake_clis, tmp_path, "gcp")
     rb = write_files(render / "gitlab.yaml")["/etc/gitlab/gitlab.rb"]
     assert "initial_license_file" not in rb
     settings = write_files(render / "gitlab.yaml")["/etc/ferrollama-deploy/settings.env"]
-    # The newest 17.6 patch on the hub (17.6.10, not 17.6.9 by string order, nor the rc).
-    assert "GITLAB_PACKAGE=gitlab-ee=17.6.10-ee.0" in settings
+    # GitLab 17.6's newest patch, whatever the gateway's (its only 17.6 tag is 17.6.0): the
+    # VM picks it from GitLab's repository, and the dry run says so.
+    assert "GITLAB_VERSION=17.6" in settings.splitlines()
+    assert "GitLab EE package: gitlab-ee 17.6.x, the newest 17.6 patch" in result.stderr
+    assert "GitLab 17.6 is out of maintenance" in result.stderr
     assert "LICENSED=false" in settings
+
+
+def test_one_line_for_gitlab_and_gateway(fake_clis, tmp_path):
+    # A newer line: GitLab's newest patch and the gateway's newest tag of that line.
+    _, render, result = dry_up(fake_clis, tmp_path, "aws", "--gitlab-version", "17.9")
+    assert "GITLAB_VERSION=17.9" in write_files(render / "gitlab.yaml")["/etc/ferrollama-deploy/settings.env"].splitlines()
+    assert f"GATEWAY_IMAGE=gitlab/model-gateway:self-hosted-v17.9.1-ee@{HUB_TAGS['self-hosted-v17.9.1-ee']}" in \
+        write_files(render / "gateway.yaml")["/etc/ferrollama-deploy/settings.env"].splitlines()
+    assert "GitLab EE package: gitlab-ee 17.9.x, the newest 17.9 patch" in result.stderr
+    assert "out of maintenance" not in result.stderr
+    # An exact version stays exact.
+    _, render, result = dry_up(fake_clis, tmp_path, "aws", "--gitlab-version", "17.10.0")
+    assert "GITLAB_VERSION=17.10.0" in write_files(render / "gitlab.yaml")["/etc/ferrollama-deploy/settings.env"].splitlines()
+    assert "self-hosted-v17.10.0-ee@" in write_files(render / "gateway.yaml")["/etc/ferrollama-deploy/settings.env"]
+    assert "GitLab EE package: gitlab-ee=17.10.0-ee.0" in result.stderr
+
+
+def licence(tmp_path, size=3072):
+    """A licence-sized file: a GitLab licence is base64 text of encrypted data, ~2.3-3 KB."""
+    path = tmp_path / "duo.gitlab-license"
+    raw = base64.encodebytes(os.urandom(size * 3 // 4)).decode()
+    path.write_text(raw[:size - 1] + "\n")
+    assert path.stat().st_size == size
+    return path
+
+
+def test_an_ec2_render_with_a_3_kb_licence_fits_the_user_data_limit(fake_clis, tmp_path):
+    lic = licence(tmp_path)
+    calls, render, _ = dry_up(fake_clis, tmp_path, "aws", "--license", str(lic), "--email", "admin@example.com")
+    plain = (render / "gitlab.yaml").stat().st_size
+    packed = (render / "gitlab.yaml.gz").stat().st_size
+    print(f"gitlab.yaml with a 3 KB licence: {plain} bytes, gzipped {packed} bytes")
+    assert plain > 16384, "no longer needs compressing: then this test proves nothing"
+    assert packed <= 16384
+    # What cloud-init unpacks is the whole file, licence included.
+    text = gzip.decompress((render / "gitlab.yaml.gz").read_bytes()).decode()
+    files = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
+    assert base64.b64decode(files["/etc/gitlab/ferrollama.gitlab-license"]["content"]) == lic.read_bytes()
+    runs = [c for c in calls if c[1:3] == ["ec2", "run-instances"]]
+    assert {opt(c, "--user-data") for c in runs} == {f"fileb://{render}/{r}.yaml.gz" for r in ("gitlab", "gateway", "llm")}
+
+
+def test_user_data_over_the_limit_even_gzipped_stops_up(fake_clis, tmp_path):
+    env, _ = fake_clis
+    lic = licence(tmp_path, 40_000)  # random base64 does not compress below 16 KB
+    result = run(env, "up.sh", *GOOD, "--license", str(lic), "--dry-run", "--render-dir", str(tmp_path / "r"))
+    assert result.returncode == 1 and "gitlab.yaml is" in result.stderr and "gzipped; EC2 user data takes at most 16384" in result.stderr
+    assert not any("run-instances" in line for line in result.stdout.splitlines())
+
+
+def test_nothing_deployed_waits_on_the_gateways_ready_probe():
+    # /monitoring/ready never answers 200 on a self-hosted gateway: no script or template may
+    # call it (comments that say why may name it).
+    for path in [*DEPLOY.rglob("*.sh"), *DEPLOY.glob("cloud-init/*.yaml")]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "monitoring/ready" in line:
+                assert line.lstrip().startswith("#"), f"{path}:{number}: {line}"
 
 
 GOOD = ["--cloud", "aws", "--domain", "gitlab.example.com", "--ferrollama-url", CUDA_URL, "--ferrollama-sha256", SHA]
@@ -328,7 +408,11 @@ GOOD = ["--cloud", "aws", "--domain", "gitlab.example.com", "--ferrollama-url", 
     (["--cloud", "aws"], "--domain is required"),
     (["--cloud", "aws", "--domain", "gitlab.example.com"], "--ferrollama-url"),
     (GOOD[:5] + ["https://e.com/ferrollama", "--ferrollama-sha256", SHA], "cannot tell the build"),
-    (GOOD + ["--gitlab-version", "17.5.0"], "does not match gateway self-hosted-v17.6.10-ee"),
+    (GOOD + ["--gitlab-version", "17.9", "--gateway-tag", "self-hosted-v17.6"], "GitLab 17.9 does not match gateway self-hosted-v17.6"),
+    (GOOD + ["--gitlab-version", "17.6.2", "--gateway-tag", "self-hosted-v17.9.1-ee"], "does not match gateway"),
+    (GOOD + ["--gitlab-version", "17.5.0"], "GitLab 17.5 is too old"),
+    (GOOD + ["--gitlab-version", "17.5"], "GitLab 17.5 is too old"),
+    (GOOD + ["--gitlab-version", "17"], "--gitlab-version must be X.Y or X.Y.Z"),
     (GOOD + ["--name", "Bad_Name"], "--name must be"),
     (GOOD + ["--model", "mistral;rm -rf /"], "is not an Ollama model name"),
     (GOOD + ["--registry", "ftp://mirror"], "--registry must be an http(s) URL"),
@@ -378,7 +462,7 @@ def test_gcp_down_lists_by_label_or_description(fake_clis):
     assert result.returncode == 0, result.stderr
     calls = [shlex.split(line) for line in result.stdout.splitlines()]
     assert calls[0] == ["gcloud", "config", "get-value", "project"]
-    assert calls[1] == ["gcloud", "storage", "rm", "--recursive", "gs://ferrollama-deploy-demo-dryrun-project"]
+    assert calls[1] == ["gcloud", "storage", "rm", "--recursive", f"gs://{gcp_bucket('demo', 'dryrun-project')}"]
     calls = calls[2:]
     listings = [c for c in calls if "list" in c]
     assert len(listings) == 6
@@ -458,6 +542,28 @@ def test_a_tag_the_hub_does_not_list_stops_up(fake_clis, tmp_path):
     assert result.stdout == ""
 
 
+def gcp_bucket(name, project):
+    """lib.sh's bucket_name for GCP: the project ID enters as 12 hex digits of its sha256."""
+    return f"ferrollama-deploy-{name}-{hashlib.sha256(project.encode()).hexdigest()[:12]}"
+
+
+def test_gcp_bucket_names_stay_valid_for_any_project(fake_clis, tmp_path):
+    # Deployment names take 20 characters and project IDs 30: the bucket name still fits 63,
+    # and a project ID with "google" in it (refused in bucket names) does not reach it.
+    tarball, _ = release_tarball(tmp_path, "cuda-sm75")
+    project = "my-google-project-123456789012"
+    name = "a" * 20
+    calls, _, _ = dry_up(fake_clis, tmp_path, "gcp", "--project", project, name=name,
+                         release=("--ferrollama-tarball", str(tarball)))
+    [create] = [c for c in calls if c[1:4] == ["storage", "buckets", "create"]]
+    bucket = create[4].removeprefix("gs://")
+    assert bucket == gcp_bucket(name, project) and len(bucket) <= 63 and "google" not in bucket
+    env, _ = fake_clis
+    down = run(env, "down.sh", "--cloud", "gcp", "--name", name, "--project", project, "--dry-run")
+    assert ["gcloud", "storage", "rm", "--recursive", f"gs://{bucket}", "--project", project] in \
+        [shlex.split(line) for line in down.stdout.splitlines()]
+
+
 def release_tarball(tmp_path, build):
     """A release as deploy/release.sh lays it out (a stand-in binary), with its .sha256."""
     name = f"ferrollama-0.1.0-linux-x86_64-{build}"
@@ -490,8 +596,14 @@ def test_a_local_cuda_tarball_is_uploaded_and_the_llm_role_takes_the_cuda_build(
         assert opt(presign, "--expires-in") == "21600"
         assert f"FERROLLAMA_URL='https://{bucket}.s3.amazonaws.com/{tarball.name}?X-Amz-Signature=dryrun'" in settings
     else:
-        bucket = "gs://ferrollama-deploy-demo-dryrun-project"
+        bucket = f"gs://{gcp_bucket('demo', 'dryrun-project')}"
         assert ["gcloud", "storage", "cp", str(tarball), f"{bucket}/{tarball.name}", "--project", "dryrun-project"] in calls
+        # The VM reads it as the project's default compute service account: granted here.
+        [grant] = [c for c in calls if c[1:4] == ["storage", "buckets", "add-iam-policy-binding"]]
+        assert grant[4] == bucket and opt(grant, "--role") == "roles/storage.objectViewer"
+        assert opt(grant, "--member") == "serviceAccount:123456789012-compute@developer.gserviceaccount.com"
+        assert ["gcloud", "projects", "describe", "dryrun-project", "--format", "value(projectNumber)"] in calls
+        assert calls.index(grant) < next(i for i, c in enumerate(calls) if c[1:3] == ["storage", "cp"])
         assert f"FERROLLAMA_URL='{bucket}/{tarball.name}'" in settings
     # The uploads come before any VM exists.
     first_vm = next(i for i, c in enumerate(calls) if "run-instances" in c or c[1:4] == ["compute", "instances", "create"])

@@ -7,6 +7,7 @@ helm comes from tests/deploy/helm-tools.sh (found through $HELM, then PATH, then
 .venv/helm-tools/bin/helm). Without it the helm tests are skipped with the reason, unless
 FERROLLAMA_REQUIRE_HELM=1, which makes a missing helm a failure.
 """
+import json
 import os
 import pathlib
 import shutil
@@ -191,6 +192,10 @@ def server(docs):
     return container
 
 
+def volumes(spec):
+    return {v["name"]: v for v in spec["volumes"]}
+
+
 def env_of(container):
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
@@ -250,7 +255,7 @@ def test_the_validator_catches_a_misplaced_key(helm, kv):
 
 def test_defaults(helm):
     docs = render(helm)
-    assert set(docs) == {"Deployment", "Service", "PodDisruptionBudget", "ServiceAccount"}, set(docs)
+    assert set(docs) == {"Deployment", "Service", "PodDisruptionBudget", "ServiceAccount", "NetworkPolicy"}, set(docs)
     deployment = docs["Deployment"]
     assert deployment["spec"]["replicas"] == 2
     spec = pod_spec(docs)
@@ -289,15 +294,30 @@ def test_defaults(helm):
     assert init["command"] == ["ferrollama", "pull", "mistral:instruct"]
     assert env_of(init)["OLLAMA_MODELS"] == "/models"
     assert init["resources"]["limits"]["nvidia.com/gpu"] == 1  # libcuda.so.1 to start at all
-    assert init["volumeMounts"] == c["volumeMounts"] == [{"name": "models", "mountPath": "/models"}]
-    (volume,) = spec["volumes"]
-    claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert init["volumeMounts"] == c["volumeMounts"] == [{"name": "models", "mountPath": "/models"},
+                                                         {"name": "tmp", "mountPath": "/tmp"}]
+    assert set(volumes(spec)) == {"models", "tmp"}
+    claim = volumes(spec)["models"]["ephemeral"]["volumeClaimTemplate"]["spec"]
     assert claim["accessModes"] == ["ReadWriteOnce"]
     assert claim["resources"]["requests"]["storage"] == "20Gi"
 
     # The image's user; fsGroup so that a fresh volume is writable.
     assert spec["securityContext"]["runAsUser"] == 10001
     assert spec["securityContext"]["fsGroup"] == 10001
+    # Nothing in the image changes: a read-only root, scratch space on an emptyDir.
+    for container in (init, c):
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert volumes(spec)["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
+    # The replicas serve; they do not change the store, whatever the key.
+    assert env["FERROLLAMA_READ_ONLY"] == "true"
+    assert "FERROLLAMA_READ_ONLY" not in env_of(init)
+
+    # Port 11434 of these pods, and only it, for the pods of the release's namespace.
+    policy = docs["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["ingress"] == [{"from": [{"podSelector": {}}], "ports": [{"port": 11434, "protocol": "TCP"}]}]
 
     service = docs["Service"]
     assert service["metadata"]["name"] == FULLNAME
@@ -360,8 +380,7 @@ def test_shared_store(helm):
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     spec = pod_spec(docs)
-    (volume,) = spec["volumes"]
-    assert volume["persistentVolumeClaim"] == {"claimName": pvc["metadata"]["name"]}
+    assert volumes(spec)["models"]["persistentVolumeClaim"] == {"claimName": pvc["metadata"]["name"]}
     # One pull at a time on the shared store, pinned to a layer digest.
     (init,) = spec["initContainers"]
     assert init["command"] == ["flock", "/models/.ferrollama-pull.lock", "ferrollama", "pull",
@@ -372,7 +391,7 @@ def test_existing_claim_and_secret(helm):
     docs = render(helm, EXISTING)
     assert "PersistentVolumeClaim" not in docs and "Secret" not in docs
     spec = pod_spec(docs)
-    assert spec["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models-rwx"}
+    assert volumes(spec)["models"]["persistentVolumeClaim"] == {"claimName": "models-rwx"}
     assert env_of(server(docs))["FERROLLAMA_API_KEY"] == {
         "secretKeyRef": {"name": "ferrollama-key", "key": "api-key"}}
     assert "annotations" not in docs["Deployment"]["spec"]["template"]["metadata"]
@@ -400,6 +419,78 @@ def test_gpu_and_pool_are_configurable(helm):
     assert "nvidia.com/gpu" not in spec["initContainers"][0]["resources"].get("limits", {})
 
 
+def test_read_only_and_the_network_policy_are_configurable(helm, tmp_path):
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"readOnly": False, "networkPolicy": {"from": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ai-gateway"}},
+         "podSelector": {"matchLabels": {"app": "ai-gateway"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}}))
+    docs = [d for d in yaml.safe_load_all(run_helm(helm, "template", RELEASE, str(CHART), "-n", NAMESPACE,
+                                                        "-f", str(values)).stdout) if d]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert "FERROLLAMA_READ_ONLY" not in env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+    (rule,) = next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]["ingress"]
+    assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]] == [
+        "ai-gateway", "monitoring"]
+    assert rule["from"][0]["podSelector"] == {"matchLabels": {"app": "ai-gateway"}}
+    assert "NetworkPolicy" not in render(helm, {"networkPolicy.enabled": "false"})
+    # No peers would shut everyone out, the gateway too: refused (disable the policy instead).
+    values.write_text(yaml.safe_dump({"networkPolicy": {"from": []}}))
+    out = run_helm(helm, "template", RELEASE, str(CHART), "-f", str(values), check=False)
+    assert out.returncode != 0 and "networkPolicy.from: Array must have at least 1 items" in out.stderr, out.stderr
+
+
+# --- the values schema --------------------------------------------------------------------------
+
+def object_levels(schema, path="values"):
+    """Every object level of the schema that names its properties, with its path."""
+    if schema.get("type") == "object" and "properties" in schema:
+        yield path, schema
+        for key, sub in schema["properties"].items():
+            yield from object_levels(sub, f"{path}.{key}")
+    if isinstance(schema.get("items"), dict):
+        yield from object_levels(schema["items"], f"{path}[]")
+
+
+def test_the_values_schema_covers_values_yaml_and_closes_every_level():
+    import jsonschema
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+    levels = dict(object_levels(schema))
+    assert len(levels) >= 15, sorted(levels)
+    assert [path for path, level in levels.items() if level.get("additionalProperties") is not False] == []
+    # Every key values.yaml has is a key the schema names, down to the levels it closes.
+    def keys(values, schema, path):
+        for key, value in values.items():
+            assert key in schema["properties"], f"{path}.{key} is not in values.schema.json"
+            sub = schema["properties"][key]
+            if isinstance(value, dict) and "properties" in sub:
+                keys(value, sub, f"{path}.{key}")
+    keys(yaml.safe_load((CHART / "values.yaml").read_text()), schema, "values")
+
+
+@pytest.mark.parametrize("key", ["replicaCont", "apiKey.enabeld", "modelStore.shared.existingClam",
+                                 "probes.startup.periodSecond", "networkPolicy.form", "metrics.serviceMonitor.enable",
+                                 "readonly"])
+def test_the_schema_refuses_a_misspelt_key(helm, key):
+    out = template(helm, {key: "true"}, check=False)
+    assert out.returncode != 0, f"helm template accepted {key}:\n{out.stdout[:300]}"
+    assert f"Additional property {key.rsplit('.', 1)[-1]} is not allowed" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"readOnly": "yes"}, "readOnly: Invalid type"),
+    ({"replicaCount": "two"}, "replicaCount: Invalid type"),
+    ({"image.pullPolicy": "Sometimes"}, "image.pullPolicy"),
+])
+def test_the_schema_refuses_a_value_of_the_wrong_kind(helm, values, message):
+    out = run_helm(helm, "template", RELEASE, str(CHART), *[a for k, v in values.items() for a in ("--set-string", f"{k}={v}")],
+                   check=False)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
 # --- values the chart refuses ------------------------------------------------------------------
 
 @pytest.mark.parametrize("values,message", [
@@ -413,9 +504,11 @@ def test_gpu_and_pool_are_configurable(helm):
     ({"modelStore.type": "hostPath"}, "modelStore.type must be perPod or shared"),
     ({"env.FERROLLAMA_DRAIN_TIMEOUT": "5s"}, "env.FERROLLAMA_DRAIN_TIMEOUT: the chart sets it"),
     ({"gpu.count": "0"}, "gpu.count must be at least 1"),
+    ({"env.FERROLLAMA_READ_ONLY": "false"}, "env.FERROLLAMA_READ_ONLY: the chart sets it"),
+    ({"networkPolicy.from": "null"}, "networkPolicy: from is required"),
 ], ids=["grace-below-drain", "grace-equal-prestop-plus-drain", "drain-above-grace", "rwo-shared",
         "api-key-without-secret", "hpa-min-above-max", "bad-sha256", "bad-store-type",
-        "env-overrides-drain", "no-gpu"])
+        "env-overrides-drain", "no-gpu", "env-overrides-read-only", "no-network-policy-peers"])
 def test_refused(helm, values, message):
     out = template(helm, values, check=False)
     print(out.stderr.strip())

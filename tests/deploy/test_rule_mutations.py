@@ -1,6 +1,7 @@
-"""The mutation check of GitLab's rules: each rule the fake GitLab (or the dry-run render)
-models has a case, and breaking the deploy scripts' handling of that rule, one rule at a time,
-makes its case fail. So every case can fail, and none passes for a reason other than its rule.
+"""The mutation check of GitLab's rules: each rule the fake GitLab, the dry-run render or the
+first-boot stand-ins model has a case, and breaking the deploy scripts' handling of that rule,
+one rule at a time, makes its case fail. So every case can fail, and none passes for a reason
+other than its rule.
 
 Each mutant is a copy of deploy/ with one text replaced; the case runs against the copy.
 """
@@ -13,8 +14,9 @@ import threading
 import pytest
 
 from fake_gitlab import CHAT_SUB_FEATURES, FakeGitLab
-from test_configure_gitlab import configure, provision_duo
-from test_dry_run import CUDA_URL, SHA, FakeHub, write_files
+from test_configure_gitlab import configure, ide_asks_for_direct_access, provision_duo
+from test_dry_run import CUDA_URL, SHA, FakeHub, licence, write_files
+from test_firstboot import gateway_boot, gitlab_boot, llm_boot
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -88,6 +90,50 @@ def dry_run(deploy, tmp_path, *extra):
         hub.close()
 
 
+def ides_are_refused_direct_access(deploy, tmp_path):
+    with FakeGitLab("new") as fake:
+        result = configure(fake, script=deploy / "configure-gitlab.sh")
+        return result.returncode == 0 and ide_asks_for_direct_access(fake)[0] == 403
+
+
+def gateway_boot_passes_with_a_real_like_gateway(deploy, tmp_path):
+    result, paths, _ = gateway_boot(tmp_path, healthy=True, firstboot=deploy / "firstboot")
+    return result.returncode == 0 and "/monitoring/ready" not in paths
+
+
+def gitlab_gets_its_newest_patch(deploy, tmp_path):
+    result, log = gitlab_boot(tmp_path, "17.6", firstboot=deploy / "firstboot")
+    return result.returncode == 0 and "apt-get -o DPkg::Lock::Timeout=600 install -y gitlab-ee=17.6.10-ee.0" in log
+
+
+def gitlab_waits_for_egress_before_apt(deploy, tmp_path):
+    result, log = gitlab_boot(tmp_path, "17.6", unreachable=2, firstboot=deploy / "firstboot")
+    probes = [i for i, c in enumerate(log) if c.startswith("curl -sS -o /dev/null")]
+    first_apt = next(i for i, c in enumerate(log) if c.startswith("apt-get"))
+    return result.returncode == 0 and len(probes) == 3 and probes[-1] < first_apt
+
+
+def llm_refuses_a_newer_glibc(deploy, tmp_path):
+    result, root, _, _ = llm_boot(tmp_path, "build=cpu\nglibc=2.40\n", firstboot=deploy / "firstboot")
+    return result.returncode == 1 and not (root / "opt").exists()
+
+
+def ec2_user_data_fits_with_a_licence(deploy, tmp_path):
+    hub = FakeHub()
+    try:
+        render = tmp_path / "render"
+        env = dict(os.environ, FERROLLAMA_GATEWAY_TAGS_URL=hub.url, HOME=str(tmp_path))
+        result = subprocess.run([str(deploy / "up.sh"), "--cloud", "aws", "--domain", "gitlab.example.com",
+                                 "--ferrollama-url", CUDA_URL, "--ferrollama-sha256", SHA, "--dry-run",
+                                 "--license", str(licence(tmp_path)), "--render-dir", str(render)],
+                                env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        hub.close()
+    user_data = [line.split("--user-data ")[1].split()[0] for line in result.stdout.splitlines() if "run-instances" in line]
+    return (result.returncode == 0 and len(user_data) == 3
+            and all(os.path.getsize(u.split("://", 1)[1]) <= 16384 for u in user_data))
+
+
 def up_refuses_gitlab_before_17_6(deploy, tmp_path):
     result, _ = dry_run(deploy, tmp_path, "--gateway-tag", "self-hosted-v17.5")
     return result.returncode == 2 and "too old" in result.stderr
@@ -146,6 +192,24 @@ MUTANTS = {
     "CPU build on the GPU VM": (
         llm_role_takes_the_cuda_build, "up.sh",
         'ferrollama_build="cuda-sm${BASH_REMATCH[1]}"', 'ferrollama_build=cpu'),
+    "direct connections left on": (
+        ides_are_refused_direct_access, "configure-gitlab.sh",
+        'if [ "$direct" = true ]; then', 'if true; then'),
+    "gateway boot waits for /monitoring/ready": (
+        gateway_boot_passes_with_a_real_like_gateway, "firstboot/gateway.sh",
+        '"http://$GATEWAY_IP:$GATEWAY_PORT/monitoring/healthz" >/dev/null',
+        '"http://$GATEWAY_IP:$GATEWAY_PORT/monitoring/ready" >/dev/null'),
+    "GitLab patch by string order": (
+        gitlab_gets_its_newest_patch, "firstboot/gitlab.sh", '| sort -V | tail -n 1)"', '| sort | tail -n 1)"'),
+    "apt before the route out": (
+        gitlab_waits_for_egress_before_apt, "firstboot/gitlab.sh",
+        'curl -sS -o /dev/null --max-time 10 https://packages.gitlab.com/ && break', 'break'),
+    "no glibc check": (
+        llm_refuses_a_newer_glibc, "firstboot/llm.sh",
+        'if [ "$(printf \'%s\\n\' "$needed" "$have" | sort -V | tail -n 1)" != "$have" ]; then', 'if false; then'),
+    "EC2 user data not gzipped": (
+        ec2_user_data_fits_with_a_licence, "up.sh",
+        '--user-data "fileb://$render_dir/$1.yaml.gz"', '--user-data "file://$render_dir/$1.yaml"'),
 }
 
 

@@ -89,9 +89,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.apiKey.enabled (not .Values.apiKey.existingSecret) (not .Values.apiKey.value) }}
 {{- fail "apiKey.enabled needs apiKey.existingSecret or apiKey.value" }}
 {{- end }}
-{{- range $name := list "OLLAMA_HOST" "OLLAMA_MODELS" "HF_HOME" "FERROLLAMA_MODEL" "FERROLLAMA_DRAIN_TIMEOUT" "FERROLLAMA_API_KEY" }}
+{{- range $name := list "OLLAMA_HOST" "OLLAMA_MODELS" "HF_HOME" "FERROLLAMA_MODEL" "FERROLLAMA_DRAIN_TIMEOUT" "FERROLLAMA_API_KEY" "FERROLLAMA_READ_ONLY" }}
 {{- if hasKey $.Values.env $name }}
-{{- fail (printf "env.%s: the chart sets it (see values.yaml: model, modelStore, drainTimeoutSeconds, apiKey)" $name) }}
+{{- fail (printf "env.%s: the chart sets it (see values.yaml: model, modelStore, drainTimeoutSeconds, apiKey, readOnly)" $name) }}
 {{- end }}
 {{- end }}
 {{- if .Values.autoscaling.enabled }}
