@@ -167,6 +167,13 @@ mod tests {
     }
 
     #[test]
+    fn the_cpu_is_described_with_the_engines_threads() {
+        assert_eq!(describe(&Device::Cpu, 1), "CPU (1 threads)");
+        let all = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(describe(&Device::Cpu, 0), format!("CPU ({all} threads)"));
+    }
+
+    #[test]
     fn device_flag_parses() {
         assert_eq!("cuda:1".parse(), Ok(DeviceRequest::Cuda(1)));
         assert_eq!("cuda".parse(), Ok(DeviceRequest::Cuda(0)));

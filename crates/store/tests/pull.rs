@@ -371,3 +371,39 @@ async fn unknown_models_and_unreachable_registries_fail_fast_and_say_so() {
     assert!(err.to_string().contains("cannot reach"), "{err}");
     assert!(started.elapsed().as_secs() < 10);
 }
+
+#[tokio::test]
+async fn removing_a_name_keeps_blobs_an_unreadable_manifest_names() {
+    let registry = TestRegistry::default();
+    let model = gguf_bytes(50_000, 5);
+    let manifest = registry.add("library/tiny:latest", &model, "t");
+    let url = registry.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::at(dir.path());
+    pull(&url, &store, "tiny").await.0.unwrap();
+    store.copy(&name("tiny"), &name("other:v1")).unwrap();
+    // The copy's manifest is damaged (cut short): it no longer parses, but it still names the
+    // model blob, which must survive removing the first name.
+    let other = store.manifest_path(&name("other:v1"));
+    let text = std::fs::read_to_string(&other).unwrap();
+    std::fs::write(&other, &text[..text.len() - 5]).unwrap();
+    store.remove(&name("tiny")).unwrap();
+    assert!(store.blob_path(&manifest.layers[0].digest).unwrap().exists());
+}
+
+#[tokio::test]
+async fn a_model_with_an_adapter_layer_is_refused_by_name() {
+    let registry = TestRegistry::default();
+    let mut manifest = registry.add("library/tiny:latest", &gguf_bytes(50_000, 6), "t");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::at(dir.path());
+    let url = registry.start().await;
+    pull(&url, &store, "tiny").await.0.unwrap();
+    manifest.layers.push(Layer {
+        media_type: manifest::ADAPTER.into(),
+        ..manifest.layers[0].clone()
+    });
+    store.write_manifest(&name("tiny"), &manifest).unwrap();
+    let err = store.model_file(&name("tiny")).unwrap_err().to_string();
+    assert!(err.contains("LoRA adapter"), "{err}");
+}
