@@ -3,8 +3,9 @@
 //! cancelled. The handle is what the rest of the program holds.
 
 use crate::block_pool::BlockPool;
+use crate::draft::Drafter;
 use crate::request::{Event, FinishReason, GenerationRequest, Timings, Usage};
-use crate::scheduler::{Scheduler, SchedulerConfig, StepPlan};
+use crate::scheduler::{Scheduler, SchedulerConfig, Speculation, StepPlan};
 use crate::sequence::Sequence;
 use candle_core::{Tensor, D};
 use ferrollama_model::{KvCache, LoadedModel};
@@ -33,6 +34,8 @@ pub struct EngineConfig {
     /// Bits of the prefix cache's lookup hash: 64, or fewer in tests that force collisions
     /// (a collision is a miss; hits compare tokens).
     pub prefix_hash_bits: u32,
+    /// Speculative decoding by prompt lookup (off: `None`).
+    pub speculation: Option<Speculation>,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
             pin_threads: false,
             max_queue: 512,
             prefix_hash_bits: 64,
+            speculation: None,
         }
     }
 }
@@ -129,6 +133,7 @@ pub struct EngineHandle {
     vocab_size: usize,
     capacity_blocks: usize,
     block_size: usize,
+    speculation: Option<Speculation>,
 }
 
 impl EngineHandle {
@@ -220,7 +225,12 @@ impl EngineHandle {
         request.sampling.validate().map_err(EngineError::Sampling)?;
         let (tx, rx) = unbounded_channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let seq = Sequence::new(id, request, tx);
+        let drafter = self
+            .speculation
+            .filter(|_| request.speculative != Some(false))
+            .map(|spec| Drafter::new(spec.max_draft));
+        let mut seq = Sequence::new(id, request, tx);
+        seq.drafter = drafter;
         let cancelled = seq.cancelled.clone();
         Ok((seq, RequestStream { rx, cancelled }))
     }
@@ -276,6 +286,7 @@ pub fn start(
         vocab_size: model_config.vocab_size,
         capacity_blocks: num_blocks,
         block_size: config.block_size,
+        speculation: config.speculation,
     };
     let mut engine = Engine {
         cache,
@@ -285,6 +296,10 @@ pub fn start(
                 max_batch_tokens: config.max_batch_tokens,
                 max_seqs: config.max_seqs,
                 chunked_prefill: config.chunked_prefill,
+                speculation: config.speculation,
+                max_len: model_config
+                    .max_position_embeddings
+                    .min(num_blocks * config.block_size),
             },
             BlockPool::new(num_blocks, config.prefix_caching)
                 .with_hash_bits(config.prefix_hash_bits),
@@ -420,7 +435,15 @@ impl Engine {
     fn step(&mut self, plan: &StepPlan) {
         // Grammar masks are computed beside the forward, not after it: they depend only on
         // the tokens so far.
-        let needs_logits = self.scheduler.needs_logits(plan);
+        // Per logit row: whether its sequence samples from the whole row (a draft of k tokens
+        // brings k + 1 rows, each sampled in turn).
+        let needs_logits: Vec<bool> = self
+            .scheduler
+            .needs_logits(plan)
+            .into_iter()
+            .zip(self.scheduler.rows_per_chunk(plan))
+            .flat_map(|(needs, rows)| std::iter::repeat_n(needs, rows))
+            .collect();
         let mut constrained = self.scheduler.take_constraints(plan);
         // The step stops between layers once every caller in it has gone: a client that
         // hangs up during a long prompt chunk frees the engine at once, not at the chunk's end.
@@ -443,7 +466,7 @@ impl Engine {
                 })
         });
         self.scheduler.restore_constraints(constrained);
-        let mut rows = match logits {
+        let rows = match logits {
             Ok(Some(rows)) => rows,
             // Abandoned mid-step: the loop takes its sequences out next.
             Ok(None) => return,
@@ -457,9 +480,9 @@ impl Engine {
             }
         };
         let (model, max_len) = (&self.model, self.max_len);
-        let finished = self.scheduler.update(plan, &mut rows, |seq, row| {
-            next_token(seq, row, model, max_len)
-        });
+        let finished = self
+            .scheduler
+            .update(plan, rows, |seq, row| next_token(seq, row, model, max_len));
         for (seq, reason) in finished {
             finish(seq, reason, None, &self.model);
         }
@@ -612,6 +635,8 @@ fn finish(mut seq: Sequence, reason: FinishReason, error: Option<String>, model:
             prompt_tokens: seq.prompt_len,
             cached_tokens: seq.cached_prompt_tokens.unwrap_or(0),
             generated_tokens: seq.generated(),
+            drafted_tokens: seq.drafted,
+            accepted_tokens: seq.accepted,
         },
         timings: Timings {
             queue: first_scheduled - seq.arrived,

@@ -5,10 +5,12 @@
 //!
 //! Where things are: the loop in `engine.rs`, what runs each step in `scheduler.rs`, KV
 //! blocks and the prefix cache in `block_pool.rs`, token choice in `sampler.rs` (under the grammar of
-//! `constraint.rs`, when a request has one), stop strings in `stop.rs`.
+//! `constraint.rs`, when a request has one), stop strings in `stop.rs`, speculative drafts in
+//! `draft.rs`.
 
 pub mod block_pool;
 pub mod constraint;
+pub mod draft;
 pub mod engine;
 pub mod request;
 pub mod sampler;
@@ -20,3 +22,4 @@ pub use constraint::{Constraint, Grammar, Grammars};
 pub use engine::{start, EngineConfig, EngineError, EngineHandle, EngineStats, RequestStream};
 pub use request::{Event, FinishReason, GenerationRequest, Timings, Usage};
 pub use sampler::SamplingParams;
+pub use scheduler::Speculation;

@@ -17,6 +17,9 @@ pub struct GenerationRequest {
     pub ignore_eos: bool,
     /// What the output must match (a JSON schema, say); each choice starts it afresh.
     pub grammar: Option<Grammar>,
+    /// Speculative decoding for this request: `None` follows the engine's setting, `Some(false)`
+    /// turns it off (and `Some(true)` asks for it where the engine has it configured).
+    pub speculative: Option<bool>,
 }
 
 impl GenerationRequest {
@@ -28,6 +31,7 @@ impl GenerationRequest {
             stop: Vec::new(),
             ignore_eos: false,
             grammar: None,
+            speculative: None,
         }
     }
 }
@@ -49,6 +53,9 @@ pub struct Usage {
     /// Prompt tokens whose KV came from the prefix cache.
     pub cached_tokens: usize,
     pub generated_tokens: usize,
+    /// Speculative decoding: draft tokens proposed, and how many of them the model kept.
+    pub drafted_tokens: usize,
+    pub accepted_tokens: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

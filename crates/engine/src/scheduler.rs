@@ -25,6 +25,20 @@ pub struct SchedulerConfig {
     pub max_seqs: usize,
     /// Split long prompts across steps so running streams keep getting tokens.
     pub chunked_prefill: bool,
+    /// Speculative decoding by prompt lookup, when on.
+    pub speculation: Option<Speculation>,
+    /// No sequence grows past this (the model's context, or the whole cache): nor may a draft.
+    pub max_len: usize,
+}
+
+/// When and how far to speculate (`--speculative ngram`, `--num-speculative-tokens`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Speculation {
+    /// Most draft tokens per sequence and step.
+    pub max_draft: usize,
+    /// Speculate only while at most this many sequences run and none is reading a prompt:
+    /// past it a step is compute-bound, and checking drafts costs more than it saves.
+    pub max_batch: usize,
 }
 
 /// One step's work, a plain value: which sequences run (by request id), each with how many of
@@ -172,7 +186,13 @@ impl Scheduler {
         let mut budget = self.config.max_batch_tokens;
         let mut prefilling = false;
 
+        // Drafts only where a step is bandwidth-bound: few sequences, no prompt being read.
+        let speculate = self.config.speculation.filter(|spec| {
+            self.running.len() <= spec.max_batch && self.running.iter().all(|s| s.pending() <= 1)
+        });
         let mut i = 0;
+        // A sequence whose draft found no room decodes plainly on the retry.
+        let mut no_room_for_draft = None;
         while i < self.running.len() && budget > 0 {
             let seq = &self.running[i];
             let take = self.chunk_size(seq.pending(), budget, &mut prefilling);
@@ -180,7 +200,11 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let len = seq.computed + take;
+            if speculate.is_some() && take == 1 && no_room_for_draft != Some(seq.id) {
+                self.draft(i, budget - 1);
+            }
+            let take = take + self.running[i].draft;
+            let len = self.running[i].computed + take;
             if self.running[i].reserve(&mut self.pool, len, bs) {
                 plan.chunks.push(Chunk {
                     id: self.running[i].id,
@@ -190,8 +214,16 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
+            if self.running[i].draft > 0 {
+                self.running[i].take_draft(); // no room for a draft: plain decode
+                no_room_for_draft = Some(self.running[i].id);
+                continue;
+            }
             // Out of blocks: the newest running sequence makes room (possibly this one).
             let mut victim = self.running.pop().expect("running is not empty");
+            if victim.draft > 0 {
+                victim.take_draft();
+            }
             victim.free_blocks(&mut self.pool);
             plan.chunks.retain(|c| c.id != victim.id);
             self.waiting.push_front(victim);
@@ -221,6 +253,22 @@ impl Scheduler {
         plan
     }
 
+    /// Puts a draft of at most `room` tokens on trial at the end of sequence `i`'s tokens:
+    /// never past its max_tokens (the last token of a draft's run is sampled, not drafted).
+    fn draft(&mut self, i: usize, room: usize) {
+        let seq = &mut self.running[i];
+        let left = seq
+            .max_tokens
+            .saturating_sub(seq.generated() + 1)
+            .min(self.config.max_len.saturating_sub(seq.tokens.len() + 1));
+        let Some(drafter) = &mut seq.drafter else {
+            return;
+        };
+        let draft = drafter.propose(&seq.tokens, room.min(left));
+        seq.draft = draft.len();
+        seq.tokens.extend(draft);
+    }
+
     fn position(&self, id: u64) -> usize {
         self.running
             .iter()
@@ -228,44 +276,79 @@ impl Scheduler {
             .expect("a planned sequence is running")
     }
 
-    /// The model's input for `plan`: each chunk's tokens, where it starts, its block table.
+    /// The model's input for `plan`: each chunk's tokens, where it starts, its block table,
+    /// and how many logit rows it needs (one, or a draft's length plus one).
     pub fn batch(&self, plan: &StepPlan) -> Batch<'_> {
-        Batch::new(
-            plan.chunks
-                .iter()
-                .map(|chunk| {
-                    let seq = &self.running[self.position(chunk.id)];
-                    SeqChunk {
-                        tokens: &seq.tokens[seq.computed..seq.computed + chunk.take],
-                        cached: seq.computed,
-                        block_table: &seq.blocks,
-                    }
-                })
-                .collect(),
-        )
+        let mut batch = Batch::new(Vec::with_capacity(plan.chunks.len()));
+        for chunk in &plan.chunks {
+            let seq = &self.running[self.position(chunk.id)];
+            batch.seqs.push(SeqChunk {
+                tokens: &seq.tokens[seq.computed..seq.computed + chunk.take],
+                cached: seq.computed,
+                block_table: &seq.blocks,
+            });
+            batch.outputs.push(seq.draft + 1);
+        }
+        batch
     }
 
-    /// Applies a step's results, one logits row per chunk: the chunk's tokens are now in the
-    /// cache and its full blocks registered; a sequence with nothing left pending gets its
-    /// next token from `sample`, which says whether that ends it. Finished sequences leave,
-    /// their blocks given back, and are returned in plan order.
+    /// Logit rows per chunk of `plan` (what `batch` asks the model for).
+    pub fn rows_per_chunk(&self, plan: &StepPlan) -> Vec<usize> {
+        plan.chunks
+            .iter()
+            .map(|chunk| self.running[self.position(chunk.id)].draft + 1)
+            .collect()
+    }
+
+    /// Applies a step's results: the chunk's tokens are now in the cache and its full blocks
+    /// registered; a sequence with nothing left pending gets its next token from `sample`,
+    /// which says whether that ends it. `rows` holds [`Scheduler::rows_per_chunk`] rows per
+    /// chunk. A sequence with a draft samples row after row while the sampled token equals the
+    /// drafted one: the drafted tokens it kept stay in the cache, the rest is rolled back (its
+    /// length, and the blocks past it). Finished sequences leave, their blocks given back, and
+    /// are returned in plan order.
     pub fn update<R>(
         &mut self,
         plan: &StepPlan,
-        rows: &mut [R],
+        rows: Vec<R>,
         mut sample: impl FnMut(&mut Sequence, &mut R) -> Option<FinishReason>,
     ) -> Vec<(Sequence, FinishReason)> {
         let bs = self.config.block_size;
         let mut finished = Vec::new();
-        for (chunk, row) in plan.chunks.iter().zip(rows.iter_mut()) {
+        let mut rows = rows.into_iter();
+        for chunk in &plan.chunks {
             let i = self.position(chunk.id);
             let seq = &mut self.running[i];
-            seq.computed += chunk.take;
-            seq.register_full_blocks(&mut self.pool, bs);
+            let mut chunk_rows: Vec<R> = rows.by_ref().take(seq.draft + 1).collect();
+            let draft = seq.take_draft();
+            seq.computed += chunk.take - draft.len();
             if seq.pending() > 0 {
+                seq.register_full_blocks(&mut self.pool, bs);
                 continue; // a prompt chunk: no token yet
             }
-            if let Some(reason) = sample(seq, row) {
+            let mut reason = None;
+            let mut accepted = 0;
+            for (j, row) in chunk_rows.iter_mut().enumerate() {
+                reason = sample(seq, row);
+                let kept = draft.get(j) == seq.tokens.last();
+                if reason.is_some() || !kept {
+                    break;
+                }
+                // The drafted token was the one sampled: its keys and values are right.
+                accepted += 1;
+                seq.computed += 1;
+            }
+            if !draft.is_empty() {
+                seq.drafted += draft.len();
+                seq.accepted += accepted;
+                if let Some(drafter) = &mut seq.drafter {
+                    drafter.record(draft.len(), accepted);
+                }
+                // Past the kept tokens and the one just sampled, the blocks go back.
+                seq.shrink_blocks(&mut self.pool, seq.computed + 1, bs);
+            }
+            seq.register_full_blocks(&mut self.pool, bs);
+            if let Some(reason) = reason {
                 let mut seq = self.running.remove(i);
                 seq.free_blocks(&mut self.pool);
                 finished.push((seq, reason));
@@ -304,6 +387,7 @@ impl Scheduler {
             .iter()
             .map(|chunk| {
                 let mut seq = self.running.remove(self.position(chunk.id));
+                seq.take_draft();
                 seq.free_blocks(&mut self.pool);
                 seq
             })

@@ -2,6 +2,7 @@
 
 use crate::block_pool::{BlockName, BlockPool};
 use crate::constraint::Constraint;
+use crate::draft::Drafter;
 use crate::request::{Event, GenerationRequest};
 use crate::sampler::Sampler;
 use crate::stop::StopMatcher;
@@ -38,6 +39,13 @@ pub struct Sequence {
     pub first_token: Option<Instant>,
     /// Why the sequence failed, when it ends with an error of its own.
     pub failure: Option<String>,
+    /// Prompt lookup for speculative decoding, when the request has it.
+    pub drafter: Option<Drafter>,
+    /// This step's draft: tokens appended to `tokens` on trial, taken off again when the step's
+    /// results come in (see `Scheduler::update`).
+    pub draft: usize,
+    pub drafted: usize,
+    pub accepted: usize,
 }
 
 impl Sequence {
@@ -68,11 +76,31 @@ impl Sequence {
             first_scheduled: None,
             first_token: None,
             failure: None,
+            drafter: None,
+            draft: 0,
+            drafted: 0,
+            accepted: 0,
+        }
+    }
+
+    /// Takes this step's draft off `tokens` (it was only on trial) and returns it.
+    pub fn take_draft(&mut self) -> Vec<u32> {
+        let at = self.tokens.len() - self.draft;
+        self.draft = 0;
+        self.tokens.split_off(at)
+    }
+
+    /// Gives back the blocks past those `len` tokens need (a rejected draft's tail).
+    pub fn shrink_blocks(&mut self, pool: &mut BlockPool, len: usize, block_size: usize) {
+        let keep = len.div_ceil(block_size).max(self.names.len());
+        if self.blocks.len() > keep {
+            pool.release(&self.blocks[keep..]);
+            self.blocks.truncate(keep);
         }
     }
 
     pub fn generated(&self) -> usize {
-        self.tokens.len() - self.prompt_len
+        self.tokens.len() - self.draft - self.prompt_len
     }
 
     /// Tokens not yet in the cache (the prompt, or a decode's last token, or everything

@@ -658,3 +658,141 @@ fn preempted_constrained_sequences_keep_their_output() {
     assert!(tight.stats().preemptions >= 1, "{:?}", tight.stats());
     assert_all_free(&tight);
 }
+
+/// Speculative decoding on: drafts of up to 6 tokens whenever at most 32 sequences run.
+fn speculating(config: EngineConfig) -> EngineConfig {
+    EngineConfig {
+        speculation: Some(ferrollama_engine::Speculation {
+            max_draft: 6,
+            max_batch: 32,
+        }),
+        ..config
+    }
+}
+
+/// Prompts that repeat themselves (code and its call sites, a list that recurs), so that
+/// prompt lookup finds drafts, of several lengths.
+fn repetitive_prompts(model: &LoadedModel, count: usize) -> Vec<Vec<u32>> {
+    let code = "fn area(width: u32, height: u32) -> u32 { width * height }\n\
+                let a = area(3, 4);\nlet b = area(5, 6);\nlet c = area(7, 8);\n"
+        .repeat(4);
+    (0..count)
+        .map(|i| {
+            let ids = model
+                .tokenizer
+                .encode_prompt(&format!("Case {i}. {code}"))
+                .unwrap();
+            ids[..ids.len() - i * 3].to_vec()
+        })
+        .collect()
+}
+
+/// Every request of `requests`, submitted at once to an engine with `config`.
+fn run_all(
+    model: &Arc<LoadedModel>,
+    config: EngineConfig,
+    requests: &[GenerationRequest],
+) -> Vec<Outcome> {
+    let engine = start(model.clone(), config).unwrap();
+    let streams: Vec<_> = requests
+        .iter()
+        .map(|r| engine.submit(r.clone()).unwrap())
+        .collect();
+    let outcomes = streams.into_iter().map(collect).collect();
+    assert_all_free(&engine);
+    outcomes
+}
+
+fn seeded_request(prompt: Vec<u32>, max_tokens: usize, seed: u64) -> GenerationRequest {
+    GenerationRequest {
+        sampling: SamplingParams {
+            seed: Some(seed),
+            temperature: 0.7,
+            ..SamplingParams::default()
+        },
+        ignore_eos: true,
+        ..GenerationRequest::new(prompt, max_tokens)
+    }
+}
+
+/// Greedy and seeded sampled requests (Ollama's defaults: top-k, top-p, repeat penalty), a
+/// stop string, a grammar and prompts the prefix cache has seen, run together with
+/// speculation off and on: every token and every finish is the same, drafts were made and
+/// kept, and no block is left behind (`run_all` checks the pool).
+fn check_speculation_changes_nothing(model: Arc<LoadedModel>) {
+    let prompts = repetitive_prompts(&model, 6);
+    let mut requests: Vec<GenerationRequest> = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        requests.push(greedy_request(p.clone(), 48));
+        requests.push(seeded_request(p.clone(), 48, i as u64));
+    }
+    // The prefix cache serves these from the prompts above once those have run.
+    requests.push(greedy_request(prompts[0].clone(), 40));
+    let grammar = schema_grammar(&model);
+    requests.push(constrained(&prompts[1], &grammar, 7));
+    let off = run_all(&model, EngineConfig::default(), &requests);
+    // A stop string from the middle of a greedy reply: found inside an accepted run.
+    let stop: String = off[0].text.chars().skip(30).take(6).collect();
+    let mut stopped = greedy_request(prompts[0].clone(), 48);
+    stopped.stop = vec![stop.clone()];
+    requests.push(stopped);
+    let off = run_all(&model, EngineConfig::default(), &requests);
+    let on = run_all(&model, speculating(EngineConfig::default()), &requests);
+    for (i, (a, b)) in off.iter().zip(&on).enumerate() {
+        assert_eq!(a.ids, b.ids, "request {i}: tokens");
+        assert_eq!(a.text, b.text, "request {i}: text");
+        assert_eq!(a.reason, b.reason, "request {i}: finish");
+        assert_eq!((a.usage.drafted_tokens, a.usage.accepted_tokens), (0, 0));
+    }
+    assert_eq!(on.last().unwrap().reason, FinishReason::Stop);
+    assert!(!on.last().unwrap().text.contains(&stop));
+    let drafted: usize = on.iter().map(|o| o.usage.drafted_tokens).sum();
+    let accepted: usize = on.iter().map(|o| o.usage.accepted_tokens).sum();
+    eprintln!("speculation: {accepted} of {drafted} drafted tokens accepted");
+    assert!(drafted > 0 && accepted > 0, "{accepted} of {drafted}");
+    assert!(accepted <= drafted);
+}
+
+#[test]
+fn speculation_changes_no_token_tiny_mistral() {
+    check_speculation_changes_nothing(tiny());
+}
+
+#[test]
+fn speculation_changes_no_token_smollm2() {
+    check_speculation_changes_nothing(Arc::new(load_model(&smollm2_gguf())));
+}
+
+/// A cache so small that sequences are preempted, some with a draft on trial: outputs as
+/// without speculation, and every block back in the pool.
+#[test]
+fn speculation_survives_preemption() {
+    let model = tiny();
+    let config = EngineConfig {
+        kv_cache_memory: model.model.kv_block_bytes(16) * 64,
+        max_seqs: 32,
+        ..Default::default()
+    };
+    let requests: Vec<GenerationRequest> = repetitive_prompts(&model, 12)
+        .into_iter()
+        .chain(numbered_prompts(&model, "Preempted with drafts", 12))
+        .map(|p| greedy_request(p, 64))
+        .collect();
+    let off = run_all(&model, config.clone(), &requests);
+    let on = run_all(&model, speculating(config), &requests);
+    for (i, (a, b)) in off.iter().zip(&on).enumerate() {
+        assert_eq!(a.ids, b.ids, "request {i}");
+    }
+    assert!(on.iter().map(|o| o.usage.accepted_tokens).sum::<usize>() > 0);
+}
+
+/// `speculative: Some(false)` on a request keeps it out of speculation on an engine that has it.
+#[test]
+fn a_request_can_turn_speculation_off() {
+    let model = tiny();
+    let prompt = repetitive_prompts(&model, 1).remove(0);
+    let mut request = greedy_request(prompt, 40);
+    request.speculative = Some(false);
+    let out = run_all(&model, speculating(EngineConfig::default()), &[request]);
+    assert_eq!(out[0].usage.drafted_tokens, 0);
+}

@@ -23,7 +23,8 @@ impl SeqChunk<'_> {
 /// Which positions the forward returns logits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Logits {
-    /// One row per sequence: its last new token (what sampling needs).
+    /// Per sequence, its last new token's row (what sampling needs), or its last
+    /// [`Batch::outputs`] rows.
     #[default]
     Last,
     /// One row per new token, in batch order.
@@ -34,6 +35,9 @@ pub enum Logits {
 pub struct Batch<'a> {
     pub seqs: Vec<SeqChunk<'a>>,
     pub logits: Logits,
+    /// With [`Logits::Last`]: how many of each sequence's last rows to return (a speculative
+    /// draft of k tokens needs k + 1); empty means one each.
+    pub outputs: Vec<usize>,
 }
 
 impl<'a> Batch<'a> {
@@ -41,7 +45,13 @@ impl<'a> Batch<'a> {
         Self {
             seqs,
             logits: Logits::Last,
+            outputs: Vec::new(),
         }
+    }
+
+    /// Rows of logits sequence `i` gets with [`Logits::Last`].
+    pub fn outputs_of(&self, i: usize) -> usize {
+        self.outputs.get(i).copied().unwrap_or(1)
     }
 
     pub fn num_tokens(&self) -> usize {

@@ -237,9 +237,9 @@ impl Model {
             Logits::Last => {
                 let mut last = Vec::with_capacity(batch.seqs.len());
                 let mut end = 0u32;
-                for seq in &batch.seqs {
+                for (i, seq) in batch.seqs.iter().enumerate() {
                     end += seq.tokens.len() as u32;
-                    last.push(end - 1);
+                    last.extend(end - batch.outputs_of(i) as u32..end);
                 }
                 h.index_select(&Tensor::new(last, &self.device)?, 0)?
             }
@@ -259,9 +259,19 @@ impl Model {
         if batch.seqs.is_empty() {
             return Err(ModelError::Batch("empty batch".into()));
         }
-        for seq in &batch.seqs {
+        if !batch.outputs.is_empty() && batch.outputs.len() != batch.seqs.len() {
+            return Err(ModelError::Batch("one output count per sequence".into()));
+        }
+        for (i, seq) in batch.seqs.iter().enumerate() {
             if seq.tokens.is_empty() {
                 return Err(ModelError::Batch("a sequence without new tokens".into()));
+            }
+            if batch.outputs_of(i) > seq.tokens.len() || batch.outputs_of(i) == 0 {
+                return Err(ModelError::Batch(format!(
+                    "{} output rows from a chunk of {} tokens",
+                    batch.outputs_of(i),
+                    seq.tokens.len()
+                )));
             }
             if let Some(&bad) = seq
                 .tokens

@@ -388,7 +388,10 @@ async fn removing_a_name_keeps_blobs_an_unreadable_manifest_names() {
     let text = std::fs::read_to_string(&other).unwrap();
     std::fs::write(&other, &text[..text.len() - 5]).unwrap();
     store.remove(&name("tiny")).unwrap();
-    assert!(store.blob_path(&manifest.layers[0].digest).unwrap().exists());
+    assert!(store
+        .blob_path(&manifest.layers[0].digest)
+        .unwrap()
+        .exists());
 }
 
 #[tokio::test]
