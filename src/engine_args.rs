@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use candle_core::{DType, Device};
-use ferrollama_engine::EngineConfig;
+use ferrollama_engine::{EngineConfig, Speculation};
 use ferrollama_model::device::{select_device, DeviceRequest};
 use ferrollama_model::memory::{activation_bytes, MemoryBudget};
 use ferrollama_model::{AttentionKind, LoadOptions, LoadedModel};
@@ -56,6 +56,25 @@ pub struct EngineArgs {
     /// faster and 16 streams ~5% slower (an HTTP thread can then stall a pinned worker).
     #[arg(long, env = "FERROLLAMA_PIN_THREADS")]
     pub pin_threads: bool,
+    /// Speculative decoding: ngram (drafts from the prompt and output so far, checked in one
+    /// forward; the same tokens, fewer steps, where replies repeat their prompt) or off.
+    #[arg(long, env = "FERROLLAMA_SPECULATIVE", default_value = "ngram")]
+    pub speculative: SpeculativeArg,
+    /// Most draft tokens per sequence and step (the draft length adapts below it).
+    #[arg(long, default_value_t = 6)]
+    pub num_speculative_tokens: usize,
+    /// Speculate only while at most this many sequences run: past it a step is compute-bound
+    /// and checking drafts costs what they save (SmolLM2 on 2 cores, code edits: 1.39x at 4
+    /// streams, 1.05x at 8, 0.98x at 16).
+    #[arg(long, default_value_t = 8)]
+    pub speculative_max_batch: usize,
+}
+
+/// `--speculative`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SpeculativeArg {
+    Ngram,
+    Off,
 }
 
 impl EngineArgs {
@@ -80,6 +99,12 @@ impl EngineArgs {
             threads: self.threads.unwrap_or(0),
             pin_threads: self.pin_threads,
             max_queue: self.max_queue.max(1),
+            speculation: (self.speculative == SpeculativeArg::Ngram
+                && self.num_speculative_tokens > 0)
+                .then_some(Speculation {
+                    max_draft: self.num_speculative_tokens,
+                    max_batch: self.speculative_max_batch,
+                }),
             ..EngineConfig::default()
         };
         config.kv_cache_memory = match model.model.device() {

@@ -28,6 +28,9 @@ pub struct Metrics {
     prompt_tokens: IntCounter,
     cached_tokens: IntCounter,
     generated_tokens: IntCounter,
+    drafted_tokens: IntCounter,
+    accepted_tokens: IntCounter,
+    acceptance_rate: Gauge,
     queue_time: Histogram,
     ttft: Histogram,
     inter_token: Histogram,
@@ -84,6 +87,18 @@ impl Metrics {
                 "Prompt tokens found in the prefix cache.",
             ),
             generated_tokens: counter("generation_tokens_total", "Tokens generated."),
+            drafted_tokens: counter(
+                "speculative_draft_tokens_total",
+                "Draft tokens proposed by speculative decoding.",
+            ),
+            accepted_tokens: counter(
+                "speculative_accepted_tokens_total",
+                "Draft tokens the model kept.",
+            ),
+            acceptance_rate: float_gauge(
+                "speculative_acceptance_rate",
+                "Share of draft tokens kept, over the server's life.",
+            ),
             queue_time: histogram(
                 "request_queue_time_seconds",
                 "Time waiting for the first step.",
@@ -134,6 +149,8 @@ impl Metrics {
         self.prompt_tokens.inc_by(usage.prompt_tokens as u64);
         self.cached_tokens.inc_by(usage.cached_tokens as u64);
         self.generated_tokens.inc_by(usage.generated_tokens as u64);
+        self.drafted_tokens.inc_by(usage.drafted_tokens as u64);
+        self.accepted_tokens.inc_by(usage.accepted_tokens as u64);
         self.queue_time.observe(timings.queue.as_secs_f64());
         if usage.generated_tokens > 0 {
             self.ttft
@@ -167,6 +184,11 @@ impl Metrics {
                 .unwrap_or(stats.preemptions);
             self.preemptions.inc_by(new);
             *last = stats.preemptions;
+        }
+        let drafted = self.drafted_tokens.get();
+        if drafted > 0 {
+            self.acceptance_rate
+                .set(self.accepted_tokens.get() as f64 / drafted as f64);
         }
         let prompt = self.prompt_tokens.get();
         if prompt > 0 {

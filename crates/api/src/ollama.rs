@@ -38,6 +38,8 @@ struct Options {
     frequency_penalty: Option<f32>,
     seed: Option<i64>,
     stop: Option<Vec<String>>,
+    /// Speculative decoding for this request (ferrollama's own option; `false` turns it off).
+    speculative: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +164,7 @@ impl Options {
             stop: self.stop.clone().unwrap_or_default(),
             ignore_eos: false,
             grammar: None,
+            speculative: self.speculative,
         })
     }
 }
@@ -200,7 +203,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 fn final_fields(load_duration: Duration, usage: &Usage, timings: &Timings, reason: &str) -> Value {
     let ns = |d: Duration| d.as_nanos() as u64;
-    json!({
+    let mut fields = json!({
         "done": true,
         "done_reason": reason,
         "total_duration": ns(load_duration + timings.queue + timings.prefill + timings.decode),
@@ -209,7 +212,13 @@ fn final_fields(load_duration: Duration, usage: &Usage, timings: &Timings, reaso
         "prompt_eval_duration": ns(timings.prefill),
         "eval_count": usage.generated_tokens,
         "eval_duration": ns(timings.decode),
-    })
+    });
+    // Ollama has no speculation; ours says what it did, when it did anything.
+    if usage.drafted_tokens > 0 {
+        fields["draft_count"] = json!(usage.drafted_tokens);
+        fields["draft_accepted_count"] = json!(usage.accepted_tokens);
+    }
+    fields
 }
 
 /// The request's options over the model's defaults (the catalog's, then its params layer).

@@ -44,6 +44,8 @@ struct Params {
     repeat_penalty: Option<f32>,
     #[serde(default)]
     ignore_eos: bool,
+    /// Speculative decoding for this request (`false` turns it off where the server has it on).
+    speculative: Option<bool>,
     /// Structured output (`text`, `json_object`, `json_schema`).
     response_format: Option<Value>,
     /// Functions the model may call, and whether or which it must.
@@ -142,6 +144,7 @@ struct Plan {
     n: usize,
     stop: Vec<String>,
     ignore_eos: bool,
+    speculative: Option<bool>,
     format: Option<OutputFormat>,
     tools: Option<Tools>,
 }
@@ -262,6 +265,7 @@ impl Params {
             n: n as usize,
             stop,
             ignore_eos: self.ignore_eos,
+            speculative: self.speculative,
             format,
             tools,
         })
@@ -362,6 +366,7 @@ impl Plan {
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
             grammar: grammar.clone(),
+            speculative: self.speculative,
         }
     }
 }
@@ -613,17 +618,23 @@ impl ResponseMeta {
 
 /// Usage over all choices. Choices come in groups of `per_prompt` samples of one prompt
 /// (OpenAI's `n`): a prompt counts once per group, generated tokens once per choice.
+/// Speculative drafts count as OpenAI's predicted-output tokens: accepted and rejected.
 fn usage_json<'a>(usages: impl Iterator<Item = &'a Usage>, per_prompt: usize) -> Value {
     let (mut prompt, mut cached, mut generated) = (0, 0, 0);
+    let (mut drafted, mut accepted) = (0, 0);
     for (i, u) in usages.enumerate() {
         if i % per_prompt.max(1) == 0 {
             prompt += u.prompt_tokens;
             cached += u.cached_tokens;
         }
         generated += u.generated_tokens;
+        drafted += u.drafted_tokens;
+        accepted += u.accepted_tokens;
     }
     json!({"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated,
-           "prompt_tokens_details": {"cached_tokens": cached}})
+           "prompt_tokens_details": {"cached_tokens": cached},
+           "completion_tokens_details": {"accepted_prediction_tokens": accepted,
+                                         "rejected_prediction_tokens": drafted - accepted}})
 }
 
 /// What a stream carries: how many choices (in groups of `per_prompt` samples of a prompt),

@@ -13,6 +13,9 @@ use std::collections::HashMap;
 
 /// Longest n-gram looked up.
 const MAX_N: usize = 4;
+/// Shortest: a single token predicts its continuation too poorly to pay for checking it
+/// (SmolLM2 on the code-editing set: 1.53x with 2, 1.47x with 1).
+const MIN_MATCH: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct Drafter {
@@ -42,10 +45,11 @@ impl Drafter {
     }
 
     /// Up to `limit` tokens that may follow `tokens` (the whole sequence so far), from the most
-    /// recent earlier occurrence of its longest suffix of up to 4 tokens; empty when none.
+    /// recent earlier occurrence of its longest suffix of 4 down to 2 tokens; empty when none.
     pub fn propose(&mut self, tokens: &[u32], limit: usize) -> Vec<u32> {
         let len = tokens.len();
         // Index the n-grams ending before `len`: the suffix itself must not find itself.
+        // (1-grams too: cheap, and a later MIN_MATCH of 1 needs them.)
         while self.indexed < len {
             let end = self.indexed;
             for n in 1..=MAX_N.min(end) {
@@ -57,7 +61,7 @@ impl Drafter {
         if want == 0 {
             return Vec::new();
         }
-        for n in (1..=MAX_N.min(len)).rev() {
+        for n in (MIN_MATCH..=MAX_N.min(len)).rev() {
             if let Some(&start) = self.index[n - 1].get(&hash(&tokens[len - n..])) {
                 // Hashes can collide: the match must be real.
                 if start >= n && tokens[start - n..start] == tokens[len - n..] {
@@ -127,7 +131,9 @@ mod tests {
             "a limit of 0 drafts nothing"
         );
         // The continuation stops at the end of what is known.
-        assert_eq!(Drafter::new(8).propose(&[5, 6, 5], 8), vec![6, 5]);
+        assert_eq!(Drafter::new(8).propose(&[5, 6, 7, 5, 6], 8), vec![7, 5, 6]);
+        // One token in common is not a match.
+        assert!(Drafter::new(8).propose(&[5, 6, 5], 8).is_empty());
     }
 
     #[test]

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Speculative decoding on against off, side by side in one run: two `ferrollama serve` of the
+# same model (one `--speculative ngram`, one `--speculative off`), both up, measured by
+# `ferrollama bench` on the committed workloads (benches/workloads: code editing,
+# summarisation, free writing; greedy, replies ending at the model's end token) in interleaved
+# rounds, alternating which server goes first. Reports output tok/s per server, the median of
+# the per-round ratios, and checks that both servers wrote the same replies.
+#
+#   benches/compare_speculative.sh [--model PATH] [--rounds N] [--streams LIST] [--out DIR]
+#
+#   --model    a GGUF or model directory (default: SmolLM2-135M-Instruct Q4_1, from PyPI)
+#   --rounds   rounds per row (default 3)
+#   --streams  concurrency levels (default 1,16; a level above 1 runs the code set only)
+#   --prompts  requests per measurement (default: the whole set at 1 stream, 32 above)
+#   --threads  threads for each server (default: every core)
+#   --out      where the JSON and summary.md go (default: a new dir under /tmp)
+# Environment: FERROLLAMA_BIN (default: build it), FERROLLAMA_SPEC_ARGS (extra serve flags
+# for the speculating server, e.g. --num-speculative-tokens 8).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+model="" rounds=3 streams="1,16" prompts="" threads="$(nproc)" out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model) model="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
+    --streams) streams="$2"; shift 2 ;;
+    --prompts) prompts="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "unknown option: $1" >&2; exit 2 ;;
+  esac
+done
+out="${out:-$(mktemp -d /tmp/ferrollama-speculative.XXXXXX)}"
+mkdir -p "$out"
+model="${model:-$("$root/models/smollm2-path.sh")}"
+if [ -z "${FERROLLAMA_BIN:-}" ]; then
+  (cd "$root" && cargo build --release --bin ferrollama)
+  FERROLLAMA_BIN="${CARGO_TARGET_DIR:-$root/target}/release/ferrollama"
+fi
+
+start_server() { # label port flags...
+  local label=$1 port=$2
+  shift 2
+  "$FERROLLAMA_BIN" serve --model "$model" --name m --port "$port" --threads "$threads" "$@" \
+    >"$out/serve-$label.log" 2>&1 &
+  echo $! >"$out/$label.pid"
+  for _ in $(seq 120); do
+    curl -fs "http://127.0.0.1:$port/api/version" >/dev/null 2>&1 && return
+    sleep 0.5
+  done
+  echo "server $label did not start: $(tail -n 3 "$out/serve-$label.log")" >&2
+  exit 1
+}
+stop_servers() { for l in on off; do [ -f "$out/$l.pid" ] && kill "$(cat "$out/$l.pid")" 2>/dev/null; done; true; }
+trap stop_servers EXIT
+# shellcheck disable=SC2086
+start_server on 11601 --speculative ngram ${FERROLLAMA_SPEC_ARGS:-}
+start_server off 11602 --speculative off
+
+bench() { # label port set concurrency round
+  local label=$1 port=$2 set=$3 c=$4 round=$5 n
+  n=${prompts:-$([ "$c" = 1 ] && wc -l <"$root/benches/workloads/$set.jsonl" || echo 32)}
+  "$FERROLLAMA_BIN" bench --base-url "http://127.0.0.1:$port/v1" --endpoint chat --model m \
+    --dataset "$root/benches/workloads/$set.jsonl" --concurrency "$c" --num-prompts "$n" \
+    --no-ignore-eos --warmup 1 --label "$label" \
+    --json "$out/$set-c$c-r$round-$label.json" >"$out/$set-c$c-r$round-$label.log" 2>&1
+}
+
+IFS=, read -ra levels <<<"$streams"
+for c in "${levels[@]}"; do
+  sets="${SPEC_SETS:-code-editing summarisation free-writing}"
+  [ "$c" = 1 ] || sets="code-editing"
+  for set in $sets; do
+    for round in $(seq "$rounds"); do
+      # Alternate which server goes first, so a drift of the host's speed hits both alike.
+      if [ $((round % 2)) = 1 ]; then order="on off"; else order="off on"; fi
+      for label in $order; do
+        port=$([ "$label" = on ] && echo 11601 || echo 11602)
+        bench "$label" "$port" "$set" "$c" "$round"
+      done
+      echo "$set, $c stream(s), round $round done"
+    done
+  done
+done
+
+python3 - "$out" "$rounds" "$streams" <<'PY' | tee "$out/summary.md"
+import json, pathlib, statistics, sys
+out, rounds, levels = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
+print("| set | streams | speculation on (output tok/s) | off | on/off (median of rounds) | accepted/drafted |")
+print("|---|---:|---:|---:|---:|---:|")
+for c in levels:
+    sets = __import__("os").environ.get("SPEC_SETS", "code-editing summarisation free-writing").split()
+    for s in (sets if c == "1" else ["code-editing"]):
+        on, off, ratios = [], [], []
+        for r in range(1, rounds + 1):
+            a = json.loads((out / f"{s}-c{c}-r{r}-on.json").read_text())["levels"][0]
+            b = json.loads((out / f"{s}-c{c}-r{r}-off.json").read_text())["levels"][0]
+            on.append(a["output_throughput"]); off.append(b["output_throughput"])
+            ratios.append(a["output_throughput"] / b["output_throughput"])
+        print(f"| {s} | {c} | {statistics.median(on):.1f} | {statistics.median(off):.1f} | "
+              f"{statistics.median(ratios):.2f}x | |")
+PY
+# What the speculating server drafted and kept, over the whole run.
+curl -fs http://127.0.0.1:11601/metrics | grep -E '^ferrollama_speculative_' | tee -a "$out/summary.md"
+echo "results in $out"
