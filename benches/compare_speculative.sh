@@ -3,8 +3,9 @@
 # same model (one `--speculative ngram`, one `--speculative off`), both up, measured by
 # `ferrollama bench` on the committed workloads (benches/workloads: code editing,
 # summarisation, free writing; greedy, replies ending at the model's end token) in interleaved
-# rounds, alternating which server goes first. Reports output tok/s per server, the median of
-# the per-round ratios, and checks that both servers wrote the same replies.
+# rounds, alternating which server goes first. Reports output tok/s per server and the median
+# of the per-round ratios, then sends every request of the sets to both servers, greedy and
+# seeded-sampled, and counts the replies that are the same (SPEC_IDENTITY=0 skips that).
 #
 #   benches/compare_speculative.sh [--model PATH] [--rounds N] [--streams LIST] [--out DIR]
 #
@@ -101,6 +102,26 @@ for c in levels:
         print(f"| {s} | {c} | {statistics.median(on):.1f} | {statistics.median(off):.1f} | "
               f"{statistics.median(ratios):.2f}x | |")
 PY
+# Identity: every request of the sets, greedy and seeded-sampled, to both servers: the same text.
+if [ "${SPEC_IDENTITY:-1}" = 1 ]; then
+  # shellcheck disable=SC2086
+  python3 - "$root/benches/workloads" ${SPEC_SETS:-code-editing summarisation free-writing} <<'PY' | tee -a "$out/summary.md"
+import json, pathlib, sys, urllib.request
+def ask(port, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                 json.dumps(body).encode(), {"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=600))["choices"][0]["message"]["content"]
+same = total = 0
+for name in sys.argv[2:]:
+    for line in (pathlib.Path(sys.argv[1]) / f"{name}.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        for sampling in ({"temperature": 0}, {"temperature": 0.7, "seed": 1}):
+            body = {"model": "m", "messages": row["messages"], "max_tokens": row["max_tokens"], **sampling}
+            total += 1
+            same += ask(11601, body) == ask(11602, body)
+print(f"identity: {same} of {total} replies (greedy and seeded) the same with speculation on and off")
+PY
+fi
 # What the speculating server drafted and kept, over the whole run.
 curl -fs http://127.0.0.1:11601/metrics | grep -E '^ferrollama_speculative_' | tee -a "$out/summary.md"
 echo "results in $out"
