@@ -3,8 +3,11 @@
 # same model (one `--speculative ngram`, one `--speculative off`), both up, measured by
 # `ferrollama bench` on the committed workloads (benches/workloads: code editing,
 # summarisation, free writing; greedy, replies ending at the model's end token) in interleaved
-# rounds, alternating which server goes first. Reports output tok/s per server and the median
-# of the per-round ratios, then sends every request of the sets to both servers, greedy and
+# rounds, alternating which server goes first. Both run without the prefix cache, so every
+# round reads its prompts afresh, as new code-generation requests do. Reports, per server, the
+# decode speed a client sees (1000 / mean TPOT, tokens/s after the first) and the output
+# tokens/s over the whole run (prefill included), the medians of the per-round ratios, and the
+# share of drafted tokens kept; then sends every request of the sets to both servers, greedy and
 # seeded-sampled, and counts the replies that are the same (SPEC_IDENTITY=0 skips that).
 #
 #   benches/compare_speculative.sh [--model PATH] [--rounds N] [--streams LIST] [--out DIR]
@@ -28,7 +31,7 @@ while [ $# -gt 0 ]; do
     --prompts) prompts="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -43,7 +46,8 @@ fi
 start_server() { # label port flags...
   local label=$1 port=$2
   shift 2
-  "$FERROLLAMA_BIN" serve --model "$model" --name m --port "$port" --threads "$threads" "$@" \
+  "$FERROLLAMA_BIN" serve --model "$model" --name m --port "$port" --threads "$threads" \
+    --no-prefix-caching "$@" \
     >"$out/serve-$label.log" 2>&1 &
   echo $! >"$out/$label.pid"
   for _ in $(seq 120); do
@@ -62,10 +66,12 @@ start_server off 11602 --speculative off
 bench() { # label port set concurrency round
   local label=$1 port=$2 set=$3 c=$4 round=$5 n
   n=${prompts:-$([ "$c" = 1 ] && wc -l <"$root/benches/workloads/$set.jsonl" || echo 32)}
+  curl -fs "http://127.0.0.1:$port/metrics" >"$out/$set-c$c-r$round-$label.before.prom"
   "$FERROLLAMA_BIN" bench --base-url "http://127.0.0.1:$port/v1" --endpoint chat --model m \
     --dataset "$root/benches/workloads/$set.jsonl" --concurrency "$c" --num-prompts "$n" \
     --no-ignore-eos --warmup 1 --label "$label" \
     --json "$out/$set-c$c-r$round-$label.json" >"$out/$set-c$c-r$round-$label.log" 2>&1
+  curl -fs "http://127.0.0.1:$port/metrics" >"$out/$set-c$c-r$round-$label.after.prom"
 }
 
 IFS=, read -ra levels <<<"$streams"
@@ -86,21 +92,40 @@ for c in "${levels[@]}"; do
 done
 
 python3 - "$out" "$rounds" "$streams" <<'PY' | tee "$out/summary.md"
-import json, pathlib, statistics, sys
+import json, os, pathlib, statistics, sys
 out, rounds, levels = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
-print("| set | streams | speculation on (output tok/s) | off | on/off (median of rounds) | accepted/drafted |")
-print("|---|---:|---:|---:|---:|---:|")
+def counter(path, name):
+    for line in path.read_text().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+def decode(level):  # tokens/s after the first, as the client sees them
+    return 1000 / level["tpot_ms"]["mean"]
+print("| set | streams | decode tok/s on | off | on/off | output tok/s on | off | on/off | drafted tokens kept |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for c in levels:
-    sets = __import__("os").environ.get("SPEC_SETS", "code-editing summarisation free-writing").split()
+    sets = os.environ.get("SPEC_SETS", "code-editing summarisation free-writing").split()
     for s in (sets if c == "1" else ["code-editing"]):
-        on, off, ratios = [], [], []
+        rows = {"dec": ([], [], []), "out": ([], [], [])}
+        drafted = kept = 0
         for r in range(1, rounds + 1):
-            a = json.loads((out / f"{s}-c{c}-r{r}-on.json").read_text())["levels"][0]
-            b = json.loads((out / f"{s}-c{c}-r{r}-off.json").read_text())["levels"][0]
-            on.append(a["output_throughput"]); off.append(b["output_throughput"])
-            ratios.append(a["output_throughput"] / b["output_throughput"])
-        print(f"| {s} | {c} | {statistics.median(on):.1f} | {statistics.median(off):.1f} | "
-              f"{statistics.median(ratios):.2f}x | |")
+            on = json.loads((out / f"{s}-c{c}-r{r}-on.json").read_text())["levels"][0]
+            off = json.loads((out / f"{s}-c{c}-r{r}-off.json").read_text())["levels"][0]
+            for key, f in (("dec", decode), ("out", lambda l: l["output_throughput"])):
+                rows[key][0].append(f(on)); rows[key][1].append(f(off))
+                rows[key][2].append(f(on) / f(off))
+            for name in ("draft", "accepted"):
+                metric = f"ferrollama_speculative_{name}_tokens_total"
+                delta = counter(out / f"{s}-c{c}-r{r}-on.after.prom", metric) - \
+                    counter(out / f"{s}-c{c}-r{r}-on.before.prom", metric)
+                if name == "draft": drafted += delta
+                else: kept += delta
+        cells = []
+        for key in ("dec", "out"):
+            on, off, ratio = (statistics.median(v) for v in rows[key])
+            cells += [f"{on:.1f}", f"{off:.1f}", f"{ratio:.2f}x"]
+        share = f"{kept / drafted:.0%} of {drafted:.0f}" if drafted else "none"
+        print(f"| {s} | {c} | " + " | ".join(cells) + f" | {share} |")
 PY
 # Identity: every request of the sets, greedy and seeded-sampled, to both servers: the same text.
 if [ "${SPEC_IDENTITY:-1}" = 1 ]; then

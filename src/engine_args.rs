@@ -60,8 +60,9 @@ pub struct EngineArgs {
     /// forward; the same tokens, fewer steps, where replies repeat their prompt) or off.
     #[arg(long, env = "FERROLLAMA_SPECULATIVE", default_value = "ngram")]
     pub speculative: SpeculativeArg,
-    /// Most draft tokens per sequence and step (the draft length adapts below it).
-    #[arg(long, default_value_t = 6)]
+    /// Most draft tokens per sequence and step (the draft length adapts below it, doubling
+    /// while every drafted token is kept, halving while fewer than half are).
+    #[arg(long, default_value_t = 8)]
     pub num_speculative_tokens: usize,
     /// Speculate only while at most this many sequences run: past it a step is compute-bound
     /// and checking drafts costs what they save (SmolLM2 on 2 cores, code edits: 1.39x at 4

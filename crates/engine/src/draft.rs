@@ -74,15 +74,16 @@ impl Drafter {
     }
 
     /// After a draft of `drafted` tokens of which the model kept `accepted`: all kept, draft
-    /// one more next time; fewer than half, one fewer.
+    /// twice as many next time (a reply copying its prompt goes on copying); fewer than half,
+    /// half as many (a diverged copy wastes every row it drafts).
     pub fn record(&mut self, drafted: usize, accepted: usize) {
         if drafted == 0 {
             return;
         }
         if accepted == drafted {
-            self.k = (self.k + 1).min(self.max_draft);
+            self.k = (2 * self.k).min(self.max_draft);
         } else if 2 * accepted < drafted {
-            self.k = self.k.saturating_sub(1).max(MIN_DRAFT.min(self.max_draft));
+            self.k = (self.k / 2).max(MIN_DRAFT.min(self.max_draft));
         }
     }
 
@@ -152,7 +153,7 @@ mod tests {
         let mut d = Drafter::new(8);
         let start = d.draft_len();
         d.record(start, start);
-        assert_eq!(d.draft_len(), start + 1);
+        assert_eq!(d.draft_len(), 2 * start);
         for _ in 0..10 {
             d.record(d.draft_len(), 0);
         }
