@@ -1,6 +1,7 @@
 """Speculative decoding (on by default) through both APIs: the same reply with it on and with
 the request's own switch off, and its counts in usage, in Ollama's final line and /metrics."""
 import requests
+from openai import OpenAI
 
 CODE = ("def area(width, height):\n    return width * height\n\n"
         "a = area(3, 4)\nb = area(5, 6)\nc = area(7, 8)\n") * 3
@@ -32,3 +33,18 @@ def test_speculation_changes_no_reply_and_says_what_it_did(server):
     drafted = [l for l in metrics.splitlines()
                if l.startswith("ferrollama_speculative_draft_tokens_total ")]
     assert drafted and float(drafted[0].split()[1]) > 0
+
+
+
+def test_seeded_choices_are_the_same_with_and_without_it(server):
+    """Each of `n` seeded, sampled choices (Ollama's top-k and a top-p, a presence penalty) is
+    the one it is without speculation (the real OpenAI client, both ways)."""
+    client = OpenAI(base_url=server + "/v1", api_key="none")
+    ask = dict(model="mistral:instruct", max_tokens=120, temperature=0.3, top_p=0.95, seed=11,
+               n=3, presence_penalty=0.2,
+               messages=[{"role": "user", "content": "Repeat this code:\n" + CODE}])
+    on = client.chat.completions.create(**ask, extra_body={"top_k": 40})
+    off = client.chat.completions.create(**ask, extra_body={"top_k": 40, "speculative": False})
+    assert [c.message.content for c in on.choices] == [c.message.content for c in off.choices]
+    assert len({c.message.content for c in on.choices}) > 1, "the choices differ"
+    assert on.usage.completion_tokens == off.usage.completion_tokens

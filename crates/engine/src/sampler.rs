@@ -1,6 +1,12 @@
 //! Turns a row of logits into the next token: penalties, temperature, top-k, top-p, min-p,
 //! then a draw from the sequence's own seeded generator (so a sequence's output does not
 //! depend on what else shares its batch).
+//!
+//! On a GPU a row need not come back whole: with a top-k (or greedy) and penalties on few
+//! tokens, its highest logits and the penalized tokens' own ones decide the draw exactly
+//! ([`SamplingParams::shortlist_len`], [`Sampler::sample_shortlist`]).
+
+use std::cmp::Ordering;
 
 use ferrollama_model::rng::SplitMix64;
 
@@ -58,6 +64,18 @@ impl SamplingParams {
             && (self.repeat_penalty == 1.0 || self.repeat_last_n == 0)
             && self.presence_penalty == 0.0
             && self.frequency_penalty == 0.0
+    }
+
+    /// How many of a row's highest logits (before penalties), with the own logits of the
+    /// `penalized` tokens beside them, decide its draw exactly: top-k (1 for greedy) plus
+    /// `penalized`, as a penalty moves at most that many tokens across the top-k line. None
+    /// where the whole row is needed (no top-k: the softmax is over every token).
+    pub fn shortlist_len(&self, penalized: usize) -> Option<usize> {
+        match (self.temperature, self.top_k) {
+            (t, _) if t == 0.0 => Some(1 + penalized),
+            (_, 0) => None,
+            (_, k) => Some(k + penalized),
+        }
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -118,14 +136,54 @@ impl Sampler {
         token
     }
 
+    /// The tokens whose logits a penalty may change at any of the next `ahead` + 1 positions
+    /// (a draft of `ahead` tokens is at the end of `context`): the repeat window reaching back
+    /// that much further, and every generated token under OpenAI's penalties. Sorted, distinct.
+    pub fn penalized(&self, context: &[u32], generated: usize, ahead: usize) -> Vec<u32> {
+        let p = &self.params;
+        let mut ids = Vec::new();
+        if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
+            let back = (p.repeat_last_n + ahead).min(context.len());
+            ids.extend_from_slice(&context[context.len() - back..]);
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            ids.extend_from_slice(&context[context.len() - generated..]);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// [`Sampler::sample`] from a shortlist of (id, logit before penalties): a row's
+    /// [`SamplingParams::shortlist_len`] highest logits and the [`Sampler::penalized`] tokens'
+    /// own, in any order and overlapping. The same token as from the whole row.
+    pub fn sample_shortlist(
+        &mut self,
+        mut shortlist: Vec<(u32, f32)>,
+        context: &[u32],
+        generated: usize,
+    ) -> u32 {
+        shortlist.sort_unstable_by_key(|c| c.0);
+        shortlist.dedup_by_key(|c| c.0);
+        self.apply_penalties(&mut ById(&mut shortlist), context, generated);
+        if self.params.temperature == 0.0 {
+            // As `argmax` on the whole row: the highest, the lowest id among equals.
+            return shortlist
+                .iter()
+                .min_by(|a, b| ranked(a, b))
+                .map_or(0, |c| c.0);
+        }
+        self.draw(&mut shortlist)
+    }
+
     /// top-k, softmax with temperature, top-p, min-p, then a draw.
     fn draw(&mut self, candidates: &mut Vec<(u32, f32)>) -> u32 {
         let p = &self.params;
         if p.top_k > 0 && p.top_k < candidates.len() {
-            candidates.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
+            candidates.select_nth_unstable_by(p.top_k - 1, ranked);
             candidates.truncate(p.top_k);
         }
-        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        candidates.sort_unstable_by(ranked);
         // Softmax with temperature, in place.
         let max = candidates[0].1;
         let mut sum = 0.0;
@@ -160,14 +218,20 @@ impl Sampler {
         candidates.last().expect("at least one candidate").0
     }
 
-    fn apply_penalties(&self, logits: &mut [f32], context: &[u32], generated: usize) {
+    /// Penalizes the logits `logits` has (a token it lacks is skipped).
+    fn apply_penalties(
+        &self,
+        logits: &mut (impl Logits + ?Sized),
+        context: &[u32],
+        generated: usize,
+    ) {
         let p = &self.params;
         if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
             let window = &context[context.len().saturating_sub(p.repeat_last_n)..];
             let mut seen = std::collections::HashSet::new();
             for &t in window {
                 if seen.insert(t) {
-                    if let Some(l) = logits.get_mut(t as usize) {
+                    if let Some(l) = logits.logit(t) {
                         // As llama.cpp: shrink positive logits, grow negative ones.
                         *l = if *l > 0.0 {
                             *l / p.repeat_penalty
@@ -184,12 +248,39 @@ impl Sampler {
                 *counts.entry(t).or_insert(0u32) += 1;
             }
             for (t, n) in counts {
-                if let Some(l) = logits.get_mut(t as usize) {
+                if let Some(l) = logits.logit(t) {
                     *l -= p.presence_penalty + p.frequency_penalty * n as f32;
                 }
             }
         }
     }
+}
+
+/// Logits found by token id: a whole row, or a shortlist.
+trait Logits {
+    fn logit(&mut self, id: u32) -> Option<&mut f32>;
+}
+
+impl Logits for [f32] {
+    fn logit(&mut self, id: u32) -> Option<&mut f32> {
+        self.get_mut(id as usize)
+    }
+}
+
+/// (id, logit) pairs sorted by id.
+struct ById<'a>(&'a mut [(u32, f32)]);
+
+impl Logits for ById<'_> {
+    fn logit(&mut self, id: u32) -> Option<&mut f32> {
+        let i = self.0.binary_search_by_key(&id, |c| c.0).ok()?;
+        Some(&mut self.0[i].1)
+    }
+}
+
+/// The order candidates rank in: the higher logit first, the lower id among equals. A total
+/// order, so the top k are one set whether taken from a whole row or from a shortlist.
+fn ranked(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
 pub fn argmax(row: &[f32]) -> u32 {
@@ -295,5 +386,96 @@ mod tests {
             ..params
         });
         assert!((0..100).all(|_| matches!(s.sample(&mut logits(), &[], 0), 1 | 2 | 4)));
+    }
+
+    /// A row's `n` highest logits by the ranked order, as the device's top-k gives them.
+    fn top(row: &[f32], n: usize) -> Vec<(u32, f32)> {
+        let mut all: Vec<(u32, f32)> = row
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        all.sort_by(ranked);
+        all.truncate(n);
+        all
+    }
+
+    #[test]
+    fn a_shortlist_draws_what_the_whole_row_draws() {
+        // Rows with many equal logits (a top-k line through ties) and penalized tokens
+        // crossing it both ways; every parameter mix that has a shortlist, many seeds.
+        let mut rng = SplitMix64::new(7);
+        let mut differ = 0;
+        for case in 0..3000 {
+            let vocab = 50 + (rng.unit() * 200.0) as usize;
+            let row: Vec<f32> = (0..vocab)
+                .map(|_| ((rng.unit() * 12.0) as i32 - 6) as f32 * 0.5)
+                .collect();
+            let context: Vec<u32> = (0..(rng.unit() * 80.0) as usize)
+                .map(|_| (rng.unit() * vocab as f32) as u32)
+                .collect();
+            let generated = (rng.unit() * context.len() as f32) as usize;
+            let params = SamplingParams {
+                temperature: [0.0, 0.3, 0.8, 1.5][case % 4],
+                top_k: 1 + (rng.unit() * 60.0) as usize,
+                top_p: [1.0, 0.9, 0.5][case % 3],
+                min_p: [0.0, 0.05][case % 2],
+                repeat_penalty: [1.0, 1.1, 0.8, 2.0][(case / 4) % 4],
+                repeat_last_n: (rng.unit() * 70.0) as usize,
+                presence_penalty: [0.0, 0.5, -0.5][(case / 3) % 3],
+                frequency_penalty: [0.0, 0.2][(case / 2) % 2],
+                seed: Some(case as u64),
+            };
+            let sampler = Sampler::new(params.clone());
+            let ahead = case % 3;
+            let penalized = sampler.penalized(&context, generated, ahead);
+            let len = params
+                .shortlist_len(penalized.len())
+                .expect("a top-k or greedy");
+            // A draft of `ahead` tokens ends the context: its rows see the context without the
+            // last `ahead`, ..., 0 tokens; each row's penalized tokens are in the shortlist.
+            let j = case % (ahead + 1);
+            let seen = context.len().saturating_sub(ahead - j);
+            let (row_context, row_generated) =
+                (&context[..seen], generated.saturating_sub(ahead - j));
+            for t in sampler.penalized(row_context, row_generated, 0) {
+                assert!(
+                    penalized.binary_search(&t).is_ok(),
+                    "case {case}: {t} is penalized"
+                );
+            }
+            let mut whole = Sampler::new(params.clone());
+            let mut short = Sampler::new(params);
+            for _ in 0..3 {
+                let a = whole.sample(&mut row.clone(), row_context, row_generated);
+                let mut list = top(&row, len);
+                list.extend(
+                    penalized
+                        .iter()
+                        .filter_map(|&t| Some((t, *row.get(t as usize)?))),
+                );
+                let b = short.sample_shortlist(list, row_context, row_generated);
+                differ += (a != b) as usize;
+            }
+        }
+        assert_eq!(differ, 0, "draws that differ");
+    }
+
+    #[test]
+    fn the_top_k_line_breaks_ties_by_id() {
+        // Four equal logits, top_k 2: always the two lowest ids, whatever the row's order.
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+            repeat_penalty: 1.0,
+            seed: Some(3),
+            ..SamplingParams::default()
+        };
+        let mut s = Sampler::new(params);
+        let picks: Vec<u32> = (0..200)
+            .map(|_| s.sample(&mut vec![0.0, 1.0, 1.0, 1.0, 1.0], &[], 0))
+            .collect();
+        assert!(picks.iter().all(|&t| t == 1 || t == 2), "{picks:?}");
     }
 }
