@@ -5,9 +5,11 @@
 use crate::block_pool::BlockPool;
 use crate::draft::Drafter;
 use crate::request::{Event, FinishReason, GenerationRequest, Timings, Usage};
+use crate::sampler::Need;
 use crate::scheduler::{Scheduler, SchedulerConfig, Speculation, StepPlan};
 use crate::sequence::Sequence;
 use candle_core::{Tensor, D};
+use ferrollama_model::top_k::{top_k, TOP_K_MAX};
 use ferrollama_model::{KvCache, LoadedModel};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -437,12 +439,14 @@ impl Engine {
         // the tokens so far.
         // Per logit row: whether its sequence samples from the whole row (a draft of k tokens
         // brings k + 1 rows, each sampled in turn).
-        let needs_logits: Vec<bool> = self
+        let on_device = !self.model.model.device().is_cpu();
+        let max_shortlist = if on_device { TOP_K_MAX } else { 0 };
+        let needs: Vec<Need> = self
             .scheduler
-            .needs_logits(plan)
+            .needs(plan, max_shortlist)
             .into_iter()
             .zip(self.scheduler.rows_per_chunk(plan))
-            .flat_map(|(needs, rows)| std::iter::repeat_n(needs, rows))
+            .flat_map(|(need, rows)| std::iter::repeat_n(need, rows))
             .collect();
         let mut constrained = self.scheduler.take_constraints(plan);
         // The step stops between layers once every caller in it has gone: a client that
@@ -460,10 +464,7 @@ impl Engine {
             self.model
                 .model
                 .forward_until(&self.scheduler.batch(plan), &mut self.cache, &all_gone)
-                .and_then(|l| {
-                    l.map(|l| read_rows(&l, &needs_logits, !l.device().is_cpu()))
-                        .transpose()
-                })
+                .and_then(|l| l.map(|l| read_rows(&l, &needs, on_device)).transpose())
         });
         self.scheduler.restore_constraints(constrained);
         let rows = match logits {
@@ -505,19 +506,21 @@ impl Engine {
     }
 }
 
-/// What the step brings back for one sequence: its whole logit row, or (a plain greedy pick
-/// on a GPU) only the argmax, so 32k floats per sequence need not cross to the host.
+/// What the step brings back for one sequence: its whole logit row, or on a GPU only what
+/// its draw needs (see [`Need`]), so 32k floats per sequence need not cross to the host.
 enum Row {
     Logits(Vec<f32>),
     Argmax(u32),
+    /// (id, logit) pairs: the row's highest and its penalized tokens'.
+    Shortlist(Vec<(u32, f32)>),
 }
 
-/// The rows of `logits` (`[sequences, vocab]`, f32): on the CPU every row as it is; on a GPU
-/// (`on_device`) the argmax of each row there, and the whole rows only of the sequences that
-/// `needs` says sample from them.
+/// The rows of `logits` (`[rows, vocab]`, f32): on the CPU every row whole; on a GPU
+/// (`on_device`) what `needs` says of each (argmaxes, shortlists and whole rows each in one
+/// launch and one copy).
 fn read_rows(
     logits: &Tensor,
-    needs: &[bool],
+    needs: &[Need],
     on_device: bool,
 ) -> ferrollama_model::Result<Vec<Row>> {
     if !on_device {
@@ -527,23 +530,81 @@ fn read_rows(
             .map(Row::Logits)
             .collect());
     }
-    let mut rows: Vec<Row> = logits
-        .argmax(D::Minus1)?
-        .to_vec1::<u32>()?
-        .into_iter()
-        .map(Row::Argmax)
-        .collect();
-    let wanted: Vec<u32> = (0..needs.len() as u32)
-        .filter(|&i| needs[i as usize])
-        .collect();
-    if !wanted.is_empty() {
-        let index = Tensor::new(wanted.as_slice(), logits.device())?;
-        let full = logits.index_select(&index, 0)?.to_vec2::<f32>()?;
-        for (&i, row) in wanted.iter().zip(full) {
-            rows[i as usize] = Row::Logits(row);
+    let (_, vocab) = logits.dims2()?;
+    let device = logits.device();
+    let rows_where = |want: fn(&Need) -> bool| -> Vec<u32> {
+        (0..needs.len() as u32)
+            .filter(|&i| want(&needs[i as usize]))
+            .collect()
+    };
+    let mut rows: Vec<Option<Row>> = (0..needs.len()).map(|_| None).collect();
+    let argmax = rows_where(|n| matches!(n, Need::Argmax));
+    if !argmax.is_empty() {
+        let picked = logits
+            .index_select(&Tensor::new(argmax.as_slice(), device)?, 0)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
+        for (&i, token) in argmax.iter().zip(picked) {
+            rows[i as usize] = Some(Row::Argmax(token));
         }
     }
-    Ok(rows)
+    let whole = rows_where(|n| matches!(n, Need::Whole));
+    if !whole.is_empty() {
+        let full = logits
+            .index_select(&Tensor::new(whole.as_slice(), device)?, 0)?
+            .to_vec2::<f32>()?;
+        for (&i, row) in whole.iter().zip(full) {
+            rows[i as usize] = Some(Row::Logits(row));
+        }
+    }
+    let short = rows_where(|n| matches!(n, Need::Shortlist { .. }));
+    if !short.is_empty() {
+        let longest = short
+            .iter()
+            .map(|&i| match &needs[i as usize] {
+                Need::Shortlist { len, .. } => *len,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(1);
+        let tops = top_k(
+            &logits.index_select(&Tensor::new(short.as_slice(), device)?, 0)?,
+            longest,
+        )?;
+        // The penalized tokens' own logits, all rows' in one gather.
+        let mut at = Vec::new();
+        for &i in &short {
+            if let Need::Shortlist { penalized, .. } = &needs[i as usize] {
+                at.extend(
+                    penalized
+                        .iter()
+                        .filter(|&&t| (t as usize) < vocab)
+                        .map(|&t| i * vocab as u32 + t),
+                );
+            }
+        }
+        let mut gathered = if at.is_empty() {
+            Vec::new()
+        } else {
+            logits
+                .flatten_all()?
+                .index_select(&Tensor::new(at.as_slice(), device)?, 0)?
+                .to_vec1::<f32>()?
+        }
+        .into_iter();
+        for (&i, mut top) in short.iter().zip(tops) {
+            if let Need::Shortlist { len, penalized } = &needs[i as usize] {
+                top.truncate(*len);
+                let own = penalized.iter().filter(|&&t| (t as usize) < vocab);
+                top.extend(own.map(|&t| (t, gathered.next().unwrap_or(f32::NEG_INFINITY))));
+                rows[i as usize] = Some(Row::Shortlist(top));
+            }
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| row.expect("every row is read"))
+        .collect())
 }
 
 /// Samples, detokenizes and sends the next token of `seq`; returns a finish reason if that
@@ -559,6 +620,10 @@ fn next_token(
     let token = match row {
         // A plain greedy pick, made on the device (see `read_rows`).
         Row::Argmax(token) => *token,
+        Row::Shortlist(list) => {
+            seq.sampler
+                .sample_shortlist(std::mem::take(list), &seq.tokens, generated)
+        }
         Row::Logits(logits) => {
             if let Some(constraint) = &mut seq.constraint {
                 if let Err(e) = constraint.mask(logits) {
@@ -654,21 +719,38 @@ fn send_token(seq: &Sequence, text: String, token_id: u32) {
 
 #[cfg(test)]
 mod read_rows_tests {
-    use super::{read_rows, Row};
+    use super::{read_rows, Need, Row};
     use candle_core::{Device, Tensor};
 
     #[test]
-    fn on_a_device_only_the_rows_that_sample_come_back_whole() {
+    fn on_a_device_each_row_comes_back_as_its_draw_needs() {
         let logits = Tensor::new(
-            &[[0.1f32, 2.0, -1.0], [3.0, 0.5, 0.2], [0.0, 0.1, 0.7]],
+            &[
+                [0.1f32, 2.0, -1.0, 0.3],
+                [3.0, 0.5, 0.2, 0.1],
+                [0.0, 0.1, 0.7, 0.6],
+                [0.4, 0.9, 0.8, 0.1],
+            ],
             &Device::Cpu,
         )
         .unwrap();
-        let rows = read_rows(&logits, &[false, true, false], true).unwrap();
+        let shortlist = |len, penalized: &[u32]| Need::Shortlist {
+            len,
+            penalized: penalized.to_vec(),
+        };
+        let needs = [
+            Need::Argmax,
+            Need::Whole,
+            shortlist(2, &[0]),
+            shortlist(1, &[]),
+        ];
+        let rows = read_rows(&logits, &needs, true).unwrap();
         assert!(matches!(rows[0], Row::Argmax(1)));
-        assert!(matches!(&rows[1], Row::Logits(r) if r == &[3.0, 0.5, 0.2]));
-        assert!(matches!(rows[2], Row::Argmax(2)));
-        let all = read_rows(&logits, &[false, false, false], false).unwrap();
+        assert!(matches!(&rows[1], Row::Logits(r) if r == &[3.0, 0.5, 0.2, 0.1]));
+        // The two highest, then the penalized token's own logit.
+        assert!(matches!(&rows[2], Row::Shortlist(r) if r == &[(2, 0.7), (3, 0.6), (0, 0.0)]));
+        assert!(matches!(&rows[3], Row::Shortlist(r) if r == &[(1, 0.9)]));
+        let all = read_rows(&logits, &needs, false).unwrap();
         assert!(all.iter().all(|r| matches!(r, Row::Logits(_))));
     }
 }

@@ -71,10 +71,12 @@ impl SamplingParams {
     /// `penalized`, as a penalty moves at most that many tokens across the top-k line. None
     /// where the whole row is needed (no top-k: the softmax is over every token).
     pub fn shortlist_len(&self, penalized: usize) -> Option<usize> {
-        match (self.temperature, self.top_k) {
-            (t, _) if t == 0.0 => Some(1 + penalized),
-            (_, 0) => None,
-            (_, k) => Some(k + penalized),
+        if self.temperature == 0.0 {
+            Some(1 + penalized)
+        } else if self.top_k == 0 {
+            None
+        } else {
+            Some(self.top_k + penalized)
         }
     }
 
@@ -97,6 +99,17 @@ impl SamplingParams {
         }
         Ok(())
     }
+}
+
+/// What of a logit row a sequence needs for its next token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Need {
+    /// Only its argmax (plain greedy), or nothing (a prompt chunk that samples no token).
+    Argmax,
+    /// Its `len` highest logits and the `penalized` tokens' own ([`Sampler::sample_shortlist`]).
+    Shortlist { len: usize, penalized: Vec<u32> },
+    /// All of it (a grammar masks it, or the draw is over every token).
+    Whole,
 }
 
 /// Per-sequence sampling state.
@@ -152,6 +165,28 @@ impl Sampler {
         ids.sort_unstable();
         ids.dedup();
         ids
+    }
+
+    /// What the next `ahead` + 1 draws need of their rows (a draft of `ahead` tokens ends
+    /// `context`), where shortlists may hold up to `max_shortlist` logits (0: none).
+    pub fn need(
+        &self,
+        context: &[u32],
+        generated: usize,
+        ahead: usize,
+        max_shortlist: usize,
+    ) -> Need {
+        if self.params.is_plain_greedy() {
+            return Need::Argmax;
+        }
+        if max_shortlist == 0 {
+            return Need::Whole;
+        }
+        let penalized = self.penalized(context, generated, ahead);
+        match self.params.shortlist_len(penalized.len()) {
+            Some(len) if len <= max_shortlist => Need::Shortlist { len, penalized },
+            _ => Need::Whole,
+        }
     }
 
     /// [`Sampler::sample`] from a shortlist of (id, logit before penalties): a row's
@@ -474,7 +509,7 @@ mod tests {
         };
         let mut s = Sampler::new(params);
         let picks: Vec<u32> = (0..200)
-            .map(|_| s.sample(&mut vec![0.0, 1.0, 1.0, 1.0, 1.0], &[], 0))
+            .map(|_| s.sample(&mut [0.0, 1.0, 1.0, 1.0, 1.0], &[], 0))
             .collect();
         assert!(picks.iter().all(|&t| t == 1 || t == 2), "{picks:?}");
     }

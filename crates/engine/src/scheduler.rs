@@ -11,6 +11,7 @@
 use crate::block_pool::BlockPool;
 use crate::constraint::Constraint;
 use crate::request::FinishReason;
+use crate::sampler::Need;
 use crate::sequence::Sequence;
 use ferrollama_model::{Batch, SeqChunk};
 use std::collections::VecDeque;
@@ -125,16 +126,24 @@ impl Scheduler {
         (taken, never_ran)
     }
 
-    /// Per chunk of `plan`: whether its sequence samples this step from the whole logit row
-    /// (penalties, temperature, a grammar). A plain greedy pick needs only the argmax, and a
-    /// prompt chunk that does not end its prompt needs nothing.
-    pub fn needs_logits(&self, plan: &StepPlan) -> Vec<bool> {
+    /// What each chunk of `plan` needs of its logit rows (every row of a draft's chunk the
+    /// same), shortlists of at most `max_shortlist` (0: whole rows wherever a row is sampled
+    /// from, as on the CPU where the rows are in memory anyway).
+    pub fn needs(&self, plan: &StepPlan, max_shortlist: usize) -> Vec<Need> {
         plan.chunks
             .iter()
             .map(|chunk| {
                 let seq = &self.running[self.position(chunk.id)];
-                let samples = seq.pending() == chunk.take;
-                samples && (seq.constraint.is_some() || !seq.sampler.params().is_plain_greedy())
+                if seq.pending() != chunk.take {
+                    Need::Argmax // a prompt chunk: no token yet, its row unused
+                } else if seq.constraint.is_some() {
+                    Need::Whole
+                } else {
+                    // (`generated` leaves a draft out; the context has it.)
+                    let generated = seq.generated() + seq.draft;
+                    seq.sampler
+                        .need(&seq.tokens, generated, seq.draft, max_shortlist)
+                }
             })
             .collect()
     }

@@ -377,6 +377,32 @@ pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
+/// The `k` highest logits of each row of `[rows, vocab]` f32 logits, ranked (the higher
+/// first, the lower id among equals): values `[rows, k]` f32 and ids `[rows, k]` u32.
+pub fn top_k(logits: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+    let (rows, vocab) = logits.dims2()?;
+    if logits.dtype() != DType::F32 {
+        bail!("top_k: f32 logits, not {:?}", logits.dtype())
+    }
+    let logits = logits.contiguous()?;
+    let values = uninit((rows, k), DType::F32, logits.device())?;
+    let ids = uninit((rows, k), DType::U32, logits.device())?;
+    let stream = stream_of(&logits)?;
+    let a = Addresses::of(&[&values, &ids, &logits], &stream)?;
+    to_candle(unsafe {
+        launch::top_k(
+            a.get_mut(0) as *mut f32,
+            a.get_mut(1) as *mut u32,
+            a.get(2) as *const f32,
+            rows,
+            vocab,
+            k,
+            cu(&stream),
+        )
+    })?;
+    Ok((values, ids))
+}
+
 /// `a` (16 x 16) times `b` (16 x 8), both row-major f16 or bf16, through the kernels' mma
 /// fragment layouts: the hardware's check of them.
 pub fn mma_check(a: &Tensor, b: &Tensor) -> Result<Tensor> {

@@ -188,6 +188,27 @@ pub fn silu_mul<T: Float>(gate_up: &[T], width: usize) -> Result<Vec<T>, String>
     Ok(out)
 }
 
+/// The `k` highest of each row of `vocab` logits, ranked: (values, ids), `k` per row.
+pub fn top_k(logits: &[f32], vocab: usize, k: usize) -> Result<(Vec<f32>, Vec<u32>), String> {
+    if vocab == 0 || logits.len() % vocab != 0 {
+        return Err(format!("{} logits in rows of {vocab}", logits.len()));
+    }
+    let rows = logits.len() / vocab;
+    let (mut values, mut ids) = (vec![f32::NAN; rows * k], vec![u32::MAX; rows * k]);
+    unsafe {
+        launch::top_k(
+            values.as_mut_ptr(),
+            ids.as_mut_ptr(),
+            logits.as_ptr(),
+            rows,
+            vocab,
+            k,
+            NO_STREAM,
+        )?;
+    }
+    Ok((values, ids))
+}
+
 extern "C" {
     fn ferro_mma_check_f16(c: *mut f32, a: *const c_void, b: *const c_void, s: ffi::Stream) -> i32;
     fn ferro_mma_check_bf16(c: *mut f32, a: *const c_void, b: *const c_void, s: ffi::Stream)

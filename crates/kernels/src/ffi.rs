@@ -236,6 +236,24 @@ pub struct Kernels {
     pub silu_mul: unsafe extern "C" fn(*mut c_void, *const c_void, i32, i32, Stream) -> i32,
 }
 
+/// The most highest logits [`ferro_top_k_f32`] returns per row (`TOP_K_MAX` in top_k.cu).
+pub const TOP_K_MAX: usize = 256;
+
+extern "C" {
+    /// The `k` highest logits of each f32 row, ranked (the higher first, the lower id among
+    /// equals): `values` and `ids` are `[rows, k]`. NO_KERNEL for k outside 1..=min(vocab,
+    /// TOP_K_MAX).
+    pub fn ferro_top_k_f32(
+        values: *mut f32,
+        ids: *mut u32,
+        logits: *const f32,
+        rows: i32,
+        vocab: i32,
+        k: i32,
+        stream: Stream,
+    ) -> i32;
+}
+
 /// The element types the kernels are built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Element {

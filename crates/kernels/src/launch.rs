@@ -233,3 +233,37 @@ pub unsafe fn silu_mul(
         "silu_mul",
     )
 }
+
+/// The `k` highest logits of each of `rows` f32 rows of `vocab`, ranked, into `values` and
+/// `ids` (`[rows, k]`).
+///
+/// # Safety
+/// As [`attention`].
+pub unsafe fn top_k(
+    values: *mut f32,
+    ids: *mut u32,
+    logits: *const f32,
+    rows: usize,
+    vocab: usize,
+    k: usize,
+    stream: Stream,
+) -> Result<(), String> {
+    if k == 0 || k > vocab.min(ffi::TOP_K_MAX) {
+        return Err(format!(
+            "top_k: k = {k} outside 1..={}",
+            vocab.min(ffi::TOP_K_MAX)
+        ));
+    }
+    ffi::launched(
+        ffi::ferro_top_k_f32(
+            values,
+            ids,
+            logits,
+            rows as i32,
+            vocab as i32,
+            k as i32,
+            stream,
+        ),
+        "top_k",
+    )
+}

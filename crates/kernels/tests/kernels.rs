@@ -194,6 +194,10 @@ mod run {
         pub fn mma(el: Element, a: &[f32], b: &[f32]) -> Vec<f32> {
             by_element!(el, T => emu::mma_check::<T>(&to(a), &to(b)).unwrap())
         }
+
+        pub fn top_k(logits: &[f32], vocab: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
+            emu::top_k(logits, vocab, k).unwrap()
+        }
     }
 
     #[cfg(feature = "cuda")]
@@ -327,6 +331,16 @@ mod run {
             down(
                 &ferrollama_kernels::mma_check(&up(a, &[16, 16], el), &up(b, &[16, 8], el))
                     .unwrap(),
+            )
+        }
+
+        pub fn top_k(logits: &[f32], vocab: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
+            let shape = [logits.len() / vocab, vocab];
+            let (values, ids) =
+                ferrollama_kernels::top_k(&up(logits, &shape, Element::F32), k).unwrap();
+            (
+                down(&values),
+                ids.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
             )
         }
     }
@@ -1019,6 +1033,56 @@ fn attention_kernel_benchmark() {
                     seconds * 1e6,
                     flops / seconds / 1e12
                 );
+            }
+        }
+    }
+}
+
+#[test]
+fn top_k_ranks_like_the_sampler() {
+    let Some(backend) = backend("top_k") else {
+        return;
+    };
+    let mut rng = Rng::new(91);
+    // Rows with many equal logits (the k-th line runs through ties), infinities, negative
+    // zeros; Mistral's vocabulary and small ones; k from 1 to the most a launch returns.
+    let vocab_sizes: &[usize] = if backend.small() {
+        &[5, 300, 32768]
+    } else {
+        &[5, 300, 32768, 131072]
+    };
+    for &vocab in vocab_sizes {
+        for k in [1, 2, 7, 40, 104, 256] {
+            let k = k.min(vocab);
+            let rows = 3;
+            let logits: Vec<f32> = (0..rows * vocab)
+                .map(|i| match rng.below(40) {
+                    0 => f32::NEG_INFINITY,
+                    1 => f32::INFINITY,
+                    2 => -0.0,
+                    3 => 0.0,
+                    4..=20 => (rng.below(9) as f32 - 4.0) * 0.25, // ties
+                    _ => rng.unit() * 10.0 + (i % 3) as f32,
+                })
+                .collect();
+            let (values, ids) = run::top_k(&logits, vocab, k);
+            for r in 0..rows {
+                let row = &logits[r * vocab..(r + 1) * vocab];
+                let mut want: Vec<u32> = (0..vocab as u32).collect();
+                want.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+                want.truncate(k);
+                assert_eq!(
+                    &ids[r * k..(r + 1) * k],
+                    &want[..],
+                    "vocab {vocab}, k {k}, row {r}"
+                );
+                let want_values: Vec<u32> =
+                    want.iter().map(|&i| row[i as usize].to_bits()).collect();
+                let got_values: Vec<u32> = values[r * k..(r + 1) * k]
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect();
+                assert_eq!(got_values, want_values, "vocab {vocab}, k {k}, row {r}");
             }
         }
     }

@@ -21,6 +21,7 @@ pub mod model;
 pub mod rng;
 pub mod rope;
 pub mod tokenizer;
+pub mod top_k;
 pub mod weights;
 
 pub use attention::{AttentionKind, AttentionSpec};
