@@ -437,17 +437,10 @@ impl Engine {
     fn step(&mut self, plan: &StepPlan) {
         // Grammar masks are computed beside the forward, not after it: they depend only on
         // the tokens so far.
-        // Per logit row: whether its sequence samples from the whole row (a draft of k tokens
-        // brings k + 1 rows, each sampled in turn).
+        // Per logit row: what its draw needs (on a GPU, as little of it as crosses to the host).
         let on_device = !self.model.model.device().is_cpu();
         let max_shortlist = if on_device { TOP_K_MAX } else { 0 };
-        let needs: Vec<Need> = self
-            .scheduler
-            .needs(plan, max_shortlist)
-            .into_iter()
-            .zip(self.scheduler.rows_per_chunk(plan))
-            .flat_map(|(need, rows)| std::iter::repeat_n(need, rows))
-            .collect();
+        let needs = self.scheduler.needs(plan, max_shortlist);
         let mut constrained = self.scheduler.take_constraints(plan);
         // The step stops between layers once every caller in it has gone: a client that
         // hangs up during a long prompt chunk frees the engine at once, not at the chunk's end.
@@ -557,33 +550,25 @@ fn read_rows(
             rows[i as usize] = Some(Row::Logits(row));
         }
     }
-    let short = rows_where(|n| matches!(n, Need::Shortlist { .. }));
-    if !short.is_empty() {
-        let longest = short
-            .iter()
-            .map(|&i| match &needs[i as usize] {
-                Need::Shortlist { len, .. } => *len,
-                _ => 0,
-            })
-            .max()
-            .unwrap_or(1);
+    // Shortlists: (row, length, penalized tokens).
+    let short: Vec<(u32, usize, &[u32])> = (0..needs.len() as u32)
+        .filter_map(|i| match &needs[i as usize] {
+            Need::Shortlist { len, penalized } => Some((i, *len, penalized.as_slice())),
+            _ => None,
+        })
+        .collect();
+    if let Some(longest) = short.iter().map(|s| s.1).max() {
+        let index: Vec<u32> = short.iter().map(|s| s.0).collect();
         let tops = top_k(
-            &logits.index_select(&Tensor::new(short.as_slice(), device)?, 0)?,
+            &logits.index_select(&Tensor::new(index.as_slice(), device)?, 0)?,
             longest,
         )?;
         // The penalized tokens' own logits, all rows' in one gather.
-        let mut at = Vec::new();
-        for &i in &short {
-            if let Need::Shortlist { penalized, .. } = &needs[i as usize] {
-                at.extend(
-                    penalized
-                        .iter()
-                        .filter(|&&t| (t as usize) < vocab)
-                        .map(|&t| i * vocab as u32 + t),
-                );
-            }
-        }
-        let mut gathered = if at.is_empty() {
+        let at: Vec<u32> = short
+            .iter()
+            .flat_map(|&(i, _, penalized)| penalized.iter().map(move |&t| i * vocab as u32 + t))
+            .collect();
+        let mut own = if at.is_empty() {
             Vec::new()
         } else {
             logits
@@ -592,13 +577,14 @@ fn read_rows(
                 .to_vec1::<f32>()?
         }
         .into_iter();
-        for (&i, mut top) in short.iter().zip(tops) {
-            if let Need::Shortlist { len, penalized } = &needs[i as usize] {
-                top.truncate(*len);
-                let own = penalized.iter().filter(|&&t| (t as usize) < vocab);
-                top.extend(own.map(|&t| (t, gathered.next().unwrap_or(f32::NEG_INFINITY))));
-                rows[i as usize] = Some(Row::Shortlist(top));
-            }
+        for (&(i, len, penalized), mut top) in short.iter().zip(tops) {
+            top.truncate(len);
+            top.extend(
+                penalized
+                    .iter()
+                    .map(|&t| (t, own.next().unwrap_or(f32::NEG_INFINITY))),
+            );
+            rows[i as usize] = Some(Row::Shortlist(top));
         }
     }
     Ok(rows

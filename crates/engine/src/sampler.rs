@@ -6,7 +6,7 @@
 //! tokens, its highest logits and the penalized tokens' own ones decide the draw exactly
 //! ([`SamplingParams::shortlist_len`], [`Sampler::sample_shortlist`]).
 
-use std::cmp::Ordering;
+use ferrollama_model::top_k::ranked;
 
 use ferrollama_model::rng::SplitMix64;
 
@@ -310,12 +310,6 @@ impl Logits for ById<'_> {
         let i = self.0.binary_search_by_key(&id, |c| c.0).ok()?;
         Some(&mut self.0[i].1)
     }
-}
-
-/// The order candidates rank in: the higher logit first, the lower id among equals. A total
-/// order, so the top k are one set whether taken from a whole row or from a shortlist.
-fn ranked(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
-    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
 pub fn argmax(row: &[f32]) -> u32 {

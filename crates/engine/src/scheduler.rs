@@ -126,26 +126,26 @@ impl Scheduler {
         (taken, never_ran)
     }
 
-    /// What each chunk of `plan` needs of its logit rows (every row of a draft's chunk the
-    /// same), shortlists of at most `max_shortlist` (0: whole rows wherever a row is sampled
-    /// from, as on the CPU where the rows are in memory anyway).
+    /// What each logit row of `plan` is needed for (a draft of k tokens brings k + 1 rows,
+    /// each sampled in turn), shortlists of at most `max_shortlist` (0: whole rows wherever a
+    /// row is sampled from, as on the CPU where the rows are in memory anyway).
     pub fn needs(&self, plan: &StepPlan, max_shortlist: usize) -> Vec<Need> {
-        plan.chunks
-            .iter()
-            .map(|chunk| {
-                let seq = &self.running[self.position(chunk.id)];
-                if seq.pending() != chunk.take {
-                    Need::Argmax // a prompt chunk: no token yet, its row unused
-                } else if seq.constraint.is_some() {
-                    Need::Whole
-                } else {
-                    // (`generated` leaves a draft out; the context has it.)
-                    let generated = seq.generated() + seq.draft;
-                    seq.sampler
-                        .need(&seq.tokens, generated, seq.draft, max_shortlist)
-                }
-            })
-            .collect()
+        let mut needs = Vec::with_capacity(plan.chunks.len());
+        for chunk in &plan.chunks {
+            let seq = &self.running[self.position(chunk.id)];
+            let need = if seq.pending() != chunk.take {
+                Need::Argmax // a prompt chunk: no token yet, its row unused
+            } else if seq.constraint.is_some() {
+                Need::Whole
+            } else {
+                // (`generated` leaves a draft out; the context has it.)
+                let generated = seq.generated() + seq.draft;
+                seq.sampler
+                    .need(&seq.tokens, generated, seq.draft, max_shortlist)
+            };
+            needs.extend(std::iter::repeat_n(need, seq.draft + 1));
+        }
+        needs
     }
 
     /// How to tell, during the step, whether each caller of `plan` is still there.
@@ -301,18 +301,10 @@ impl Scheduler {
         batch
     }
 
-    /// Logit rows per chunk of `plan` (what `batch` asks the model for).
-    pub fn rows_per_chunk(&self, plan: &StepPlan) -> Vec<usize> {
-        plan.chunks
-            .iter()
-            .map(|chunk| self.running[self.position(chunk.id)].draft + 1)
-            .collect()
-    }
-
     /// Applies a step's results: the chunk's tokens are now in the cache and its full blocks
     /// registered; a sequence with nothing left pending gets its next token from `sample`,
-    /// which says whether that ends it. `rows` holds [`Scheduler::rows_per_chunk`] rows per
-    /// chunk. A sequence with a draft samples row after row while the sampled token equals the
+    /// which says whether that ends it. `rows` holds a chunk's draft length plus one rows per
+    /// chunk (as [`Scheduler::needs`]). A sequence with a draft samples row after row while the sampled token equals the
     /// drafted one: the drafted tokens it kept stay in the cache, the rest is rolled back (its
     /// length, and the blocks past it). Finished sequences leave, their blocks given back, and
     /// are returned in plan order.

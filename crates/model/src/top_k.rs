@@ -5,6 +5,14 @@
 
 use crate::Result;
 use candle_core::Tensor;
+use std::cmp::Ordering;
+
+/// The order logits rank in, as (id, logit): the higher logit first, the lower id among
+/// equals. A total order, so the top k are one set whether taken from a whole row or a
+/// shortlist; the sampler ranks by it too.
+pub fn ranked(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
 
 /// The most [`top_k`] returns per row (the kernel's `TOP_K_MAX`).
 pub const TOP_K_MAX: usize = 256;
@@ -33,16 +41,15 @@ pub fn top_k(logits: &Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
         .to_vec2::<f32>()?
         .into_iter()
         .map(|row| {
-            let mut ranked: Vec<(u32, f32)> = row
+            let mut ranked_row: Vec<(u32, f32)> = row
                 .into_iter()
                 .enumerate()
                 .map(|(i, l)| (i as u32, l))
                 .collect();
-            let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-            ranked.select_nth_unstable_by(k - 1, order);
-            ranked.truncate(k);
-            ranked.sort_unstable_by(order);
-            ranked
+            ranked_row.select_nth_unstable_by(k - 1, ranked);
+            ranked_row.truncate(k);
+            ranked_row.sort_unstable_by(ranked);
+            ranked_row
         })
         .collect())
 }
