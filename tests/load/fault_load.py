@@ -11,7 +11,9 @@ and a share of them hang up at random points. It checks:
 - every completed request has exactly the text the unloaded run gave;
 - every request gets that text, a 503 with Retry-After, or a clear error in its API's shape;
 - afterwards no KV block is in use and nothing runs or waits;
-- RSS at the end is within 10% of its value after warm-up.
+- RSS at the end is within 10% of its value after warm-up (the first half of the run: the
+  allocator's arenas fill for several seconds under 64 clients, then RSS stays flat; a leak
+  keeps growing through the second half).
 
 It prints requests served, outcomes by kind, p50/p99 TTFT (streams) and peak RSS, and exits 1
 if any check fails. Short form for CI: --duration 20 --clients 64.
@@ -228,7 +230,7 @@ async def main_async(args):
                     await asyncio.sleep(0.5)
                     now = rss_kib(server.pid)
                     rss["peak"] = max(rss["peak"], now)
-                    if rss["warm"] is None and time.monotonic() - started > args.duration * 0.25:
+                    if rss["warm"] is None and time.monotonic() - started > args.duration * 0.5:
                         rss["warm"] = now
 
             await asyncio.gather(watch_memory(), *(client_loop(i) for i in range(args.clients)))
