@@ -5,11 +5,10 @@
 use crate::block_pool::BlockPool;
 use crate::draft::Drafter;
 use crate::request::{Event, FinishReason, GenerationRequest, Timings, Usage};
-use crate::sampler::Need;
+use crate::rows::{read_rows, Row};
 use crate::scheduler::{Scheduler, SchedulerConfig, Speculation, StepPlan};
 use crate::sequence::Sequence;
-use candle_core::{Tensor, D};
-use ferrollama_model::top_k::{top_k, TOP_K_MAX};
+use ferrollama_model::top_k::TOP_K_MAX;
 use ferrollama_model::{KvCache, LoadedModel};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -38,6 +37,10 @@ pub struct EngineConfig {
     pub prefix_hash_bits: u32,
     /// Speculative decoding by prompt lookup (off: `None`).
     pub speculation: Option<Speculation>,
+    /// Whether each logit row comes back only as its draw needs (argmaxes, shortlists and
+    /// normalizers: a GPU's way, `crate::rows`) rather than whole. None: where the logits are
+    /// on a GPU. Tests turn it on to run the GPU's way on the CPU.
+    pub rows_as_needed: Option<bool>,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +57,7 @@ impl Default for EngineConfig {
             max_queue: 512,
             prefix_hash_bits: 64,
             speculation: None,
+            rows_as_needed: None,
         }
     }
 }
@@ -306,6 +310,9 @@ pub fn start(
             BlockPool::new(num_blocks, config.prefix_caching)
                 .with_hash_bits(config.prefix_hash_bits),
         ),
+        rows_as_needed: config
+            .rows_as_needed
+            .unwrap_or(!model.model.device().is_cpu()),
         max_len: model_config
             .max_position_embeddings
             .min(num_blocks * config.block_size),
@@ -378,6 +385,8 @@ struct Engine {
     scheduler: Scheduler,
     /// No sequence grows past this: the model's context, or the whole cache.
     max_len: usize,
+    /// See [`EngineConfig::rows_as_needed`].
+    rows_as_needed: bool,
     stats: Arc<Mutex<EngineStats>>,
     /// The handles' count of requests not yet admitted: the loop lowers it as they leave.
     queued: Arc<AtomicUsize>,
@@ -438,7 +447,7 @@ impl Engine {
         // Grammar masks are computed beside the forward, not after it: they depend only on
         // the tokens so far.
         // Per logit row: what its draw needs (on a GPU, as little of it as crosses to the host).
-        let on_device = !self.model.model.device().is_cpu();
+        let on_device = self.rows_as_needed;
         let max_shortlist = if on_device { TOP_K_MAX } else { 0 };
         let needs = self.scheduler.needs(plan, max_shortlist);
         let mut constrained = self.scheduler.take_constraints(plan);
@@ -499,100 +508,6 @@ impl Engine {
     }
 }
 
-/// What the step brings back for one sequence: its whole logit row, or on a GPU only what
-/// its draw needs (see [`Need`]), so 32k floats per sequence need not cross to the host.
-enum Row {
-    Logits(Vec<f32>),
-    Argmax(u32),
-    /// (id, logit) pairs: the row's highest and its penalized tokens'.
-    Shortlist(Vec<(u32, f32)>),
-}
-
-/// The rows of `logits` (`[rows, vocab]`, f32): on the CPU every row whole; on a GPU
-/// (`on_device`) what `needs` says of each (argmaxes, shortlists and whole rows each in one
-/// launch and one copy).
-fn read_rows(
-    logits: &Tensor,
-    needs: &[Need],
-    on_device: bool,
-) -> ferrollama_model::Result<Vec<Row>> {
-    if !on_device {
-        return Ok(logits
-            .to_vec2::<f32>()?
-            .into_iter()
-            .map(Row::Logits)
-            .collect());
-    }
-    let (_, vocab) = logits.dims2()?;
-    let device = logits.device();
-    let rows_where = |want: fn(&Need) -> bool| -> Vec<u32> {
-        (0..needs.len() as u32)
-            .filter(|&i| want(&needs[i as usize]))
-            .collect()
-    };
-    let mut rows: Vec<Option<Row>> = (0..needs.len()).map(|_| None).collect();
-    let argmax = rows_where(|n| matches!(n, Need::Argmax));
-    if !argmax.is_empty() {
-        let picked = logits
-            .index_select(&Tensor::new(argmax.as_slice(), device)?, 0)?
-            .argmax(D::Minus1)?
-            .to_vec1::<u32>()?;
-        for (&i, token) in argmax.iter().zip(picked) {
-            rows[i as usize] = Some(Row::Argmax(token));
-        }
-    }
-    let whole = rows_where(|n| matches!(n, Need::Whole));
-    if !whole.is_empty() {
-        let full = logits
-            .index_select(&Tensor::new(whole.as_slice(), device)?, 0)?
-            .to_vec2::<f32>()?;
-        for (&i, row) in whole.iter().zip(full) {
-            rows[i as usize] = Some(Row::Logits(row));
-        }
-    }
-    // Shortlists: (row, length, penalized tokens).
-    let short: Vec<(u32, usize, &[u32])> = (0..needs.len() as u32)
-        .filter_map(|i| match &needs[i as usize] {
-            Need::Shortlist { len, penalized } => Some((i, *len, penalized.as_slice())),
-            _ => None,
-        })
-        .collect();
-    if let Some(longest) = short.iter().map(|s| s.1).max() {
-        let index: Vec<u32> = short.iter().map(|s| s.0).collect();
-        let tops = top_k(
-            &logits.index_select(&Tensor::new(index.as_slice(), device)?, 0)?,
-            longest,
-        )?;
-        // The penalized tokens' own logits, all rows' in one gather.
-        let at: Vec<u32> = short
-            .iter()
-            .flat_map(|&(i, _, penalized)| penalized.iter().map(move |&t| i * vocab as u32 + t))
-            .collect();
-        let mut own = if at.is_empty() {
-            Vec::new()
-        } else {
-            logits
-                .flatten_all()?
-                .index_select(&Tensor::new(at.as_slice(), device)?, 0)?
-                .to_vec1::<f32>()?
-        }
-        .into_iter();
-        for (&(i, len, penalized), mut top) in short.iter().zip(tops) {
-            top.truncate(len);
-            top.extend(
-                penalized
-                    .iter()
-                    .map(|&t| (t, own.next().unwrap_or(f32::NEG_INFINITY))),
-            );
-            rows[i as usize] = Some(Row::Shortlist(top));
-        }
-    }
-    Ok(rows
-        .into_iter()
-        .map(|row| row.expect("every row is read"))
-        .collect())
-}
-
 /// Samples, detokenizes and sends the next token of `seq`; returns a finish reason if that
 /// ends it.
 fn next_token(
@@ -606,18 +521,35 @@ fn next_token(
     let token = match row {
         // A plain greedy pick, made on the device (see `read_rows`).
         Row::Argmax(token) => *token,
-        Row::Shortlist(list) => {
-            seq.sampler
+        Row::Shortlist(list, whole) => {
+            let normalizer = list.normalizer;
+            match seq
+                .sampler
                 .sample_shortlist(std::mem::take(list), &seq.tokens, generated)
+            {
+                Some(token) => token,
+                // The draw fell past the row's head: the rest of the row comes over after all.
+                None => match whole.to_vec1::<f32>() {
+                    Ok(mut logits) => {
+                        seq.sampler
+                            .sample_row(&mut logits, normalizer, &seq.tokens, generated)
+                    }
+                    Err(e) => {
+                        seq.failure = Some(format!("reading logits: {e}"));
+                        return Some(FinishReason::Error);
+                    }
+                },
+            }
         }
-        Row::Logits(logits) => {
+        Row::Logits(logits, normalizer) => {
             if let Some(constraint) = &mut seq.constraint {
                 if let Err(e) = constraint.mask(logits) {
                     seq.failure = Some(format!("constrained decoding: {e}"));
                     return Some(FinishReason::Error);
                 }
             }
-            seq.sampler.sample(logits, &seq.tokens, generated)
+            seq.sampler
+                .sample_row(logits, *normalizer, &seq.tokens, generated)
         }
     };
     seq.tokens.push(token);
@@ -701,44 +633,6 @@ fn finish(mut seq: Sequence, reason: FinishReason, error: Option<String>, model:
 fn send_token(seq: &Sequence, text: String, token_id: u32) {
     // A closed channel means the caller hung up; the next step drops the sequence.
     let _ = seq.events.send(Event::Token { text, token_id });
-}
-
-#[cfg(test)]
-mod read_rows_tests {
-    use super::{read_rows, Need, Row};
-    use candle_core::{Device, Tensor};
-
-    #[test]
-    fn on_a_device_each_row_comes_back_as_its_draw_needs() {
-        let logits = Tensor::new(
-            &[
-                [0.1f32, 2.0, -1.0, 0.3],
-                [3.0, 0.5, 0.2, 0.1],
-                [0.0, 0.1, 0.7, 0.6],
-                [0.4, 0.9, 0.8, 0.1],
-            ],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let shortlist = |len, penalized: &[u32]| Need::Shortlist {
-            len,
-            penalized: penalized.to_vec(),
-        };
-        let needs = [
-            Need::Argmax,
-            Need::Whole,
-            shortlist(2, &[0]),
-            shortlist(1, &[]),
-        ];
-        let rows = read_rows(&logits, &needs, true).unwrap();
-        assert!(matches!(rows[0], Row::Argmax(1)));
-        assert!(matches!(&rows[1], Row::Logits(r) if r == &[3.0, 0.5, 0.2, 0.1]));
-        // The two highest, then the penalized token's own logit.
-        assert!(matches!(&rows[2], Row::Shortlist(r) if r == &[(2, 0.7), (3, 0.6), (0, 0.0)]));
-        assert!(matches!(&rows[3], Row::Shortlist(r) if r == &[(1, 0.9)]));
-        let all = read_rows(&logits, &needs, false).unwrap();
-        assert!(all.iter().all(|r| matches!(r, Row::Logits(_))));
-    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod constraint;
 pub mod draft;
 pub mod engine;
 pub mod request;
+mod rows;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;

@@ -136,7 +136,7 @@ impl Scheduler {
             let need = if seq.pending() != chunk.take {
                 Need::Argmax // a prompt chunk: no token yet, its row unused
             } else if seq.constraint.is_some() {
-                Need::Whole
+                Need::Whole { normalize: None }
             } else {
                 // (`generated` leaves a draft out; the context has it.)
                 let generated = seq.generated() + seq.draft;

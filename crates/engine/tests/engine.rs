@@ -715,29 +715,51 @@ fn seeded_request(prompt: Vec<u32>, max_tokens: usize, seed: u64) -> GenerationR
     }
 }
 
-/// Greedy and seeded sampled requests (Ollama's defaults: top-k, top-p, repeat penalty), a
-/// stop string, a grammar and prompts the prefix cache has seen, run together with
-/// speculation off and on: every token and every finish is the same, drafts were made and
-/// kept, and no block is left behind (`run_all` checks the pool).
-fn check_speculation_changes_nothing(model: Arc<LoadedModel>) {
+/// A seeded request with OpenAI's defaults (temperature 1, no top-k, no repeat penalty: a
+/// draw over every token), and `top_p` and OpenAI's penalties.
+fn openai_request(prompt: Vec<u32>, max_tokens: usize, seed: u64, top_p: f32) -> GenerationRequest {
+    GenerationRequest {
+        sampling: SamplingParams {
+            seed: Some(seed),
+            temperature: 1.0,
+            top_k: 0,
+            top_p,
+            repeat_penalty: 1.0,
+            presence_penalty: if top_p < 1.0 { 0.5 } else { 0.0 },
+            frequency_penalty: if top_p < 1.0 { -0.2 } else { 0.0 },
+            ..SamplingParams::default()
+        },
+        ignore_eos: true,
+        ..GenerationRequest::new(prompt, max_tokens)
+    }
+}
+
+/// Greedy and seeded sampled requests (Ollama's defaults: top-k, top-p, repeat penalty; and
+/// OpenAI's: a draw over every token), a stop string, a grammar and prompts the prefix cache
+/// has seen, run together with speculation off and on (on an engine with `base`): every token
+/// and every finish is the same, drafts were made and kept, and no block is left behind
+/// (`run_all` checks the pool).
+fn check_speculation_changes_nothing(model: Arc<LoadedModel>, base: EngineConfig) {
     let prompts = repetitive_prompts(&model, 6);
     let mut requests: Vec<GenerationRequest> = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
         requests.push(greedy_request(p.clone(), 48));
         requests.push(seeded_request(p.clone(), 48, i as u64));
+        let top_p = [1.0, 0.9][i % 2];
+        requests.push(openai_request(p.clone(), 48, 100 + i as u64, top_p));
     }
     // The prefix cache serves these from the prompts above once those have run.
     requests.push(greedy_request(prompts[0].clone(), 40));
     let grammar = schema_grammar(&model);
     requests.push(constrained(&prompts[1], &grammar, 7));
-    let off = run_all(&model, EngineConfig::default(), &requests);
+    let off = run_all(&model, base.clone(), &requests);
     // A stop string from the middle of a greedy reply: found inside an accepted run.
     let stop: String = off[0].text.chars().skip(30).take(6).collect();
     let mut stopped = greedy_request(prompts[0].clone(), 48);
     stopped.stop = vec![stop.clone()];
     requests.push(stopped);
-    let off = run_all(&model, EngineConfig::default(), &requests);
-    let on = run_all(&model, speculating(EngineConfig::default()), &requests);
+    let off = run_all(&model, base.clone(), &requests);
+    let on = run_all(&model, speculating(base), &requests);
     for (i, (a, b)) in off.iter().zip(&on).enumerate() {
         assert_eq!(a.ids, b.ids, "request {i}: tokens");
         assert_eq!(a.text, b.text, "request {i}: text");
@@ -755,12 +777,30 @@ fn check_speculation_changes_nothing(model: Arc<LoadedModel>) {
 
 #[test]
 fn speculation_changes_no_token_tiny_mistral() {
-    check_speculation_changes_nothing(tiny());
+    check_speculation_changes_nothing(tiny(), EngineConfig::default());
 }
 
 #[test]
 fn speculation_changes_no_token_smollm2() {
-    check_speculation_changes_nothing(Arc::new(load_model(&smollm2_gguf())));
+    check_speculation_changes_nothing(
+        Arc::new(load_model(&smollm2_gguf())),
+        EngineConfig::default(),
+    );
+}
+
+/// Rows read as a GPU reads them (argmaxes, shortlists, normalizers; whole rows only where a
+/// draw falls past a shortlist), here on the CPU.
+fn rows_as_needed() -> EngineConfig {
+    EngineConfig {
+        rows_as_needed: Some(true),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn speculation_changes_no_token_with_rows_read_as_a_gpu_reads_them() {
+    check_speculation_changes_nothing(tiny(), rows_as_needed());
+    check_speculation_changes_nothing(Arc::new(load_model(&smollm2_gguf())), rows_as_needed());
 }
 
 /// A cache so small that sequences are preempted, some with a draft on trial: outputs as

@@ -42,9 +42,9 @@ pub const FLASH_ROWS: usize = 64;
 /// Whether the flash kernel takes this shape (`ferro_flash_supported` in the .cu file).
 pub fn flash_supported(shape: &AttentionShape) -> bool {
     matches!(shape.head_dim, 16 | 32 | 64 | 128)
-        && shape.heads % shape.kv_heads == 0
+        && shape.heads.is_multiple_of(shape.kv_heads)
         && (1..=FLASH_ROWS).contains(&shape.group())
-        && shape.block_size % 8 == 0
+        && shape.block_size.is_multiple_of(8)
 }
 
 /// Tokens of one flash tile: the GQA group's heads of each share its 64 packed rows.
@@ -55,7 +55,7 @@ pub fn flash_tokens_per_tile(group: usize) -> usize {
 /// Head dimensions the decode kernel is built for.
 pub fn decode_supported(shape: &AttentionShape) -> bool {
     matches!(shape.head_dim, 16 | 32 | 64 | 80 | 96 | 128 | 256)
-        && shape.heads % shape.kv_heads == 0
+        && shape.heads.is_multiple_of(shape.kv_heads)
 }
 
 /// The step's plan. Index arrays live in `indices` (u32), at the offsets named here.

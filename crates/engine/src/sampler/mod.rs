@@ -2,11 +2,16 @@
 //! then a draw from the sequence's own seeded generator (so a sequence's output does not
 //! depend on what else shares its batch).
 //!
-//! On a GPU a row need not come back whole: with a top-k (or greedy) and penalties on few
-//! tokens, its highest logits and the penalized tokens' own ones decide the draw exactly
-//! ([`SamplingParams::shortlist_len`], [`Sampler::sample_shortlist`]).
+//! On a GPU a row need not come back whole: its highest logits and the penalized tokens' own
+//! decide the draw exactly ([`SamplingParams::shortlist_len`], [`Sampler::sample_shortlist`]),
+//! under a top-k always, and without one (a softmax over every token, [`whole_vocab`]) with
+//! the row's normalizer whenever the draw falls among them.
+
+mod whole_vocab;
 
 use ferrollama_model::top_k::ranked;
+
+pub use whole_vocab::Normalizer;
 
 use ferrollama_model::rng::SplitMix64;
 
@@ -67,17 +72,23 @@ impl SamplingParams {
     }
 
     /// How many of a row's highest logits (before penalties), with the own logits of the
-    /// `penalized` tokens beside them, decide its draw exactly: top-k (1 for greedy) plus
-    /// `penalized`, as a penalty moves at most that many tokens across the top-k line. None
-    /// where the whole row is needed (no top-k: the softmax is over every token).
-    pub fn shortlist_len(&self, penalized: usize) -> Option<usize> {
+    /// `penalized` tokens beside them, decide its draw: top-k (1 for greedy) plus `penalized`,
+    /// as a penalty moves at most that many tokens across the top-k line. Without a top-k,
+    /// a head of the row's highest ([`whole_vocab::HEAD`]) decides it whenever the draw falls
+    /// within that head.
+    pub fn shortlist_len(&self, penalized: usize) -> usize {
         if self.temperature == 0.0 {
-            Some(1 + penalized)
+            1 + penalized
         } else if self.top_k == 0 {
-            None
+            whole_vocab::HEAD + penalized
         } else {
-            Some(self.top_k + penalized)
+            self.top_k + penalized
         }
+    }
+
+    /// A draw from the softmax over every token (no top-k): it needs the row's normalizer.
+    pub fn draws_over_every_token(&self) -> bool {
+        self.temperature > 0.0 && self.top_k == 0
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -107,9 +118,32 @@ pub enum Need {
     /// Only its argmax (plain greedy), or nothing (a prompt chunk that samples no token).
     Argmax,
     /// Its `len` highest logits and the `penalized` tokens' own ([`Sampler::sample_shortlist`]).
-    Shortlist { len: usize, penalized: Vec<u32> },
-    /// All of it (a grammar masks it, or the draw is over every token).
-    Whole,
+    Shortlist {
+        len: usize,
+        penalized: Vec<u32>,
+        normalize: Option<f32>,
+    },
+    /// All of it (a grammar masks it, or penalties touch too many tokens).
+    Whole { normalize: Option<f32> },
+}
+
+/// Where a draw is over every token (no top-k), the temperature at which a device sums the
+/// row's [`Normalizer`] beside it; None where the host needs none from it.
+fn normalize_at(params: &SamplingParams) -> Option<f32> {
+    (params.temperature > 0.0 && params.top_k == 0).then_some(params.temperature)
+}
+
+/// What a device brings back of a row for a draw ([`Need::Shortlist`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shortlist {
+    /// The row's highest (id, logit) pairs, in the ranked order.
+    pub top: Vec<(u32, f32)>,
+    /// Whether `top` holds every token of the row (a vocabulary no longer than the list).
+    pub complete: bool,
+    /// The penalized tokens' own (id, logit) pairs; some may be in `top` too.
+    pub penalized: Vec<(u32, f32)>,
+    /// The row's normalizer, for a draw over every token.
+    pub normalizer: Option<Normalizer>,
 }
 
 /// Per-sequence sampling state.
@@ -137,16 +171,55 @@ impl Sampler {
     /// Picks the next token. `context` is every token so far (prompt and generated);
     /// `generated` how many of them, at its end, were generated.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32], generated: usize) -> u32 {
-        self.apply_penalties(logits, context, generated);
+        self.sample_row(logits, None, context, generated)
+    }
+
+    /// [`Sampler::sample`], with the row's normalizer where a device summed it (see
+    /// [`Shortlist::normalizer`]); without one the host sums it.
+    pub fn sample_row(
+        &mut self,
+        logits: &mut [f32],
+        normalizer: Option<Normalizer>,
+        context: &[u32],
+        generated: usize,
+    ) -> u32 {
+        let changes = self.penalize(logits, context, generated);
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        let token = self.draw(&mut candidates);
+        let token = if self.params.top_k == 0 {
+            let t = self.params.temperature;
+            let normalizer = normalizer
+                .and_then(|n| n.penalized(t, changes.into_iter()))
+                .unwrap_or_else(|| Normalizer::of(logits, t));
+            let unit = self.rng.unit();
+            whole_vocab::draw_from_row(&self.params, &normalizer, &mut candidates, unit)
+        } else {
+            self.draw(&mut candidates)
+        };
         self.candidates = candidates;
         token
+    }
+
+    /// Applies the penalties; returns the (before, after) logits of the tokens they touch at
+    /// this position, in id order.
+    fn penalize(
+        &self,
+        logits: &mut (impl Logits + ?Sized),
+        context: &[u32],
+        generated: usize,
+    ) -> Vec<(f32, f32)> {
+        let touched = self.penalized(context, generated, 0);
+        let before: Vec<Option<f32>> = touched.iter().map(|&t| logits.logit(t).copied()).collect();
+        self.apply_penalties(logits, context, generated);
+        touched
+            .iter()
+            .zip(before)
+            .filter_map(|(&t, before)| Some((before?, *logits.logit(t)?)))
+            .collect()
     }
 
     /// The tokens whose logits a penalty may change at any of the next `ahead` + 1 positions
@@ -179,36 +252,62 @@ impl Sampler {
         if self.params.is_plain_greedy() {
             return Need::Argmax;
         }
+        let normalize = normalize_at(&self.params);
         if max_shortlist == 0 {
-            return Need::Whole;
+            return Need::Whole { normalize: None };
         }
         let penalized = self.penalized(context, generated, ahead);
         match self.params.shortlist_len(penalized.len()) {
-            Some(len) if len <= max_shortlist => Need::Shortlist { len, penalized },
-            _ => Need::Whole,
+            len if len <= max_shortlist => Need::Shortlist {
+                len,
+                penalized,
+                normalize,
+            },
+            _ => Need::Whole { normalize },
         }
     }
 
-    /// [`Sampler::sample`] from a shortlist of (id, logit before penalties): a row's
-    /// [`SamplingParams::shortlist_len`] highest logits and the [`Sampler::penalized`] tokens'
-    /// own, in any order and overlapping. The same token as from the whole row.
+    /// [`Sampler::sample_row`] from a [`Shortlist`]: the row's
+    /// [`SamplingParams::shortlist_len`] highest logits and the [`Sampler::penalized`]
+    /// tokens' own. The same token as from the whole row with the same normalizer, or None
+    /// where a draw over every token falls past the shortlist (the caller then brings the
+    /// row and calls [`Sampler::sample_row`]; no draw was spent).
     pub fn sample_shortlist(
         &mut self,
-        mut shortlist: Vec<(u32, f32)>,
+        shortlist: Shortlist,
         context: &[u32],
         generated: usize,
-    ) -> u32 {
-        shortlist.sort_unstable_by_key(|c| c.0);
-        shortlist.dedup_by_key(|c| c.0);
-        self.apply_penalties(&mut ById(&mut shortlist), context, generated);
+    ) -> Option<u32> {
+        let boundary = shortlist.top.last().copied();
+        let mut candidates = shortlist.top;
+        candidates.extend(shortlist.penalized);
+        candidates.sort_unstable_by_key(|c| c.0);
+        candidates.dedup_by_key(|c| c.0);
+        let changes = self.penalize(&mut ById(&mut candidates), context, generated);
         if self.params.temperature == 0.0 {
             // As `argmax` on the whole row: the highest, the lowest id among equals.
-            return shortlist
-                .iter()
-                .min_by(|a, b| ranked(a, b))
-                .map_or(0, |c| c.0);
+            return candidates.iter().min_by(|a, b| ranked(a, b)).map(|c| c.0);
         }
-        self.draw(&mut shortlist)
+        if self.params.top_k != 0 {
+            return Some(self.draw(&mut candidates));
+        }
+        let t = self.params.temperature;
+        let normalizer = shortlist.normalizer?.penalized(t, changes.into_iter())?;
+        candidates.sort_unstable_by(ranked);
+        let known = match boundary {
+            Some(boundary) if !shortlist.complete => whole_vocab::known(&candidates, &boundary),
+            _ => candidates.len(),
+        };
+        let mut rng = self.rng.clone();
+        let token = whole_vocab::draw(
+            &self.params,
+            &normalizer,
+            &candidates[..known],
+            shortlist.complete,
+            rng.unit(),
+        )?;
+        self.rng = rng;
+        Some(token)
     }
 
     /// top-k, softmax with temperature, top-p, min-p, then a draw.
@@ -335,176 +434,4 @@ fn random_seed() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn logits() -> Vec<f32> {
-        vec![1.0, 3.0, 2.0, 0.5, 2.9]
-    }
-
-    #[test]
-    fn greedy_takes_the_argmax() {
-        let mut s = Sampler::new(SamplingParams::greedy());
-        assert_eq!(s.sample(&mut logits(), &[], 0), 1);
-    }
-
-    #[test]
-    fn penalties_change_the_pick() {
-        let params = SamplingParams {
-            repeat_penalty: 2.0,
-            ..SamplingParams::greedy()
-        };
-        // Token 1 was just said: 3.0 / 2 = 1.5 < 2.9.
-        assert_eq!(Sampler::new(params).sample(&mut logits(), &[1], 0), 4);
-        let params = SamplingParams {
-            frequency_penalty: 0.1,
-            ..SamplingParams::greedy()
-        };
-        // Generated twice: 3.0 - 0.2 < 2.9.
-        assert_eq!(Sampler::new(params).sample(&mut logits(), &[7, 1, 1], 2), 4);
-    }
-
-    #[test]
-    fn seeds_repeat_and_top_k_limits() {
-        let params = SamplingParams {
-            temperature: 5.0,
-            top_k: 2,
-            top_p: 1.0,
-            seed: Some(42),
-            repeat_penalty: 1.0,
-            ..SamplingParams::default()
-        };
-        let draw = |params: &SamplingParams| {
-            let mut s = Sampler::new(params.clone());
-            (0..50)
-                .map(|_| s.sample(&mut logits(), &[], 0))
-                .collect::<Vec<_>>()
-        };
-        let a = draw(&params);
-        assert_eq!(a, draw(&params));
-        assert!(
-            a.iter().all(|&t| t == 1 || t == 4),
-            "top_k 2 keeps tokens 1 and 4"
-        );
-        assert!(a.contains(&1) && a.contains(&4));
-        assert_ne!(
-            a,
-            draw(&SamplingParams {
-                seed: Some(43),
-                ..params
-            })
-        );
-    }
-
-    #[test]
-    fn top_p_and_min_p_cut_the_tail() {
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.5,
-            seed: Some(1),
-            repeat_penalty: 1.0,
-            ..SamplingParams::default()
-        };
-        let mut s = Sampler::new(params.clone());
-        // p(1) ≈ 0.39, p(4) ≈ 0.35: top_p 0.5 keeps exactly those two.
-        assert!((0..100).all(|_| matches!(s.sample(&mut logits(), &[], 0), 1 | 4)));
-        let mut s = Sampler::new(SamplingParams {
-            top_p: 1.0,
-            min_p: 0.5,
-            ..params
-        });
-        assert!((0..100).all(|_| matches!(s.sample(&mut logits(), &[], 0), 1 | 2 | 4)));
-    }
-
-    /// A row's `n` highest logits by the ranked order, as the device's top-k gives them.
-    fn top(row: &[f32], n: usize) -> Vec<(u32, f32)> {
-        let mut all: Vec<(u32, f32)> = row
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l))
-            .collect();
-        all.sort_by(ranked);
-        all.truncate(n);
-        all
-    }
-
-    #[test]
-    fn a_shortlist_draws_what_the_whole_row_draws() {
-        // Rows with many equal logits (a top-k line through ties) and penalized tokens
-        // crossing it both ways; every parameter mix that has a shortlist, many seeds.
-        let mut rng = SplitMix64::new(7);
-        let mut differ = 0;
-        for case in 0..3000 {
-            let vocab = 50 + (rng.unit() * 200.0) as usize;
-            let row: Vec<f32> = (0..vocab)
-                .map(|_| ((rng.unit() * 12.0) as i32 - 6) as f32 * 0.5)
-                .collect();
-            let context: Vec<u32> = (0..(rng.unit() * 80.0) as usize)
-                .map(|_| (rng.unit() * vocab as f32) as u32)
-                .collect();
-            let generated = (rng.unit() * context.len() as f32) as usize;
-            let params = SamplingParams {
-                temperature: [0.0, 0.3, 0.8, 1.5][case % 4],
-                top_k: 1 + (rng.unit() * 60.0) as usize,
-                top_p: [1.0, 0.9, 0.5][case % 3],
-                min_p: [0.0, 0.05][case % 2],
-                repeat_penalty: [1.0, 1.1, 0.8, 2.0][(case / 4) % 4],
-                repeat_last_n: (rng.unit() * 70.0) as usize,
-                presence_penalty: [0.0, 0.5, -0.5][(case / 3) % 3],
-                frequency_penalty: [0.0, 0.2][(case / 2) % 2],
-                seed: Some(case as u64),
-            };
-            let sampler = Sampler::new(params.clone());
-            let ahead = case % 3;
-            let penalized = sampler.penalized(&context, generated, ahead);
-            let len = params
-                .shortlist_len(penalized.len())
-                .expect("a top-k or greedy");
-            // A draft of `ahead` tokens ends the context: its rows see the context without the
-            // last `ahead`, ..., 0 tokens; each row's penalized tokens are in the shortlist.
-            let j = case % (ahead + 1);
-            let seen = context.len().saturating_sub(ahead - j);
-            let (row_context, row_generated) =
-                (&context[..seen], generated.saturating_sub(ahead - j));
-            for t in sampler.penalized(row_context, row_generated, 0) {
-                assert!(
-                    penalized.binary_search(&t).is_ok(),
-                    "case {case}: {t} is penalized"
-                );
-            }
-            let mut whole = Sampler::new(params.clone());
-            let mut short = Sampler::new(params);
-            for _ in 0..3 {
-                let a = whole.sample(&mut row.clone(), row_context, row_generated);
-                let mut list = top(&row, len);
-                list.extend(
-                    penalized
-                        .iter()
-                        .filter_map(|&t| Some((t, *row.get(t as usize)?))),
-                );
-                let b = short.sample_shortlist(list, row_context, row_generated);
-                differ += (a != b) as usize;
-            }
-        }
-        assert_eq!(differ, 0, "draws that differ");
-    }
-
-    #[test]
-    fn the_top_k_line_breaks_ties_by_id() {
-        // Four equal logits, top_k 2: always the two lowest ids, whatever the row's order.
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_k: 2,
-            top_p: 1.0,
-            repeat_penalty: 1.0,
-            seed: Some(3),
-            ..SamplingParams::default()
-        };
-        let mut s = Sampler::new(params);
-        let picks: Vec<u32> = (0..200)
-            .map(|_| s.sample(&mut [0.0, 1.0, 1.0, 1.0, 1.0], &[], 0))
-            .collect();
-        assert!(picks.iter().all(|&t| t == 1 || t == 2), "{picks:?}");
-    }
-}
+mod tests;
