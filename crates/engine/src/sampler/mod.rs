@@ -188,16 +188,16 @@ impl Sampler {
             return argmax(logits);
         }
         let mut candidates = std::mem::take(&mut self.candidates);
-        candidates.clear();
-        candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         let token = if self.params.top_k == 0 {
             let t = self.params.temperature;
             let normalizer = normalizer
                 .and_then(|n| n.penalized(t, changes.into_iter()))
                 .unwrap_or_else(|| Normalizer::of(logits, t));
             let unit = self.rng.unit();
-            whole_vocab::draw_from_row(&self.params, &normalizer, &mut candidates, unit)
+            whole_vocab::draw_from_row(&self.params, &normalizer, logits, unit, &mut candidates)
         } else {
+            // The top-k in one pass; `draw` then finds them already cut and ranked.
+            whole_vocab::highest(logits, self.params.top_k, &mut candidates);
             self.draw(&mut candidates)
         };
         self.candidates = candidates;

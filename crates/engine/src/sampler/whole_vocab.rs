@@ -24,11 +24,23 @@ pub struct Normalizer {
 }
 
 impl Normalizer {
-    /// Summed on the host, in id order.
+    /// Summed on the host.
     pub fn of(row: &[f32], temperature: f32) -> Self {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum = row.iter().map(|&l| weight(l, max, temperature)).sum();
-        Self { max, sum }
+        Self::with_max(row, max, temperature)
+    }
+
+    fn with_max(row: &[f32], max: f32, temperature: f32) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            let sum = unsafe { sum_weights_avx2(row, max, temperature) };
+            return Self { max, sum };
+        }
+        Self {
+            max,
+            sum: sum_weights(row, max, temperature),
+        }
     }
 
     /// The normalizer after penalties changed the logits of some tokens from `before` to
@@ -53,7 +65,72 @@ impl Normalizer {
 }
 
 fn weight(logit: f32, max: f32, temperature: f32) -> f64 {
-    ((logit - max) / temperature).exp() as f64
+    exp((logit - max) / temperature) as f64
+}
+
+/// Σ weight over the row, in eight lanes that add up in a fixed order: the same sum whether
+/// the compiler makes it SSE or AVX2 code.
+#[inline(always)]
+fn sum_weights(row: &[f32], max: f32, temperature: f32) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut chunks = row.chunks_exact(8);
+    for chunk in &mut chunks {
+        add_weights(
+            &mut lanes,
+            chunk.try_into().expect("eight"),
+            max,
+            temperature,
+        );
+    }
+    // The ragged end, padded with logits whose weight is 0.
+    let mut last = [f32::NEG_INFINITY; 8];
+    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    add_weights(&mut lanes, &last, max, temperature);
+    lanes.iter().sum()
+}
+
+#[inline(always)]
+fn add_weights(lanes: &mut [f64; 8], chunk: &[f32; 8], max: f32, temperature: f32) {
+    let mut e = [0f32; 8];
+    for j in 0..8 {
+        e[j] = exp((chunk[j] - max) / temperature);
+    }
+    for j in 0..8 {
+        lanes[j] += e[j] as f64;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_weights_avx2(row: &[f32], max: f32, temperature: f32) -> f64 {
+    sum_weights(row, max, temperature)
+}
+
+/// e^x in f32 to about an ulp (Cephes' expf: a Cody–Waite reduction to 2^k · e^r, |r| ≤ ln2/2,
+/// and a degree-6 polynomial), 0 below e^−87. Plain arithmetic, so it vectorizes where libm's
+/// `expf` is a call per logit.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and taking away 1.5 · 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let clamped = x.clamp(-87.0, 88.0);
+    let shifted = clamped * LOG2E + ROUND;
+    let k = shifted - ROUND;
+    // k as an integer: the low bits of `shifted`'s mantissa.
+    let k_int = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
+    let r = clamped - k * LN2_HI - k * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    // 2^k, or 0 below the range (a mask, not a branch, so that the loop vectorizes).
+    let in_range = -((x >= -87.0) as i32) as u32;
+    let two_k = f32::from_bits((((k_int + 127) as u32) << 23) & in_range);
+    e_r * two_k
 }
 
 /// The token that `unit` (uniform in [0, 1)) draws from the softmax over every token, with
@@ -120,39 +197,52 @@ pub fn draw(
     }
 }
 
-/// [`draw`] over a whole row of candidates, ranking only as much of it as the draw reaches:
-/// the highest `HEAD / 2`, then four times as many, and so on.
+/// [`draw`] over a whole row (after penalties), ranking only as much of it as the draw
+/// reaches: its highest `HEAD / 2`, found in one pass, and only where the draw falls past
+/// them eight times as many, and so on. `candidates` is scratch.
 pub fn draw_from_row(
     params: &SamplingParams,
     normalizer: &Normalizer,
-    candidates: &mut [(u32, f32)],
+    row: &[f32],
     unit: f32,
+    candidates: &mut Vec<(u32, f32)>,
 ) -> u32 {
-    let mut ranked_len = 0;
+    let mut n = HEAD / 2;
     loop {
-        let len = candidates.len();
-        let next = (ranked_len * 4).max(HEAD / 2).min(len);
-        let rest = &mut candidates[ranked_len..];
-        if next < len {
-            rest.select_nth_unstable_by(next - ranked_len - 1, ranked);
-        }
-        rest[..next - ranked_len].sort_unstable_by(ranked);
-        ranked_len = next;
-        let complete = ranked_len == len;
-        if let Some(token) = draw(
-            params,
-            normalizer,
-            &candidates[..ranked_len],
-            complete,
-            unit,
-        ) {
+        highest(row, n, candidates);
+        let complete = candidates.len() == row.len();
+        if let Some(token) = draw(params, normalizer, candidates, complete, unit) {
             return token;
         }
         if complete {
             // Only an empty row gets here.
             return 0;
         }
+        n *= 8;
     }
+}
+
+/// The `n` highest of `row` as (id, logit) in the ranked order, into `out`: a buffer of 2n
+/// cut back to its best n whenever it fills, so most logits cost one comparison.
+pub fn highest(row: &[f32], n: usize, out: &mut Vec<(u32, f32)>) {
+    out.clear();
+    // Below this no logit can make the cut (equal ones come later, with higher ids).
+    let mut floor = f32::NEG_INFINITY;
+    for (i, &l) in row.iter().enumerate() {
+        if l > floor || out.len() < n {
+            out.push((i as u32, l));
+            if out.len() == 2 * n {
+                out.select_nth_unstable_by(n - 1, ranked);
+                out.truncate(n);
+                floor = out[n - 1].1;
+            }
+        }
+    }
+    if out.len() > n {
+        out.select_nth_unstable_by(n - 1, ranked);
+        out.truncate(n);
+    }
+    out.sort_unstable_by(ranked);
 }
 
 /// How many of `candidates` (after penalties, in the ranked order) certainly come before
@@ -161,4 +251,48 @@ pub fn draw_from_row(
 /// so they rank below that).
 pub fn known(candidates: &[(u32, f32)], boundary: &(u32, f32)) -> usize {
     candidates.partition_point(|c| ranked(c, boundary) != Ordering::Greater)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrollama_model::rng::SplitMix64;
+
+    #[test]
+    fn exp_is_within_two_ulps_of_f64s() {
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-90.0), 0.0);
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+            let want = (x as f64).exp();
+            worst = worst.max(((exp(x) as f64 - want) / want).abs());
+        }
+        assert!(
+            worst < 2.0 * f32::EPSILON as f64,
+            "relative error {worst:e}"
+        );
+    }
+
+    #[test]
+    fn the_highest_are_the_first_of_a_full_ranking() {
+        let mut rng = SplitMix64::new(11);
+        let mut out = Vec::new();
+        for case in 0..300 {
+            // Few distinct values: many ties across the cut.
+            let len = 1 + (rng.unit() * 700.0) as usize;
+            let row: Vec<f32> = (0..len).map(|_| (rng.unit() * 9.0).floor()).collect();
+            let n = 1 + case % 80;
+            highest(&row, n, &mut out);
+            let mut all: Vec<(u32, f32)> = row
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l))
+                .collect();
+            all.sort_by(ranked);
+            all.truncate(n);
+            assert_eq!(out, all, "case {case}");
+        }
+    }
 }
