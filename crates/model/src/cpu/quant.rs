@@ -377,7 +377,7 @@ pub fn quantize_row(x: &[f32]) -> Vec<Q8> {
             let mut qs = [0i8; BLOCK];
             let mut sum = 0i32;
             for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
+                *q = round_half_away(v * id) as i8;
                 sum += *q as i32;
             }
             Q8 {
@@ -388,6 +388,15 @@ pub fn quantize_row(x: &[f32]) -> Vec<Q8> {
             }
         })
         .collect()
+}
+
+/// `x.round()` (halves away from zero, as ggml's `roundf`) for |x| < 2^23, in plain
+/// arithmetic: `round` is a libm call per element, 3% of a 16-stream decode's CPU time.
+#[inline(always)]
+fn round_half_away(x: f32) -> i32 {
+    let whole = x as i32; // towards zero
+    let frac = x - whole as f32; // exact
+    whole + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
 }
 
 /// Writes eight rows' outputs for each of up to `TOKENS` tokens: `out[t][r]`.

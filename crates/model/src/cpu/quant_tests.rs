@@ -166,3 +166,24 @@ fn simd_kernels() -> Vec<(&'static str, Format, Kernel)> {
     }
     kernels
 }
+
+#[test]
+fn rounding_matches_roundf() {
+    let mut x = -130.0f32;
+    while x <= 130.0 {
+        for y in [
+            x,
+            x.next_up(),
+            x.next_down(),
+            x + 0.5,
+            (x + 0.5).next_down(),
+        ] {
+            assert_eq!(super::round_half_away(y), y.round() as i32, "{y}");
+        }
+        x += 0.0625;
+    }
+    assert_eq!(
+        super::round_half_away(f32::NAN) as i8,
+        f32::NAN.round() as i8
+    );
+}
