@@ -107,9 +107,7 @@ impl ServeLoader {
             model,
             info,
             defaults,
-            created: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created: ferrollama_api::clock::unix_now(),
             grammars: Default::default(),
         })
     }

@@ -8,6 +8,7 @@
 //! `error.rs`; structured output in `structured.rs`, tools asked for in `tools.rs` and read
 //! back in `tool_calls.rs`, vLLM's `/tokenize` in `tokenize.rs`.
 
+pub mod clock;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -70,15 +70,13 @@ impl ModelInfo {
     /// One model in /api/tags (and the start of one in /api/ps).
     pub fn tag(&self) -> Value {
         let name = &self.names.primary;
-        json!({"name": name, "model": name, "modified_at": crate::ollama::rfc3339(self.modified),
+        json!({"name": name, "model": name, "modified_at": crate::clock::rfc3339(self.modified),
                "size": self.size_bytes, "digest": self.digest, "details": self.details})
     }
 
     /// Unix seconds, OpenAI's `created`.
     pub fn created(&self) -> u64 {
-        self.modified
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        crate::clock::unix_seconds(self.modified)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Ollama's own API: /api/generate and /api/chat (NDJSON streaming by default), /api/tags,
 //! /api/show, /api/ps, /api/version, and `GET /`.
 
+use crate::clock;
 use crate::error::{parse, ApiError, OllamaError};
 use crate::generation::{collect, finish_reason, submit_all, Merged, HEARTBEAT};
 use crate::keep_alive::KeepAlive;
@@ -169,38 +170,6 @@ impl Options {
     }
 }
 
-fn now_rfc3339() -> String {
-    rfc3339(std::time::SystemTime::now())
-}
-
-/// Seconds in RFC 3339 (Ollama stamps each chunk and each model), without a time crate.
-pub(crate) fn rfc3339(when: std::time::SystemTime) -> String {
-    let secs = when
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil-date algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 fn final_fields(load_duration: Duration, usage: &Usage, timings: &Timings, reason: &str) -> Value {
     let ns = |d: Duration| d.as_nanos() as u64;
     let mut fields = json!({
@@ -254,8 +223,7 @@ async fn load_or_unload(
         drop(state.model(model, keep_alive).await?);
         "load"
     };
-    let mut body =
-        json!({"model": model, "created_at": now_rfc3339(), "done": true, "done_reason": reason});
+    let mut body = json!({"model": model, "created_at": clock::now_rfc3339(), "done": true, "done_reason": reason});
     if chat {
         body["message"] = json!({"role": "assistant", "content": ""});
     } else {
@@ -477,7 +445,7 @@ async fn respond(
         }
         merge(
             &mut body,
-            json!({"model": model, "created_at": now_rfc3339()}),
+            json!({"model": model, "created_at": clock::now_rfc3339()}),
         );
         merge(
             &mut body,
@@ -560,7 +528,7 @@ async fn respond(
                     if line.get("error").is_none() {
                         merge(
                             &mut line,
-                            json!({"model": model, "created_at": now_rfc3339()}),
+                            json!({"model": model, "created_at": clock::now_rfc3339()}),
                         );
                     }
                     format!("{line}\n")
@@ -611,7 +579,7 @@ pub async fn ps(State(state): State<AppState>) -> Json<Value> {
                 std::time::SystemTime::now() + Duration::from_nanos(i64::MAX as u64)
             });
             let mut entry = info.tag();
-            entry["expires_at"] = json!(rfc3339(expires_at));
+            entry["expires_at"] = json!(clock::rfc3339(expires_at));
             entry["size_vram"] = json!(if info.on_gpu { info.size_bytes } else { 0 });
             entry
         })
@@ -644,7 +612,7 @@ pub async fn show(State(state): State<AppState>, body: Bytes) -> Result<Json<Val
         "details": info.details,
         "model_info": info.model_info,
         "capabilities": capabilities(&info),
-        "modified_at": rfc3339(info.modified),
+        "modified_at": clock::rfc3339(info.modified),
     })))
 }
 
@@ -663,13 +631,4 @@ pub async fn version() -> Json<Value> {
 
 pub async fn root() -> &'static str {
     "Ollama is running"
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn civil_dates() {
-        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
-        assert_eq!(super::civil_from_days(20_419), (2025, 11, 27));
-    }
 }
