@@ -294,3 +294,28 @@ fn penalties_move_a_devices_normalizer_as_summing_the_penalized_row_would() {
         moved.sum
     );
 }
+
+#[test]
+fn a_penalty_that_raises_a_logit_past_exps_range_is_summed_again() {
+    // Negative OpenAI penalties lift tokens 1 and 2 from 0 to 110 and 120, far above the
+    // raw row's max of 10: a device's normalizer cannot be moved that far, and the draw is
+    // the penalized row's softmax (token 2: 1 − e^−10), on the GPU's way as on the CPU's.
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        repeat_penalty: 1.0,
+        presence_penalty: -100.0,
+        frequency_penalty: -10.0,
+        seed: Some(9),
+        ..SamplingParams::default()
+    };
+    let raw = vec![10.0, 0.0, 0.0];
+    let context = [1, 2, 2];
+    let mut s = Sampler::new(params);
+    let device = Some(Normalizer::of(&raw, 1.0));
+    let twos = (0..200)
+        .filter(|_| s.sample_row(&mut raw.clone(), device, &context, 3) == 2)
+        .count();
+    assert_eq!(twos, 200);
+}

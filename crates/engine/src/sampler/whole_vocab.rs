@@ -45,8 +45,9 @@ impl Normalizer {
 
     /// The normalizer after penalties changed the logits of some tokens from `before` to
     /// `after`. None where that leaves too little of the sum to trust (the penalty took the
-    /// most of the mass away, or made a weight overflow): then it is summed again from the
-    /// penalized row.
+    /// most of the mass away), or raised a logit so far above the max that its weight leaves
+    /// `exp`'s range (negative OpenAI penalties can): then it is summed again from the
+    /// penalized row, around that row's own max.
     pub fn penalized(
         self,
         temperature: f32,
@@ -54,6 +55,9 @@ impl Normalizer {
     ) -> Option<Self> {
         let mut sum = self.sum;
         for (before, after) in changes {
+            if (after - self.max) / temperature > 80.0 {
+                return None;
+            }
             sum += weight(after, self.max, temperature) - weight(before, self.max, temperature);
         }
         (sum.is_finite() && sum >= self.sum * 1e-3).then_some(Self { sum, ..self })
@@ -226,15 +230,22 @@ pub fn draw_from_row(
 /// cut back to its best n whenever it fills, so most logits cost one comparison.
 pub fn highest(row: &[f32], n: usize, out: &mut Vec<(u32, f32)>) {
     out.clear();
-    // Below this no logit can make the cut (equal ones come later, with higher ids).
-    let mut floor = f32::NEG_INFINITY;
+    if n == 0 {
+        return;
+    }
+    // The n-th best so far: a logit that does not rank above it cannot make the cut. By the
+    // ranked order itself (a total order: -0 below +0, NaN above all), as the GPU's top-k.
+    let mut floor: Option<(u32, f32)> = None;
     for (i, &l) in row.iter().enumerate() {
-        if l > floor || out.len() < n {
-            out.push((i as u32, l));
+        let candidate = (i as u32, l);
+        // (A plain `<` rejects most logits at once: where it holds, the total order agrees.)
+        let below = |f: (u32, f32)| l.partial_cmp(&f.1) == Some(Ordering::Less);
+        if floor.is_none_or(|f| !below(f) && ranked(&candidate, &f) == Ordering::Less) {
+            out.push(candidate);
             if out.len() == 2 * n {
                 out.select_nth_unstable_by(n - 1, ranked);
                 out.truncate(n);
-                floor = out[n - 1].1;
+                floor = Some(out[n - 1]);
             }
         }
     }
@@ -279,10 +290,25 @@ mod tests {
     fn the_highest_are_the_first_of_a_full_ranking() {
         let mut rng = SplitMix64::new(11);
         let mut out = Vec::new();
+        // Few distinct values (many ties across the cut), signed zeros, NaN and infinities.
+        let values = [
+            -0.0,
+            0.0,
+            1.0,
+            2.0,
+            -3.0,
+            f32::NAN,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+        ];
         for case in 0..300 {
-            // Few distinct values: many ties across the cut.
             let len = 1 + (rng.unit() * 700.0) as usize;
-            let row: Vec<f32> = (0..len).map(|_| (rng.unit() * 9.0).floor()).collect();
+            let row: Vec<f32> = (0..len)
+                .map(|_| {
+                    let i = (rng.unit() * if case % 2 == 0 { 5.0 } else { 8.0 }) as usize;
+                    values[i]
+                })
+                .collect();
             let n = 1 + case % 80;
             highest(&row, n, &mut out);
             let mut all: Vec<(u32, f32)> = row
@@ -292,7 +318,9 @@ mod tests {
                 .collect();
             all.sort_by(ranked);
             all.truncate(n);
-            assert_eq!(out, all, "case {case}");
+            let bits =
+                |v: &[(u32, f32)]| v.iter().map(|c| (c.0, c.1.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&all), "case {case}");
         }
     }
 }
