@@ -61,6 +61,14 @@ impl ServeLoader {
         self.startup.as_ref().map(|s| s.key.as_str())
     }
 
+    /// What `key` loads from: the start-up model's reference, or the store name itself.
+    fn reference<'a>(&'a self, key: &'a str) -> Option<&'a str> {
+        match &self.startup {
+            Some(s) if s.key == key => Some(s.reference.as_str()),
+            _ => Some(key),
+        }
+    }
+
     fn load_model(&self, key: &str) -> anyhow::Result<Loaded> {
         let startup = self.startup.as_ref().filter(|s| s.key == key);
         let reference = startup.map_or(key, |s| s.reference.as_str());
@@ -182,6 +190,20 @@ impl ModelLoader for ServeLoader {
         let name = store_name(requested)?.to_string();
         resolve(&name).ok()?;
         Some(name)
+    }
+
+    fn is_encoder(&self, key: &str) -> bool {
+        self.reference(key)
+            .and_then(|r| resolve(r).ok())
+            .is_some_and(|source| ferrollama_model::is_encoder(&source))
+    }
+
+    fn load_encoder(&self, key: &str) -> Result<ferrollama_model::Encoder, String> {
+        let reference = self
+            .reference(key)
+            .ok_or_else(|| format!("no model {key}"))?;
+        crate::loading::load_encoder_with_progress(reference, &self.options.device)
+            .map_err(|e| format!("{e:#}"))
     }
 
     fn load(&self, key: &str) -> Result<Loaded, String> {

@@ -54,3 +54,23 @@ pub fn load_with_progress(reference: &str, options: &LoadOptions) -> anyhow::Res
         quantization,
     })
 }
+
+/// Loads an embedding model (a BERT encoder) for the server, with a progress bar.
+pub fn load_encoder_with_progress(
+    reference: &str,
+    device: &candle_core::Device,
+) -> anyhow::Result<ferrollama_model::Encoder> {
+    let source = resolve(reference)?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers")
+            .expect("valid template"),
+    );
+    bar.set_message(reference.to_string());
+    let encoder = ferrollama_model::Encoder::load(&source, device, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("loading {reference}"))?;
+    bar.finish_and_clear();
+    Ok(encoder)
+}

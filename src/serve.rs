@@ -3,7 +3,7 @@
 use crate::engine_args::EngineArgs;
 use crate::loader::ServeLoader;
 use anyhow::Context;
-use ferrollama_api::{router, AppState, KeepAlive, Limits, Metrics, Residents};
+use ferrollama_api::{router, AppState, Encoders, KeepAlive, Limits, Metrics, Residents};
 use ferrollama_store::{Puller, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -94,6 +94,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let residents = Residents::start(loader.clone());
+        let encoders = Encoders::start(loader.clone());
         let mut startup_load = Duration::ZERO;
         let serving = match loader.startup_key() {
             Some(key) => {
@@ -118,6 +119,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics.model_loaded(startup_load);
         let state = AppState {
             residents: residents.clone(),
+            encoders,
             draining: draining.clone(),
             metrics,
             log_prompts: args.log_prompts,

@@ -9,6 +9,7 @@
 //! back in `tool_calls.rs`, vLLM's `/tokenize` in `tokenize.rs`.
 
 pub mod clock;
+mod embeddings;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -28,6 +29,7 @@ mod tokenize;
 mod tool_calls;
 mod tools;
 
+pub use embeddings::Encoders;
 pub use keep_alive::KeepAlive;
 pub use metrics::Metrics;
 pub use model_info::ModelInfo;
@@ -52,6 +54,9 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(ollama::root).head(ollama::root))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embeddings::openai::embeddings))
+        .route("/api/embed", post(embeddings::ollama::embed))
+        .route("/api/embeddings", post(embeddings::ollama::embeddings))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{*id}", get(models::get_model))
         .route("/tokenize", post(tokenize::tokenize))

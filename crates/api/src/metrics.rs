@@ -42,6 +42,8 @@ pub struct Metrics {
     hit_rate: Gauge,
     preemptions: IntCounter,
     model_load: Gauge,
+    embedded_inputs: IntCounter,
+    embedded_tokens: IntCounter,
     /// The loaded engine's preemption count at the last scrape (it restarts with each model).
     last_preemptions: Mutex<u64>,
 }
@@ -132,6 +134,8 @@ impl Metrics {
                 "Sequences preempted to free KV blocks.",
             ),
             model_load: float_gauge("model_load_seconds", "How long the last model load took."),
+            embedded_inputs: counter("embedding_inputs_total", "Inputs embedded."),
+            embedded_tokens: counter("embedding_tokens_total", "Tokens of the inputs embedded."),
             last_preemptions: Mutex::new(0),
             registry,
         }
@@ -162,6 +166,12 @@ impl Metrics {
         }
         self.e2e
             .observe((timings.queue + timings.prefill + timings.decode).as_secs_f64());
+    }
+
+    /// One embedding request answered.
+    pub fn embedded(&self, inputs: usize, tokens: usize) {
+        self.embedded_inputs.inc_by(inputs as u64);
+        self.embedded_tokens.inc_by(tokens as u64);
     }
 
     pub fn model_loaded(&self, took: Duration) {

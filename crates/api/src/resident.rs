@@ -52,6 +52,11 @@ pub trait ModelLoader: Send + Sync + 'static {
     fn load(&self, key: &str) -> Result<Loaded, String>;
     /// How long `key` stays loaded after a request that does not say.
     fn default_keep_alive(&self, key: &str) -> KeepAlive;
+    /// Whether `key` is an embedding model (an encoder), which embeds and does not generate.
+    /// Cheap: reads headers only.
+    fn is_encoder(&self, key: &str) -> bool;
+    /// Loads the embedding model `key` names. Blocking.
+    fn load_encoder(&self, key: &str) -> Result<ferrollama_model::Encoder, String>;
     /// Models outside the store that it serves (a file given at start-up), as last loaded, so
     /// that they stay listed while unloaded.
     fn listed(&self) -> Vec<ModelInfo>;
@@ -165,6 +170,11 @@ impl Residents {
                 }
             }
             let key = self.find(requested).await?;
+            if self.loader.is_encoder(&key) {
+                return Err(ApiError::bad_request(format!(
+                    "\"{requested}\" is an embedding model: it does not generate text; use /api/embed or /v1/embeddings"
+                )));
+            }
             let loading = self.loading.lock().await;
             // Registered before looking, so that a lease ending in between still wakes us.
             let changed = self.changed.notified();
@@ -207,7 +217,7 @@ impl Residents {
         }
     }
 
-    async fn find(&self, requested: &str) -> Result<String, ApiError> {
+    pub(crate) async fn find(&self, requested: &str) -> Result<String, ApiError> {
         let loader = self.loader.clone();
         let name = requested.to_string();
         tokio::task::spawn_blocking(move || loader.find(&name))

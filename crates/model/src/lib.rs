@@ -9,6 +9,7 @@ pub mod chat;
 pub mod config;
 pub mod cpu;
 pub mod device;
+pub mod encoder;
 pub mod error;
 pub mod fused;
 #[doc(hidden)]
@@ -28,6 +29,7 @@ pub use attention::{AttentionKind, AttentionSpec};
 pub use batch::{Batch, Logits, SeqChunk};
 pub use chat::{python_json, ChatMessage, ChatTemplate, FunctionSpec, Role, ToolCall, ToolSyntax};
 pub use config::ModelConfig;
+pub use encoder::{is_encoder, Encoder, Pooling};
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
 pub use load::{load, LoadOptions, LoadedModel, ModelSource};

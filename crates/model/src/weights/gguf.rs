@@ -90,6 +90,19 @@ impl GgufFile {
         Ok((info, data))
     }
 
+    /// A tensor read whole into f32 on `device`, whatever its ggml type (small models, such as
+    /// embedding encoders, run dense).
+    pub fn dequantized(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let (info, data) = self.raw_tensor(name)?;
+        let t = qtensor_from_ggml(
+            info.ggml_dtype,
+            data,
+            info.shape.dims().to_vec(),
+            &Device::Cpu,
+        )?;
+        Ok(t.dequantize(&Device::Cpu)?.to_device(device)?)
+    }
+
     /// The architecture config from `<arch>.*` metadata (llama.cpp's `llama` architecture,
     /// which Mistral GGUFs use as well).
     pub fn config(&self) -> Result<ModelConfig> {

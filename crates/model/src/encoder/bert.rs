@@ -1,0 +1,288 @@
+//! BERT, the encoder behind sentence-transformers models (all-MiniLM, mxbai-embed-large): token,
+//! position and type embeddings, then post-norm layers of bidirectional attention and a GELU
+//! MLP. Weights are named as Hugging Face names them; a GGUF file's names are mapped to those
+//! (see [`gguf_name`]), so one forward serves both formats.
+
+use crate::error::{ModelError, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::Linear;
+
+/// The shape of a BERT encoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate_size: usize,
+    pub max_positions: usize,
+    pub layer_norm_eps: f64,
+}
+
+impl BertConfig {
+    /// From a Hugging Face `config.json` of `model_type` bert.
+    pub fn from_hf_json(config: &serde_json::Value) -> Result<Self> {
+        let int = |key: &str| {
+            config[key]
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| ModelError::Config(format!("config.json has no integer `{key}`")))
+        };
+        if let Some(act) = config["hidden_act"].as_str() {
+            if act != "gelu" {
+                return Err(ModelError::Unsupported(format!(
+                    "BERT with hidden_act `{act}` (only gelu)"
+                )));
+            }
+        }
+        if let Some(kind) = config["position_embedding_type"].as_str() {
+            if kind != "absolute" {
+                return Err(ModelError::Unsupported(format!(
+                    "BERT with position_embedding_type `{kind}` (only absolute)"
+                )));
+            }
+        }
+        Self {
+            vocab_size: int("vocab_size")?,
+            hidden_size: int("hidden_size")?,
+            layers: int("num_hidden_layers")?,
+            heads: int("num_attention_heads")?,
+            intermediate_size: int("intermediate_size")?,
+            max_positions: int("max_position_embeddings")?,
+            layer_norm_eps: config["layer_norm_eps"].as_f64().unwrap_or(1e-12),
+        }
+        .checked()
+    }
+
+    /// From a GGUF's `bert.*` metadata.
+    pub fn from_gguf(file: &crate::weights::GgufFile) -> Result<Self> {
+        let int = |key: &str| {
+            file.uint(&format!("bert.{key}"))
+                .map(|v| v as usize)
+                .ok_or_else(|| ModelError::Config(format!("GGUF has no `bert.{key}`")))
+        };
+        let vocab_size = file
+            .array("tokenizer.ggml.tokens")
+            .map(Vec::len)
+            .ok_or_else(|| ModelError::Config("GGUF has no tokenizer.ggml.tokens".into()))?;
+        Self {
+            vocab_size,
+            hidden_size: int("embedding_length")?,
+            layers: int("block_count")?,
+            heads: int("attention.head_count")?,
+            intermediate_size: int("feed_forward_length")?,
+            max_positions: int("context_length")?,
+            layer_norm_eps: file
+                .float("bert.attention.layer_norm_epsilon")
+                .unwrap_or(1e-12),
+        }
+        .checked()
+    }
+
+    fn checked(self) -> Result<Self> {
+        if self.heads == 0 || !self.hidden_size.is_multiple_of(self.heads) || self.layers == 0 {
+            return Err(ModelError::Config(format!(
+                "BERT with hidden size {} over {} heads and {} layers",
+                self.hidden_size, self.heads, self.layers
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// The GGUF name llama.cpp's converter gives a Hugging Face BERT tensor.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "embeddings.word_embeddings.weight" => Some("token_embd.weight"),
+        "embeddings.position_embeddings.weight" => Some("position_embd.weight"),
+        "embeddings.token_type_embeddings.weight" => Some("token_types.weight"),
+        "embeddings.LayerNorm.weight" => Some("token_embd_norm.weight"),
+        "embeddings.LayerNorm.bias" => Some("token_embd_norm.bias"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.to_string());
+    }
+    let rest = hf.strip_prefix("encoder.layer.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let gguf = match module {
+        "attention.self.query" => "attn_q",
+        "attention.self.key" => "attn_k",
+        "attention.self.value" => "attn_v",
+        "attention.output.dense" => "attn_output",
+        "attention.output.LayerNorm" => "attn_output_norm",
+        "intermediate.dense" => "ffn_up",
+        "output.dense" => "ffn_down",
+        "output.LayerNorm" => "layer_output_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}.{kind}"))
+}
+
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::layer_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_out: Linear,
+    attention_norm: Norm,
+    up: Linear,
+    down: Linear,
+    output_norm: Norm,
+}
+
+/// A BERT encoder's weights, f32 on its device.
+pub struct Bert {
+    config: BertConfig,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    embedding_norm: Norm,
+    layers: Vec<Layer>,
+}
+
+impl Bert {
+    /// Loads every weight through `get`, which takes Hugging Face names.
+    pub fn load(
+        config: BertConfig,
+        get: &mut dyn FnMut(&str) -> Result<Tensor>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let eps = config.layer_norm_eps as f32;
+        let matrix = |get: &mut dyn FnMut(&str) -> Result<Tensor>, name: &str, rows, cols| {
+            let weight = expect_shape(get(&format!("{name}.weight"))?, &[rows, cols], name)?;
+            let bias = expect_shape(get(&format!("{name}.bias"))?, &[rows], name)?;
+            Ok::<_, ModelError>(Linear::new(weight, Some(bias)))
+        };
+        let norm = |get: &mut dyn FnMut(&str) -> Result<Tensor>, name: &str, size| {
+            Ok::<_, ModelError>(Norm {
+                weight: expect_shape(get(&format!("{name}.weight"))?, &[size], name)?,
+                bias: expect_shape(get(&format!("{name}.bias"))?, &[size], name)?,
+                eps,
+            })
+        };
+        let (h, ff) = (config.hidden_size, config.intermediate_size);
+        let word = expect_shape(
+            get("embeddings.word_embeddings.weight")?,
+            &[config.vocab_size, h],
+            "word embeddings",
+        )?;
+        let position = get("embeddings.position_embeddings.weight")?;
+        let token_type = get("embeddings.token_type_embeddings.weight")?;
+        let embedding_norm = norm(get, "embeddings.LayerNorm", h)?;
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                query: matrix(get, &format!("{p}.attention.self.query"), h, h)?,
+                key: matrix(get, &format!("{p}.attention.self.key"), h, h)?,
+                value: matrix(get, &format!("{p}.attention.self.value"), h, h)?,
+                attention_out: matrix(get, &format!("{p}.attention.output.dense"), h, h)?,
+                attention_norm: norm(get, &format!("{p}.attention.output.LayerNorm"), h)?,
+                up: matrix(get, &format!("{p}.intermediate.dense"), ff, h)?,
+                down: matrix(get, &format!("{p}.output.dense"), h, ff)?,
+                output_norm: norm(get, &format!("{p}.output.LayerNorm"), h)?,
+            });
+            progress(i + 1, config.layers);
+        }
+        let max_positions = position.dim(0)?.min(config.max_positions);
+        Ok(Self {
+            config: BertConfig {
+                max_positions,
+                ..config
+            },
+            word,
+            position,
+            token_type,
+            embedding_norm,
+            layers,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        self.word.device()
+    }
+
+    /// The last hidden states, (batch, len, hidden), of `ids` (batch, len) where `mask`
+    /// (batch, len) is 1 on real tokens and 0 on padding.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (batch, len) = ids.dims2()?;
+        let h = self.config.hidden_size;
+        let heads = self.config.heads;
+        let head_dim = h / heads;
+        let words = self.word.index_select(&ids.flatten_all()?, 0)?;
+        let positions = self.position.narrow(0, 0, len)?;
+        let embedded = words
+            .reshape((batch, len, h))?
+            .broadcast_add(&positions)?
+            .broadcast_add(&self.token_type.get(0)?)?;
+        let mut x = self
+            .embedding_norm
+            .forward(&embedded)?
+            .reshape((batch * len, h))?;
+        // Padding keys get -1e30 before the softmax: exp() makes them exact zeros.
+        let key_bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((batch, 1, 1, len))?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((batch, len, heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        for layer in &self.layers {
+            let q = split((layer.query.forward(&x)? * scale)?)?;
+            let k = split(layer.key.forward(&x)?)?;
+            let v = split(layer.value.forward(&x)?)?;
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&key_bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let context = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((batch * len, h))?;
+            let attended = (layer.attention_out.forward(&context)? + &x)?;
+            x = layer.attention_norm.forward(&attended)?;
+            let inner = layer.up.forward(&x)?.gelu_erf()?;
+            let out = (layer.down.forward(&inner)? + &x)?;
+            x = layer.output_norm.forward(&out)?;
+        }
+        Ok(x.reshape((batch, len, h))?)
+    }
+}
+
+fn expect_shape(t: Tensor, dims: &[usize], name: &str) -> Result<Tensor> {
+    if t.dims() != dims {
+        return Err(ModelError::Config(format!(
+            "{name} has shape {:?}, expected {dims:?}",
+            t.dims()
+        )));
+    }
+    Ok(t.to_dtype(DType::F32)?.contiguous()?)
+}
+
+/// The mean of `hidden` (batch, len, hidden) over the tokens `mask` (batch, len) marks.
+pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let mask = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+    let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+    let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
+    Ok(summed.broadcast_div(&counts)?)
+}

@@ -1,0 +1,347 @@
+//! Embedding models: a text encoder, its tokenizer and its pooling, from a sentence-transformers
+//! directory (safetensors, `modules.json`, `1_Pooling/config.json`) or a GGUF of one (as Ollama's
+//! `all-minilm` is). Encoders run dense in f32; they are small, and the vectors they give must
+//! match sentence-transformers'.
+
+pub mod bert;
+mod wordpiece;
+
+use crate::error::{ModelError, Result};
+use crate::load::ModelSource;
+use crate::weights::GgufFile;
+use bert::{Bert, BertConfig};
+use candle_core::{Device, Tensor};
+use std::path::Path;
+
+/// How token states become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the input's tokens.
+    Mean,
+    /// The first token's state (`[CLS]`).
+    Cls,
+}
+
+impl Pooling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+        }
+    }
+}
+
+/// A loaded embedding model.
+pub struct Encoder {
+    bert: Bert,
+    tokenizer: tokenizers::Tokenizer,
+    pooling: Pooling,
+    normalize: bool,
+    max_tokens: usize,
+    family: &'static str,
+}
+
+/// Whether `source` holds an encoder (an embedding model) rather than a decoder: GGUF
+/// `general.architecture` bert, or config.json `model_type` bert. Cheap: reads headers only.
+pub fn is_encoder(source: &ModelSource) -> bool {
+    match source {
+        ModelSource::Gguf(path) => {
+            GgufFile::open(path).is_ok_and(|f| f.string("general.architecture") == Some("bert"))
+        }
+        ModelSource::Safetensors(dir) => read_json(&dir.join("config.json"))
+            .is_ok_and(|c| c["model_type"].as_str() == Some("bert")),
+        ModelSource::Random { .. } => false,
+    }
+}
+
+impl Encoder {
+    pub fn load(
+        source: &ModelSource,
+        device: &Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        match source {
+            ModelSource::Safetensors(dir) => {
+                Self::from_sentence_transformers(dir, device, progress)
+            }
+            ModelSource::Gguf(path) => Self::from_gguf(path, device, progress),
+            ModelSource::Random { .. } => Err(ModelError::Unsupported(
+                "random weights make no embedding model".into(),
+            )),
+        }
+    }
+
+    fn from_sentence_transformers(
+        dir: &Path,
+        device: &Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let config_json = read_json(&dir.join("config.json"))?;
+        if config_json["model_type"].as_str() != Some("bert") {
+            return Err(ModelError::Unsupported(format!(
+                "{}: model_type {} is not an encoder this server runs (bert)",
+                dir.display(),
+                config_json["model_type"]
+            )));
+        }
+        let config = BertConfig::from_hf_json(&config_json)?;
+        let files = safetensors_files(dir)?;
+        // SAFETY: mapped read-only, as every loader here; the files must not change in use.
+        let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
+        let mut get = |name: &str| -> Result<Tensor> {
+            // Checkpoints saved from BertForMaskedLM prefix every name with `bert.`.
+            tensors
+                .load(name, device)
+                .or_else(|_| tensors.load(&format!("bert.{name}"), device))
+                .map_err(|_| ModelError::MissingWeight(name.to_string()))
+        };
+        let bert = Bert::load(config, &mut get, progress)?;
+        let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        // Lengths are ours to check: an over-long input is an error or truncated on request,
+        // never cut silently by the tokenizer's own settings.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let (pooling, normalize) = sentence_transformers_head(dir)?;
+        let max_tokens = read_json(&dir.join("sentence_bert_config.json"))
+            .ok()
+            .and_then(|c| c["max_seq_length"].as_u64())
+            .map_or(bert.config().max_positions, |n| {
+                (n as usize).min(bert.config().max_positions)
+            });
+        Ok(Self {
+            bert,
+            tokenizer,
+            pooling,
+            normalize,
+            max_tokens,
+            family: "bert",
+        })
+    }
+
+    fn from_gguf(
+        path: &Path,
+        device: &Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let arch = file.string("general.architecture").unwrap_or("unknown");
+        if arch != "bert" {
+            return Err(ModelError::Unsupported(format!(
+                "{}: architecture {arch} is not an encoder this server runs (bert)",
+                path.display()
+            )));
+        }
+        let config = BertConfig::from_gguf(&file)?;
+        let mut get = |name: &str| -> Result<Tensor> {
+            let gguf =
+                bert::gguf_name(name).ok_or_else(|| ModelError::MissingWeight(name.into()))?;
+            file.dequantized(&gguf, device)
+        };
+        let bert = Bert::load(config, &mut get, progress)?;
+        let tokenizer = wordpiece::from_gguf(&file)?;
+        // llama.cpp's pooling types: 1 mean, 2 CLS. Ollama's embeddings are unit vectors.
+        let pooling = match file.uint("bert.pooling_type") {
+            Some(2) => Pooling::Cls,
+            Some(1) | None => Pooling::Mean,
+            Some(other) => {
+                return Err(ModelError::Unsupported(format!(
+                    "bert.pooling_type {other} (only 1, mean, and 2, CLS)"
+                )))
+            }
+        };
+        let max_tokens = bert.config().max_positions;
+        Ok(Self {
+            bert,
+            tokenizer,
+            pooling,
+            normalize: true,
+            max_tokens,
+            family: "bert",
+        })
+    }
+
+    /// The token ids of `text`, special tokens included.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Cuts `ids` to the model's length, keeping its closing special token (`[SEP]`) where it
+    /// had one, as sentence-transformers' truncation does.
+    pub fn truncate(&self, ids: &mut Vec<u32>) {
+        if ids.len() > self.max_tokens {
+            let last = *ids.last().expect("longer than max_tokens, so not empty");
+            ids.truncate(self.max_tokens);
+            if self
+                .tokenizer
+                .id_to_token(last)
+                .is_some_and(|t| t == "[SEP]")
+            {
+                *ids.last_mut().expect("max_tokens > 0") = last;
+            }
+        }
+    }
+
+    /// One vector per input. Inputs run as batches of similar lengths; each must be at most
+    /// [`Encoder::max_tokens`] long and its ids in the vocabulary (checked before this).
+    pub fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        const BATCH: usize = 32;
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| inputs[i].len());
+        let mut out = vec![Vec::new(); inputs.len()];
+        for chunk in order.chunks(BATCH) {
+            let vectors = self.embed_batch(chunk.iter().map(|&i| inputs[i].as_slice()))?;
+            for (&i, v) in chunk.iter().zip(vectors) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    fn embed_batch<'a>(
+        &self,
+        batch: impl ExactSizeIterator<Item = &'a [u32]> + Clone,
+    ) -> Result<Vec<Vec<f32>>> {
+        let rows = batch.len();
+        let len = batch.clone().map(<[u32]>::len).max().unwrap_or(0).max(1);
+        if len > self.max_tokens {
+            return Err(ModelError::Batch(format!(
+                "an input of {len} tokens is longer than the model's {}",
+                self.max_tokens
+            )));
+        }
+        let mut ids = vec![0u32; rows * len];
+        let mut mask = vec![0u8; rows * len];
+        for (r, input) in batch.enumerate() {
+            ids[r * len..r * len + input.len()].copy_from_slice(input);
+            mask[r * len..r * len + input.len()].fill(1);
+        }
+        let device = self.bert.device();
+        let ids = Tensor::from_vec(ids, (rows, len), device)?;
+        let mask = Tensor::from_vec(mask, (rows, len), device)?;
+        let hidden = self.bert.forward(&ids, &mask)?;
+        let pooled = match self.pooling {
+            Pooling::Mean => bert::mean_pool(&hidden, &mask)?,
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        };
+        let pooled = if self.normalize {
+            let norms = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12, f64::MAX)?;
+            pooled.broadcast_div(&norms)?
+        } else {
+            pooled
+        };
+        Ok(pooled.to_vec2::<f32>()?)
+    }
+
+    /// The longest input, in tokens, special tokens included.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn dimensions(&self) -> usize {
+        self.bert.config().hidden_size
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.bert.config().vocab_size
+    }
+
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    pub fn normalizes(&self) -> bool {
+        self.normalize
+    }
+
+    pub fn family(&self) -> &'static str {
+        self.family
+    }
+
+    /// Weights, for the parameter count a model listing shows.
+    pub fn parameters(&self) -> usize {
+        let c = self.bert.config();
+        let layer = 4 * (c.hidden_size * c.hidden_size + c.hidden_size)
+            + 2 * c.hidden_size * c.intermediate_size
+            + c.intermediate_size
+            + c.hidden_size
+            + 4 * c.hidden_size;
+        (c.vocab_size + c.max_positions + 2) * c.hidden_size + 2 * c.hidden_size + c.layers * layer
+    }
+}
+
+/// Pooling and normalisation as `modules.json` and `1_Pooling/config.json` say; a bare
+/// Hugging Face BERT (no modules.json) gets mean pooling without normalisation, as
+/// sentence-transformers gives it.
+fn sentence_transformers_head(dir: &Path) -> Result<(Pooling, bool)> {
+    let Ok(modules) = read_json(&dir.join("modules.json")) else {
+        return Ok((Pooling::Mean, false));
+    };
+    let modules = modules.as_array().cloned().unwrap_or_default();
+    let has = |kind: &str| {
+        modules
+            .iter()
+            .find(|m| m["type"].as_str() == Some(kind))
+            .map(|m| m["path"].as_str().unwrap_or_default().to_string())
+    };
+    let normalize = has("sentence_transformers.models.Normalize").is_some();
+    let pooling = match has("sentence_transformers.models.Pooling") {
+        Some(path) => {
+            let config = read_json(&dir.join(path).join("config.json"))?;
+            let on = |key: &str| config[key].as_bool() == Some(true);
+            let others = [
+                "pooling_mode_max_tokens",
+                "pooling_mode_mean_sqrt_len_tokens",
+                "pooling_mode_weightedmean_tokens",
+                "pooling_mode_lasttoken",
+            ];
+            if let Some(mode) = others.iter().find(|k| on(k)) {
+                return Err(ModelError::Unsupported(format!(
+                    "sentence-transformers pooling {mode}"
+                )));
+            }
+            match (on("pooling_mode_cls_token"), on("pooling_mode_mean_tokens")) {
+                (true, false) => Pooling::Cls,
+                (false, true) => Pooling::Mean,
+                _ => {
+                    return Err(ModelError::Unsupported(
+                        "sentence-transformers pooling: exactly one of CLS and mean".into(),
+                    ))
+                }
+            }
+        }
+        None => Pooling::Mean,
+    };
+    Ok((pooling, normalize))
+}
+
+fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| ModelError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ModelError::Unsupported(format!(
+            "{} has no .safetensors file",
+            dir.display()
+        )));
+    }
+    Ok(files)
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))
+}
