@@ -584,6 +584,7 @@ pub async fn ps(State(state): State<AppState>) -> Json<Value> {
             entry
         })
         .into_iter()
+        .chain(state.encoders.ps_entries())
         .collect();
     Json(json!({ "models": models }))
 }

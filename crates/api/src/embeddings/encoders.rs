@@ -10,7 +10,7 @@ use ferrollama_model::Encoder;
 use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Inputs gathered from the queue for one run: enough to fill the encoder's batches.
 const MAX_GATHERED_INPUTS: usize = 256;
@@ -42,6 +42,22 @@ impl ResidentEncoder {
             .await
             .map_err(|_| ApiError::internal("the embedding worker has stopped"))?
             .map_err(ApiError::internal)
+    }
+
+    fn ps_entry(&self) -> serde_json::Value {
+        let expires = *self.expires.lock().expect("expires lock");
+        // Kept until the server stops: Ollama shows the far future (now + 2^63 ns).
+        let expires_at = match expires {
+            Some(at) => SystemTime::now() + at.saturating_duration_since(Instant::now()),
+            None => SystemTime::now() + Duration::from_nanos(i64::MAX as u64),
+        };
+        let e = &self.encoder;
+        let parameters = e.parameters() as u64;
+        serde_json::json!({
+            "name": self.key, "model": self.key, "size": parameters * 4, "size_vram": 0,
+            "digest": "", "expires_at": crate::clock::rfc3339(expires_at),
+            "details": crate::model_info::details(e.family(), parameters, "F32"),
+        })
     }
 
     fn keep_for(&self, keep_alive: KeepAlive) {
@@ -180,13 +196,12 @@ impl Encoders {
         self.loaded.lock().expect("loaded lock").get(key).cloned()
     }
 
-    /// Those loaded now, for `/api/ps`.
-    pub fn running(&self) -> Vec<(Arc<ResidentEncoder>, Option<Instant>)> {
+    /// Those loaded now, as `/api/ps` lists models.
+    pub fn ps_entries(&self) -> Vec<serde_json::Value> {
         let loaded = self.loaded.lock().expect("loaded lock");
-        loaded
-            .values()
-            .map(|r| (r.clone(), *r.expires.lock().expect("expires lock")))
-            .collect()
+        let mut entries: Vec<_> = loaded.values().map(|r| r.ps_entry()).collect();
+        entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        entries
     }
 
     /// Unloads those whose keep_alive has run out (requests in flight keep theirs until done).

@@ -108,5 +108,5 @@ fn keep_alive(value: Option<&Value>) -> Result<Option<KeepAlive>, ApiError> {
     value
         .map(KeepAlive::from_json)
         .transpose()
-        .map_err(|e| ApiError::invalid("keep_alive", e))
+        .map_err(|e| ApiError::invalid("keep_alive", format!("keep_alive: {e}")))
 }
