@@ -8,8 +8,10 @@
 //! - `runner`: one load level (closed loop or Poisson)
 //! - `metrics`: records → the summary figures
 //! - `report`, `plot`: the table and the SVG
+//! - `embeddings`: `--embeddings`, inputs/s through /v1/embeddings at each batch size
 
 pub mod client;
+pub mod embeddings;
 pub mod metrics;
 mod plot;
 mod report;
@@ -92,6 +94,16 @@ pub struct BenchArgs {
     /// Write every figure as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Measure /v1/embeddings instead: inputs/s at each of --batch (inputs per request), one
+    /// request at a time, --num-prompts requests per batch size (default 20).
+    #[arg(long)]
+    pub embeddings: bool,
+    /// With --embeddings: the batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub batch: Vec<usize>,
+    /// With --embeddings: the texts, one per line (else random words at --input-len).
+    #[arg(long)]
+    pub texts: Option<PathBuf>,
     /// Write an SVG plot of throughput and latency against load here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -125,6 +137,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if args.embeddings {
+        return runtime.block_on(bench_embeddings(&args));
+    }
     let report = runtime.block_on(bench(&args))?;
     print!("{}", report::table(&report.levels));
     if let Some(path) = &args.json {
@@ -136,6 +151,38 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let title = format!("{} · {} · {}", report.label, report.model, report.base_url);
         plot::write_svg(path, &title, &report.levels)?;
         eprintln!("plot: {}", path.display());
+    }
+    Ok(())
+}
+
+async fn bench_embeddings(args: &BenchArgs) -> Result<()> {
+    let model = args
+        .model
+        .clone()
+        .context("--embeddings needs --model (an embedding model)")?;
+    let largest = args.batch.iter().copied().max().unwrap_or(1);
+    let requests = args.num_prompts.unwrap_or(20).max(1);
+    let texts = embeddings::texts(
+        args.texts.as_deref(),
+        largest * 4,
+        args.input_len,
+        args.seed,
+    )?;
+    let report = embeddings::bench(
+        &args.base_url,
+        &model,
+        args.api_key.as_deref(),
+        &args.label,
+        &args.batch,
+        requests,
+        &texts,
+    )
+    .await?;
+    print!("{}", embeddings::table(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("JSON: {}", path.display());
     }
     Ok(())
 }

@@ -304,7 +304,7 @@ fn spread(len: u32, ratio: f64, rng: &mut SplitMix64) -> u32 {
     (lo + (hi - lo) * rng.unit() as f64).round() as u32
 }
 
-fn random_words(n: usize, rng: &mut SplitMix64) -> String {
+pub fn random_words(n: usize, rng: &mut SplitMix64) -> String {
     let words: Vec<&str> = (0..n)
         .map(|_| WORDS[(rng.next_u64() % WORDS.len() as u64) as usize])
         .collect();

@@ -281,3 +281,18 @@ def test_an_embedding_model_is_listed_while_loaded_and_unloads_after_its_keep_al
     while listed() and time.time() < deadline:
         time.sleep(0.1)
     assert not listed()
+
+
+def test_bench_measures_embeddings(base, tmp_path):
+    """`ferrollama bench --embeddings` runs its batch sizes and reports inputs/s and tokens."""
+    from conftest import BINARY
+    report = tmp_path / "report.json"
+    subprocess.run([BINARY, "bench", "--embeddings", "--base-url", base + "/v1", "--model", HF_NAME,
+                    "--batch", "1,4", "--num-prompts", "2", "--input-len", "12",
+                    "--json", str(report)], check=True, capture_output=True, timeout=120)
+    levels = json.loads(report.read_text())["levels"]
+    assert [(l["batch"], l["requests"]) for l in levels] == [(1, 2), (4, 2)]
+    for level in levels:
+        assert level["inputs_per_s"] > 0
+        # 12 random words and [CLS], [SEP]: at least 14 tokens per input.
+        assert level["prompt_tokens"] >= 14 * level["batch"] * level["requests"]
