@@ -226,6 +226,19 @@ def test_bad_input_on_api_names_the_field(base, body, says):
     assert says in r.json()["error"]
 
 
+def test_show_and_tags_describe_the_gguf_encoder(base):
+    # ollama-python 0.4.4's ShowResponse has no `capabilities`: read the JSON itself.
+    shown = requests.post(base + "/api/show", json={"model": "all-minilm:q8_0"}).json()
+    assert shown["capabilities"] == ["embedding"]
+    assert shown["details"]["family"] == "bert"
+    assert shown["details"]["quantization_level"] == "Q8_0"
+    assert shown["model_info"]["bert.context_length"] == 512
+    tags = {m["name"]: m for m in requests.get(base + "/api/tags").json()["models"]}
+    assert tags["all-minilm:f16"]["details"]["quantization_level"] == "F16"
+    chat_model = requests.post(base + "/api/show", json={"model": "mistral:instruct"}).json()
+    assert "embedding" not in chat_model["capabilities"]
+
+
 def test_models_that_cannot_embed_or_generate_say_so_and_the_server_keeps_serving(base):
     for url, body in [("/v1/embeddings", {"input": "x"}), ("/api/embed", {"input": "x"}),
                       ("/api/embeddings", {"prompt": "x"})]:

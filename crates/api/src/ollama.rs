@@ -617,9 +617,12 @@ pub async fn show(State(state): State<AppState>, body: Bytes) -> Result<Json<Val
     })))
 }
 
-/// Ollama's capabilities: every model completes; one whose template offers tools calls them.
+/// Ollama's capabilities: an encoder embeds; every other model completes, and one whose
+/// template offers tools calls them.
 fn capabilities(info: &ModelInfo) -> Value {
-    if info.tools {
+    if info.details["family"] == "bert" {
+        json!(["embedding"])
+    } else if info.tools {
         json!(["completion", "tools"])
     } else {
         json!(["completion"])
