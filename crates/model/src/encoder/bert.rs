@@ -138,9 +138,9 @@ impl Norm {
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Query, key and value as one matrix (one GEMM instead of three), the query's rows
+    /// pre-scaled by 1/sqrt(head_dim).
+    qkv: Linear,
     attention_out: Linear,
     attention_norm: Norm,
     up: Linear,
@@ -190,10 +190,24 @@ impl Bert {
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let p = format!("encoder.layer.{i}");
+            let scale = 1.0 / ((h / config.heads) as f64).sqrt();
+            let q = matrix(get, &format!("{p}.attention.self.query"), h, h)?;
+            let k = matrix(get, &format!("{p}.attention.self.key"), h, h)?;
+            let v = matrix(get, &format!("{p}.attention.self.value"), h, h)?;
+            let bias = |l: &Linear| l.bias().expect("loaded with a bias").clone();
+            let qkv = Linear::new(
+                Tensor::cat(
+                    &[
+                        (q.weight() * scale)?,
+                        k.weight().clone(),
+                        v.weight().clone(),
+                    ],
+                    0,
+                )?,
+                Some(Tensor::cat(&[(bias(&q) * scale)?, bias(&k), bias(&v)], 0)?),
+            );
             layers.push(Layer {
-                query: matrix(get, &format!("{p}.attention.self.query"), h, h)?,
-                key: matrix(get, &format!("{p}.attention.self.key"), h, h)?,
-                value: matrix(get, &format!("{p}.attention.self.value"), h, h)?,
+                qkv,
                 attention_out: matrix(get, &format!("{p}.attention.output.dense"), h, h)?,
                 attention_norm: norm(get, &format!("{p}.attention.output.LayerNorm"), h)?,
                 up: matrix(get, &format!("{p}.intermediate.dense"), ff, h)?,
@@ -243,16 +257,15 @@ impl Bert {
             .reshape((batch * len, h))?;
         // Padding keys get -1e30 before the softmax: exp() makes them exact zeros.
         let key_bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((batch, 1, 1, len))?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((batch, len, heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
         for layer in &self.layers {
-            let q = split((layer.query.forward(&x)? * scale)?)?;
-            let k = split(layer.key.forward(&x)?)?;
-            let v = split(layer.value.forward(&x)?)?;
+            // (batch, len, 3, heads, head_dim) -> three (batch, heads, len, head_dim).
+            let qkv = layer
+                .qkv
+                .forward(&x)?
+                .reshape((batch, len, 3, heads, head_dim))?
+                .permute((2, 0, 3, 1, 4))?
+                .contiguous()?;
+            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
             let scores = q.matmul(&k.t()?)?.broadcast_add(&key_bias)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             let context = probs
@@ -261,7 +274,7 @@ impl Bert {
                 .reshape((batch * len, h))?;
             let attended = (layer.attention_out.forward(&context)? + &x)?;
             x = layer.attention_norm.forward(&attended)?;
-            let inner = layer.up.forward(&x)?.gelu_erf()?;
+            let inner = super::gelu::gelu_erf(&layer.up.forward(&x)?)?;
             let out = (layer.down.forward(&inner)? + &x)?;
             x = layer.output_norm.forward(&out)?;
         }

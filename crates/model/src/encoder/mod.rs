@@ -4,6 +4,7 @@
 //! match sentence-transformers'.
 
 pub mod bert;
+mod gelu;
 mod wordpiece;
 
 use crate::error::{ModelError, Result};
