@@ -128,16 +128,8 @@ impl GgufFile {
                 .ok_or_else(|| ModelError::Config("GGUF has no vocabulary size".into()))?,
         };
         let rope_scaling = if self.has_tensor("rope_freqs.weight") {
-            let (info, data) = self.raw_tensor("rope_freqs.weight")?;
-            let t = qtensor_from_ggml(
-                info.ggml_dtype,
-                data,
-                info.shape.dims().to_vec(),
-                &Device::Cpu,
-            )?;
-            Some(RopeScaling::Factors(
-                t.dequantize(&Device::Cpu)?.to_vec1::<f32>()?,
-            ))
+            let t = self.dequantized("rope_freqs.weight", &Device::Cpu)?;
+            Some(RopeScaling::Factors(t.to_vec1::<f32>()?))
         } else {
             match self.string(&key("rope.scaling.type")) {
                 Some("linear") => Some(RopeScaling::Linear {
