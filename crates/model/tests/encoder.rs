@@ -178,7 +178,7 @@ fn an_input_gets_the_same_vector_alone_and_padded_in_a_batch() {
         vec![2, 5, 12, 10, 7, 8, 5, 9, 11, 3],
         "tokenizer.json's own truncation (4) is off"
     );
-    let alone = e.embed(&[short.clone()]).unwrap();
+    let alone = e.embed(std::slice::from_ref(&short)).unwrap();
     let batch = e.embed(&[long.clone(), short.clone(), long]).unwrap();
     assert_eq!(batch.len(), 3);
     for (a, b) in alone[0].iter().zip(&batch[1]) {
@@ -217,8 +217,8 @@ fn pooling_and_normalisation_follow_modules_json() {
         (Pooling::Mean, false, POSITIONS)
     );
     let ids = m.tokenize("the cat sat").unwrap();
-    let mv = &m.embed(&[ids.clone()]).unwrap()[0];
-    let cv = &c.embed(&[ids.clone()]).unwrap()[0];
+    let mv = &m.embed(std::slice::from_ref(&ids)).unwrap()[0];
+    let cv = &c.embed(std::slice::from_ref(&ids)).unwrap()[0];
     assert!(
         (mv.iter().map(|x| x * x).sum::<f32>().sqrt() - 1.0).abs() > 1e-3,
         "not normalised"
@@ -366,7 +366,7 @@ fn a_gguf_of_the_same_weights_gives_the_same_ids_and_vectors() {
         let ids = s.tokenize(text).unwrap();
         assert_eq!(g.tokenize(text).unwrap(), ids, "{text}");
         let (gv, sv) = (
-            &g.embed(&[ids.clone()]).unwrap()[0],
+            &g.embed(std::slice::from_ref(&ids)).unwrap()[0],
             &s.embed(&[ids]).unwrap()[0],
         );
         // The GGUF's matrices are f16.
