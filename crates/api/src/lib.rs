@@ -6,7 +6,8 @@
 //! `/v1/models` in `models.rs`, the engine bridge in `generation.rs`, which model is loaded
 //! (and when it is unloaded) in `resident.rs`, model names in `names.rs`, error shapes in
 //! `error.rs`; structured output in `structured.rs`, tools asked for in `tools.rs` and read
-//! back in `tool_calls.rs`, vLLM's `/tokenize` in `tokenize.rs`.
+//! back in `tool_calls.rs`, vLLM's `/tokenize` in `tokenize.rs`; embeddings (both APIs, and
+//! the embedding models loaded beside the generating one) in `embeddings/`.
 
 pub mod clock;
 mod embeddings;

@@ -1,7 +1,7 @@
 //! The model crate knows math and weights, nothing else: a Mistral/Llama-family transformer
 //! whose forward runs a flat batch of new tokens from several sequences over a paged KV cache;
-//! loaders for safetensors, GGUF and random weights; tokenizers; chat templates; and the
-//! device/dtype policy. No HTTP, no queues: the engine above decides what runs when.
+//! loaders for safetensors, GGUF and random weights; tokenizers; chat templates; the
+//! device/dtype policy; and BERT encoders for embeddings (`encoder/`). No HTTP, no queues: the engine above decides what runs when.
 
 pub mod attention;
 pub mod batch;
