@@ -42,15 +42,24 @@ pub struct Encoder {
     family: &'static str,
 }
 
+/// Encoder families as GGUF `general.architecture` and config.json `model_type` name them.
+/// Only `bert` runs; the others are known as embedding models, so that a request for one is
+/// told it is not supported yet rather than that it cannot embed.
+const ENCODER_FAMILIES: [&str; 4] = ["bert", "nomic-bert", "jina-bert-v2", "xlm-roberta"];
+
 /// Whether `source` holds an encoder (an embedding model) rather than a decoder: GGUF
 /// `general.architecture` bert, or config.json `model_type` bert. Cheap: reads headers only.
 pub fn is_encoder(source: &ModelSource) -> bool {
     match source {
-        ModelSource::Gguf(path) => {
-            GgufFile::open(path).is_ok_and(|f| f.string("general.architecture") == Some("bert"))
-        }
-        ModelSource::Safetensors(dir) => read_json(&dir.join("config.json"))
-            .is_ok_and(|c| c["model_type"].as_str() == Some("bert")),
+        ModelSource::Gguf(path) => GgufFile::open(path).is_ok_and(|f| {
+            f.string("general.architecture")
+                .is_some_and(|a| ENCODER_FAMILIES.contains(&a))
+        }),
+        ModelSource::Safetensors(dir) => read_json(&dir.join("config.json")).is_ok_and(|c| {
+            c["model_type"]
+                .as_str()
+                .is_some_and(|t| ENCODER_FAMILIES.contains(&t))
+        }),
         ModelSource::Random { .. } => false,
     }
 }
@@ -78,12 +87,9 @@ impl Encoder {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let config_json = read_json(&dir.join("config.json"))?;
-        if config_json["model_type"].as_str() != Some("bert") {
-            return Err(ModelError::Unsupported(format!(
-                "{}: model_type {} is not an encoder this server runs (bert)",
-                dir.display(),
-                config_json["model_type"]
-            )));
+        let family = config_json["model_type"].as_str().unwrap_or("unknown");
+        if family != "bert" {
+            return Err(not_run(&dir.display().to_string(), family));
         }
         let config = BertConfig::from_hf_json(&config_json)?;
         let files = safetensors_files(dir)?;
@@ -130,10 +136,7 @@ impl Encoder {
         let file = GgufFile::open(path)?;
         let arch = file.string("general.architecture").unwrap_or("unknown");
         if arch != "bert" {
-            return Err(ModelError::Unsupported(format!(
-                "{}: architecture {arch} is not an encoder this server runs (bert)",
-                path.display()
-            )));
+            return Err(not_run(&path.display().to_string(), arch));
         }
         let config = BertConfig::from_gguf(&file)?;
         let mut get = |name: &str| -> Result<Tensor> {
@@ -324,6 +327,15 @@ fn sentence_transformers_head(dir: &Path) -> Result<(Pooling, bool)> {
         None => Pooling::Mean,
     };
     Ok((pooling, normalize))
+}
+
+/// Why a model of `family` does not load as an encoder.
+fn not_run(place: &str, family: &str) -> ModelError {
+    ModelError::Unsupported(if ENCODER_FAMILIES.contains(&family) {
+        format!("{place}: {family} is an embedding model this server does not run yet (only bert)")
+    } else {
+        format!("{place}: {family} is not an embedding model (an encoder such as bert)")
+    })
 }
 
 fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
