@@ -40,7 +40,8 @@ V1_CASES = [
     ("completion token out of vocab", "/v1/completions", {"model": "mistral:instruct", "prompt": [1, 99999999]}, 400),
     ("completion empty list", "/v1/completions", {"model": "mistral:instruct", "prompt": []}, 400),
     ("completion prompt object", "/v1/completions", {"model": "mistral:instruct", "prompt": {"a": 1}}, 400),
-    ("unknown route", "/v1/embeddings", {"model": "mistral:instruct", "input": "x"}, 404),
+    ("unknown route", "/v1/audio/speech", {"model": "mistral:instruct", "input": "x"}, 404),
+    ("embeddings from a chat model", "/v1/embeddings", {"model": "mistral:instruct", "input": "x"}, 400),
     # Structured output that cannot be honoured, and known fields set to what we do not do.
     ("response_format unknown type", "/v1/chat/completions", {**CHAT, "response_format": {"type": "yaml"}}, 400),
     ("response_format no schema", "/v1/chat/completions", {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, 400),
