@@ -17,6 +17,7 @@ import pathlib
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import litellm
@@ -25,7 +26,9 @@ import openai
 import pytest
 import requests
 
-from conftest import ROOT, layer, serve, stop
+from conftest import BINARY, ROOT, free_port, layer, stop
+
+LOG = pathlib.Path(tempfile.mkdtemp()) / "server.log"
 
 REFS = json.loads((ROOT / "models/fixtures/embeddings/minilm.json").read_text())["inputs"]
 HF_NAME = "hf.co/sentence-transformers/all-MiniLM-L6-v2"
@@ -80,9 +83,23 @@ def base(tmp_path_factory):
                         str(gguf), "--type", kind], check=True)
         store_gguf(tmp / "store", "all-minilm", kind, gguf)
     env = {**os.environ, "HF_HOME": str(tmp / "hf"), "OLLAMA_MODELS": str(tmp / "store"),
-           "HF_HUB_OFFLINE": "1"}
-    proc, url = serve(env, "--model", str(ROOT / "models/fixtures/tiny-mistral"),
-                      "--name", "mistral:instruct")
+           "HF_HUB_OFFLINE": "1", "RUST_LOG": "info"}
+    port = free_port()
+    log = open(LOG, "w")
+    proc = subprocess.Popen([BINARY, "--log-format", "json", "serve", "--port", str(port),
+                             "--kv-cache-memory", "64MiB", "--model",
+                             str(ROOT / "models/fixtures/tiny-mistral"), "--name", "mistral:instruct"],
+                            env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if requests.get(url + "/", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, LOG.read_text()
+        time.sleep(0.2)
     yield url
     assert stop(proc) == 0
 
@@ -298,7 +315,6 @@ def test_an_embedding_model_is_listed_while_loaded_and_unloads_after_its_keep_al
 
 def test_bench_measures_embeddings(base, tmp_path):
     """`ferrollama bench --embeddings` runs its batch sizes and reports inputs/s and tokens."""
-    from conftest import BINARY
     report = tmp_path / "report.json"
     subprocess.run([BINARY, "bench", "--embeddings", "--base-url", base + "/v1", "--model", HF_NAME,
                     "--batch", "1,4", "--num-prompts", "2", "--input-len", "12",
@@ -309,3 +325,27 @@ def test_bench_measures_embeddings(base, tmp_path):
         assert level["inputs_per_s"] > 0
         # 12 random words and [CLS], [SEP]: at least 14 tokens per input.
         assert level["prompt_tokens"] >= 14 * level["batch"] * level["requests"]
+
+
+def test_each_embedding_request_gets_a_log_line_without_its_text(base):
+    secret = "the-embedded-text-stays-out-of-logs"
+    r = requests.post(base + "/api/embed", json={"model": HF_NAME, "input": [secret, "hello world"]})
+    assert r.status_code == 200
+    tokens = r.json()["prompt_eval_count"]
+    bad = requests.post(base + "/v1/embeddings", json={"model": HF_NAME, "input": []})
+    assert bad.status_code == 400
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        lines = [json.loads(l) for l in LOG.read_text().splitlines() if l.startswith("{")]
+        lines = [l for l in lines if l.get("target") == "ferrollama::request"]
+        ok = [l for l in lines if l["fields"].get("route") == "/api/embed"
+              and l["fields"].get("prompt_tokens") == tokens]
+        failed = [l for l in lines if l["fields"].get("route") == "/v1/embeddings"
+                  and l["fields"].get("finish") == "error"]
+        if ok and failed:
+            break
+        time.sleep(0.1)
+    assert ok and ok[-1]["fields"]["finish"] == "embedded", lines
+    assert ok[-1]["fields"]["generated_tokens"] == 0
+    assert failed and "at least one" in failed[-1]["fields"]["error"]
+    assert secret not in LOG.read_text()

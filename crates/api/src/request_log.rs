@@ -1,4 +1,4 @@
-//! One log line per generation request, through `tracing` (target `ferrollama::request`): its
+//! One log line per request that runs a model (generation or embeddings), through `tracing` (target `ferrollama::request`): its
 //! id, route, model, prompt, cached and generated tokens, time to first token, total time and
 //! how it ended. The prompt's text only with `--log-prompts`; keys never.
 
@@ -71,6 +71,17 @@ impl RequestLog {
         if s.finished == self.choices {
             self.emit(&s, None);
         }
+    }
+
+    /// An embedding request's line: its inputs' tokens, nothing generated, finish `embedded`
+    /// (or `error`, with the error).
+    pub fn embedded(&self, prompt_tokens: usize, error: Option<&str>) {
+        let s = SoFar {
+            prompt_tokens,
+            error: error.map(str::to_string),
+            ..SoFar::default()
+        };
+        self.emit(&s, Some(if error.is_some() { "error" } else { "embedded" }));
     }
 
     fn emit(&self, s: &SoFar, cancelled: Option<&str>) {

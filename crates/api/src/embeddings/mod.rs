@@ -44,6 +44,8 @@ pub struct EmbedAsk {
     pub keep_alive: Option<KeepAlive>,
     /// The request's field that holds the inputs, for errors: `input` or `prompt`.
     pub field: &'static str,
+    /// The route, for the request's log line.
+    pub route: &'static str,
 }
 
 /// The answer: one vector per input, in order.
@@ -81,7 +83,21 @@ fn check_shape(ask: &EmbedAsk) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Runs `ask`, with its log line (the texts only under `--log-prompts`).
 pub async fn embed(state: &AppState, ask: EmbedAsk) -> Result<Embedded, ApiError> {
+    let log = state.request_log(ask.route, &ask.model, || match &ask.inputs {
+        Inputs::Texts(texts) => texts.join("\n"),
+        Inputs::Tokens(lists) => format!("{lists:?}"),
+    });
+    let result = run(state, ask).await;
+    match &result {
+        Ok(done) => log.embedded(done.prompt_tokens, None),
+        Err(e) => log.embedded(0, Some(&e.message)),
+    }
+    result
+}
+
+async fn run(state: &AppState, ask: EmbedAsk) -> Result<Embedded, ApiError> {
     let started = Instant::now();
     check_shape(&ask)?;
     let key = state.residents.find(&ask.model).await?;

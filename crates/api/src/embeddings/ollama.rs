@@ -66,6 +66,7 @@ pub async fn embed_route(state: AppState, body: Bytes) -> Result<Json<Value>, Ap
         dimensions: body.dimensions,
         keep_alive: keep_alive(body.keep_alive.as_ref())?,
         field: "input",
+        route: "/api/embed",
     };
     let done = super::embed(&state, ask).await?;
     Ok(Json(json!({
@@ -97,6 +98,7 @@ async fn legacy(state: AppState, body: Bytes) -> Result<Json<Value>, ApiError> {
         dimensions: None,
         keep_alive: keep_alive(body.keep_alive.as_ref())?,
         field: "prompt",
+        route: "/api/embeddings",
     };
     let mut done = super::embed(&state, ask).await?;
     Ok(Json(

@@ -54,6 +54,7 @@ async fn answer(state: AppState, body: Bytes) -> Result<Json<Value>, ApiError> {
         dimensions: body.dimensions,
         keep_alive: None,
         field: "input",
+        route: "/v1/embeddings",
     };
     let done = embed(&state, ask).await?;
     let data: Vec<Value> = done
