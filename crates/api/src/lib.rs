@@ -30,7 +30,7 @@ mod tokenize;
 mod tool_calls;
 mod tools;
 
-pub use embeddings::Encoders;
+pub use embeddings::encoders::Encoders;
 pub use keep_alive::KeepAlive;
 pub use metrics::Metrics;
 pub use model_info::ModelInfo;

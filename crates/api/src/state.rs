@@ -14,7 +14,7 @@ pub struct AppState {
     /// The loaded model, loading and unloading models as requests name them.
     pub residents: Arc<Residents>,
     /// Embedding models, loaded beside the generating one.
-    pub encoders: Arc<crate::embeddings::Encoders>,
+    pub encoders: Arc<crate::embeddings::encoders::Encoders>,
     /// Bearer token required on every request, if set.
     pub api_key: Option<Arc<str>>,
     /// Refuse every store-changing endpoint, whatever the key (read-only replicas).

@@ -1,11 +1,9 @@
 //! Embeddings: one typed ask that both APIs' adapters (`openai.rs`, `ollama.rs` here) parse
 //! their bodies into, checked and run once, and answered as vectors with their counts.
 
-mod encoders;
+pub mod encoders;
 pub mod ollama;
 pub mod openai;
-
-pub use encoders::Encoders;
 
 use crate::error::ApiError;
 use crate::keep_alive::KeepAlive;
