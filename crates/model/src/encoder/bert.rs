@@ -257,21 +257,37 @@ impl Bert {
             .reshape((batch * len, h))?;
         // Padding keys get -1e30 before the softmax: exp() makes them exact zeros.
         let key_bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((batch, 1, 1, len))?;
+        let cpu = self.device().is_cpu();
+        let lens: Vec<usize> = if cpu {
+            mask.to_dtype(DType::U32)?
+                .sum(1)?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|n| n as usize)
+                .collect()
+        } else {
+            Vec::new()
+        };
         for layer in &self.layers {
-            // (batch, len, 3, heads, head_dim) -> three (batch, heads, len, head_dim).
-            let qkv = layer
-                .qkv
-                .forward(&x)?
-                .reshape((batch, len, 3, heads, head_dim))?
-                .permute((2, 0, 3, 1, 4))?
-                .contiguous()?;
-            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&key_bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let context = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((batch * len, h))?;
+            let qkv = layer.qkv.forward(&x)?;
+            let context = if cpu {
+                let rows = qkv.flatten_all()?.to_vec1::<f32>()?;
+                let out = super::attention::attend(&rows, len, heads, head_dim, &lens);
+                Tensor::from_vec(out, (batch * len, h), self.device())?
+            } else {
+                // (batch, len, 3, heads, head_dim) -> three (batch, heads, len, head_dim).
+                let qkv = qkv
+                    .reshape((batch, len, 3, heads, head_dim))?
+                    .permute((2, 0, 3, 1, 4))?
+                    .contiguous()?;
+                let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+                let scores = q.matmul(&k.t()?)?.broadcast_add(&key_bias)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                probs
+                    .matmul(&v)?
+                    .transpose(1, 2)?
+                    .reshape((batch * len, h))?
+            };
             let attended = (layer.attention_out.forward(&context)? + &x)?;
             x = layer.attention_norm.forward(&attended)?;
             let inner = super::gelu::gelu_erf(&layer.up.forward(&x)?)?;

@@ -3,6 +3,7 @@
 //! `all-minilm` is). Encoders run dense in f32; they are small, and the vectors they give must
 //! match sentence-transformers'.
 
+mod attention;
 pub mod bert;
 mod gelu;
 mod wordpiece;
