@@ -105,10 +105,10 @@ mod tests {
                     let max = s.iter().cloned().fold(f64::MIN, f64::max);
                     let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
                     let sum: f64 = e.iter().sum();
-                    for c in 0..d {
+                    for (c, &value) in got.iter().enumerate() {
                         let want: f64 = (0..n).map(|j| e[j] / sum * get(j, 2, c)).sum();
                         assert!(
-                            (got[c] as f64 - want).abs() < 1e-5,
+                            (value as f64 - want).abs() < 1e-5,
                             "b {b} head {head} row {i} col {c}"
                         );
                     }
