@@ -9,7 +9,7 @@
 use crate::hub_file::{check, fetch, Sibling};
 use crate::manifest::{Layer, Manifest, MANIFEST_MEDIA_TYPE, MODEL};
 use crate::name::{ModelName, DEFAULT_TAG};
-use crate::pull::Pulled;
+use crate::pulled::Pulled;
 use crate::quant::{self, GgufFile, NoChoice};
 use crate::registry::{PullError, PullEvent};
 use crate::store::Store;

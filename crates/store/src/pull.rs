@@ -2,20 +2,10 @@
 //! names (`hf.co/org/repo[:quant]`) to the hub, every other name to an Ollama registry.
 
 use crate::hugging_face::{is_hugging_face, HuggingFace};
-use crate::manifest::Manifest;
 use crate::name::ModelName;
+use crate::pulled::Pulled;
 use crate::registry::{PullError, PullEvent, Registry};
 use crate::store::Store;
-use std::path::PathBuf;
-
-/// What a pull left behind.
-#[derive(Debug, Clone)]
-pub enum Pulled {
-    /// A name in the Ollama store (every registry pull, a GGUF from the hub).
-    Manifest(Manifest),
-    /// A safetensors snapshot directory in the HF cache.
-    Snapshot(PathBuf),
-}
 
 #[derive(Debug, Clone)]
 pub struct Puller {
