@@ -82,15 +82,17 @@ fn work(encoder: Arc<Encoder>, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        // The inputs move into one list; each job keeps its count to take its vectors back.
+        let counts: Vec<usize> = batch.iter().map(|j| j.inputs.len()).collect();
         let all: Vec<Vec<u32>> = batch
-            .iter()
-            .flat_map(|j| j.inputs.iter().cloned())
+            .iter_mut()
+            .flat_map(|j| std::mem::take(&mut j.inputs))
             .collect();
         match encoder.embed(&all) {
             Ok(vectors) => {
                 let mut vectors = vectors.into_iter();
-                for job in batch {
-                    let mine = vectors.by_ref().take(job.inputs.len()).collect();
+                for (job, count) in batch.into_iter().zip(counts) {
+                    let mine = vectors.by_ref().take(count).collect();
                     let _ = job.reply.send(Ok(mine));
                 }
             }

@@ -255,38 +255,37 @@ impl Bert {
             .embedding_norm
             .forward(&embedded)?
             .reshape((batch * len, h))?;
-        // Padding keys get -1e30 before the softmax: exp() makes them exact zeros.
-        let key_bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((batch, 1, 1, len))?;
-        let cpu = self.device().is_cpu();
-        let lens: Vec<usize> = if cpu {
-            mask.to_dtype(DType::U32)?
-                .sum(1)?
-                .to_vec1::<u32>()?
-                .into_iter()
-                .map(|n| n as usize)
-                .collect()
+        // How padding is kept out of attention: the CPU kernel skips keys past each length;
+        // candle's ops add -1e30 to them before the softmax (exp() makes exact zeros).
+        let padding = if self.device().is_cpu() {
+            let lens = mask.to_dtype(DType::U32)?.sum(1)?.to_vec1::<u32>()?;
+            Padding::Lens(lens.into_iter().map(|n| n as usize).collect())
         } else {
-            Vec::new()
+            let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?;
+            Padding::KeyBias(bias.reshape((batch, 1, 1, len))?)
         };
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let context = if cpu {
-                let rows = qkv.flatten_all()?.to_vec1::<f32>()?;
-                let out = super::attention::attend(&rows, len, heads, head_dim, &lens);
-                Tensor::from_vec(out, (batch * len, h), self.device())?
-            } else {
-                // (batch, len, 3, heads, head_dim) -> three (batch, heads, len, head_dim).
-                let qkv = qkv
-                    .reshape((batch, len, 3, heads, head_dim))?
-                    .permute((2, 0, 3, 1, 4))?
-                    .contiguous()?;
-                let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-                let scores = q.matmul(&k.t()?)?.broadcast_add(&key_bias)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-                probs
-                    .matmul(&v)?
-                    .transpose(1, 2)?
-                    .reshape((batch * len, h))?
+            let context = match &padding {
+                Padding::Lens(lens) => {
+                    let rows = qkv.flatten_all()?.to_vec1::<f32>()?;
+                    let out = super::attention::attend(&rows, len, heads, head_dim, lens);
+                    Tensor::from_vec(out, (batch * len, h), self.device())?
+                }
+                Padding::KeyBias(key_bias) => {
+                    // (batch, len, 3, heads, head_dim) -> three (batch, heads, len, head_dim).
+                    let qkv = qkv
+                        .reshape((batch, len, 3, heads, head_dim))?
+                        .permute((2, 0, 3, 1, 4))?
+                        .contiguous()?;
+                    let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+                    let scores = q.matmul(&k.t()?)?.broadcast_add(key_bias)?;
+                    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                    probs
+                        .matmul(&v)?
+                        .transpose(1, 2)?
+                        .reshape((batch * len, h))?
+                }
             };
             let attended = (layer.attention_out.forward(&context)? + &x)?;
             x = layer.attention_norm.forward(&attended)?;
@@ -296,6 +295,11 @@ impl Bert {
         }
         Ok(x.reshape((batch, len, h))?)
     }
+}
+
+enum Padding {
+    Lens(Vec<usize>),
+    KeyBias(Tensor),
 }
 
 fn expect_shape(t: Tensor, dims: &[usize], name: &str) -> Result<Tensor> {
