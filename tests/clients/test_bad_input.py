@@ -168,3 +168,39 @@ def test_an_unhonoured_value_is_named(server, field, body):
     r = post(server, "/v1/chat/completions", body)
     assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
     assert field in r.json()["error"]["message"]
+
+
+# The field an error names, on /v1 (OpenAI's `param`), wherever the check happens: the
+# request's own rules, the engine's door (lengths, token ids, sampling ranges) or the template.
+@pytest.mark.parametrize("field,path,body", [
+    ("messages", "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": LONG}]}),
+    ("messages[1].role", "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "a"}, {"role": "wizard", "content": "b"}]}),
+    ("messages[0].content", "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+    ("prompt", "/v1/completions", {"model": "mistral:instruct", "prompt": LONG}),
+    ("prompt", "/v1/completions", {"model": "mistral:instruct", "prompt": [1, 99999999]}),
+    ("prompt[1]", "/v1/completions", {"model": "mistral:instruct", "prompt": ["short", LONG], "max_tokens": 2}),
+    ("prompt[1]", "/v1/completions", {"model": "mistral:instruct", "prompt": [[1, 2], [1, 99999999]], "max_tokens": 2}),
+    ("top_p", "/v1/completions", {"model": "mistral:instruct", "prompt": "x", "top_p": 0}),
+    ("min_p", "/v1/chat/completions", {**CHAT, "min_p": 3}),
+    ("repeat_penalty", "/v1/chat/completions", {**CHAT, "repeat_penalty": -1}),
+    ("temperature", "/v1/chat/completions", {**CHAT, "temperature": 5}),
+    ("max_tokens", "/v1/chat/completions", {**CHAT, "max_tokens": 0}),
+])
+def test_errors_name_their_field(server, field, path, body):
+    r = post(server, path, body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field, r.text
+    check_normal(server)
+    assert engine_idle(server)
+
+
+# Ollama's errors have no field; their message says what was wrong, and one API's range is
+# not forced on the other: Ollama takes any temperature, OpenAI 0 to 2.
+def test_ollama_errors_say_what_was_wrong_and_keep_ollamas_ranges(server):
+    base = {"model": "mistral:instruct", "prompt": "hi", "stream": False}
+    r = post(server, "/api/generate", {**base, "options": {"top_p": 0}})
+    assert r.status_code == 400 and "top_p" in r.json()["error"], r.text
+    r = post(server, "/api/generate", {**base, "raw": True, "prompt": LONG})
+    assert r.status_code == 400 and "2048" in r.json()["error"], r.text
+    r = post(server, "/api/generate", {**base, "options": {"temperature": 3, "num_predict": 2}})
+    assert r.status_code == 200 and r.json()["done"], r.text

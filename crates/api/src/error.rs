@@ -4,14 +4,16 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ferrollama_engine::EngineError;
+use ferrollama_engine::{EngineError, Field};
 use serde_json::json;
+use std::borrow::Cow;
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
-    pub param: Option<&'static str>,
+    /// The request field it is about (`temperature`, `prompt[1]`, `input[3]`).
+    pub param: Option<Cow<'static, str>>,
 }
 
 impl ApiError {
@@ -23,11 +25,11 @@ impl ApiError {
         }
     }
 
-    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(param: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
-            param: Some(param),
+            param: Some(param.into()),
         }
     }
 
@@ -66,13 +68,18 @@ impl ApiError {
     }
 }
 
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::Stopped => ApiError::internal(e.to_string()),
-            EngineError::QueueFull { .. } => ApiError::unavailable(e.to_string()),
-            EngineError::Sampling(_) => ApiError::bad_request(e.to_string()),
-            _ => ApiError::invalid("messages", e.to_string()),
+impl ApiError {
+    /// An engine's refusal; `prompt` is the request's name for the prompt it is about (the
+    /// serving core knows it: `messages`, `prompt`, `prompt[2]`), `max_tokens` its name for
+    /// the token budget.
+    pub fn engine(e: EngineError, prompt: String, max_tokens: &'static str) -> Self {
+        let message = e.to_string();
+        match e.field() {
+            Some(Field::Prompt) => Self::invalid(prompt, message),
+            Some(Field::MaxTokens) => Self::invalid(max_tokens, message),
+            Some(Field::Sampling(name)) => Self::invalid(name, message),
+            None if matches!(e, EngineError::QueueFull { .. }) => Self::unavailable(message),
+            None => Self::internal(message),
         }
     }
 }

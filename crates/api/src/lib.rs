@@ -2,8 +2,10 @@
 //! streaming) over one engine. Handlers parse and validate, render chat templates, tokenize,
 //! and turn engine events into each API's shapes; they never touch tensors.
 //!
-//! Where things are: routes here, `openai.rs`, `ollama.rs`, the model store's routes and
-//! `/v1/models` in `models.rs`, the engine bridge in `generation.rs`, which model is loaded
+//! Where things are: routes here; the serving core both APIs share (one typed ask, options →
+//! sampling, prompt preparation, submission, typed outputs) in `serving/`, under the thin
+//! protocol adapters `openai/` and `ollama/`; the model store's routes and
+//! `/v1/models` in `models.rs`, which model is loaded
 //! (and when it is unloaded) in `resident.rs`, model names in `names.rs`, error shapes in
 //! `error.rs`; structured output in `structured.rs`, tools asked for in `tools.rs` and read
 //! back in `tool_calls.rs`, vLLM's `/tokenize` in `tokenize.rs`; embeddings (both APIs, and
@@ -14,7 +16,6 @@ mod embeddings;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-mod generation;
 mod keep_alive;
 mod metrics;
 mod model_info;
@@ -24,6 +25,7 @@ mod ollama;
 mod openai;
 mod request_log;
 mod resident;
+mod serving;
 mod state;
 mod structured;
 mod tokenize;

@@ -29,18 +29,6 @@ impl Loaded {
     pub fn context(&self) -> usize {
         self.engine.context_len()
     }
-
-    /// A prompt that alone exceeds the context is refused, never truncated.
-    pub fn check_context(&self, prompt_tokens: usize) -> Result<(), ApiError> {
-        let context = self.context();
-        if prompt_tokens >= context {
-            return Err(ApiError::invalid(
-                "messages",
-                format!("the prompt has {prompt_tokens} tokens, but the model's context holds {context}; shorten it"),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// Finds and loads models by the names requests give. The server's binary provides it: the

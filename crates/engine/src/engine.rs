@@ -66,12 +66,12 @@ impl Default for EngineConfig {
 pub enum EngineError {
     #[error("the prompt is empty")]
     EmptyPrompt,
-    #[error("the prompt has {prompt} tokens; the model's context holds {context}")]
+    #[error("the prompt has {prompt} tokens, but the model's context holds {context}; shorten it")]
     PromptTooLong { prompt: usize, context: usize },
     #[error("the prompt needs {needed} KV cache blocks; the cache has {total} (raise --kv-cache-memory)")]
     CacheTooSmall { needed: usize, total: usize },
-    #[error("invalid sampling parameters: {0}")]
-    Sampling(String),
+    #[error(transparent)]
+    Sampling(#[from] crate::sampler::SamplingError),
     #[error("token id {token} is not in the vocabulary (ids below {vocab})")]
     UnknownToken { token: u32, vocab: usize },
     #[error("max_tokens must be at least 1")]
@@ -81,6 +81,32 @@ pub enum EngineError {
     /// Ollama's words for it (`OLLAMA_MAX_QUEUE`).
     #[error("server busy, please try again.  maximum pending requests exceeded ({limit})")]
     QueueFull { limit: usize },
+}
+
+/// The part of a request an [`EngineError`] is about, for an error that names its field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// The prompt (a chat's messages, a completion's prompt).
+    Prompt,
+    /// The most tokens to generate.
+    MaxTokens,
+    /// A sampling parameter, by its request name (`temperature`, `top_p`, ...).
+    Sampling(&'static str),
+}
+
+impl EngineError {
+    /// What in the request was wrong; `None` for the server's own state (stopped, busy).
+    pub fn field(&self) -> Option<Field> {
+        match self {
+            Self::EmptyPrompt
+            | Self::PromptTooLong { .. }
+            | Self::CacheTooSmall { .. }
+            | Self::UnknownToken { .. } => Some(Field::Prompt),
+            Self::NoTokensAllowed => Some(Field::MaxTokens),
+            Self::Sampling(e) => Some(Field::Sampling(e.field)),
+            Self::Stopped | Self::QueueFull { .. } => None,
+        }
+    }
 }
 
 /// What the engine is doing, for tests and metrics.
@@ -228,7 +254,7 @@ impl EngineHandle {
         if request.max_tokens == 0 {
             return Err(EngineError::NoTokensAllowed);
         }
-        request.sampling.validate().map_err(EngineError::Sampling)?;
+        request.sampling.validate()?;
         let (tx, rx) = unbounded_channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let drafter = self

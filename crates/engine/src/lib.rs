@@ -20,7 +20,9 @@ pub mod sequence;
 pub mod stop;
 
 pub use constraint::{Constraint, Grammar, Grammars};
-pub use engine::{start, EngineConfig, EngineError, EngineHandle, EngineStats, RequestStream};
+pub use engine::{
+    start, EngineConfig, EngineError, EngineHandle, EngineStats, Field, RequestStream,
+};
 pub use request::{Event, FinishReason, GenerationRequest, Timings, Usage};
-pub use sampler::SamplingParams;
+pub use sampler::{SamplingError, SamplingParams};
 pub use scheduler::Speculation;

@@ -91,25 +91,42 @@ impl SamplingParams {
         self.temperature > 0.0 && self.top_k == 0
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        let bad = |what: &str| Err(format!("{what} is out of range"));
+    /// Each parameter in its range; the error names the first one out of it.
+    pub fn validate(&self) -> Result<(), SamplingError> {
+        let out = |field: &'static str, value: f32, range: &str| {
+            Err(SamplingError {
+                field,
+                message: format!("{field} must be {range}, got {value}"),
+            })
+        };
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad("temperature");
+            return out("temperature", self.temperature, "at least 0");
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p");
+            return out("top_p", self.top_p, "in (0, 1]");
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad("min_p");
+            return out("min_p", self.min_p, "in [0, 1]");
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            return bad("repeat_penalty");
+            return out("repeat_penalty", self.repeat_penalty, "above 0");
         }
-        if !(self.presence_penalty.is_finite() && self.frequency_penalty.is_finite()) {
-            return bad("presence/frequency penalty");
+        if !self.presence_penalty.is_finite() {
+            return out("presence_penalty", self.presence_penalty, "finite");
+        }
+        if !self.frequency_penalty.is_finite() {
+            return out("frequency_penalty", self.frequency_penalty, "finite");
         }
         Ok(())
     }
+}
+
+/// A sampling parameter out of its range, by the request field's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SamplingError {
+    pub field: &'static str,
+    pub message: String,
 }
 
 /// What of a logit row a sequence needs for its next token.

@@ -41,13 +41,19 @@ impl ToolCall {
         serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
     }
 
-    /// Arguments as a client sent them: JSON text (OpenAI's way, read as above), the object
-    /// itself (Ollama's, and some OpenAI clients'), or nothing (`{}`).
-    pub fn arguments_from_json(sent: &Value) -> Value {
-        match sent {
+    /// A call as a client sent it in a chat's history, its arguments as JSON text (OpenAI's
+    /// way, read as above), the object itself (Ollama's, and some OpenAI clients'), or
+    /// nothing (`{}`).
+    pub fn sent(id: Option<String>, name: &str, arguments: &Value) -> Self {
+        let arguments = match arguments {
             Value::String(text) => Self::arguments_from_text(text),
             Value::Null => json!({}),
             arguments => arguments.clone(),
+        };
+        Self {
+            id,
+            name: name.to_string(),
+            arguments,
         }
     }
 

@@ -1,20 +1,12 @@
-//! Between the HTTP handlers and the engine: submits one engine request per choice, merges
-//! their event streams, and collects them for non-streaming responses.
+//! Submits one engine request per choice and merges their event streams; ends each choice
+//! that runs past `--request-timeout`, and counts each in the metrics and the request log.
 
-use crate::error::ApiError;
 use crate::request_log::RequestLog;
 use crate::resident::Lease;
 use crate::state::AppState;
-use crate::tool_calls::{Piece, ToolCallReader};
-use ferrollama_engine::{Event, FinishReason, GenerationRequest, Timings, Usage};
-use ferrollama_model::ToolCall;
+use ferrollama_engine::{EngineError, Event, FinishReason, GenerationRequest};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-
-/// How long a stream may stay silent (a long prompt being read) before it sends a heartbeat:
-/// gateways and proxies see bytes long before their read timeouts (the AI Gateway's is 30 s),
-/// and writing is how a client that hung up is noticed, within about this long.
-pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Events of several choices, tagged with the choice index. Dropping the receiver cancels
 /// every choice (their forwarders fail to send and drop their engine streams).
@@ -28,13 +20,15 @@ pub type Merged = mpsc::UnboundedReceiver<(usize, Event)>;
 /// client that has read a response never finds its model held by it (`keep_alive: 0`).
 ///
 /// Past `--request-timeout`, a choice ends with a final event saying so, and is cancelled.
+///
+/// A refusal comes with the index of the group (the prompt) the engine refused.
 pub fn submit_all(
     state: &AppState,
     lease: Lease,
     requests: Vec<GenerationRequest>,
     forks: usize,
     mut log: RequestLog,
-) -> Result<Merged, ApiError> {
+) -> Result<Merged, (EngineError, usize)> {
     let timeout = state.request_timeout;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     log.expect_choices(requests.len());
@@ -44,7 +38,8 @@ pub fn submit_all(
     let mut requests = requests.into_iter().peekable();
     while requests.peek().is_some() {
         let group: Vec<_> = requests.by_ref().take(forks.max(1)).collect();
-        streams.extend(engine.submit_forks(group)?);
+        let prompt = streams.len() / forks.max(1);
+        streams.extend(engine.submit_forks(group).map_err(|e| (e, prompt))?);
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let lease = std::sync::Arc::new(lease);
@@ -115,78 +110,4 @@ async fn until(deadline: Option<tokio::time::Instant>) {
 fn timed_out_message(timeout: Option<std::time::Duration>) -> String {
     let limit = timeout.map_or(String::new(), |t| format!(" ({} s)", t.as_secs_f64()));
     format!("the request ran past the server's --request-timeout{limit}")
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Finished {
-    pub text: String,
-    /// The calls the model made, when the request offered tools.
-    pub calls: Vec<ToolCall>,
-    pub reason: FinishReason,
-    pub usage: Usage,
-    pub timings: Timings,
-}
-
-impl Finished {
-    fn take(&mut self, pieces: Vec<Piece>) {
-        for piece in pieces {
-            match piece {
-                Piece::Text(text) => self.text.push_str(&text),
-                Piece::Call(call) => self.calls.push(call),
-                // The whole call follows; only streams to OpenAI clients want its parts.
-                Piece::CallStarted { .. } | Piece::Arguments(_) => {}
-            }
-        }
-    }
-}
-
-/// Waits for every choice to finish; with `reader`, each choice's output is read for calls.
-pub async fn collect(
-    mut merged: Merged,
-    choices: usize,
-    reader: Option<&ToolCallReader>,
-) -> Result<Vec<Finished>, ApiError> {
-    let mut readers = vec![reader.cloned(); choices];
-    let mut so_far = vec![Finished::default(); choices];
-    let mut done: Vec<Option<Finished>> = vec![None; choices];
-    while let Some((i, event)) = merged.recv().await {
-        match event {
-            Event::Token { text, token_id } => match &mut readers[i] {
-                Some(reader) => so_far[i].take(reader.push(&text, token_id)),
-                None => so_far[i].text.push_str(&text),
-            },
-            Event::Finished {
-                reason,
-                usage,
-                timings,
-                error,
-            } => {
-                if let Some(error) = error {
-                    return Err(ApiError::internal(error));
-                }
-                let mut finished = std::mem::take(&mut so_far[i]);
-                if let Some(reader) = &mut readers[i] {
-                    finished.take(reader.finish());
-                }
-                done[i] = Some(Finished {
-                    reason,
-                    usage,
-                    timings,
-                    ..finished
-                });
-            }
-        }
-    }
-    done.into_iter()
-        .map(|d| d.ok_or_else(|| ApiError::internal("the engine stopped mid-request")))
-        .collect()
-}
-
-/// OpenAI's and Ollama's names for why generation ended.
-pub fn finish_reason(reason: FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::Cancelled | FinishReason::Error => "stop",
-    }
 }
