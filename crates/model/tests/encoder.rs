@@ -193,6 +193,37 @@ fn an_input_gets_the_same_vector_alone_and_padded_in_a_batch() {
     assert!((norm - 1.0).abs() < 1e-5);
 }
 
+/// The CPU's packed forward (no padding rows, its own attention kernel) against padded
+/// batches through candle's ops (the GPU's way), on the same inputs of different lengths.
+#[test]
+fn packed_and_padded_forwards_agree() {
+    for pooling in [
+        mean(),
+        serde_json::json!({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_dir(dir.path(), "", Some(pooling), true);
+        let packed = load(dir.path()).unwrap();
+        let padded = load(dir.path()).unwrap().with_padded_batches();
+        let inputs: Vec<Vec<u32>> = [
+            "the cat",
+            "the dogs sat on the mat.",
+            "mat",
+            "on the cat sat",
+        ]
+        .iter()
+        .map(|t| packed.tokenize(t).unwrap())
+        .collect();
+        let a = packed.embed(&inputs).unwrap();
+        let b = padded.embed(&inputs).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            for (p, q) in x.iter().zip(y) {
+                assert!((p - q).abs() < 1e-5, "packed {p} vs padded {q}");
+            }
+        }
+    }
+}
+
 #[test]
 fn pooling_and_normalisation_follow_modules_json() {
     let mean_dir = tempfile::tempdir().unwrap();

@@ -1,24 +1,33 @@
 //! An encoder's bidirectional attention on the CPU, straight from the q|k|v GEMM's rows: one
-//! task per (sequence, head), padded keys skipped rather than masked, and the context written in the
-//! row layout the output projection reads. Through candle ops the same step took a permute
+//! task per (sequence, head) over sequences packed without padding, and the context written
+//! in the row layout the output projection reads. Through candle ops the same step took a permute
 //! copy, a mask add, a softmax pass, a transpose copy and two small GEMMs per (sequence, head).
 
 use rayon::prelude::*;
 
-/// `qkv`: (batch * len) rows of [q | k | v], each `heads * head_dim` wide, the query already
-/// scaled by 1/sqrt(head_dim). Sequence `b` has `lens[b]` real tokens; the rows after them
-/// are padding, and their output is zero. Returns (batch * len) rows of `heads * head_dim`.
-pub fn attend(qkv: &[f32], len: usize, heads: usize, head_dim: usize, lens: &[usize]) -> Vec<f32> {
+/// `qkv`: rows of [q | k | v], each `heads * head_dim` wide, the query already scaled by
+/// 1/sqrt(head_dim), packed: sequence `b`'s `lens[b]` rows follow sequence `b - 1`'s, with no
+/// padding between them. Returns the context in the same packed rows, `heads * head_dim` wide.
+pub fn attend(qkv: &[f32], heads: usize, head_dim: usize, lens: &[usize]) -> Vec<f32> {
     let h = heads * head_dim;
     let row = 3 * h;
+    let starts: Vec<usize> = lens
+        .iter()
+        .scan(0, |at, &n| {
+            let start = *at;
+            *at += n;
+            Some(start)
+        })
+        .collect();
+    let total: usize = lens.iter().sum();
     // One task per (sequence, head), so that one sequence still uses every thread; each
     // writes its own (len, head_dim) block, scattered into the rows afterwards.
     let blocks: Vec<Vec<f32>> = (0..lens.len() * heads)
         .into_par_iter()
         .map(|task| {
             let (b, head) = (task / heads, task % heads);
-            let n = lens[b].min(len);
-            let seq = &qkv[b * len * row..(b + 1) * len * row];
+            let n = lens[b];
+            let seq = &qkv[starts[b] * row..(starts[b] + n) * row];
             let at = |token: usize, part: usize| {
                 let start = token * row + part * h + head * head_dim;
                 &seq[start..start + head_dim]
@@ -37,8 +46,9 @@ pub fn attend(qkv: &[f32], len: usize, heads: usize, head_dim: usize, lens: &[us
                     *w = (*w - max).exp();
                     sum += *w;
                 }
+                let scale = 1.0 / sum;
                 for (j, w) in weights.iter().enumerate() {
-                    let p = w / sum;
+                    let p = w * scale;
                     for (o, v) in o.iter_mut().zip(at(j, 2)) {
                         *o += p * v;
                     }
@@ -47,11 +57,11 @@ pub fn attend(qkv: &[f32], len: usize, heads: usize, head_dim: usize, lens: &[us
             block
         })
         .collect();
-    let mut out = vec![0f32; lens.len() * len * h];
+    let mut out = vec![0f32; total * h];
     for (task, block) in blocks.iter().enumerate() {
         let (b, head) = (task / heads, task % heads);
         for (i, o) in block.chunks_exact(head_dim).enumerate() {
-            let start = (b * len + i) * h + head * head_dim;
+            let start = (starts[b] + i) * h + head * head_dim;
             out[start..start + head_dim].copy_from_slice(o);
         }
     }
@@ -78,27 +88,25 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    /// Against the textbook formula in f64, on two sequences (one padded) of two heads.
+    /// Against the textbook formula in f64, on two packed sequences of two heads.
     #[test]
-    fn matches_softmax_attention_and_ignores_padding() {
-        let (len, heads, d) = (5, 2, 12);
+    fn matches_softmax_attention_per_sequence() {
+        let (heads, d) = (2, 12);
         let h = heads * d;
         let lens = [5, 3];
-        let qkv: Vec<f32> = (0..2 * len * 3 * h)
+        let starts = [0, 5];
+        let qkv: Vec<f32> = (0..8 * 3 * h)
             .map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0)
             .collect();
-        let out = super::attend(&qkv, len, heads, d, &lens);
+        let out = super::attend(&qkv, heads, d, &lens);
+        assert_eq!(out.len(), 8 * h);
         for (b, &n) in lens.iter().enumerate() {
             for head in 0..heads {
                 let get = |t: usize, part: usize, c: usize| {
-                    qkv[(b * len + t) * 3 * h + part * h + head * d + c] as f64
+                    qkv[(starts[b] + t) * 3 * h + part * h + head * d + c] as f64
                 };
-                for i in 0..len {
-                    let got = &out[(b * len + i) * h + head * d..][..d];
-                    if i >= n {
-                        assert!(got.iter().all(|&x| x == 0.0), "padding rows stay zero");
-                        continue;
-                    }
+                for i in 0..n {
+                    let got = &out[(starts[b] + i) * h + head * d..][..d];
                     let s: Vec<f64> = (0..n)
                         .map(|j| (0..d).map(|c| get(i, 0, c) * get(j, 1, c)).sum())
                         .collect();

@@ -238,68 +238,81 @@ impl Bert {
         self.word.device()
     }
 
+    /// The last hidden states of sequences packed without padding, the CPU's way (no row of
+    /// any matrix is padding): `ids` holds them one after another, sequence `b` `lens[b]`
+    /// tokens long. Returns (sum of `lens`, hidden).
+    pub fn forward_packed(&self, ids: &[u32], lens: &[usize]) -> Result<Tensor> {
+        let device = self.device();
+        let positions: Vec<u32> = lens.iter().flat_map(|&n| 0..n as u32).collect();
+        let rows = ids.len();
+        let x = self.embed(
+            &Tensor::from_slice(ids, rows, device)?,
+            &Tensor::from_slice(&positions, rows, device)?,
+        )?;
+        let (heads, head_dim) = self.heads();
+        self.layers(x, &|qkv: &Tensor| {
+            let rows = qkv.flatten_all()?.to_vec1::<f32>()?;
+            let out = super::attention::attend(&rows, heads, head_dim, lens);
+            Ok(Tensor::from_vec(
+                out,
+                (ids.len(), heads * head_dim),
+                device,
+            )?)
+        })
+    }
+
     /// The last hidden states, (batch, len, hidden), of `ids` (batch, len) where `mask`
-    /// (batch, len) is 1 on real tokens and 0 on padding.
+    /// (batch, len) is 1 on real tokens and 0 on padding: the way for candle's ops (a GPU),
+    /// which add -1e30 to padded keys before the softmax (exp() makes exact zeros).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (batch, len) = ids.dims2()?;
         let h = self.config.hidden_size;
+        let (heads, head_dim) = self.heads();
+        let positions = Tensor::arange(0u32, len as u32, self.device())?.repeat(batch)?;
+        let x = self.embed(&ids.flatten_all()?, &positions)?;
+        let key_bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((batch, 1, 1, len))?;
+        let x = self.layers(x, &|qkv: &Tensor| {
+            // (batch, len, 3, heads, head_dim) -> three (batch, heads, len, head_dim).
+            let qkv = qkv
+                .reshape((batch, len, 3, heads, head_dim))?
+                .permute((2, 0, 3, 1, 4))?
+                .contiguous()?;
+            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&key_bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            Ok(probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((batch * len, h))?)
+        })?;
+        Ok(x.reshape((batch, len, h))?)
+    }
+
+    fn heads(&self) -> (usize, usize) {
         let heads = self.config.heads;
-        let head_dim = h / heads;
-        let words = self.word.index_select(&ids.flatten_all()?, 0)?;
-        let positions = self.position.narrow(0, 0, len)?;
-        let embedded = words
-            .reshape((batch, len, h))?
-            .broadcast_add(&positions)?
-            .broadcast_add(&self.token_type.get(0)?)?;
-        let mut x = self
-            .embedding_norm
-            .forward(&embedded)?
-            .reshape((batch * len, h))?;
-        // How padding is kept out of attention: the CPU kernel skips keys past each length;
-        // candle's ops add -1e30 to them before the softmax (exp() makes exact zeros).
-        let padding = if self.device().is_cpu() {
-            let lens = mask.to_dtype(DType::U32)?.sum(1)?.to_vec1::<u32>()?;
-            Padding::Lens(lens.into_iter().map(|n| n as usize).collect())
-        } else {
-            let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?;
-            Padding::KeyBias(bias.reshape((batch, 1, 1, len))?)
-        };
+        (heads, self.config.hidden_size / heads)
+    }
+
+    /// Token, position and type embeddings, normalised: one row per id.
+    fn embed(&self, ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let words = self.word.index_select(ids, 0)?;
+        let positions = self.position.index_select(positions, 0)?;
+        let embedded = (words + positions)?.broadcast_add(&self.token_type.get(0)?)?;
+        self.embedding_norm.forward(&embedded)
+    }
+
+    /// Every layer over the rows `x`; `attend` turns a layer's q|k|v rows into its context.
+    fn layers(&self, mut x: Tensor, attend: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?;
-            let context = match &padding {
-                Padding::Lens(lens) => {
-                    let rows = qkv.flatten_all()?.to_vec1::<f32>()?;
-                    let out = super::attention::attend(&rows, len, heads, head_dim, lens);
-                    Tensor::from_vec(out, (batch * len, h), self.device())?
-                }
-                Padding::KeyBias(key_bias) => {
-                    // (batch, len, 3, heads, head_dim) -> three (batch, heads, len, head_dim).
-                    let qkv = qkv
-                        .reshape((batch, len, 3, heads, head_dim))?
-                        .permute((2, 0, 3, 1, 4))?
-                        .contiguous()?;
-                    let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-                    let scores = q.matmul(&k.t()?)?.broadcast_add(key_bias)?;
-                    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-                    probs
-                        .matmul(&v)?
-                        .transpose(1, 2)?
-                        .reshape((batch * len, h))?
-                }
-            };
+            let context = attend(&layer.qkv.forward(&x)?)?;
             let attended = (layer.attention_out.forward(&context)? + &x)?;
             x = layer.attention_norm.forward(&attended)?;
             let inner = super::gelu::gelu_erf(&layer.up.forward(&x)?)?;
             let out = (layer.down.forward(&inner)? + &x)?;
             x = layer.output_norm.forward(&out)?;
         }
-        Ok(x.reshape((batch, len, h))?)
+        Ok(x)
     }
-}
-
-enum Padding {
-    Lens(Vec<usize>),
-    KeyBias(Tensor),
 }
 
 fn expect_shape(t: Tensor, dims: &[usize], name: &str) -> Result<Tensor> {

@@ -41,6 +41,8 @@ pub struct Encoder {
     normalize: bool,
     max_tokens: usize,
     family: &'static str,
+    /// Packed forwards (the CPU's way) rather than padded batches through candle's ops.
+    packed: bool,
 }
 
 /// Encoder families as GGUF `general.architecture` and config.json `model_type` name them.
@@ -120,6 +122,7 @@ impl Encoder {
                 (n as usize).min(bert.config().max_positions)
             });
         Ok(Self {
+            packed: bert.device().is_cpu(),
             bert,
             tokenizer,
             pooling,
@@ -159,6 +162,7 @@ impl Encoder {
         };
         let max_tokens = bert.config().max_positions;
         Ok(Self {
+            packed: bert.device().is_cpu(),
             bert,
             tokenizer,
             pooling,
@@ -193,37 +197,103 @@ impl Encoder {
         }
     }
 
-    /// One vector per input. Inputs run as batches of similar lengths; each must be at most
-    /// [`Encoder::max_tokens`] long and its ids in the vocabulary (checked before this).
+    /// One vector per input; each must be at most [`Encoder::max_tokens`] long and its ids
+    /// in the vocabulary (checked before this). On the CPU inputs run packed, many thousand
+    /// tokens a forward with no padding; elsewhere as padded batches of similar lengths.
     pub fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        /// Padded batch size (candle's ops on a GPU).
         const BATCH: usize = 32;
+        /// Tokens in one packed forward: large GEMMs, activations of a few tens of MB.
+        const PACKED_TOKENS: usize = 4096;
+        if let Some(long) = inputs.iter().find(|i| i.len() > self.max_tokens) {
+            return Err(ModelError::Batch(format!(
+                "an input of {} tokens is longer than the model's {}",
+                long.len(),
+                self.max_tokens
+            )));
+        }
+        let packed = self.packed;
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| inputs[i].len());
         let mut out = vec![Vec::new(); inputs.len()];
-        for chunk in order.chunks(BATCH) {
-            let vectors = self.embed_batch(chunk.iter().map(|&i| inputs[i].as_slice()))?;
+        let mut rest = &order[..];
+        while !rest.is_empty() {
+            let take = if packed {
+                let mut tokens = 0;
+                rest.iter()
+                    .take_while(|&&i| {
+                        tokens += inputs[i].len();
+                        tokens <= PACKED_TOKENS
+                    })
+                    .count()
+                    .max(1)
+            } else {
+                rest.len().min(BATCH)
+            };
+            let (chunk, tail) = rest.split_at(take);
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| inputs[i].as_slice()).collect();
+            let vectors = if packed {
+                self.embed_packed(&batch)?
+            } else {
+                self.embed_padded(&batch)?
+            };
             for (&i, v) in chunk.iter().zip(vectors) {
                 out[i] = v;
             }
+            rest = tail;
         }
         Ok(out)
     }
 
-    fn embed_batch<'a>(
-        &self,
-        batch: impl ExactSizeIterator<Item = &'a [u32]> + Clone,
-    ) -> Result<Vec<Vec<f32>>> {
+    /// Padded batches through candle's ops, the way off the CPU: tests compare the two ways
+    /// on the CPU.
+    pub fn with_padded_batches(mut self) -> Self {
+        self.packed = false;
+        self
+    }
+
+    /// One packed forward, pooled and normalised row by row.
+    fn embed_packed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let lens: Vec<usize> = batch.iter().map(|b| b.len()).collect();
+        let hidden = self
+            .bert
+            .forward_packed(&batch.concat(), &lens)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let h = self.bert.config().hidden_size;
+        let mut at = 0;
+        Ok(lens
+            .iter()
+            .map(|&n| {
+                let rows = &hidden[at * h..(at + n) * h];
+                at += n;
+                let mut pooled = vec![0f32; h];
+                match self.pooling {
+                    Pooling::Mean => {
+                        for row in rows.chunks_exact(h) {
+                            pooled.iter_mut().zip(row).for_each(|(p, x)| *p += x);
+                        }
+                        let count = n.max(1) as f32;
+                        pooled.iter_mut().for_each(|p| *p /= count);
+                    }
+                    Pooling::Cls => pooled.copy_from_slice(&rows[..h.min(rows.len())]),
+                }
+                if self.normalize {
+                    let norm = pooled.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                    pooled.iter_mut().for_each(|p| *p /= norm);
+                }
+                pooled
+            })
+            .collect())
+    }
+
+    /// One padded batch through candle's ops.
+    fn embed_padded(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let rows = batch.len();
-        let len = batch.clone().map(<[u32]>::len).max().unwrap_or(0).max(1);
-        if len > self.max_tokens {
-            return Err(ModelError::Batch(format!(
-                "an input of {len} tokens is longer than the model's {}",
-                self.max_tokens
-            )));
-        }
+        let len = batch.iter().map(|b| b.len()).max().unwrap_or(0).max(1);
         let mut ids = vec![0u32; rows * len];
         let mut mask = vec![0u8; rows * len];
-        for (r, input) in batch.enumerate() {
+        for (r, input) in batch.iter().enumerate() {
             ids[r * len..r * len + input.len()].copy_from_slice(input);
             mask[r * len..r * len + input.len()].fill(1);
         }
