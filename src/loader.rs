@@ -104,7 +104,7 @@ impl ServeLoader {
             loaded.size_bytes,
             digest,
             modified,
-            &loaded.quantization,
+            loaded.description,
             &defaults,
         );
         if let Some(startup) = startup {

@@ -11,8 +11,8 @@ pub struct Loaded {
     pub took: Duration,
     /// Bytes of weights on disk (0 for random weights).
     pub size_bytes: u64,
-    /// As Ollama names it: the GGUF's file type (`Q4_0`, `Q4_K_M`), else the compute dtype.
-    pub quantization: String,
+    /// What it is, from its files' headers.
+    pub description: ferrollama_model::Description,
 }
 
 pub fn load_with_progress(reference: &str, options: &LoadOptions) -> anyhow::Result<Loaded> {
@@ -41,17 +41,12 @@ pub fn load_with_progress(reference: &str, options: &LoadOptions) -> anyhow::Res
             .unwrap_or(0),
         ModelSource::Random { .. } => 0,
     };
-    let quantization = match &source {
-        ModelSource::Gguf(path) => ferrollama_model::weights::GgufFile::open(path)
-            .map(|gguf| gguf.summary().quantization)
-            .unwrap_or_else(|_| "unknown".into()),
-        _ => format!("{:?}", model.model.dtype()).to_uppercase(),
-    };
+    let description = ferrollama_model::Description::of(&source)?;
     Ok(Loaded {
         model,
         took: start.elapsed(),
         size_bytes,
-        quantization,
+        description,
     })
 }
 

@@ -162,7 +162,7 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
         None => std::path::PathBuf::from(&args.name),
     };
     let gguf = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
-    let summary = gguf.summary();
+    let description = ferrollama_model::Description::of_gguf(&gguf);
     let jinja = gguf.string("tokenizer.chat_template");
     let template = ChatTemplate::for_model(&Tokenizer::from_gguf(&gguf)?, jinja)?;
     let template_source = match template {
@@ -172,19 +172,17 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
         ChatTemplate::Jinja(_) => "the GGUF's own tokenizer.chat_template (jinja)",
         ChatTemplate::None => "none: the GGUF has no chat template; raw prompts only",
     };
+    let number = |key: &str| {
+        description
+            .get(key)
+            .map_or_else(|| "unknown".into(), |n| n.to_string())
+    };
     let rows = [
-        ("architecture", summary.architecture.clone()),
-        (
-            "parameters",
-            ferrollama_model::weights::parameter_size(summary.parameters),
-        ),
-        (
-            "context length",
-            summary
-                .context_length
-                .map_or_else(|| "unknown".into(), |c| c.to_string()),
-        ),
-        ("quantization", summary.quantization.clone()),
+        ("architecture", description.architecture.clone()),
+        ("parameters", description.parameter_size()),
+        ("context length", number("context_length")),
+        ("embedding size", number("embedding_length")),
+        ("quantization", description.quantization.clone()),
         ("chat template", template_source.to_string()),
         ("file", path.display().to_string()),
     ];
@@ -196,7 +194,13 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
                 e.family, e.ollama, e.huggingface, e.context_length
             )
         });
-    let rows = rows.into_iter().chain(catalog.map(|c| ("catalog", c)));
+    let pooling = description
+        .pooling
+        .map(|p| ("pooling", format!("{} (an embedding model)", p.name())));
+    let rows = rows
+        .into_iter()
+        .chain(pooling)
+        .chain(catalog.map(|c| ("catalog", c)));
     println!("  Model");
     for (key, value) in rows {
         println!("    {key:<16}{value}");

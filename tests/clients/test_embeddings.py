@@ -302,6 +302,7 @@ def test_an_embedding_model_is_listed_while_loaded_and_unloads_after_its_keep_al
     assert r.status_code == 200
     [entry] = listed()
     assert entry["details"]["family"] == "bert"
+    assert entry["details"]["quantization_level"] == "F16", "from the file, not assumed"
     # The generating model stays loaded beside it.
     assert any(m["name"] == "mistral:instruct" for m in requests.get(base + "/api/ps").json()["models"])
     r = requests.post(base + "/api/embed", json={"model": "all-minilm:f16", "input": "x",

@@ -9,6 +9,28 @@ def client(server):
     return ollama.Client(host=server)
 
 
+def test_show_describes_the_safetensors_model_from_its_own_files(client):
+    """The description comes from the model's files: format, family, shape, parameter count."""
+    import json
+    import math
+    import pathlib
+    from safetensors import safe_open
+    model = pathlib.Path(__file__).resolve().parents[2] / "models/fixtures/tiny-mistral"
+    config = json.loads((model / "config.json").read_text())
+    elements = 0
+    for path in model.glob("*.safetensors"):
+        with safe_open(path, "np") as f:
+            for name in f.keys():
+                elements += math.prod(f.get_slice(name).get_shape())
+    info = client.show("mistral:instruct")
+    assert info.details.format == "safetensors"
+    assert info.details.family == "llama"
+    assert info.modelinfo["general.parameter_count"] == elements
+    assert info.modelinfo["llama.embedding_length"] == config["hidden_size"]
+    assert info.modelinfo["llama.block_count"] == config["num_hidden_layers"]
+    assert info.modelinfo["llama.attention.head_count_kv"] == config["num_key_value_heads"]
+
+
 def test_list_show_ps_version(client, server):
     names = [m.model for m in client.list().models]
     assert "mistral:instruct" in names

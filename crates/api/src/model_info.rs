@@ -2,7 +2,7 @@
 //! worked out once when it loads, and kept for a model given at start-up while it is unloaded.
 
 use crate::names::ModelNames;
-use ferrollama_model::LoadedModel;
+use ferrollama_model::{Description, LoadedModel};
 use serde_json::{json, Map, Value};
 use std::time::SystemTime;
 
@@ -14,10 +14,8 @@ pub struct ModelInfo {
     /// Its manifest's sha256 (hex) when it came from the store.
     pub digest: String,
     pub modified: SystemTime,
-    /// Ollama's `details`.
-    pub details: Value,
-    /// `/api/show`'s `model_info`.
-    pub model_info: Value,
+    /// What the model is, from its files' headers.
+    pub description: Description,
     /// The chat template it uses.
     pub template: String,
     /// Its default options as Ollama's `show` prints them: `stop "[INST]"`, one per line.
@@ -34,34 +32,53 @@ impl ModelInfo {
         size_bytes: u64,
         digest: String,
         modified: SystemTime,
-        quantization: &str,
+        description: Description,
         defaults: &Map<String, Value>,
     ) -> Self {
-        let c = model.config();
-        let parameters = (c.vocab_size * c.hidden_size * if c.tie_word_embeddings { 1 } else { 2 })
-            + c.num_layers
-                * (c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
-                    + c.num_heads * c.head_dim * c.hidden_size
-                    + 3 * c.hidden_size * c.intermediate_size);
         Self {
             names,
             size_bytes,
             digest,
             modified,
-            details: details("llama", parameters as u64, quantization),
-            model_info: json!({
-                "general.architecture": "llama",
-                "llama.context_length": c.max_position_embeddings,
-                "llama.embedding_length": c.hidden_size,
-                "llama.block_count": c.num_layers,
-                "llama.attention.head_count": c.num_heads,
-                "llama.attention.head_count_kv": c.num_kv_heads,
-                "llama.vocab_size": c.vocab_size,
-            }),
+            description,
             template: model.chat_template.name().to_string(),
             parameters: modelfile_parameters(defaults),
             on_gpu: model.model.device().is_cuda(),
             tools: model.chat_template.tool_syntax(&model.tokenizer).is_some(),
+        }
+    }
+
+    /// Ollama's `details`: format, family, size in parameters and quantization.
+    pub fn details(&self) -> Value {
+        details(&self.description)
+    }
+
+    /// `/api/show`'s `model_info`: GGUF's keys, the shape under the architecture's name.
+    pub fn model_info(&self) -> Value {
+        let d = &self.description;
+        let mut info = json!({
+            "general.architecture": d.architecture,
+            "general.parameter_count": d.parameters,
+            "general.file_type": d.quantization,
+        });
+        for (key, value) in &d.shape {
+            info[format!("{}.{key}", d.architecture)] = json!(value);
+        }
+        if let Some(pooling) = d.pooling {
+            info[format!("{}.pooling_type", d.architecture)] = json!(pooling.name());
+        }
+        info
+    }
+
+    /// Ollama's capabilities: an embedding model embeds; every other model completes, and one
+    /// whose template offers tools calls them.
+    pub fn capabilities(&self) -> Value {
+        if self.description.pooling.is_some() {
+            json!(["embedding"])
+        } else if self.tools {
+            json!(["completion", "tools"])
+        } else {
+            json!(["completion"])
         }
     }
 }
@@ -71,7 +88,7 @@ impl ModelInfo {
     pub fn tag(&self) -> Value {
         let name = &self.names.primary;
         json!({"name": name, "model": name, "modified_at": crate::clock::rfc3339(self.modified),
-               "size": self.size_bytes, "digest": self.digest, "details": self.details})
+               "size": self.size_bytes, "digest": self.digest, "details": self.details()})
     }
 
     /// Unix seconds, OpenAI's `created`.
@@ -94,7 +111,8 @@ pub(crate) fn modelfile_parameters(options: &Map<String, Value>) -> String {
 }
 
 /// Ollama's `details` of a model: its format, family, size in parameters and quantization.
-pub(crate) fn details(architecture: &str, parameters: u64, quantization: &str) -> Value {
-    json!({"parent_model": "", "format": "gguf", "family": architecture, "families": [architecture],
-           "parameter_size": ferrollama_model::weights::parameter_size(parameters), "quantization_level": quantization})
+pub(crate) fn details(d: &Description) -> Value {
+    json!({"parent_model": "", "format": d.format, "family": d.architecture,
+           "families": [d.architecture], "parameter_size": d.parameter_size(),
+           "quantization_level": d.quantization})
 }

@@ -4,7 +4,7 @@
 //! work runs off the async workers.
 
 use crate::error::{parse, ApiError, OllamaError, OpenAiError};
-use crate::model_info::{details, ModelInfo};
+use crate::model_info::ModelInfo;
 use crate::names::ModelNames;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
@@ -13,7 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrollama_model::weights::GgufFile;
-use ferrollama_model::{ChatTemplate, Tokenizer};
+use ferrollama_model::{ChatTemplate, Description, Tokenizer};
 use ferrollama_store::{ModelName, PullError, PullEvent, Store, StoreEntry, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -121,15 +121,9 @@ fn entry_info(store: &Store, entry: StoreEntry, with_template: bool) -> ModelInf
         .model_file(&entry.name)
         .ok()
         .and_then(|path| GgufFile::open(&path).ok());
-    let summary = gguf.as_ref().map(GgufFile::summary);
-    let (architecture, parameters, quantization) = match &summary {
-        Some(s) => (
-            s.architecture.as_str(),
-            s.parameters,
-            s.quantization.as_str(),
-        ),
-        None => ("unknown", 0, "unknown"),
-    };
+    let description = gguf
+        .as_ref()
+        .map_or_else(Description::unknown, Description::of_gguf);
     let (template, tools) = gguf
         .as_ref()
         .filter(|_| with_template)
@@ -142,17 +136,12 @@ fn entry_info(store: &Store, entry: StoreEntry, with_template: bool) -> ModelInf
         .unwrap_or(("", false));
     let template = template.to_string();
     let shown = entry.name.to_string();
-    let mut model_info = json!({ "general.architecture": architecture });
-    if let Some(context) = summary.as_ref().and_then(|s| s.context_length) {
-        model_info[format!("{architecture}.context_length")] = json!(context);
-    }
     ModelInfo {
         names: ModelNames::of_store(&shown),
         size_bytes: entry.manifest.size(),
         digest: entry.digest.trim_start_matches("sha256:").to_string(),
         modified: entry.modified,
-        details: details(architecture, parameters, quantization),
-        model_info,
+        description,
         template,
         parameters: String::new(),
         on_gpu: false,

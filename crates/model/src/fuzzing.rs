@@ -46,7 +46,7 @@ pub fn chat_template(tokenizer: &Tokenizer, data: &[u8]) {
 /// The file at `path` as a GGUF: its header, summary, model settings and tokenizer.
 pub fn gguf_header(path: &Path) {
     if let Ok(file) = GgufFile::open(path) {
-        let _ = file.summary();
+        let _ = crate::Description::of_gguf(&file);
         let _ = file.config();
         let _ = Tokenizer::from_gguf(&file);
     }

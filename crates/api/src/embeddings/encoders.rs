@@ -51,12 +51,11 @@ impl ResidentEncoder {
             Some(at) => SystemTime::now() + at.saturating_duration_since(Instant::now()),
             None => SystemTime::now() + Duration::from_nanos(i64::MAX as u64),
         };
-        let e = &self.encoder;
-        let parameters = e.parameters() as u64;
+        let description = self.encoder.description();
         serde_json::json!({
-            "name": self.key, "model": self.key, "size": parameters * 4, "size_vram": 0,
+            "name": self.key, "model": self.key, "size": description.parameters * 4, "size_vram": 0,
             "digest": "", "expires_at": crate::clock::rfc3339(expires_at),
-            "details": crate::model_info::details(e.family(), parameters, "F32"),
+            "details": crate::model_info::details(description),
         })
     }
 

@@ -79,23 +79,11 @@ pub async fn show(State(state): State<AppState>, body: Bytes) -> Result<Json<Val
         "modelfile": format!("FROM {}\n", info.names.primary),
         "parameters": info.parameters,
         "template": info.template,
-        "details": info.details,
-        "model_info": info.model_info,
-        "capabilities": capabilities(&info),
+        "details": info.details(),
+        "model_info": info.model_info(),
+        "capabilities": info.capabilities(),
         "modified_at": clock::rfc3339(info.modified),
     })))
-}
-
-/// Ollama's capabilities: an encoder embeds; every other model completes, and one whose
-/// template offers tools calls them.
-fn capabilities(info: &ModelInfo) -> Value {
-    if info.details["family"] == "bert" {
-        json!(["embedding"])
-    } else if info.tools {
-        json!(["completion", "tools"])
-    } else {
-        json!(["completion"])
-    }
 }
 
 pub async fn version() -> Json<Value> {

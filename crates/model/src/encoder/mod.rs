@@ -40,7 +40,8 @@ pub struct Encoder {
     pooling: Pooling,
     normalize: bool,
     max_tokens: usize,
-    family: &'static str,
+    /// What it is, for listings.
+    description: crate::Description,
     /// Packed forwards (the CPU's way) rather than padded batches through candle's ops.
     packed: bool,
 }
@@ -48,7 +49,8 @@ pub struct Encoder {
 /// Encoder families as GGUF `general.architecture` and config.json `model_type` name them.
 /// Only `bert` runs; the others are known as embedding models, so that a request for one is
 /// told it is not supported yet rather than that it cannot embed.
-const ENCODER_FAMILIES: [&str; 4] = ["bert", "nomic-bert", "jina-bert-v2", "xlm-roberta"];
+pub(crate) const ENCODER_FAMILIES: [&str; 4] =
+    ["bert", "nomic-bert", "jina-bert-v2", "xlm-roberta"];
 
 /// Whether `source` holds an encoder (an embedding model) rather than a decoder: GGUF
 /// `general.architecture` bert, or config.json `model_type` bert. Cheap: reads headers only.
@@ -73,11 +75,12 @@ impl Encoder {
         device: &Device,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        let description = crate::Description::of(source)?;
         match source {
             ModelSource::Safetensors(dir) => {
-                Self::from_sentence_transformers(dir, device, progress)
+                Self::from_sentence_transformers(dir, device, description, progress)
             }
-            ModelSource::Gguf(path) => Self::from_gguf(path, device, progress),
+            ModelSource::Gguf(path) => Self::from_gguf(path, device, description, progress),
             ModelSource::Random { .. } => Err(ModelError::Unsupported(
                 "random weights make no embedding model".into(),
             )),
@@ -87,6 +90,7 @@ impl Encoder {
     fn from_sentence_transformers(
         dir: &Path,
         device: &Device,
+        description: crate::Description,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let config_json = read_json(&dir.join("config.json"))?;
@@ -128,13 +132,14 @@ impl Encoder {
             pooling,
             normalize,
             max_tokens,
-            family: "bert",
+            description,
         })
     }
 
     fn from_gguf(
         path: &Path,
         device: &Device,
+        description: crate::Description,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let file = GgufFile::open(path)?;
@@ -168,7 +173,7 @@ impl Encoder {
             pooling,
             normalize: true,
             max_tokens,
-            family: "bert",
+            description,
         })
     }
 
@@ -339,26 +344,16 @@ impl Encoder {
         self.normalize
     }
 
-    pub fn family(&self) -> &'static str {
-        self.family
-    }
-
-    /// Weights, for the parameter count a model listing shows.
-    pub fn parameters(&self) -> usize {
-        let c = self.bert.config();
-        let layer = 4 * (c.hidden_size * c.hidden_size + c.hidden_size)
-            + 2 * c.hidden_size * c.intermediate_size
-            + c.intermediate_size
-            + c.hidden_size
-            + 4 * c.hidden_size;
-        (c.vocab_size + c.max_positions + 2) * c.hidden_size + 2 * c.hidden_size + c.layers * layer
+    /// What it is (architecture, parameters, quantization, shape, pooling), for listings.
+    pub fn description(&self) -> &crate::Description {
+        &self.description
     }
 }
 
 /// Pooling and normalisation as `modules.json` and `1_Pooling/config.json` say; a bare
 /// Hugging Face BERT (no modules.json) gets mean pooling without normalisation, as
 /// sentence-transformers gives it.
-fn sentence_transformers_head(dir: &Path) -> Result<(Pooling, bool)> {
+pub(crate) fn sentence_transformers_head(dir: &Path) -> Result<(Pooling, bool)> {
     let Ok(modules) = read_json(&dir.join("modules.json")) else {
         return Ok((Pooling::Mean, false));
     };

@@ -171,18 +171,6 @@ impl GgufFile {
     }
 }
 
-/// What `ollama list`, `/api/tags` and `/api/show` say about a GGUF, read from its header
-/// alone (no tensor data is touched).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GgufSummary {
-    pub architecture: String,
-    /// Elements of every tensor.
-    pub parameters: u64,
-    pub context_length: Option<u64>,
-    /// llama.cpp's name for the file type (`Q4_0`, `Q4_K_M`), or `unknown`.
-    pub quantization: String,
-}
-
 /// A tensor's element count, or None when its dimensions overflow (a corrupt header).
 fn elements(shape: &candle_core::Shape) -> Option<u64> {
     shape
@@ -222,25 +210,21 @@ fn check_tensor_extents(
 }
 
 impl GgufFile {
-    pub fn summary(&self) -> GgufSummary {
-        let architecture = self
-            .string("general.architecture")
-            .unwrap_or("unknown")
-            .to_string();
-        GgufSummary {
-            parameters: self
-                .content
-                .tensor_infos
-                .values()
-                .map(|t| elements(&t.shape).unwrap_or(0))
-                .fold(0, u64::saturating_add),
-            context_length: self.uint(&format!("{architecture}.context_length")),
-            quantization: self
-                .uint("general.file_type")
-                .and_then(file_type_name)
-                .map_or_else(|| self.main_tensor_type(), str::to_string),
-            architecture,
-        }
+    /// Elements of every tensor (from the header; no tensor data is touched).
+    pub fn parameters(&self) -> u64 {
+        self.content
+            .tensor_infos
+            .values()
+            .map(|t| elements(&t.shape).unwrap_or(0))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// llama.cpp's name for the file type (`Q4_0`, `Q4_K_M`), as Ollama prints it; without
+    /// one, the type that holds the most elements.
+    pub fn quantization(&self) -> String {
+        self.uint("general.file_type")
+            .and_then(file_type_name)
+            .map_or_else(|| self.main_tensor_type(), str::to_string)
     }
 }
 

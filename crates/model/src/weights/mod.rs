@@ -6,7 +6,7 @@ mod random;
 mod safetensors;
 
 pub(crate) use self::gguf::as_u64;
-pub use self::gguf::{parameter_size, GgufFile, GgufSummary, GgufWeights};
+pub use self::gguf::{parameter_size, GgufFile, GgufWeights};
 pub use self::random::{RandomDType, RandomWeights};
 pub use self::safetensors::SafetensorsWeights;
 
