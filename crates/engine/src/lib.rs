@@ -4,7 +4,7 @@
 //! ids and text, never HTTP.
 //!
 //! Where things are: the loop in `engine.rs`, what runs each step in `scheduler.rs`, KV
-//! blocks and the prefix cache in `block_pool.rs`, token choice in `sampler.rs` (under the grammar of
+//! blocks and the prefix cache in `block_pool.rs`, who holds which in `kv_cache_manager.rs`, token choice in `sampler.rs` (under the grammar of
 //! `constraint.rs`, when a request has one), stop strings in `stop.rs`, speculative drafts in
 //! `draft.rs`.
 
@@ -12,6 +12,7 @@ pub mod block_pool;
 pub mod constraint;
 pub mod draft;
 pub mod engine;
+pub mod kv_cache_manager;
 pub mod request;
 mod rows;
 pub mod sampler;

@@ -4,12 +4,14 @@
 //! blocks allow. When blocks run out, the newest running sequence is preempted: it gives its
 //! blocks back and will recompute them later (vLLM's preemption by recompute).
 //!
-//! The scheduler owns its queues and the block pool, privately (vLLM v1's shape): the loop
+//! The scheduler owns its queues and the KV cache manager (`kv_cache_manager.rs`, who holds
+//! which blocks), privately (vLLM v1's shape): the loop
 //! calls `schedule()`, runs the model on `batch(plan)`, and hands the logits to `update()`,
 //! which applies them and returns the sequences that finished.
 
 use crate::block_pool::BlockPool;
 use crate::constraint::Constraint;
+use crate::kv_cache_manager::KvCacheManager;
 use crate::request::FinishReason;
 use crate::sampler::Need;
 use crate::sequence::Sequence;
@@ -61,7 +63,8 @@ pub struct Chunk {
 
 pub struct Scheduler {
     config: SchedulerConfig,
-    pool: BlockPool,
+    /// Who holds which blocks, and the prefix cache.
+    kv: KvCacheManager,
     waiting: VecDeque<Sequence>,
     /// In admission order: the last is the newest.
     running: Vec<Sequence>,
@@ -70,8 +73,8 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(config: SchedulerConfig, pool: BlockPool) -> Self {
         Self {
+            kv: KvCacheManager::new(pool, config.block_size),
             config,
-            pool,
             waiting: VecDeque::new(),
             running: Vec::new(),
         }
@@ -95,7 +98,7 @@ impl Scheduler {
     }
 
     pub fn num_free_blocks(&self) -> usize {
-        self.pool.num_free()
+        self.kv.num_free()
     }
 
     /// Takes out the sequences `gone` picks (their callers hung up or cancelled), giving their
@@ -106,7 +109,7 @@ impl Scheduler {
         while i < self.running.len() {
             if gone(&self.running[i]) {
                 let mut seq = self.running.remove(i);
-                seq.free_blocks(&mut self.pool);
+                self.kv.free(&mut seq);
                 taken.push(seq);
             } else {
                 i += 1;
@@ -170,7 +173,7 @@ impl Scheduler {
         let mut all: Vec<Sequence> = self.running.drain(..).collect();
         all.extend(self.waiting.drain(..));
         for seq in &mut all {
-            seq.free_blocks(&mut self.pool);
+            self.kv.free(seq);
         }
         all
     }
@@ -190,7 +193,6 @@ impl Scheduler {
     }
 
     fn plan(&mut self) -> StepPlan {
-        let bs = self.config.block_size;
         let mut plan = StepPlan::default();
         let mut budget = self.config.max_batch_tokens;
         let mut prefilling = false;
@@ -214,7 +216,7 @@ impl Scheduler {
             }
             let take = take + self.running[i].draft;
             let len = self.running[i].computed + take;
-            if self.running[i].reserve(&mut self.pool, len, bs) {
+            if self.kv.reserve(&mut self.running[i], len) {
                 plan.chunks.push(Chunk {
                     id: self.running[i].id,
                     take,
@@ -233,7 +235,7 @@ impl Scheduler {
             if victim.draft > 0 {
                 victim.take_draft();
             }
-            victim.free_blocks(&mut self.pool);
+            self.kv.free(&mut victim);
             plan.chunks.retain(|c| c.id != victim.id);
             self.waiting.push_front(victim);
             plan.preempted += 1;
@@ -246,12 +248,13 @@ impl Scheduler {
                 continue;
             }
             let mut seq = self.waiting.remove(next).expect("index in range");
-            let found = seq.take_cached_prefix(&mut self.pool, bs);
+            let found = self.kv.take_cached_prefix(&mut seq);
             seq.cached_prompt_tokens
                 .get_or_insert(found.min(seq.prompt_len));
             let take = self.chunk_size(seq.pending(), budget, &mut prefilling);
-            if take == 0 || !seq.reserve(&mut self.pool, seq.computed + take, bs) {
-                seq.free_blocks(&mut self.pool);
+            let len = seq.computed + take;
+            if take == 0 || !self.kv.reserve(&mut seq, len) {
+                self.kv.free(&mut seq);
                 self.waiting.insert(next, seq);
                 break;
             }
@@ -314,7 +317,6 @@ impl Scheduler {
         rows: Vec<R>,
         mut sample: impl FnMut(&mut Sequence, &mut R) -> Option<FinishReason>,
     ) -> Vec<(Sequence, FinishReason)> {
-        let bs = self.config.block_size;
         let mut finished = Vec::new();
         let mut rows = rows.into_iter();
         for chunk in &plan.chunks {
@@ -324,7 +326,7 @@ impl Scheduler {
             let draft = seq.take_draft();
             seq.computed += chunk.take - draft.len();
             if seq.pending() > 0 {
-                seq.register_full_blocks(&mut self.pool, bs);
+                self.kv.register_full(seq);
                 continue; // a prompt chunk: no token yet
             }
             let mut reason = None;
@@ -346,12 +348,13 @@ impl Scheduler {
                     drafter.record(draft.len(), accepted);
                 }
                 // Past the kept tokens and the one just sampled, the blocks go back.
-                seq.shrink_blocks(&mut self.pool, seq.computed + 1, bs);
+                let len = seq.computed + 1;
+                self.kv.roll_back(seq, len);
             }
-            seq.register_full_blocks(&mut self.pool, bs);
+            self.kv.register_full(seq);
             if let Some(reason) = reason {
                 let mut seq = self.running.remove(i);
-                seq.free_blocks(&mut self.pool);
+                self.kv.free(&mut seq);
                 finished.push((seq, reason));
             }
         }
@@ -389,7 +392,7 @@ impl Scheduler {
             .map(|chunk| {
                 let mut seq = self.running.remove(self.position(chunk.id));
                 seq.take_draft();
-                seq.free_blocks(&mut self.pool);
+                self.kv.free(&mut seq);
                 seq
             })
             .collect()

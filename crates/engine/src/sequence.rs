@@ -1,6 +1,6 @@
 //! One request in flight: its tokens, its KV blocks, and its output state.
 
-use crate::block_pool::{BlockName, BlockPool};
+use crate::block_pool::BlockName;
 use crate::constraint::Constraint;
 use crate::draft::Drafter;
 use crate::request::{Event, GenerationRequest};
@@ -19,6 +19,7 @@ pub struct Sequence {
     pub prompt_len: usize,
     /// Tokens whose keys and values are in the cache.
     pub computed: usize,
+    /// Its KV blocks, in order (kept by [`crate::kv_cache_manager::KvCacheManager`]).
     pub blocks: Vec<u32>,
     /// How the cache knows the full blocks registered so far (a prefix of `blocks`).
     pub names: Vec<BlockName>,
@@ -90,15 +91,6 @@ impl Sequence {
         self.tokens.split_off(at)
     }
 
-    /// Gives back the blocks past those `len` tokens need (a rejected draft's tail).
-    pub fn shrink_blocks(&mut self, pool: &mut BlockPool, len: usize, block_size: usize) {
-        let keep = len.div_ceil(block_size).max(self.names.len());
-        if self.blocks.len() > keep {
-            pool.release(&self.blocks[keep..]);
-            self.blocks.truncate(keep);
-        }
-    }
-
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.draft - self.prompt_len
     }
@@ -107,52 +99,6 @@ impl Sequence {
     /// again after a preemption).
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.computed
-    }
-
-    /// Grows the block table to hold `len` tokens; false (and nothing taken) if the pool
-    /// has too few free blocks.
-    pub fn reserve(&mut self, pool: &mut BlockPool, len: usize, block_size: usize) -> bool {
-        let needed = len.div_ceil(block_size).saturating_sub(self.blocks.len());
-        if needed > pool.num_free() {
-            return false;
-        }
-        for _ in 0..needed {
-            self.blocks
-                .push(pool.allocate().expect("counted free blocks"));
-        }
-        true
-    }
-
-    /// Reuses cached blocks for the longest cached prefix of the tokens, leaving at least one
-    /// token to compute (its logits are needed). Returns how many tokens were found.
-    pub fn take_cached_prefix(&mut self, pool: &mut BlockPool, block_size: usize) -> usize {
-        debug_assert!(self.blocks.is_empty() && self.computed == 0);
-        let full = (self.tokens.len() - 1) / block_size;
-        for chunk in self.tokens.chunks(block_size).take(full) {
-            let parent = self.names.last();
-            let hash = pool.hash(parent.map(|p| p.hash), chunk);
-            match pool.take_cached(hash, parent.map(|p| p.content), chunk) {
-                Some((block, content)) => {
-                    self.blocks.push(block);
-                    self.names.push(BlockName { hash, content });
-                }
-                None => break,
-            }
-        }
-        self.computed = self.blocks.len() * block_size;
-        self.computed
-    }
-
-    /// Registers the blocks that became full in the prefix cache.
-    pub fn register_full_blocks(&mut self, pool: &mut BlockPool, block_size: usize) {
-        while (self.names.len() + 1) * block_size <= self.computed {
-            let i = self.names.len();
-            let tokens = &self.tokens[i * block_size..(i + 1) * block_size];
-            let parent = self.names.last();
-            let hash = pool.hash(parent.map(|p| p.hash), tokens);
-            let content = pool.register(self.blocks[i], hash, parent.map(|p| p.content), tokens);
-            self.names.push(BlockName { hash, content });
-        }
     }
 
     /// The text still held back (an unfinished character, a possible start of a stop string)
@@ -170,13 +116,5 @@ impl Sequence {
             return release.text;
         }
         release.text + &self.stop.flush()
-    }
-
-    /// Gives every block back; the sequence will recompute from scratch if it runs again.
-    pub fn free_blocks(&mut self, pool: &mut BlockPool) {
-        pool.release(&self.blocks);
-        self.blocks.clear();
-        self.names.clear();
-        self.computed = 0;
     }
 }
