@@ -2,7 +2,8 @@
 (models/minilm-path.sh), against sentence-transformers' vectors (models/fixtures/embeddings,
 made by models/make_embedding_refs.py).
 
-The model is served three ways at once: the safetensors snapshot in a Hugging Face cache
+A tiny random nomic-bert GGUF (models/make_nomic_gguf.py) is held to llama.cpp's vectors for it
+(models/make_nomic_refs.py). The model is served three ways at once: the safetensors snapshot in a Hugging Face cache
 (`hf.co/sentence-transformers/all-MiniLM-L6-v2`), and GGUFs in f16 and Q8_0 made by
 models/make_bert_gguf.py in an Ollama store (`all-minilm:f16`, `all-minilm:q8_0`), beside
 tiny-mistral as `mistral:instruct`.
@@ -82,6 +83,10 @@ def base(tmp_path_factory):
         subprocess.run([sys.executable, str(ROOT / "models/make_bert_gguf.py"), str(model_dir),
                         str(gguf), "--type", kind], check=True)
         store_gguf(tmp / "store", "all-minilm", kind, gguf)
+    nomic = tmp / "tiny-nomic.gguf"
+    subprocess.run([sys.executable, str(ROOT / "models/make_nomic_gguf.py"), str(model_dir),
+                    str(nomic)], check=True)
+    store_gguf(tmp / "store", "nomic-tiny", "latest", nomic)
     env = {**os.environ, "HF_HOME": str(tmp / "hf"), "OLLAMA_MODELS": str(tmp / "store"),
            "HF_HUB_OFFLINE": "1", "RUST_LOG": "info"}
     port = free_port()
@@ -350,3 +355,25 @@ def test_each_embedding_request_gets_a_log_line_without_its_text(base):
     assert ok[-1]["fields"]["generated_tokens"] == 0
     assert failed and "at least one" in failed[-1]["fields"]["error"]
     assert secret not in LOG.read_text()
+
+
+NOMIC = json.loads((ROOT / "models/fixtures/embeddings/nomic-tiny.json").read_text())["inputs"]
+
+
+def test_nomic_bert_matches_llama_cpp(base):
+    """nomic-bert (Ollama's nomic-embed-text architecture: rotary positions, SwiGLU) against
+    llama.cpp's own forward of the same GGUF: the same token ids, the same unit vectors."""
+    r = requests.post(base + "/api/embed", json={"model": "nomic-tiny",
+                                                  "input": [n["text"] for n in NOMIC]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["prompt_eval_count"] == sum(len(n["ids"]) for n in NOMIC), "same tokenization"
+    for vector, ref in zip(body["embeddings"], NOMIC):
+        c = cosine(vector, ref["embedding"])
+        assert c >= 0.99999, f"{ref['text'][:40]!r}: cosine {c:.7f}"
+    shown = requests.post(base + "/api/show", json={"model": "nomic-tiny"}).json()
+    assert shown["capabilities"] == ["embedding"]
+    assert shown["details"]["family"] == "nomic-bert"
+    # Word order matters to it (rotary positions): these two inputs hold the same words.
+    a, b = body["embeddings"][1], body["embeddings"][4]
+    assert cosine(a, b) < 0.999

@@ -424,3 +424,122 @@ fn a_gguf_of_the_same_weights_gives_the_same_ids_and_vectors() {
         (Pooling::Mean, true, POSITIONS)
     );
 }
+
+/// A tiny random nomic-bert GGUF in llama.cpp's layout (f32), with the test vocabulary.
+fn write_nomic_gguf(path: &Path) {
+    use gguf_file::Value as V;
+    let dev = Device::Cpu;
+    let mut seed = 100u64;
+    let mut rand = |dims: &[usize], around: f32| {
+        seed += 1;
+        let n: usize = dims.iter().product();
+        let mut state = seed.wrapping_mul(6364136223846793005);
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                around + ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.8
+            })
+            .collect();
+        QTensor::quantize(&Tensor::from_vec(data, dims, &dev).unwrap(), GgmlDType::F32).unwrap()
+    };
+    let mut tensors = vec![
+        (
+            "token_embd.weight".to_string(),
+            rand(&[VOCAB.len(), HIDDEN], 0.0),
+        ),
+        ("token_types.weight".to_string(), rand(&[2, HIDDEN], 0.0)),
+        ("token_embd_norm.weight".to_string(), rand(&[HIDDEN], 1.0)),
+        ("token_embd_norm.bias".to_string(), rand(&[HIDDEN], 0.0)),
+    ];
+    for i in 0..LAYERS {
+        for (name, dims, around) in [
+            ("attn_qkv.weight", vec![3 * HIDDEN, HIDDEN], 0.0),
+            ("attn_output.weight", vec![HIDDEN, HIDDEN], 0.0),
+            ("attn_output_norm.weight", vec![HIDDEN], 1.0),
+            ("attn_output_norm.bias", vec![HIDDEN], 0.0),
+            ("ffn_up.weight", vec![FF, HIDDEN], 0.0),
+            ("ffn_gate.weight", vec![FF, HIDDEN], 0.0),
+            ("ffn_down.weight", vec![HIDDEN, FF], 0.0),
+            ("layer_output_norm.weight", vec![HIDDEN], 1.0),
+            ("layer_output_norm.bias", vec![HIDDEN], 0.0),
+        ] {
+            tensors.push((format!("blk.{i}.{name}"), rand(&dims, around)));
+        }
+    }
+    let tokens: Vec<V> = VOCAB.iter().map(|t| V::String(phantom(t))).collect();
+    let metadata: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("nomic-bert".into())),
+        ("nomic-bert.context_length", V::U32(POSITIONS as u32)),
+        ("nomic-bert.embedding_length", V::U32(HIDDEN as u32)),
+        ("nomic-bert.feed_forward_length", V::U32(FF as u32)),
+        ("nomic-bert.block_count", V::U32(LAYERS as u32)),
+        ("nomic-bert.attention.head_count", V::U32(2)),
+        ("nomic-bert.attention.layer_norm_epsilon", V::F32(1e-12)),
+        ("nomic-bert.rope.freq_base", V::F32(1000.0)),
+        ("nomic-bert.pooling_type", V::U32(1)),
+        ("tokenizer.ggml.model", V::String("bert".into())),
+        ("tokenizer.ggml.tokens", V::Array(tokens)),
+        ("tokenizer.ggml.bos_token_id", V::U32(2)),
+        ("tokenizer.ggml.seperator_token_id", V::U32(3)),
+        ("tokenizer.ggml.unknown_token_id", V::U32(1)),
+    ];
+    let mut file = std::fs::File::create(path).unwrap();
+    gguf_file::write(
+        &mut file,
+        &metadata.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(),
+        &tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+}
+
+/// nomic-bert from a GGUF: the CPU's packed forward (rotary positions turned on the rows by
+/// our own loop) against padded batches through candle's ops (candle's rope), and the order
+/// of words matters (positions are in the attention, not the embeddings).
+#[test]
+fn nomic_bert_packed_and_padded_agree_and_word_order_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny-nomic.gguf");
+    write_nomic_gguf(&path);
+    let source = ModelSource::Gguf(path);
+    assert!(ferrollama_model::is_encoder(&source));
+    let packed = Encoder::load(&source, &Device::Cpu, &mut |_, _| {}).unwrap();
+    let padded = Encoder::load(&source, &Device::Cpu, &mut |_, _| {})
+        .unwrap()
+        .with_padded_batches();
+    assert_eq!(packed.description().architecture, "nomic-bert");
+    assert_eq!(packed.description().pooling, Some(Pooling::Mean));
+    let inputs: Vec<Vec<u32>> = [
+        "the cat sat on the mat.",
+        "the dog",
+        "mat cat the sat on the.",
+    ]
+    .iter()
+    .map(|t| packed.tokenize(t).unwrap())
+    .collect();
+    let a = packed.embed(&inputs).unwrap();
+    let b = padded.embed(&inputs).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        let norm: f32 = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "unit vectors, as Ollama gives");
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() < 1e-5, "packed {p} vs padded {q}");
+        }
+    }
+    // The same words in another order: mean pooling alone would not tell them apart. (Small
+    // random weights attend almost evenly, so the difference is small, yet far above the
+    // 1e-5 the two forwards agree to.)
+    let moved = a[0]
+        .iter()
+        .zip(&a[2])
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        moved > 1e-3,
+        "word order changes the vector: at most {moved}"
+    );
+}

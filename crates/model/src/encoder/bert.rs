@@ -17,6 +17,17 @@ pub struct BertConfig {
     pub intermediate_size: usize,
     pub max_positions: usize,
     pub layer_norm_eps: f64,
+    pub kind: BertKind,
+}
+
+/// Which member of the BERT family: where positions come from, and the MLP.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BertKind {
+    /// Learned absolute positions, biases everywhere, a GELU MLP.
+    Bert,
+    /// nomic-bert (`nomic-embed-text`): rotary positions (NeoX halves) at `rope_base`, no
+    /// biases on the projections, a SwiGLU MLP; post-norm as BERT.
+    Nomic { rope_base: f32 },
 }
 
 impl BertConfig {
@@ -50,16 +61,26 @@ impl BertConfig {
             intermediate_size: int("intermediate_size")?,
             max_positions: int("max_position_embeddings")?,
             layer_norm_eps: config["layer_norm_eps"].as_f64().unwrap_or(1e-12),
+            kind: BertKind::Bert,
         }
         .checked()
     }
 
-    /// From a GGUF's `bert.*` metadata.
+    /// From a GGUF's `bert.*` (or `nomic-bert.*`) metadata.
     pub fn from_gguf(file: &crate::weights::GgufFile) -> Result<Self> {
+        let arch = file.string("general.architecture").unwrap_or("bert");
         let int = |key: &str| {
-            file.uint(&format!("bert.{key}"))
+            file.uint(&format!("{arch}.{key}"))
                 .map(|v| v as usize)
-                .ok_or_else(|| ModelError::Config(format!("GGUF has no `bert.{key}`")))
+                .ok_or_else(|| ModelError::Config(format!("GGUF has no `{arch}.{key}`")))
+        };
+        let kind = match arch {
+            "nomic-bert" => BertKind::Nomic {
+                rope_base: file
+                    .float("nomic-bert.rope.freq_base")
+                    .map_or(1000.0, |b| b as f32),
+            },
+            _ => BertKind::Bert,
         };
         let vocab_size = file
             .array("tokenizer.ggml.tokens")
@@ -73,8 +94,9 @@ impl BertConfig {
             intermediate_size: int("feed_forward_length")?,
             max_positions: int("context_length")?,
             layer_norm_eps: file
-                .float("bert.attention.layer_norm_epsilon")
+                .float(&format!("{arch}.attention.layer_norm_epsilon"))
                 .unwrap_or(1e-12),
+            kind,
         }
         .checked()
     }
@@ -120,10 +142,10 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{gguf}.{kind}"))
 }
 
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f32,
+pub(super) struct Norm {
+    pub(super) weight: Tensor,
+    pub(super) bias: Tensor,
+    pub(super) eps: f32,
 }
 
 impl Norm {
@@ -137,30 +159,74 @@ impl Norm {
     }
 }
 
-struct Layer {
+pub(super) struct Layer {
     /// Query, key and value as one matrix (one GEMM instead of three), the query's rows
     /// pre-scaled by 1/sqrt(head_dim).
-    qkv: Linear,
-    attention_out: Linear,
-    attention_norm: Norm,
-    up: Linear,
-    down: Linear,
-    output_norm: Norm,
+    pub(super) qkv: Linear,
+    pub(super) attention_out: Linear,
+    pub(super) attention_norm: Norm,
+    pub(super) mlp: Mlp,
+    pub(super) output_norm: Norm,
 }
 
-/// A BERT encoder's weights, f32 on its device.
+pub(super) enum Mlp {
+    Gelu {
+        up: Linear,
+        down: Linear,
+    },
+    /// silu(gate(x)) * up(x), then down.
+    SwiGlu {
+        up: Linear,
+        gate: Linear,
+        down: Linear,
+    },
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Mlp::Gelu { up, down } => down.forward(&super::gelu::gelu_erf(&up.forward(x)?)?)?,
+            Mlp::SwiGlu { up, gate, down } => {
+                let gated = (candle_nn::ops::silu(&gate.forward(x)?)? * up.forward(x)?)?;
+                down.forward(&gated)?
+            }
+        })
+    }
+}
+
+/// Where a token's position comes from.
+pub(super) enum Positions {
+    /// A learned row per position, added to the embeddings.
+    Learned(Tensor),
+    /// Rotary, applied to queries and keys in every layer.
+    Rotary(super::rope::Rope),
+}
+
+/// A BERT-family encoder's weights, f32 on its device.
 pub struct Bert {
-    config: BertConfig,
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
-    embedding_norm: Norm,
-    layers: Vec<Layer>,
+    pub(super) config: BertConfig,
+    pub(super) word: Tensor,
+    pub(super) positions: Positions,
+    pub(super) token_type: Tensor,
+    pub(super) embedding_norm: Norm,
+    pub(super) layers: Vec<Layer>,
 }
 
 impl Bert {
-    /// Loads every weight through `get`, which takes Hugging Face names.
+    /// Loads every weight through `get`, which takes Hugging Face names (BERT's, or
+    /// nomic-bert's for [`BertKind::Nomic`]).
     pub fn load(
+        config: BertConfig,
+        get: &mut dyn FnMut(&str) -> Result<Tensor>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        match config.kind {
+            BertKind::Bert => Self::load_bert(config, get, progress),
+            BertKind::Nomic { .. } => super::nomic::load(config, get, progress),
+        }
+    }
+
+    fn load_bert(
         config: BertConfig,
         get: &mut dyn FnMut(&str) -> Result<Tensor>,
         progress: &mut dyn FnMut(usize, usize),
@@ -210,8 +276,10 @@ impl Bert {
                 qkv,
                 attention_out: matrix(get, &format!("{p}.attention.output.dense"), h, h)?,
                 attention_norm: norm(get, &format!("{p}.attention.output.LayerNorm"), h)?,
-                up: matrix(get, &format!("{p}.intermediate.dense"), ff, h)?,
-                down: matrix(get, &format!("{p}.output.dense"), h, ff)?,
+                mlp: Mlp::Gelu {
+                    up: matrix(get, &format!("{p}.intermediate.dense"), ff, h)?,
+                    down: matrix(get, &format!("{p}.output.dense"), h, ff)?,
+                },
                 output_norm: norm(get, &format!("{p}.output.LayerNorm"), h)?,
             });
             progress(i + 1, config.layers);
@@ -223,7 +291,7 @@ impl Bert {
                 ..config
             },
             word,
-            position,
+            positions: Positions::Learned(position),
             token_type,
             embedding_norm,
             layers,
@@ -251,7 +319,10 @@ impl Bert {
         )?;
         let (heads, head_dim) = self.heads();
         self.layers(x, &|qkv: &Tensor| {
-            let rows = qkv.flatten_all()?.to_vec1::<f32>()?;
+            let mut rows = qkv.flatten_all()?.to_vec1::<f32>()?;
+            if let Positions::Rotary(rope) = &self.positions {
+                rope.rotate_rows(&mut rows, &positions, heads);
+            }
             let out = super::attention::attend(&rows, heads, head_dim, lens);
             Ok(Tensor::from_vec(
                 out,
@@ -277,7 +348,10 @@ impl Bert {
                 .reshape((batch, len, 3, heads, head_dim))?
                 .permute((2, 0, 3, 1, 4))?
                 .contiguous()?;
-            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+            let (mut q, mut k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+            if let Positions::Rotary(rope) = &self.positions {
+                (q, k) = (rope.rotate(&q)?, rope.rotate(&k)?);
+            }
             let scores = q.matmul(&k.t()?)?.broadcast_add(&key_bias)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             Ok(probs
@@ -295,9 +369,13 @@ impl Bert {
 
     /// Token, position and type embeddings, normalised: one row per id.
     fn embed(&self, ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let words = self.word.index_select(ids, 0)?;
-        let positions = self.position.index_select(positions, 0)?;
-        let embedded = (words + positions)?.broadcast_add(&self.token_type.get(0)?)?;
+        let mut embedded = self
+            .word
+            .index_select(ids, 0)?
+            .broadcast_add(&self.token_type.get(0)?)?;
+        if let Positions::Learned(table) = &self.positions {
+            embedded = (embedded + table.index_select(positions, 0)?)?;
+        }
         self.embedding_norm.forward(&embedded)
     }
 
@@ -307,15 +385,14 @@ impl Bert {
             let context = attend(&layer.qkv.forward(&x)?)?;
             let attended = (layer.attention_out.forward(&context)? + &x)?;
             x = layer.attention_norm.forward(&attended)?;
-            let inner = super::gelu::gelu_erf(&layer.up.forward(&x)?)?;
-            let out = (layer.down.forward(&inner)? + &x)?;
+            let out = (layer.mlp.forward(&x)? + &x)?;
             x = layer.output_norm.forward(&out)?;
         }
         Ok(x)
     }
 }
 
-fn expect_shape(t: Tensor, dims: &[usize], name: &str) -> Result<Tensor> {
+pub(super) fn expect_shape(t: Tensor, dims: &[usize], name: &str) -> Result<Tensor> {
     if t.dims() != dims {
         return Err(ModelError::Config(format!(
             "{name} has shape {:?}, expected {dims:?}",

@@ -6,6 +6,8 @@
 mod attention;
 pub mod bert;
 mod gelu;
+pub mod nomic;
+mod rope;
 mod wordpiece;
 
 use crate::error::{ModelError, Result};
@@ -47,7 +49,7 @@ pub struct Encoder {
 }
 
 /// Encoder families as GGUF `general.architecture` and config.json `model_type` name them.
-/// Only `bert` runs; the others are known as embedding models, so that a request for one is
+/// `bert` and `nomic-bert` (from GGUF) run; the others are known as embedding models, so that a request for one is
 /// told it is not supported yet rather than that it cannot embed.
 pub(crate) const ENCODER_FAMILIES: [&str; 4] =
     ["bert", "nomic-bert", "jina-bert-v2", "xlm-roberta"];
@@ -144,24 +146,25 @@ impl Encoder {
     ) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let arch = file.string("general.architecture").unwrap_or("unknown");
-        if arch != "bert" {
-            return Err(not_run(&path.display().to_string(), arch));
-        }
+        let gguf_name = match arch {
+            "bert" => bert::gguf_name,
+            "nomic-bert" => nomic::gguf_name,
+            _ => return Err(not_run(&path.display().to_string(), arch)),
+        };
         let config = BertConfig::from_gguf(&file)?;
         let mut get = |name: &str| -> Result<Tensor> {
-            let gguf =
-                bert::gguf_name(name).ok_or_else(|| ModelError::MissingWeight(name.into()))?;
+            let gguf = gguf_name(name).ok_or_else(|| ModelError::MissingWeight(name.into()))?;
             file.dequantized(&gguf, device)
         };
         let bert = Bert::load(config, &mut get, progress)?;
         let tokenizer = wordpiece::from_gguf(&file)?;
         // llama.cpp's pooling types: 1 mean, 2 CLS. Ollama's embeddings are unit vectors.
-        let pooling = match file.uint("bert.pooling_type") {
+        let pooling = match file.uint(&format!("{arch}.pooling_type")) {
             Some(2) => Pooling::Cls,
             Some(1) | None => Pooling::Mean,
             Some(other) => {
                 return Err(ModelError::Unsupported(format!(
-                    "bert.pooling_type {other} (only 1, mean, and 2, CLS)"
+                    "{arch}.pooling_type {other} (only 1, mean, and 2, CLS)"
                 )))
             }
         };
@@ -398,7 +401,7 @@ pub(crate) fn sentence_transformers_head(dir: &Path) -> Result<(Pooling, bool)> 
 /// Why a model of `family` does not load as an encoder.
 fn not_run(place: &str, family: &str) -> ModelError {
     ModelError::Unsupported(if ENCODER_FAMILIES.contains(&family) {
-        format!("{place}: {family} is an embedding model this server does not run yet (only bert)")
+        format!("{place}: {family} is an embedding model this server does not run yet (bert, and nomic-bert from GGUF)")
     } else {
         format!("{place}: {family} is not an embedding model (an encoder such as bert)")
     })
