@@ -56,6 +56,16 @@ struct Listing {
     siblings: Vec<Sibling>,
 }
 
+impl Listing {
+    /// The repository's GGUF files, as quantizations to choose from.
+    fn ggufs(&self) -> Vec<GgufFile> {
+        self.siblings
+            .iter()
+            .filter_map(|s| GgufFile::from_repo_path(&s.rfilename))
+            .collect()
+    }
+}
+
 impl HuggingFace {
     /// The cache from `HF_HOME` (else `~/.cache/huggingface`), the hub from `HF_ENDPOINT`, the
     /// token from `HF_TOKEN`, else the cache's `token` file (what `huggingface-cli login` writes).
@@ -149,12 +159,7 @@ impl HuggingFace {
         // Pinned to the listed commit: every file of one pull comes from one snapshot.
         let pinned = Repo::with_revision(id.clone(), RepoType::Model, listing.sha.clone());
         let repo = self.api()?.repo(pinned);
-        let ggufs: Vec<GgufFile> = listing
-            .siblings
-            .iter()
-            .filter_map(|s| GgufFile::from_repo_path(&s.rfilename))
-            .collect();
-        let pulled = if ggufs.is_empty() {
+        let pulled = if listing.ggufs().is_empty() {
             if let Some(want) = pin {
                 return Err(PullError::PinMismatch {
                     name: name.to_string(),
@@ -164,7 +169,7 @@ impl HuggingFace {
             }
             self.pull_safetensors(name, &repo, &listing, report).await
         } else {
-            self.pull_gguf(store, name, &repo, &listing, &ggufs, pin, report)
+            self.pull_gguf(store, name, &repo, &listing, pin, report)
                 .await
         };
         // hf-hub writes a ref named by the pinned commit itself: clutter no tool reads.
@@ -247,11 +252,11 @@ impl HuggingFace {
         name: &ModelName,
         repo: &ApiRepo,
         listing: &Listing,
-        ggufs: &[GgufFile],
         pin: Option<&str>,
         report: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<Pulled, PullError> {
-        let chosen = quant::choose(ggufs, &name.tag).map_err(|no| match no {
+        let ggufs = listing.ggufs();
+        let chosen = quant::choose(&ggufs, &name.tag).map_err(|no| match no {
             NoChoice::Missing(quants) => PullError::UnknownQuant {
                 name: name.to_string(),
                 quant: name.tag.clone(),
