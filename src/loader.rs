@@ -202,8 +202,12 @@ impl ModelLoader for ServeLoader {
         let reference = self
             .reference(key)
             .ok_or_else(|| format!("no model {key}"))?;
-        crate::loading::load_encoder_with_progress(reference, &self.options.device)
-            .map_err(|e| format!("{e:#}"))
+        let encoder = crate::loading::load_encoder_with_progress(reference, &self.options.device)
+            .map_err(|e| format!("{e:#}"))?;
+        match self.engine.threads {
+            Some(threads) => encoder.with_threads(threads).map_err(|e| e.to_string()),
+            None => Ok(encoder),
+        }
     }
 
     fn load(&self, key: &str) -> Result<Loaded, String> {

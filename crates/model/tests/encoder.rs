@@ -221,6 +221,13 @@ fn packed_and_padded_forwards_agree() {
                 assert!((p - q).abs() < 1e-5, "packed {p} vs padded {q}");
             }
         }
+        // On a pool of its own (the server's --threads), the same vectors.
+        let own = load(dir.path()).unwrap().with_threads(1).unwrap();
+        for (x, y) in own.embed(&inputs).unwrap().iter().zip(&a) {
+            for (p, q) in x.iter().zip(y) {
+                assert!((p - q).abs() < 1e-6, "own pool {p} vs global {q}");
+            }
+        }
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Encoder {
     description: crate::Description,
     /// Packed forwards (the CPU's way) rather than padded batches through candle's ops.
     packed: bool,
+    /// Its own math threads (`--threads`), else rayon's global pool.
+    threads: Option<rayon::ThreadPool>,
 }
 
 /// Encoder families as GGUF `general.architecture` and config.json `model_type` name them.
@@ -129,6 +131,7 @@ impl Encoder {
             });
         Ok(Self {
             packed: bert.device().is_cpu(),
+            threads: None,
             bert,
             tokenizer,
             pooling,
@@ -171,6 +174,7 @@ impl Encoder {
         let max_tokens = bert.config().max_positions;
         Ok(Self {
             packed: bert.device().is_cpu(),
+            threads: None,
             bert,
             tokenizer,
             pooling,
@@ -209,6 +213,14 @@ impl Encoder {
     /// in the vocabulary (checked before this). On the CPU inputs run packed, many thousand
     /// tokens a forward with no padding; elsewhere as padded batches of similar lengths.
     pub fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        match &self.threads {
+            Some(pool) => pool.install(|| self.embed_here(inputs)),
+            None => self.embed_here(inputs),
+        }
+    }
+
+    /// [`Encoder::embed`] on the current thread pool.
+    fn embed_here(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         /// Padded batch size (candle's ops on a GPU).
         const BATCH: usize = 32;
         /// Tokens in one packed forward: large GEMMs, activations of a few tens of MB.
@@ -251,6 +263,18 @@ impl Encoder {
             rest = tail;
         }
         Ok(out)
+    }
+
+    /// Its math on `threads` threads of its own (the server's `--threads`), not rayon's
+    /// global pool.
+    pub fn with_threads(mut self, threads: usize) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("encoder-{i}"))
+            .build()
+            .map_err(|e| ModelError::Device(format!("encoder threads: {e}")))?;
+        self.threads = Some(pool);
+        Ok(self)
     }
 
     /// Padded batches through candle's ops, the way off the CPU: tests compare the two ways
