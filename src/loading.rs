@@ -29,18 +29,7 @@ pub fn load_with_progress(reference: &str, options: &LoadOptions) -> anyhow::Res
     })
     .with_context(|| format!("loading {reference}"))?;
     bar.finish_and_clear();
-    let size_bytes = match &source {
-        ModelSource::Gguf(path) => std::fs::metadata(path).map_or(0, |m| m.len()),
-        ModelSource::Safetensors(dir) => std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0),
-        ModelSource::Random { .. } => 0,
-    };
+    let size_bytes = size_on_disk(reference);
     let description = ferrollama_model::Description::of(&source)?;
     Ok(Loaded {
         model,
@@ -68,4 +57,21 @@ pub fn load_encoder_with_progress(
     .with_context(|| format!("loading {reference}"))?;
     bar.finish_and_clear();
     Ok(encoder)
+}
+
+/// Bytes of a model's weights on disk: its GGUF, its directory's files; 0 for random weights
+/// or what cannot be read.
+pub fn size_on_disk(reference: &str) -> u64 {
+    match resolve(reference) {
+        Ok(ModelSource::Gguf(path)) => std::fs::metadata(path).map_or(0, |m| m.len()),
+        Ok(ModelSource::Safetensors(dir)) => std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0),
+        Ok(ModelSource::Random { .. }) | Err(_) => 0,
+    }
 }

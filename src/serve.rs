@@ -3,7 +3,9 @@
 use crate::engine_args::EngineArgs;
 use crate::loader::ServeLoader;
 use anyhow::Context;
-use ferrollama_api::{router, AppState, Encoders, KeepAlive, Limits, Metrics, Residents};
+use ferrollama_api::{
+    router, AppState, Encoders, KeepAlive, Limits, Metrics, ModelLoader, Residents,
+};
 use ferrollama_store::{Puller, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -97,6 +99,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let encoders = Encoders::start(loader.clone());
         let mut startup_load = Duration::ZERO;
         let serving = match loader.startup_key() {
+            // An embedding model given at start serves /api/embed and /v1/embeddings, beside
+            // whatever generating model a request loads.
+            Some(key) if loader.is_encoder(key) => {
+                let lease = encoders
+                    .acquire(key, None)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.message))?;
+                startup_load = lease.load_duration;
+                format!("embedding model {key}")
+            }
             Some(key) => {
                 let lease = residents
                     .acquire(key, None)

@@ -377,3 +377,29 @@ def test_nomic_bert_matches_llama_cpp(base):
     # Word order matters to it (rotary positions): these two inputs hold the same words.
     a, b = body["embeddings"][1], body["embeddings"][4]
     assert cosine(a, b) < 0.999
+
+
+def test_an_embedding_model_given_at_start_serves_and_stays(tmp_path):
+    """`serve --model <embedding model>`: an embedding-only server, as `nomic-embed-text` is
+    deployed. It is loaded at start, answers to its --name, is listed, and stays loaded."""
+    from conftest import serve
+    model_dir = subprocess.run([str(ROOT / "models/minilm-path.sh")], check=True,
+                               capture_output=True, text=True).stdout.strip()
+    gguf = tmp_path / "tiny-nomic.gguf"
+    subprocess.run([sys.executable, str(ROOT / "models/make_nomic_gguf.py"), model_dir,
+                    str(gguf)], check=True)
+    env = {**os.environ, "OLLAMA_MODELS": str(tmp_path / "store")}
+    proc, url = serve(env, "--model", str(gguf), "--name", "nomic-embed-text")
+    try:
+        [listed] = requests.get(url + "/api/ps").json()["models"]
+        assert listed["details"]["family"] == "nomic-bert"
+        assert listed["expires_at"] > "2100", "the --model one stays loaded"
+        client = ollama.Client(host=url)
+        vectors = client.embed(model="nomic-embed-text", input=[n["text"] for n in NOMIC])
+        for vector, ref in zip(vectors["embeddings"], NOMIC):
+            assert cosine(vector, ref["embedding"]) >= 0.99999
+        assert [m.model for m in client.list().models] == ["nomic-embed-text"]
+        r = requests.post(url + "/api/generate", json={"model": "nomic-embed-text", "prompt": "hi"})
+        assert r.status_code == 400 and "embedding model" in r.json()["error"]
+    finally:
+        assert stop(proc) == 0

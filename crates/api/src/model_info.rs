@@ -48,6 +48,27 @@ impl ModelInfo {
         }
     }
 
+    /// An embedding model: no template, no options, no tools.
+    pub fn of_encoder(
+        names: ModelNames,
+        size_bytes: u64,
+        digest: String,
+        modified: SystemTime,
+        description: Description,
+    ) -> Self {
+        Self {
+            names,
+            size_bytes,
+            digest,
+            modified,
+            description,
+            template: String::new(),
+            parameters: String::new(),
+            on_gpu: false,
+            tools: false,
+        }
+    }
+
     /// Ollama's `details`: format, family, size in parameters and quantization.
     pub fn details(&self) -> Value {
         details(&self.description)

@@ -142,7 +142,8 @@ impl Encoders {
         key: &str,
         keep_alive: Option<KeepAlive>,
     ) -> Result<EncoderLease, ApiError> {
-        let keep_alive = keep_alive.unwrap_or(KeepAlive::DEFAULT);
+        // Unsaid, the loader's default: the model given at start-up stays loaded.
+        let keep_alive = keep_alive.unwrap_or_else(|| self.loader.default_keep_alive(key));
         let lease = |resident: Arc<ResidentEncoder>, load_duration| {
             *resident.expires.lock().expect("expires lock") = None;
             EncoderLease {
