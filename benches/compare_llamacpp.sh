@@ -24,7 +24,8 @@
 #   --out DIR       where the JSON, SVG and summary.md go (default: a new dir under /tmp);
 #                   MODEL-compare.svg draws both servers on the same axes
 #
-# Environment: FERROLLAMA_BIN (default: build it), LLAMA_SERVER, LLAMA_QUANTIZE,
+# Environment: FERROLLAMA_BIN (default: build it), LLAMA_SERVER, LLAMA_SERVER_ARGS (the peer's
+# own best flags, e.g. ik_llama.cpp's `-rtr -fa`), LLAMA_QUANTIZE,
 # LLAMA_CPP_PYTHON_VENV, BENCH_VENV (python with gguf+numpy for the model script; made if missing), BENCH_MODELS_DIR.
 set -euo pipefail
 
@@ -42,7 +43,7 @@ while [ $# -gt 0 ]; do
         --rounds) rounds="$2"; shift 2 ;;
         --quick) quick=1; shift ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
 done
@@ -124,8 +125,9 @@ start_server() { # which gguf log
                 --host 127.0.0.1 --port "$p" --max-seqs 16 --kv-cache-memory 3GiB >"$3" 2>&1 &
             ;;
         llama-server)
+            # shellcheck disable=SC2086 # LLAMA_SERVER_ARGS is a list of flags
             "$LLAMA_SERVER" -m "$2" --alias bench --host 127.0.0.1 --port "$p" \
-                -t "$threads" -tb "$threads" -np 16 -c $((16 * 2048)) >"$3" 2>&1 &
+                -t "$threads" -tb "$threads" -np 16 -c $((16 * 2048)) ${LLAMA_SERVER_ARGS:-} >"$3" 2>&1 &
             ;;
         llama-cpp-python)
             "$venv/bin/python" -m llama_cpp.server --model "$2" --model_alias bench \
@@ -209,7 +211,7 @@ def per_round(model, server, kind, f):
     return [f(level(model, server, f"{kind}-r{r}")) for r in range(1, rounds + 1)]
 
 print(f"Machine: {cpu()}, {os.cpu_count()} cores; both servers on {threads} threads.")
-print(f"Peer: {peer} ({peer_version}).")
+print(f"Peer: {peer} ({peer_version}), extra flags: {os.environ.get('LLAMA_SERVER_ARGS') or 'none'}.")
 print(f"Single-stream decode and prompt processing: medians of {rounds} interleaved rounds, "
       "and the median of the per-round ratios; 4 and 16 streams: one measure each.\n")
 print("| model | measure | ferrollama | peer | ratio | per-round ratios |")
