@@ -55,6 +55,19 @@ def phantom(token):
     return "\u2581" + token
 
 
+def add_vocabulary(writer, vocab):
+    """A WordPiece vocabulary (token -> id) as llama.cpp's converter writes a BERT's."""
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    writer.add_tokenizer_model("bert")
+    writer.add_token_list([phantom(t) for t in tokens])
+    writer.add_token_types([gguf.TokenType.CONTROL if t.startswith("[") and t.endswith("]")
+                            else gguf.TokenType.NORMAL for t in tokens])
+    # [CLS] is the BOS token.
+    for key, token in [("bos", "[CLS]"), ("sep", "[SEP]"), ("unk", "[UNK]"), ("pad", "[PAD]"),
+                       ("mask", "[MASK]")]:
+        getattr(writer, f"add_{key}_token_id")(vocab[token])
+
+
 def pooling_type(model_dir):
     modules = model_dir / "modules.json"
     if not modules.exists():
@@ -74,7 +87,6 @@ def main():
     args = parser.parse_args()
     config = json.loads((args.model_dir / "config.json").read_text())
     vocab = json.loads((args.model_dir / "tokenizer.json").read_text())["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
 
     writer = gguf.GGUFWriter(str(args.out), "bert")
     writer.add_name(args.model_dir.name)
@@ -89,14 +101,7 @@ def main():
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[args.type]
     writer.add_file_type(file_type)
-    writer.add_tokenizer_model("bert")
-    writer.add_token_list([phantom(t) for t in tokens])
-    writer.add_token_types([gguf.TokenType.CONTROL if t.startswith("[") and t.endswith("]")
-                            else gguf.TokenType.NORMAL for t in tokens])
-    # As llama.cpp's converter writes them: [CLS] is the BOS token.
-    for key, token in [("bos", "[CLS]"), ("sep", "[SEP]"), ("unk", "[UNK]"), ("pad", "[PAD]"),
-                       ("mask", "[MASK]")]:
-        getattr(writer, f"add_{key}_token_id")(vocab[token])
+    add_vocabulary(writer, vocab)
 
     tensors = {}
     for path in sorted(args.model_dir.glob("*.safetensors")):

@@ -15,14 +15,13 @@ import pathlib
 import gguf
 import numpy as np
 
-from make_bert_gguf import phantom
+from make_bert_gguf import add_vocabulary
 
 HIDDEN, FF, LAYERS, HEADS, CONTEXT = 64, 128, 2, 4, 2048
 
 
 def write(minilm_dir, out):
     vocab = json.loads((minilm_dir / "tokenizer.json").read_text())["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     rng = np.random.default_rng(1234)
 
     def rand(*shape, around=0.0, scale=0.3):
@@ -40,16 +39,10 @@ def write(minilm_dir, out):
     writer.add_rope_freq_base(1000.0)
     writer.add_pooling_type(gguf.PoolingType.MEAN)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_tokenizer_model("bert")
-    writer.add_token_type_count(2)
-    writer.add_token_list([phantom(t) for t in tokens])
-    writer.add_token_types([gguf.TokenType.CONTROL if t.startswith("[") and t.endswith("]")
-                            else gguf.TokenType.NORMAL for t in tokens])
-    for key, token in [("bos", "[CLS]"), ("sep", "[SEP]"), ("unk", "[UNK]"), ("pad", "[PAD]"),
-                       ("mask", "[MASK]")]:
-        getattr(writer, f"add_{key}_token_id")(vocab[token])
+    add_vocabulary(writer, vocab)
+    writer.add_token_type_count(2)  # llama.cpp refuses a nomic-bert without it
 
-    writer.add_tensor("token_embd.weight", rand(len(tokens), HIDDEN))
+    writer.add_tensor("token_embd.weight", rand(len(vocab), HIDDEN))
     writer.add_tensor("token_types.weight", rand(2, HIDDEN))
     writer.add_tensor("token_embd_norm.weight", rand(HIDDEN, around=1.0, scale=0.1))
     writer.add_tensor("token_embd_norm.bias", rand(HIDDEN, scale=0.1))

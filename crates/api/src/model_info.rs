@@ -26,6 +26,7 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// A generating model: its template, its default options, whether it takes tools.
     pub fn describe(
         model: &LoadedModel,
         names: ModelNames,
@@ -36,15 +37,11 @@ impl ModelInfo {
         defaults: &Map<String, Value>,
     ) -> Self {
         Self {
-            names,
-            size_bytes,
-            digest,
-            modified,
-            description,
             template: model.chat_template.name().to_string(),
             parameters: modelfile_parameters(defaults),
             on_gpu: model.model.device().is_cuda(),
             tools: model.chat_template.tool_syntax(&model.tokenizer).is_some(),
+            ..Self::of_encoder(names, size_bytes, digest, modified, description)
         }
     }
 

@@ -373,40 +373,56 @@ fn phantom(token: &str) -> String {
     }
 }
 
-#[test]
-fn a_gguf_of_the_same_weights_gives_the_same_ids_and_vectors() {
+/// A GGUF of `arch` at the test shape (two heads, mean pooling) with the test vocabulary,
+/// `extra` metadata and `tensors`, as llama.cpp's converter lays them out.
+fn write_gguf(
+    path: &Path,
+    arch: &str,
+    extra: Vec<(String, gguf_file::Value)>,
+    tensors: &[(String, QTensor)],
+) {
     use gguf_file::Value as V;
-    let dir = tempfile::tempdir().unwrap();
-    write_dir(dir.path(), "", Some(mean()), true);
-    let path = dir.path().join("tiny-bert.gguf");
     let tokens: Vec<V> = VOCAB.iter().map(|t| V::String(phantom(t))).collect();
-    let metadata: Vec<(&str, V)> = vec![
-        ("general.architecture", V::String("bert".into())),
-        ("bert.context_length", V::U32(POSITIONS as u32)),
-        ("bert.embedding_length", V::U32(HIDDEN as u32)),
-        ("bert.feed_forward_length", V::U32(FF as u32)),
-        ("bert.block_count", V::U32(LAYERS as u32)),
-        ("bert.attention.head_count", V::U32(2)),
-        ("bert.attention.layer_norm_epsilon", V::F32(1e-12)),
-        ("bert.pooling_type", V::U32(1)),
-        ("tokenizer.ggml.model", V::String("bert".into())),
-        ("tokenizer.ggml.tokens", V::Array(tokens)),
-        ("tokenizer.ggml.bos_token_id", V::U32(2)),
-        ("tokenizer.ggml.seperator_token_id", V::U32(3)),
-        ("tokenizer.ggml.unknown_token_id", V::U32(1)),
+    let mut metadata: Vec<(String, V)> = vec![
+        ("general.architecture".into(), V::String(arch.into())),
+        (format!("{arch}.context_length"), V::U32(POSITIONS as u32)),
+        (format!("{arch}.embedding_length"), V::U32(HIDDEN as u32)),
+        (format!("{arch}.feed_forward_length"), V::U32(FF as u32)),
+        (format!("{arch}.block_count"), V::U32(LAYERS as u32)),
+        (format!("{arch}.attention.head_count"), V::U32(2)),
+        (
+            format!("{arch}.attention.layer_norm_epsilon"),
+            V::F32(1e-12),
+        ),
+        (format!("{arch}.pooling_type"), V::U32(1)),
+        ("tokenizer.ggml.model".into(), V::String("bert".into())),
+        ("tokenizer.ggml.tokens".into(), V::Array(tokens)),
+        ("tokenizer.ggml.bos_token_id".into(), V::U32(2)),
+        ("tokenizer.ggml.seperator_token_id".into(), V::U32(3)),
+        ("tokenizer.ggml.unknown_token_id".into(), V::U32(1)),
     ];
-    let tensors = gguf_tensors();
-    let mut file = std::fs::File::create(&path).unwrap();
+    metadata.extend(extra);
+    let mut file = std::fs::File::create(path).unwrap();
     gguf_file::write(
         &mut file,
-        &metadata.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(),
+        &metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect::<Vec<_>>(),
         &tensors
             .iter()
             .map(|(k, t)| (k.as_str(), t))
             .collect::<Vec<_>>(),
     )
     .unwrap();
-    drop(file);
+}
+
+#[test]
+fn a_gguf_of_the_same_weights_gives_the_same_ids_and_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dir(dir.path(), "", Some(mean()), true);
+    let path = dir.path().join("tiny-bert.gguf");
+    write_gguf(&path, "bert", Vec::new(), &gguf_tensors());
     let source = ModelSource::Gguf(path);
     assert!(ferrollama_model::is_encoder(&source));
     let g = Encoder::load(&source, &Device::Cpu, &mut |_, _| {}).unwrap();
@@ -475,33 +491,8 @@ fn write_nomic_gguf(path: &Path) {
             tensors.push((format!("blk.{i}.{name}"), rand(&dims, around)));
         }
     }
-    let tokens: Vec<V> = VOCAB.iter().map(|t| V::String(phantom(t))).collect();
-    let metadata: Vec<(&str, V)> = vec![
-        ("general.architecture", V::String("nomic-bert".into())),
-        ("nomic-bert.context_length", V::U32(POSITIONS as u32)),
-        ("nomic-bert.embedding_length", V::U32(HIDDEN as u32)),
-        ("nomic-bert.feed_forward_length", V::U32(FF as u32)),
-        ("nomic-bert.block_count", V::U32(LAYERS as u32)),
-        ("nomic-bert.attention.head_count", V::U32(2)),
-        ("nomic-bert.attention.layer_norm_epsilon", V::F32(1e-12)),
-        ("nomic-bert.rope.freq_base", V::F32(1000.0)),
-        ("nomic-bert.pooling_type", V::U32(1)),
-        ("tokenizer.ggml.model", V::String("bert".into())),
-        ("tokenizer.ggml.tokens", V::Array(tokens)),
-        ("tokenizer.ggml.bos_token_id", V::U32(2)),
-        ("tokenizer.ggml.seperator_token_id", V::U32(3)),
-        ("tokenizer.ggml.unknown_token_id", V::U32(1)),
-    ];
-    let mut file = std::fs::File::create(path).unwrap();
-    gguf_file::write(
-        &mut file,
-        &metadata.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(),
-        &tensors
-            .iter()
-            .map(|(k, t)| (k.as_str(), t))
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let rope = ("nomic-bert.rope.freq_base".to_string(), V::F32(1000.0));
+    write_gguf(path, "nomic-bert", vec![rope], &tensors);
 }
 
 /// nomic-bert from a GGUF: the CPU's packed forward (rotary positions turned on the rows by

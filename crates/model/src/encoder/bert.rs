@@ -114,31 +114,49 @@ impl BertConfig {
 
 /// The GGUF name llama.cpp's converter gives a Hugging Face BERT tensor.
 pub fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "embeddings.word_embeddings.weight" => Some("token_embd.weight"),
-        "embeddings.position_embeddings.weight" => Some("position_embd.weight"),
-        "embeddings.token_type_embeddings.weight" => Some("token_types.weight"),
-        "embeddings.LayerNorm.weight" => Some("token_embd_norm.weight"),
-        "embeddings.LayerNorm.bias" => Some("token_embd_norm.bias"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
+    map_name(
+        hf,
+        &[
+            ("embeddings.word_embeddings.weight", "token_embd.weight"),
+            (
+                "embeddings.position_embeddings.weight",
+                "position_embd.weight",
+            ),
+            (
+                "embeddings.token_type_embeddings.weight",
+                "token_types.weight",
+            ),
+            ("embeddings.LayerNorm.weight", "token_embd_norm.weight"),
+            ("embeddings.LayerNorm.bias", "token_embd_norm.bias"),
+        ],
+        "encoder.layer.",
+        &[
+            ("attention.self.query", "attn_q"),
+            ("attention.self.key", "attn_k"),
+            ("attention.self.value", "attn_v"),
+            ("attention.output.dense", "attn_output"),
+            ("attention.output.LayerNorm", "attn_output_norm"),
+            ("intermediate.dense", "ffn_up"),
+            ("output.dense", "ffn_down"),
+            ("output.LayerNorm", "layer_output_norm"),
+        ],
+    )
+}
+
+/// A Hugging Face tensor name in GGUF's: one of `fixed`, or `{layers}N.{module}.{kind}` as
+/// `blk.N.{gguf module}.{kind}` by `modules`.
+pub(super) fn map_name(
+    hf: &str,
+    fixed: &[(&str, &str)],
+    layers: &str,
+    modules: &[(&str, &str)],
+) -> Option<String> {
+    if let Some((_, gguf)) = fixed.iter().find(|(name, _)| *name == hf) {
+        return Some(gguf.to_string());
     }
-    let rest = hf.strip_prefix("encoder.layer.")?;
-    let (layer, part) = rest.split_once('.')?;
+    let (layer, part) = hf.strip_prefix(layers)?.split_once('.')?;
     let (module, kind) = part.rsplit_once('.')?;
-    let gguf = match module {
-        "attention.self.query" => "attn_q",
-        "attention.self.key" => "attn_k",
-        "attention.self.value" => "attn_v",
-        "attention.output.dense" => "attn_output",
-        "attention.output.LayerNorm" => "attn_output_norm",
-        "intermediate.dense" => "ffn_up",
-        "output.dense" => "ffn_down",
-        "output.LayerNorm" => "layer_output_norm",
-        _ => return None,
-    };
+    let (_, gguf) = modules.iter().find(|(name, _)| *name == module)?;
     Some(format!("blk.{layer}.{gguf}.{kind}"))
 }
 

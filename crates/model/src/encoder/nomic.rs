@@ -10,30 +10,28 @@ use candle_nn::Linear;
 
 /// The GGUF name llama.cpp's converter gives a nomic-bert tensor.
 pub fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "embeddings.word_embeddings.weight" => Some("token_embd.weight"),
-        "embeddings.token_type_embeddings.weight" => Some("token_types.weight"),
-        "emb_ln.weight" => Some("token_embd_norm.weight"),
-        "emb_ln.bias" => Some("token_embd_norm.bias"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
-    }
-    let rest = hf.strip_prefix("encoder.layers.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let (module, kind) = part.rsplit_once('.')?;
-    let gguf = match module {
-        "attn.Wqkv" => "attn_qkv",
-        "attn.out_proj" => "attn_output",
-        "norm1" => "attn_output_norm",
-        "mlp.fc11" => "ffn_up",
-        "mlp.fc12" => "ffn_gate",
-        "mlp.fc2" => "ffn_down",
-        "norm2" => "layer_output_norm",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{gguf}.{kind}"))
+    super::bert::map_name(
+        hf,
+        &[
+            ("embeddings.word_embeddings.weight", "token_embd.weight"),
+            (
+                "embeddings.token_type_embeddings.weight",
+                "token_types.weight",
+            ),
+            ("emb_ln.weight", "token_embd_norm.weight"),
+            ("emb_ln.bias", "token_embd_norm.bias"),
+        ],
+        "encoder.layers.",
+        &[
+            ("attn.Wqkv", "attn_qkv"),
+            ("attn.out_proj", "attn_output"),
+            ("norm1", "attn_output_norm"),
+            ("mlp.fc11", "ffn_up"),
+            ("mlp.fc12", "ffn_gate"),
+            ("mlp.fc2", "ffn_down"),
+            ("norm2", "layer_output_norm"),
+        ],
+    )
 }
 
 pub fn load(
