@@ -198,27 +198,29 @@ impl ModelLoader for ServeLoader {
             .is_some_and(|source| ferrollama_model::is_encoder(&source))
     }
 
-    fn load_encoder(&self, key: &str) -> Result<ferrollama_model::Encoder, String> {
+    fn load_encoder(&self, key: &str) -> Result<(ferrollama_model::Encoder, ModelInfo), String> {
         let reference = self
             .reference(key)
             .ok_or_else(|| format!("no model {key}"))?;
         let encoder = crate::loading::load_encoder_with_progress(reference, &self.options.device)
             .map_err(|e| format!("{e:#}"))?;
-        // The start-up model, an embedding one: listed (tags, show) under its names.
-        if let Some(startup) = self.startup.as_ref().filter(|s| s.key == key) {
-            let short = store_name(reference).map(|n| n.to_string());
-            let names =
-                ModelNames::new(startup.name.as_deref().or(short.as_deref()), reference, &[]);
-            let size = crate::loading::size_on_disk(reference);
-            let (digest, modified) = self.digest(reference, size);
-            let info =
-                ModelInfo::of_encoder(names, size, digest, modified, encoder.description().clone());
-            *startup.info.lock().expect("info lock") = Some(info);
+        let startup = self.startup.as_ref().filter(|s| s.key == key);
+        let short = store_name(reference).map(|n| n.to_string());
+        let given = startup.and_then(|s| s.name.as_deref());
+        let names = ModelNames::new(given.or(short.as_deref()), reference, &[]);
+        let size = crate::loading::size_on_disk(reference);
+        let (digest, modified) = self.digest(reference, size);
+        let info =
+            ModelInfo::of_encoder(names, size, digest, modified, encoder.description().clone());
+        // The start-up model, an embedding one: listed (tags, show) while unloaded too.
+        if let Some(startup) = startup {
+            *startup.info.lock().expect("info lock") = Some(info.clone());
         }
-        match self.engine.threads {
-            Some(threads) => encoder.with_threads(threads).map_err(|e| e.to_string()),
-            None => Ok(encoder),
-        }
+        let encoder = match self.engine.threads {
+            Some(threads) => encoder.with_threads(threads).map_err(|e| e.to_string())?,
+            None => encoder,
+        };
+        Ok((encoder, info))
     }
 
     fn load(&self, key: &str) -> Result<Loaded, String> {

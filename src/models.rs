@@ -148,8 +148,7 @@ pub fn list() -> anyhow::Result<()> {
 
 /// `ferrollama show NAME`: what the GGUF header says, and which chat template serves it.
 pub fn show(args: ShowArgs) -> anyhow::Result<()> {
-    use ferrollama_model::weights::GgufFile;
-    use ferrollama_model::{ChatTemplate, Tokenizer};
+    use ferrollama_model::ChatTemplate;
     let path = match crate::resolve::store_name(&args.name) {
         Some(name) => {
             let store = Store::from_env();
@@ -161,16 +160,27 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
         None if args.verify => anyhow::bail!("--verify checks a name in the store"),
         None => std::path::PathBuf::from(&args.name),
     };
-    let gguf = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
-    let description = ferrollama_model::Description::of_gguf(&gguf);
-    let jinja = gguf.string("tokenizer.chat_template");
-    let template = ChatTemplate::for_model(&Tokenizer::from_gguf(&gguf)?, jinja)?;
-    let template_source = match template {
-        ChatTemplate::MistralInstruct => {
-            "Mistral v3, built in (the vocabulary has [INST] control tokens)"
+    let source = ferrollama_model::ModelSource::from_path(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let description = ferrollama_model::Description::of(&source)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let template_source = if description.pooling.is_some() {
+        "none: an embedding model"
+    } else {
+        let (_, template) = ferrollama_model::tokenizer_and_template(&source)?;
+        let from = match &source {
+            ferrollama_model::ModelSource::Gguf(_) => {
+                "the GGUF's own tokenizer.chat_template (jinja)"
+            }
+            _ => "tokenizer_config.json's chat_template (jinja)",
+        };
+        match template {
+            ChatTemplate::MistralInstruct => {
+                "Mistral v3, built in (the vocabulary has [INST] control tokens)"
+            }
+            ChatTemplate::Jinja(_) => from,
+            ChatTemplate::None => "none: the model has no chat template; raw prompts only",
         }
-        ChatTemplate::Jinja(_) => "the GGUF's own tokenizer.chat_template (jinja)",
-        ChatTemplate::None => "none: the GGUF has no chat template; raw prompts only",
     };
     let number = |key: &str| {
         description

@@ -2,8 +2,8 @@
 (models/minilm-path.sh), against sentence-transformers' vectors (models/fixtures/embeddings,
 made by models/make_embedding_refs.py).
 
-A tiny random nomic-bert GGUF (models/make_nomic_gguf.py) is held to llama.cpp's vectors for it
-(models/make_nomic_refs.py). The model is served three ways at once: the safetensors snapshot in a Hugging Face cache
+A tiny random nomic-bert (models/make_nomic_gguf.py), as a GGUF and in nomic's Hugging Face
+layout, is held to llama.cpp's vectors for the GGUF (models/make_nomic_refs.py). The model is served three ways at once: the safetensors snapshot in a Hugging Face cache
 (`hf.co/sentence-transformers/all-MiniLM-L6-v2`), and GGUFs in f16 and Q8_0 made by
 models/make_bert_gguf.py in an Ollama store (`all-minilm:f16`, `all-minilm:q8_0`), beside
 tiny-mistral as `mistral:instruct`.
@@ -33,6 +33,7 @@ LOG = pathlib.Path(tempfile.mkdtemp()) / "server.log"
 
 REFS = json.loads((ROOT / "models/fixtures/embeddings/minilm.json").read_text())["inputs"]
 HF_NAME = "hf.co/sentence-transformers/all-MiniLM-L6-v2"
+NOMIC_HF = "hf.co/nomic-ai/nomic-embed-text-v1.5"
 SHORT = [r for r in REFS if r["tokens"] < 256]
 LONG = next(r for r in REFS if r["tokens"] == 256)
 
@@ -42,10 +43,10 @@ def cosine(a, b):
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
-def hugging_face_cache(home, model_dir):
+def hugging_face_cache(home, model_dir, repo_id="sentence-transformers/all-MiniLM-L6-v2",
+                       sha="c9745ed1d9f207416be6d2e6f8de32d1f16199bf"):
     """The HF hub cache layout (refs/main -> snapshots/<sha>/), files linked to the model's."""
-    repo = home / "hub/models--sentence-transformers--all-MiniLM-L6-v2"
-    sha = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
+    repo = home / ("hub/models--" + repo_id.replace("/", "--"))
     (repo / "refs").mkdir(parents=True)
     (repo / "refs/main").write_text(sha)
     snapshot = repo / "snapshots" / sha
@@ -87,6 +88,10 @@ def base(tmp_path_factory):
     subprocess.run([sys.executable, str(ROOT / "models/make_nomic_gguf.py"), str(model_dir),
                     str(nomic)], check=True)
     store_gguf(tmp / "store", "nomic-tiny", "latest", nomic)
+    nomic_hf = tmp / "tiny-nomic-hf"
+    subprocess.run([sys.executable, str(ROOT / "models/make_nomic_gguf.py"), str(model_dir),
+                    str(nomic_hf), "--safetensors"], check=True)
+    hugging_face_cache(tmp / "hf", nomic_hf, NOMIC_HF.removeprefix("hf.co/"), "e5cf08aadaa33385f5990def41f7a23405aec398")
     env = {**os.environ, "HF_HOME": str(tmp / "hf"), "OLLAMA_MODELS": str(tmp / "store"),
            "HF_HUB_OFFLINE": "1", "RUST_LOG": "info"}
     port = free_port()
@@ -360,10 +365,13 @@ def test_each_embedding_request_gets_a_log_line_without_its_text(base):
 NOMIC = json.loads((ROOT / "models/fixtures/embeddings/nomic-tiny.json").read_text())["inputs"]
 
 
-def test_nomic_bert_matches_llama_cpp(base):
+@pytest.mark.parametrize("name", ["nomic-tiny", NOMIC_HF])
+def test_nomic_bert_matches_llama_cpp(base, name):
     """nomic-bert (Ollama's nomic-embed-text architecture: rotary positions, SwiGLU) against
-    llama.cpp's own forward of the same GGUF: the same token ids, the same unit vectors."""
-    r = requests.post(base + "/api/embed", json={"model": "nomic-tiny",
+    llama.cpp's own forward of the same weights: from the GGUF, and from nomic's Hugging Face
+    layout (safetensors under nomic's names, a GPT-2-style config): the same token ids, the
+    same unit vectors."""
+    r = requests.post(base + "/api/embed", json={"model": name,
                                                   "input": [n["text"] for n in NOMIC]})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -371,7 +379,7 @@ def test_nomic_bert_matches_llama_cpp(base):
     for vector, ref in zip(body["embeddings"], NOMIC):
         c = cosine(vector, ref["embedding"])
         assert c >= 0.99999, f"{ref['text'][:40]!r}: cosine {c:.7f}"
-    shown = requests.post(base + "/api/show", json={"model": "nomic-tiny"}).json()
+    shown = requests.post(base + "/api/show", json={"model": name}).json()
     assert shown["capabilities"] == ["embedding"]
     assert shown["details"]["family"] == "nomic-bert"
     # Word order matters to it (rotary positions): these two inputs hold the same words.

@@ -43,8 +43,8 @@ pub trait ModelLoader: Send + Sync + 'static {
     /// Whether `key` is an embedding model (an encoder), which embeds and does not generate.
     /// Cheap: reads headers only.
     fn is_encoder(&self, key: &str) -> bool;
-    /// Loads the embedding model `key` names. Blocking.
-    fn load_encoder(&self, key: &str) -> Result<ferrollama_model::Encoder, String>;
+    /// Loads the embedding model `key` names, with what the APIs say about it. Blocking.
+    fn load_encoder(&self, key: &str) -> Result<(ferrollama_model::Encoder, ModelInfo), String>;
     /// Models outside the store that it serves (a file given at start-up), as last loaded, so
     /// that they stay listed while unloaded.
     fn listed(&self) -> Vec<ModelInfo>;

@@ -26,15 +26,19 @@ pub struct Description {
     pub pooling: Option<Pooling>,
 }
 
-/// The shape's keys, GGUF's name under the architecture and config.json's.
-const SHAPE: [(&str, &str); 7] = [
-    ("context_length", "max_position_embeddings"),
-    ("embedding_length", "hidden_size"),
-    ("block_count", "num_hidden_layers"),
-    ("feed_forward_length", "intermediate_size"),
-    ("attention.head_count", "num_attention_heads"),
-    ("attention.head_count_kv", "num_key_value_heads"),
-    ("vocab_size", "vocab_size"),
+/// The shape's keys, GGUF's name under the architecture and config.json's (the usual name,
+/// then GPT-2's, which nomic-bert's config uses).
+const SHAPE: [(&str, &[&str]); 7] = [
+    (
+        "context_length",
+        &["max_position_embeddings", "n_positions"],
+    ),
+    ("embedding_length", &["hidden_size", "n_embd"]),
+    ("block_count", &["num_hidden_layers", "n_layer"]),
+    ("feed_forward_length", &["intermediate_size", "n_inner"]),
+    ("attention.head_count", &["num_attention_heads", "n_head"]),
+    ("attention.head_count_kv", &["num_key_value_heads"]),
+    ("vocab_size", &["vocab_size"]),
 ];
 
 impl Description {
@@ -100,11 +104,11 @@ impl Description {
         let model_type = config["model_type"].as_str().unwrap_or("unknown");
         let architecture = match model_type {
             "mistral" | "llama" => "llama",
-            other => other,
+            other => crate::encoder::family_of_model_type(other),
         };
         let shape = SHAPE
             .iter()
-            .filter_map(|(key, hf)| Some((*key, config[*hf].as_u64()?)))
+            .filter_map(|(key, hf)| Some((*key, hf.iter().find_map(|k| config[*k].as_u64())?)))
             .collect();
         let pooling = crate::encoder::ENCODER_FAMILIES
             .contains(&architecture)

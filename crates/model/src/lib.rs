@@ -34,6 +34,6 @@ pub use describe::Description;
 pub use encoder::{is_encoder, Encoder, Pooling};
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
-pub use load::{load, LoadOptions, LoadedModel, ModelSource};
+pub use load::{load, tokenizer_and_template, LoadOptions, LoadedModel, ModelSource};
 pub use model::{Model, ModelOptions};
 pub use tokenizer::{Detokenizer, Tokenizer};

@@ -147,9 +147,7 @@ pub fn load(
         ModelSource::Gguf(path) => {
             let file = Arc::new(GgufFile::open(path)?);
             let config = file.config()?;
-            let tokenizer = Tokenizer::from_gguf(&file)?;
-            let chat_template =
-                ChatTemplate::for_model(&tokenizer, file.string("tokenizer.chat_template"))?;
+            let (tokenizer, chat_template) = gguf_chat(&file)?;
             let mut weights = GgufWeights::new(file, &config, device);
             let model = build(&config, &mut weights)?;
             Ok(LoadedModel {
@@ -160,15 +158,7 @@ pub fn load(
         }
         ModelSource::Safetensors(dir) => {
             let config = ModelConfig::from_hf_json(&read(&dir.join("config.json"))?)?;
-            let mut tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-            if let Ok(text) = read(&dir.join("generation_config.json")) {
-                tokenizer.add_eos_ids(generation_eos_ids(&text));
-            }
-            let jinja = read(&dir.join("tokenizer_config.json"))
-                .ok()
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-                .and_then(|v| v["chat_template"].as_str().map(str::to_string));
-            let chat_template = ChatTemplate::for_model(&tokenizer, jinja.as_deref())?;
+            let (tokenizer, chat_template) = safetensors_chat(dir)?;
             let mut weights = SafetensorsWeights::open(dir, device, dtype)?;
             let model = build(&config, &mut weights)?;
             Ok(LoadedModel {
@@ -202,6 +192,40 @@ pub fn load(
             })
         }
     }
+}
+
+/// A decoder's tokenizer and chat template, without its weights (for `show`).
+pub fn tokenizer_and_template(source: &ModelSource) -> Result<(Tokenizer, ChatTemplate)> {
+    match source {
+        ModelSource::Gguf(path) => gguf_chat(&GgufFile::open(path)?),
+        ModelSource::Safetensors(dir) => safetensors_chat(dir),
+        ModelSource::Random { tokenizer, .. } => {
+            let tokenizer = Tokenizer::from_file(tokenizer)?;
+            let template = ChatTemplate::for_model(&tokenizer, None)?;
+            Ok((tokenizer, template))
+        }
+    }
+}
+
+fn gguf_chat(file: &GgufFile) -> Result<(Tokenizer, ChatTemplate)> {
+    let tokenizer = Tokenizer::from_gguf(file)?;
+    let template = ChatTemplate::for_model(&tokenizer, file.string("tokenizer.chat_template"))?;
+    Ok((tokenizer, template))
+}
+
+/// `tokenizer.json`, the eos ids `generation_config.json` adds, and `tokenizer_config.json`'s
+/// `chat_template`.
+fn safetensors_chat(dir: &Path) -> Result<(Tokenizer, ChatTemplate)> {
+    let mut tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    if let Ok(text) = read(&dir.join("generation_config.json")) {
+        tokenizer.add_eos_ids(generation_eos_ids(&text));
+    }
+    let jinja = read(&dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v["chat_template"].as_str().map(str::to_string));
+    let template = ChatTemplate::for_model(&tokenizer, jinja.as_deref())?;
+    Ok((tokenizer, template))
 }
 
 /// The tokenizer alone, from a GGUF file, a `tokenizer.json`, or a directory holding one.

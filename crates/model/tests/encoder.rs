@@ -327,7 +327,12 @@ fn unsupported_encoders_are_refused_by_name() {
     )));
     let err = load(dir.path()).err().unwrap().to_string();
     assert!(err.contains("mistral is not an embedding model"), "{err}");
-    c["model_type"] = json!("nomic-bert");
+    c["model_type"] = json!("nomic_bert");
+    std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
+    // A nomic-bert loads from safetensors, or says what of its config it does not run.
+    let err = load(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("nomic-bert with activation `gelu`"), "{err}");
+    c["model_type"] = json!("jina-bert-v2");
     std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
     // Known as an embedding model, so a request for it is told it is not supported yet.
     assert!(ferrollama_model::is_encoder(&ModelSource::Safetensors(
@@ -335,7 +340,7 @@ fn unsupported_encoders_are_refused_by_name() {
     )));
     let err = load(dir.path()).err().unwrap().to_string();
     assert!(
-        err.contains("nomic-bert") && err.contains("does not run yet"),
+        err.contains("jina-bert-v2") && err.contains("does not run yet"),
         "{err}"
     );
 }

@@ -5,6 +5,7 @@
 
 use crate::error::ApiError;
 use crate::keep_alive::KeepAlive;
+use crate::model_info::ModelInfo;
 use crate::resident::ModelLoader;
 use ferrollama_model::Encoder;
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ const MAX_GATHERED_INPUTS: usize = 256;
 pub struct ResidentEncoder {
     pub key: String,
     pub encoder: Arc<Encoder>,
+    /// What the APIs say about it.
+    pub info: ModelInfo,
     jobs: Mutex<mpsc::Sender<Job>>,
     /// When it unloads; `None`: kept until the server stops.
     expires: Mutex<Option<Instant>>,
@@ -51,11 +54,11 @@ impl ResidentEncoder {
             Some(at) => SystemTime::now() + at.saturating_duration_since(Instant::now()),
             None => SystemTime::now() + Duration::from_nanos(i64::MAX as u64),
         };
-        let description = self.encoder.description();
+        let name = &self.info.names.primary;
         serde_json::json!({
-            "name": self.key, "model": self.key, "size": description.parameters * 4, "size_vram": 0,
-            "digest": "", "expires_at": crate::clock::rfc3339(expires_at),
-            "details": crate::model_info::details(description),
+            "name": name, "model": name, "size": self.info.description.parameters * 4,
+            "size_vram": 0, "digest": self.info.digest,
+            "expires_at": crate::clock::rfc3339(expires_at), "details": self.info.details(),
         })
     }
 
@@ -162,7 +165,7 @@ impl Encoders {
         let started = Instant::now();
         let loader = self.loader.clone();
         let load_key = key.to_string();
-        let encoder = tokio::task::spawn_blocking(move || loader.load_encoder(&load_key))
+        let (encoder, info) = tokio::task::spawn_blocking(move || loader.load_encoder(&load_key))
             .await
             .map_err(|e| ApiError::internal(format!("loading {key} failed: {e}")))?
             .map_err(|e| ApiError::internal(format!("cannot load {key}: {e}")))?;
@@ -176,6 +179,7 @@ impl Encoders {
         let resident = Arc::new(ResidentEncoder {
             key: key.to_string(),
             encoder,
+            info,
             jobs: Mutex::new(jobs),
             expires: Mutex::new(None),
         });
@@ -204,6 +208,13 @@ impl Encoders {
         let mut entries: Vec<_> = loaded.values().map(|r| r.ps_entry()).collect();
         entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
         entries
+    }
+
+    /// What the APIs say about the loaded model `requested` names.
+    pub fn info(&self, requested: &str) -> Option<ModelInfo> {
+        let loaded = self.loaded.lock().expect("loaded lock");
+        let mut infos = loaded.values().map(|r| &r.info);
+        infos.find(|info| info.names.matches(requested)).cloned()
     }
 
     /// Unloads those whose keep_alive has run out (requests in flight keep theirs until done).

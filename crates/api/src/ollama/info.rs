@@ -68,7 +68,8 @@ pub async fn show(State(state): State<AppState>, body: Bytes) -> Result<Json<Val
         .map(|r| r.loaded.info.clone())
         .into_iter()
         .chain(state.residents.loader().listed())
-        .find(|info| info.names.matches(&body.model));
+        .find(|info| info.names.matches(&body.model))
+        .or_else(|| state.encoders.info(&body.model));
     let info = match known {
         Some(info) => info,
         None => crate::models::store_info(&state, &body.model)

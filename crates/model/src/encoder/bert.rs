@@ -101,7 +101,7 @@ impl BertConfig {
         .checked()
     }
 
-    fn checked(self) -> Result<Self> {
+    pub(super) fn checked(self) -> Result<Self> {
         if self.heads == 0 || !self.hidden_size.is_multiple_of(self.heads) || self.layers == 0 {
             return Err(ModelError::Config(format!(
                 "BERT with hidden size {} over {} heads and {} layers",

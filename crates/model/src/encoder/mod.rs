@@ -50,11 +50,22 @@ pub struct Encoder {
     threads: Option<rayon::ThreadPool>,
 }
 
-/// Encoder families as GGUF `general.architecture` and config.json `model_type` name them.
-/// `bert` and `nomic-bert` (from GGUF) run; the others are known as embedding models, so that a request for one is
-/// told it is not supported yet rather than that it cannot embed.
+/// Encoder families as GGUF `general.architecture` names them (config.json's `model_type`
+/// through [`family_of_model_type`]). `bert` and `nomic-bert` run; the others are known as
+/// embedding models, so that a request for one is told it is not supported yet rather than
+/// that it cannot embed.
 pub(crate) const ENCODER_FAMILIES: [&str; 4] =
     ["bert", "nomic-bert", "jina-bert-v2", "xlm-roberta"];
+
+/// A config.json `model_type` by llama.cpp's name for the architecture, so that one family
+/// has one name in either format (`nomic_bert` is `nomic-bert`).
+pub(crate) fn family_of_model_type(model_type: &str) -> &str {
+    match model_type {
+        "nomic_bert" => "nomic-bert",
+        "xlm-roberta" | "xlm_roberta" => "xlm-roberta",
+        other => other,
+    }
+}
 
 /// Whether `source` holds an encoder (an embedding model) rather than a decoder: GGUF
 /// `general.architecture` bert, or config.json `model_type` bert. Cheap: reads headers only.
@@ -67,7 +78,7 @@ pub fn is_encoder(source: &ModelSource) -> bool {
         ModelSource::Safetensors(dir) => read_json(&dir.join("config.json")).is_ok_and(|c| {
             c["model_type"]
                 .as_str()
-                .is_some_and(|t| ENCODER_FAMILIES.contains(&t))
+                .is_some_and(|t| ENCODER_FAMILIES.contains(&family_of_model_type(t)))
         }),
         ModelSource::Random { .. } => false,
     }
@@ -98,16 +109,18 @@ impl Encoder {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let config_json = read_json(&dir.join("config.json"))?;
-        let family = config_json["model_type"].as_str().unwrap_or("unknown");
-        if family != "bert" {
-            return Err(not_run(&dir.display().to_string(), family));
-        }
-        let config = BertConfig::from_hf_json(&config_json)?;
+        let family = family_of_model_type(config_json["model_type"].as_str().unwrap_or("unknown"));
+        let config = match family {
+            "bert" => BertConfig::from_hf_json(&config_json)?,
+            "nomic-bert" => nomic::config(&config_json)?,
+            _ => return Err(not_run(&dir.display().to_string(), family)),
+        };
         let files = safetensors_files(dir)?;
         // SAFETY: mapped read-only, as every loader here; the files must not change in use.
         let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
         let mut get = |name: &str| -> Result<Tensor> {
-            // Checkpoints saved from BertForMaskedLM prefix every name with `bert.`.
+            // Checkpoints saved from BertForMaskedLM prefix every name with `bert.`. nomic's
+            // checkpoints keep the names of its own code, which nomic.rs reads.
             tensors
                 .load(name, device)
                 .or_else(|_| tensors.load(&format!("bert.{name}"), device))
@@ -425,7 +438,7 @@ pub(crate) fn sentence_transformers_head(dir: &Path) -> Result<(Pooling, bool)> 
 /// Why a model of `family` does not load as an encoder.
 fn not_run(place: &str, family: &str) -> ModelError {
     ModelError::Unsupported(if ENCODER_FAMILIES.contains(&family) {
-        format!("{place}: {family} is an embedding model this server does not run yet (bert, and nomic-bert from GGUF)")
+        format!("{place}: {family} is an embedding model this server does not run yet (bert and nomic-bert)")
     } else {
         format!("{place}: {family} is not an embedding model (an encoder such as bert)")
     })

@@ -1,10 +1,77 @@
 //! nomic-bert (`nomic-embed-text`): BERT's post-norm layers with rotary positions, a fused
 //! bias-free q|k|v projection and a SwiGLU MLP. Weights go by the names of nomic's Hugging
-//! Face checkpoints; a GGUF's are mapped to them ([`gguf_name`]).
+//! Face checkpoints (`nomic-ai/nomic-embed-text-v1.5`, whose code lives beside them); a GGUF's
+//! are mapped to them ([`gguf_name`]).
 
 use super::bert::{expect_shape, Bert, BertConfig, BertKind, Layer, Mlp, Norm, Positions};
 use super::rope::Rope;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
+use serde_json::Value;
+
+/// The shape from a nomic checkpoint's config.json: GPT-2's key names (`n_embd`, `n_layer`),
+/// as nomic's own code reads them, or the usual ones (`hidden_size`), as transformers' port
+/// writes them. What this forward does not do (pre-norm, biases, partial or interleaved
+/// rotation, scaled rope) is refused by name.
+pub fn config(config: &Value) -> Result<BertConfig> {
+    let int = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| config[*k].as_u64())
+            .map(|v| v as usize)
+            .ok_or_else(|| ModelError::Config(format!("config.json has no integer `{}`", keys[0])))
+    };
+    let refuse = |what: &str| {
+        Err(ModelError::Unsupported(format!(
+            "nomic-bert with {what} (this server runs nomic-embed-text's shape)"
+        )))
+    };
+    let is = |key: &str, value: Value| config.get(key).is_some_and(|v| *v == value);
+    for key in [
+        "prenorm",
+        "qkv_proj_bias",
+        "mlp_fc1_bias",
+        "mlp_fc2_bias",
+        "rotary_emb_interleaved",
+    ] {
+        if is(key, Value::Bool(true)) {
+            return refuse(&format!("`{key}` true"));
+        }
+    }
+    if let Some(fraction) = config["rotary_emb_fraction"].as_f64().filter(|f| *f != 1.0) {
+        return refuse(&format!("rotary_emb_fraction {fraction}"));
+    }
+    if !config["rotary_scaling_factor"].is_null() {
+        return refuse("rotary_scaling_factor");
+    }
+    let activation = config["activation_function"]
+        .as_str()
+        .or(config["hidden_act"].as_str())
+        .unwrap_or("swiglu");
+    if !matches!(activation, "swiglu" | "silu") {
+        return refuse(&format!("activation `{activation}`"));
+    }
+    let rope_base = config["rotary_emb_base"]
+        .as_f64()
+        .or(config
+            .pointer("/rope_parameters/rope_theta")
+            .and_then(Value::as_f64))
+        .unwrap_or(1000.0);
+    BertConfig {
+        vocab_size: int(&["vocab_size"])?,
+        hidden_size: int(&["n_embd", "hidden_size"])?,
+        layers: int(&["n_layer", "num_hidden_layers"])?,
+        heads: int(&["n_head", "num_attention_heads"])?,
+        intermediate_size: int(&["n_inner", "intermediate_size"])?,
+        max_positions: int(&["n_positions", "max_position_embeddings"])?,
+        layer_norm_eps: config["layer_norm_epsilon"]
+            .as_f64()
+            .or(config["layer_norm_eps"].as_f64())
+            .unwrap_or(1e-12),
+        kind: BertKind::Nomic {
+            rope_base: rope_base as f32,
+        },
+    }
+    .checked()
+}
 use candle_core::Tensor;
 use candle_nn::Linear;
 
@@ -102,4 +169,41 @@ pub fn load(
         embedding_norm,
         layers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_reads_either_naming_and_refuses_what_it_does_not_run() {
+        let gpt2 = json!({"model_type": "nomic_bert", "n_embd": 64, "n_head": 4, "n_inner": 128,
+            "n_layer": 2, "n_positions": 2048, "vocab_size": 100, "rotary_emb_base": 1000,
+            "rotary_emb_fraction": 1.0, "activation_function": "swiglu", "prenorm": false});
+        let usual = json!({"model_type": "nomic_bert", "hidden_size": 64,
+            "num_attention_heads": 4, "intermediate_size": 128, "num_hidden_layers": 2,
+            "max_position_embeddings": 2048, "vocab_size": 100, "hidden_act": "silu",
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000.0}});
+        assert_eq!(config(&gpt2).unwrap(), config(&usual).unwrap());
+        assert_eq!(
+            config(&gpt2).unwrap().kind,
+            BertKind::Nomic { rope_base: 1000.0 }
+        );
+        for (key, value) in [
+            ("prenorm", json!(true)),
+            ("qkv_proj_bias", json!(true)),
+            ("rotary_emb_fraction", json!(0.5)),
+            ("rotary_scaling_factor", json!(2.0)),
+            ("activation_function", json!("gelu")),
+        ] {
+            let mut bad = gpt2.clone();
+            bad[key] = value;
+            let err = config(&bad).unwrap_err().to_string();
+            assert!(
+                err.contains(key.split('_').next().unwrap()) || err.contains("activation"),
+                "{key}: {err}"
+            );
+        }
+    }
 }
