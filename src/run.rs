@@ -60,6 +60,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 print!("{text}");
                 stdout.flush()?;
             }
+            Event::Embedding(_) => {}
             Event::Finished {
                 usage,
                 timings,

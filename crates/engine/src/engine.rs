@@ -7,9 +7,9 @@ use crate::draft::Drafter;
 use crate::request::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use crate::rows::{read_rows, Row};
 use crate::scheduler::{Scheduler, SchedulerConfig, Speculation, StepPlan};
-use crate::sequence::Sequence;
+use crate::sequence::{Pooled, Sequence};
 use ferrollama_model::top_k::TOP_K_MAX;
-use ferrollama_model::{KvCache, LoadedModel};
+use ferrollama_model::{KvCache, LoadedModel, Pooling};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -193,6 +193,21 @@ impl EngineHandle {
         Ok(streams)
     }
 
+    /// An embedding request: the model reads `prompt` (scheduled as any prompt is, beside
+    /// generation) and gives its final hidden states pooled: one [`Event::Embedding`], then
+    /// `Finished`. The whole context is the limit: nothing is generated after it.
+    pub fn embed(&self, prompt: Vec<u32>, pooling: Pooling) -> Result<RequestStream, EngineError> {
+        let mut request = GenerationRequest::new(prompt, 1);
+        request.speculative = Some(false);
+        let (mut seq, stream) = self.checked(request, 0)?;
+        seq.embedding = Some(Pooled::new(pooling));
+        self.enqueue(1)?;
+        self.commands
+            .send(Command::Submit(Box::new(seq)))
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(stream)
+    }
+
     pub fn submit(&self, request: GenerationRequest) -> Result<RequestStream, EngineError> {
         let (seq, stream) = self.sequence(request)?;
         self.enqueue(1)?;
@@ -225,16 +240,26 @@ impl EngineHandle {
         &self,
         request: GenerationRequest,
     ) -> Result<(Sequence, RequestStream), EngineError> {
+        self.checked(request, 1)
+    }
+
+    /// As [`EngineHandle::sequence`], with room in the context for `generates` tokens after
+    /// the prompt (at least one for generation, none for an embedding).
+    fn checked(
+        &self,
+        request: GenerationRequest,
+        generates: usize,
+    ) -> Result<(Sequence, RequestStream), EngineError> {
         if request.prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        if request.prompt.len() >= self.context {
+        if request.prompt.len() + generates > self.context {
             return Err(EngineError::PromptTooLong {
                 prompt: request.prompt.len(),
                 context: self.context,
             });
         }
-        let needed = (request.prompt.len() + 1).div_ceil(self.block_size);
+        let needed = (request.prompt.len() + generates).div_ceil(self.block_size);
         if needed > self.capacity_blocks {
             return Err(EngineError::CacheTooSmall {
                 needed,
@@ -485,18 +510,27 @@ impl Engine {
                 .iter()
                 .all(|(events, cancelled)| events.is_closed() || cancelled.load(Ordering::Relaxed))
         };
-        let logits = std::thread::scope(|scope| {
+        let output = std::thread::scope(|scope| {
             if !constrained.is_empty() {
                 scope.spawn(|| constrained.iter_mut().for_each(|(_, c)| c.prepare()));
             }
-            self.model
-                .model
-                .forward_until(&self.scheduler.batch(plan), &mut self.cache, &all_gone)
-                .and_then(|l| l.map(|l| read_rows(&l, &needs, on_device)).transpose())
+            let output = self.model.model.forward_until(
+                &self.scheduler.batch(plan),
+                &mut self.cache,
+                &all_gone,
+            )?;
+            output
+                .map(|out| {
+                    Ok::<_, ferrollama_model::ModelError>((
+                        read_rows(&out.logits, &needs, on_device)?,
+                        out.hidden,
+                    ))
+                })
+                .transpose()
         });
         self.scheduler.restore_constraints(constrained);
-        let rows = match logits {
-            Ok(Some(rows)) => rows,
+        let (rows, hidden) = match output {
+            Ok(Some(output)) => output,
             // Abandoned mid-step: the loop takes its sequences out next.
             Ok(None) => return,
             Err(e) => {
@@ -509,9 +543,9 @@ impl Engine {
             }
         };
         let (model, max_len) = (&self.model, self.max_len);
-        let finished = self
-            .scheduler
-            .update(plan, rows, |seq, row| next_token(seq, row, model, max_len));
+        let finished = self.scheduler.update(plan, rows, hidden, |seq, row| {
+            next_token(seq, row, model, max_len)
+        });
         for (seq, reason) in finished {
             finish(seq, reason, None, &self.model);
         }
@@ -625,6 +659,11 @@ fn next_token(
 
 /// Sends a finished sequence's last text and its final event.
 fn finish(mut seq: Sequence, reason: FinishReason, error: Option<String>, model: &LoadedModel) {
+    if let (Some(pooled), FinishReason::Stop) = (&mut seq.embedding, reason) {
+        let _ = seq
+            .events
+            .send(Event::Embedding(pooled.vector(seq.prompt_len)));
+    }
     if reason == FinishReason::Length {
         let text = seq.drain_text(&model.tokenizer);
         if !text.is_empty() {

@@ -1,5 +1,6 @@
 //! The engine turns requests (prompt token ids, sampling parameters, stop criteria) into
-//! streams of events, serving many at once: continuous batching over the model's paged KV
+//! streams of events, serving many at once (embedding requests too: a prompt read, its final
+//! hidden states pooled, nothing generated): continuous batching over the model's paged KV
 //! cache, with chunked prefill, prefix caching and preemption by recompute. It knows token
 //! ids and text, never HTTP.
 //!

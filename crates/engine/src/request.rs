@@ -70,6 +70,9 @@ pub struct Timings {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// An embedding request's vector (its pooled final hidden states, not normalised), just
+    /// before its `Finished`.
+    Embedding(Vec<f32>),
     /// New text (possibly empty while a stop string might be starting) and the token that
     /// produced it.
     Token { text: String, token_id: u32 },

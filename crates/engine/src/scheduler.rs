@@ -136,8 +136,8 @@ impl Scheduler {
         let mut needs = Vec::with_capacity(plan.chunks.len());
         for chunk in &plan.chunks {
             let seq = &self.running[self.position(chunk.id)];
-            let need = if seq.pending() != chunk.take {
-                Need::Argmax // a prompt chunk: no token yet, its row unused
+            let need = if seq.pending() != chunk.take || seq.embedding.is_some() {
+                Need::Argmax // a prompt chunk, or an embedding: no token, its row unused
             } else if seq.constraint.is_some() {
                 Need::Whole { normalize: None }
             } else {
@@ -248,7 +248,12 @@ impl Scheduler {
                 continue;
             }
             let mut seq = self.waiting.remove(next).expect("index in range");
-            let found = self.kv.take_cached_prefix(&mut seq);
+            let every_row = seq.embedding.as_ref().is_some_and(|e| e.reads_every_row());
+            let found = if every_row {
+                0
+            } else {
+                self.kv.take_cached_prefix(&mut seq)
+            };
             seq.cached_prompt_tokens
                 .get_or_insert(found.min(seq.prompt_len));
             let take = self.chunk_size(seq.pending(), budget, &mut prefilling);
@@ -289,17 +294,26 @@ impl Scheduler {
     }
 
     /// The model's input for `plan`: each chunk's tokens, where it starts, its block table,
-    /// and how many logit rows it needs (one, or a draft's length plus one).
+    /// how many logit rows it needs (one, or a draft's length plus one), and for an embedding
+    /// request, its hidden states reduced.
     pub fn batch(&self, plan: &StepPlan) -> Batch<'_> {
         let mut batch = Batch::new(Vec::with_capacity(plan.chunks.len()));
         for chunk in &plan.chunks {
             let seq = &self.running[self.position(chunk.id)];
+            let end = seq.computed + chunk.take;
             batch.seqs.push(SeqChunk {
-                tokens: &seq.tokens[seq.computed..seq.computed + chunk.take],
+                tokens: &seq.tokens[seq.computed..end],
                 cached: seq.computed,
                 block_table: &seq.blocks,
             });
             batch.outputs.push(seq.draft + 1);
+            let reduce = seq.embedding.as_ref();
+            batch
+                .hidden
+                .push(reduce.and_then(|e| e.reduce(seq.computed, end, seq.prompt_len)));
+        }
+        if batch.hidden.iter().all(Option::is_none) {
+            batch.hidden.clear();
         }
         batch
     }
@@ -307,7 +321,8 @@ impl Scheduler {
     /// Applies a step's results: the chunk's tokens are now in the cache and its full blocks
     /// registered; a sequence with nothing left pending gets its next token from `sample`,
     /// which says whether that ends it. `rows` holds a chunk's draft length plus one rows per
-    /// chunk (as [`Scheduler::needs`]). A sequence with a draft samples row after row while the sampled token equals the
+    /// chunk (as [`Scheduler::needs`]); `hidden`, per chunk, the reduced hidden states an
+    /// embedding request asked for (empty when none did): one whose prompt is read ends. A sequence with a draft samples row after row while the sampled token equals the
     /// drafted one: the drafted tokens it kept stay in the cache, the rest is rolled back (its
     /// length, and the blocks past it). Finished sequences leave, their blocks given back, and
     /// are returned in plan order.
@@ -315,19 +330,33 @@ impl Scheduler {
         &mut self,
         plan: &StepPlan,
         rows: Vec<R>,
+        hidden: Vec<Option<Vec<f32>>>,
         mut sample: impl FnMut(&mut Sequence, &mut R) -> Option<FinishReason>,
     ) -> Vec<(Sequence, FinishReason)> {
         let mut finished = Vec::new();
         let mut rows = rows.into_iter();
+        let mut hidden = hidden.into_iter();
         for chunk in &plan.chunks {
             let i = self.position(chunk.id);
             let seq = &mut self.running[i];
             let mut chunk_rows: Vec<R> = rows.by_ref().take(seq.draft + 1).collect();
+            let reduced = hidden.next().flatten();
             let draft = seq.take_draft();
+            let start = seq.computed;
             seq.computed += chunk.take - draft.len();
+            if let (Some(pooled), Some(row)) = (&mut seq.embedding, reduced) {
+                pooled.add(start, row);
+            }
             if seq.pending() > 0 {
                 self.kv.register_full(seq);
                 continue; // a prompt chunk: no token yet
+            }
+            if seq.embedding.is_some() {
+                self.kv.register_full(seq);
+                let mut seq = self.running.remove(i);
+                self.kv.free(&mut seq);
+                finished.push((seq, FinishReason::Stop));
+                continue;
             }
             let mut reason = None;
             let mut accepted = 0;

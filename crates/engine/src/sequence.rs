@@ -6,7 +6,7 @@ use crate::draft::Drafter;
 use crate::request::{Event, GenerationRequest};
 use crate::sampler::Sampler;
 use crate::stop::StopMatcher;
-use ferrollama_model::Detokenizer;
+use ferrollama_model::{Detokenizer, Pooling, Reduce};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -47,6 +47,61 @@ pub struct Sequence {
     pub draft: usize,
     pub drafted: usize,
     pub accepted: usize,
+    /// For an embedding request: its vector as the prompt's chunks come in. It generates no
+    /// token; it ends when its prompt has been read.
+    pub embedding: Option<Pooled>,
+}
+
+/// An embedding request's pooling over its prompt's final hidden states, chunk by chunk
+/// (`ferrollama_model::Reduce` says what each chunk gives back).
+pub struct Pooled {
+    pooling: Pooling,
+    /// Mean: the sum of the rows so far. CLS and last: the row, once its chunk has run.
+    row: Vec<f32>,
+}
+
+impl Pooled {
+    pub fn new(pooling: Pooling) -> Self {
+        Self {
+            pooling,
+            row: Vec::new(),
+        }
+    }
+
+    /// Whether the prompt's every row counts (mean, CLS), so none may come from the prefix
+    /// cache, which keeps keys and values but no hidden states.
+    pub fn reads_every_row(&self) -> bool {
+        self.pooling != Pooling::Last
+    }
+
+    /// What the chunk of prompt positions `start..end` (of `len`) gives back.
+    pub fn reduce(&self, start: usize, end: usize, len: usize) -> Option<Reduce> {
+        match self.pooling {
+            Pooling::Mean => Some(Reduce::Sum),
+            Pooling::Cls => (start == 0).then_some(Reduce::First),
+            Pooling::Last => (end == len).then_some(Reduce::Last),
+        }
+    }
+
+    /// Takes in a chunk's reduced row. A chunk at position 0 starts afresh (a preempted
+    /// sequence reads its prompt again).
+    pub fn add(&mut self, start: usize, row: Vec<f32>) {
+        if self.pooling == Pooling::Mean && start > 0 {
+            self.row.iter_mut().zip(&row).for_each(|(sum, x)| *sum += x);
+        } else {
+            self.row = row;
+        }
+    }
+
+    /// The vector, once all `len` prompt tokens are in.
+    pub fn vector(&mut self, len: usize) -> Vec<f32> {
+        let mut row = std::mem::take(&mut self.row);
+        if self.pooling == Pooling::Mean {
+            let n = len.max(1) as f32;
+            row.iter_mut().for_each(|x| *x /= n);
+        }
+        row
+    }
 }
 
 impl Sequence {
@@ -81,6 +136,7 @@ impl Sequence {
             draft: 0,
             drafted: 0,
             accepted: 0,
+            embedding: None,
         }
     }
 

@@ -9,7 +9,7 @@ use ferrollama_engine::{
     start, EngineConfig, EngineHandle, Event, FinishReason, GenerationRequest, SamplingParams,
     Usage,
 };
-use ferrollama_model::{AttentionKind, LoadedModel};
+use ferrollama_model::{AttentionKind, Batch, LoadedModel, Pooling, Reduce, SeqChunk};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ fn collect(mut stream: ferrollama_engine::RequestStream) -> Outcome {
                 text.push_str(&t);
                 ids.push(token_id);
             }
+            Event::Embedding(_) => panic!("a generation request brought an embedding"),
             Event::Finished {
                 reason,
                 usage,
@@ -835,4 +836,133 @@ fn a_request_can_turn_speculation_off() {
     request.speculative = Some(false);
     let out = run_all(&model, speculating(EngineConfig::default()), &[request]);
     assert_eq!(out[0].usage.drafted_tokens, 0);
+}
+
+/// The model alone on one whole prompt, its final hidden states pooled (not normalised).
+fn embedding_alone(model: &LoadedModel, prompt: &[u32], pooling: Pooling) -> Vec<f32> {
+    let blocks = prompt.len().div_ceil(16);
+    let mut cache = model.model.new_kv_cache(16, blocks).unwrap();
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let mut batch = Batch::new(vec![SeqChunk {
+        tokens: prompt,
+        cached: 0,
+        block_table: &table,
+    }]);
+    batch.hidden = vec![Some(match pooling {
+        Pooling::Mean => Reduce::Sum,
+        Pooling::Cls => Reduce::First,
+        Pooling::Last => Reduce::Last,
+    })];
+    let out = model
+        .model
+        .forward_until(&batch, &mut cache, &|| false)
+        .unwrap()
+        .unwrap();
+    let mut vector = out.hidden[0].clone().unwrap();
+    if pooling == Pooling::Mean {
+        vector.iter_mut().for_each(|x| *x /= prompt.len() as f32);
+    }
+    vector
+}
+
+fn collect_embedding(mut stream: ferrollama_engine::RequestStream) -> (Vec<f32>, Usage) {
+    let mut vector = None;
+    loop {
+        match stream.blocking_next().expect("a Finished event") {
+            Event::Embedding(v) => vector = Some(v),
+            Event::Token { .. } => panic!("an embedding request generated a token"),
+            Event::Finished {
+                reason,
+                usage,
+                error,
+                ..
+            } => {
+                assert!(error.is_none(), "{error:?}");
+                assert_eq!(reason, FinishReason::Stop);
+                return (vector.expect("the vector before Finished"), usage);
+            }
+        }
+    }
+}
+
+/// Embedding requests read their prompts in chunks, beside generation, through preemption and
+/// (for last-token pooling) the prefix cache: each vector is the one the model gives for its
+/// prompt alone, and the generation beside them is unchanged.
+#[test]
+fn embeddings_are_chunk_batch_and_preemption_independent() {
+    let model = tiny();
+    for pooling in [Pooling::Mean, Pooling::Cls, Pooling::Last] {
+        // 32 blocks of 16, 64 tokens a step: four generations of 100 + 48 tokens and a dozen
+        // embedding prompts of about 100 do not all fit, so some are preempted mid-prompt.
+        let config = EngineConfig {
+            kv_cache_memory: model.model.kv_block_bytes(16) * 32,
+            max_batch_tokens: 64,
+            ..Default::default()
+        };
+        let engine = start(model.clone(), config).unwrap();
+        let mut prompts = numbered_prompts(&model, "Embed me", 10);
+        // The same prompt again: the second may read it from the prefix cache.
+        prompts.push(prompts[0].clone());
+        prompts.push(prompts[0][..40].to_vec());
+        let chats = numbered_prompts(&model, "Chat", 4);
+        let mut generations = Vec::new();
+        let mut embeddings = Vec::new();
+        for (i, prompt) in prompts.iter().enumerate() {
+            if let Some(chat) = chats.get(i / 3).filter(|_| i % 3 == 0) {
+                generations.push(engine.submit(greedy_request(chat.clone(), 48)).unwrap());
+            }
+            embeddings.push(engine.embed(prompt.clone(), pooling).unwrap());
+        }
+        for (prompt, stream) in prompts.iter().zip(embeddings) {
+            let (vector, usage) = collect_embedding(stream);
+            assert_eq!(usage.prompt_tokens, prompt.len());
+            assert_eq!(usage.generated_tokens, 0);
+            let alone = embedding_alone(&model, prompt, pooling);
+            assert_eq!(vector.len(), model.config().hidden_size);
+            let worst = vector
+                .iter()
+                .zip(&alone)
+                .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{pooling:?}, {} tokens: off by {worst}",
+                prompt.len()
+            );
+        }
+        for (chat, stream) in chats.iter().zip(generations) {
+            assert_eq!(
+                collect(stream).ids,
+                greedy(&model, chat, 48, &[]).ids,
+                "{pooling:?}"
+            );
+        }
+        let stats = engine.stats();
+        assert!(stats.preemptions >= 1, "{pooling:?}: {stats:?}");
+        assert_all_free(&engine);
+    }
+}
+
+#[test]
+fn embedding_requests_are_checked_at_the_door() {
+    let model = tiny();
+    let engine = start(model.clone(), EngineConfig::default()).unwrap();
+    let context = engine.context_len();
+    assert_eq!(
+        engine.embed(vec![], Pooling::Last).err(),
+        Some(ferrollama_engine::EngineError::EmptyPrompt)
+    );
+    assert!(matches!(
+        engine.embed(vec![1; context + 1], Pooling::Last).err(),
+        Some(ferrollama_engine::EngineError::PromptTooLong { .. })
+    ));
+    assert!(matches!(
+        engine.embed(vec![u32::MAX], Pooling::Mean).err(),
+        Some(ferrollama_engine::EngineError::UnknownToken { .. })
+    ));
+    // The whole context is allowed: nothing is generated after it.
+    let prompt: Vec<u32> = (0..context as u32).map(|i| 1 + i % 100).collect();
+    let (vector, _) = collect_embedding(engine.embed(prompt, Pooling::Last).unwrap());
+    assert!(vector.iter().all(|x| x.is_finite()));
+    assert_all_free(&engine);
 }

@@ -31,6 +31,19 @@ pub enum Logits {
     All,
 }
 
+/// What an embedding request's chunk gives back besides its logits: its final hidden states
+/// (after the output norm, where the vocabulary head would read them), reduced to one row.
+/// The engine pools over a prompt's chunks with these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    /// The sum of the chunk's rows (a mean, once every chunk is in).
+    Sum,
+    /// The chunk's first row (CLS pooling, on a prompt's first chunk).
+    First,
+    /// The chunk's last row (last-token pooling, on a prompt's last chunk).
+    Last,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Batch<'a> {
     pub seqs: Vec<SeqChunk<'a>>,
@@ -38,6 +51,9 @@ pub struct Batch<'a> {
     /// With [`Logits::Last`]: how many of each sequence's last rows to return (a speculative
     /// draft of k tokens needs k + 1); empty means one each.
     pub outputs: Vec<usize>,
+    /// Per sequence, the hidden states to give back reduced (embedding requests); empty means
+    /// none for any.
+    pub hidden: Vec<Option<Reduce>>,
 }
 
 impl<'a> Batch<'a> {
@@ -46,6 +62,7 @@ impl<'a> Batch<'a> {
             seqs,
             logits: Logits::Last,
             outputs: Vec::new(),
+            hidden: Vec::new(),
         }
     }
 

@@ -80,12 +80,11 @@ impl Description {
         }
         let pooling = crate::encoder::ENCODER_FAMILIES
             .contains(&architecture.as_str())
-            .then(
-                || match file.uint(&format!("{architecture}.pooling_type")) {
-                    Some(2) => Pooling::Cls,
-                    _ => Pooling::Mean,
-                },
-            );
+            .then(|| {
+                file.uint(&format!("{architecture}.pooling_type"))
+                    .and_then(|code| Pooling::of_gguf(code).ok().flatten())
+                    .unwrap_or(Pooling::Mean)
+            });
         Self {
             parameters: file.parameters(),
             quantization: file.quantization(),

@@ -27,7 +27,7 @@ pub mod top_k;
 pub mod weights;
 
 pub use attention::{AttentionKind, AttentionSpec};
-pub use batch::{Batch, Logits, SeqChunk};
+pub use batch::{Batch, Logits, Reduce, SeqChunk};
 pub use chat::{python_json, ChatMessage, ChatTemplate, FunctionSpec, Role, ToolCall, ToolSyntax};
 pub use config::ModelConfig;
 pub use describe::Description;
@@ -35,5 +35,5 @@ pub use encoder::{is_encoder, Encoder, Pooling};
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
 pub use load::{load, tokenizer_and_template, LoadOptions, LoadedModel, ModelSource};
-pub use model::{Model, ModelOptions};
+pub use model::{Model, ModelOptions, StepOutput};
 pub use tokenizer::{Detokenizer, Tokenizer};

@@ -4,6 +4,7 @@
 use crate::attention::{AttentionKind, AttentionSpec};
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
+use crate::encoder::Pooling;
 use crate::error::{ModelError, Result};
 use crate::model::{Model, ModelOptions};
 use crate::tokenizer::Tokenizer;
@@ -117,6 +118,9 @@ pub struct LoadedModel {
     pub model: Model,
     pub tokenizer: Tokenizer,
     pub chat_template: ChatTemplate,
+    /// How its final hidden states become one vector for an embedding request; `None` when
+    /// its file says they do not (a reranker's `rank`).
+    pub pooling: Option<Pooling>,
 }
 
 impl LoadedModel {
@@ -148,23 +152,32 @@ pub fn load(
             let file = Arc::new(GgufFile::open(path)?);
             let config = file.config()?;
             let (tokenizer, chat_template) = gguf_chat(&file)?;
+            let pooling = gguf_pooling(&file)?;
             let mut weights = GgufWeights::new(file, &config, device);
             let model = build(&config, &mut weights)?;
             Ok(LoadedModel {
                 model,
                 tokenizer,
                 chat_template,
+                pooling,
             })
         }
         ModelSource::Safetensors(dir) => {
             let config = ModelConfig::from_hf_json(&read(&dir.join("config.json"))?)?;
             let (tokenizer, chat_template) = safetensors_chat(dir)?;
+            // A sentence-transformers decoder (Qwen3-Embedding's layout) says how it pools.
+            let pooling = if dir.join("modules.json").is_file() {
+                crate::encoder::sentence_transformers_head(dir)?.0
+            } else {
+                Pooling::Last
+            };
             let mut weights = SafetensorsWeights::open(dir, device, dtype)?;
             let model = build(&config, &mut weights)?;
             Ok(LoadedModel {
                 model,
                 tokenizer,
                 chat_template,
+                pooling: Some(pooling),
             })
         }
         ModelSource::Random {
@@ -189,6 +202,7 @@ pub fn load(
                 model,
                 tokenizer,
                 chat_template,
+                pooling: Some(Pooling::Last),
             })
         }
     }
@@ -204,6 +218,17 @@ pub fn tokenizer_and_template(source: &ModelSource) -> Result<(Tokenizer, ChatTe
             let template = ChatTemplate::for_model(&tokenizer, None)?;
             Ok((tokenizer, template))
         }
+    }
+}
+
+/// A decoder's pooling, as llama.cpp reads it: `{arch}.pooling_type` where the file has it
+/// (embedding models made from decoders: mean or last); unsaid or `none`, the last token's
+/// state, as Ollama's runner takes it.
+fn gguf_pooling(file: &GgufFile) -> Result<Option<Pooling>> {
+    let arch = file.string("general.architecture").unwrap_or("llama");
+    match file.uint(&format!("{arch}.pooling_type")) {
+        None | Some(0) => Ok(Some(Pooling::Last)),
+        Some(code) => Pooling::of_gguf(code),
     }
 }
 

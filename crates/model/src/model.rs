@@ -2,7 +2,7 @@
 //! the paged cache, SwiGLU MLP. One `forward` serves any mix of prefill and decode chunks.
 
 use crate::attention::{self, Attention, AttentionKind, AttentionSpec, HeadShape, StepLayout};
-use crate::batch::{Batch, Logits};
+use crate::batch::{Batch, Logits, Reduce};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::fused;
@@ -13,6 +13,15 @@ use crate::weights::{Param, WeightSource};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::rms_norm;
+
+/// What one forward gives back.
+#[derive(Debug)]
+pub struct StepOutput {
+    /// f32 logits, as [`Batch::logits`] asks.
+    pub logits: Tensor,
+    /// Per sequence, its reduced final hidden states where [`Batch::hidden`] asks for them.
+    pub hidden: Vec<Option<Vec<f32>>>,
+}
 
 pub struct Model {
     config: ModelConfig,
@@ -186,7 +195,8 @@ impl Model {
     pub fn forward(&self, batch: &Batch<'_>, cache: &mut KvCache) -> Result<Tensor> {
         Ok(self
             .forward_until(batch, cache, &|| false)?
-            .expect("never stopped"))
+            .expect("never stopped")
+            .logits)
     }
 
     /// As [`Model::forward`], but gives up between layers once `stop` says so (every caller of
@@ -197,7 +207,7 @@ impl Model {
         batch: &Batch<'_>,
         cache: &mut KvCache,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Option<Tensor>> {
+    ) -> Result<Option<StepOutput>> {
         self.check(batch, cache)?;
         let c = &self.config;
         let ids: Vec<u32> = batch
@@ -232,6 +242,7 @@ impl Model {
             (x, h) = fused::add_rms_norm(&x, &layer.down.forward(&act)?, next_norm, eps)?;
         }
 
+        let hidden = self.reduce_hidden(batch, &h)?;
         let h = match batch.logits {
             Logits::All => h,
             Logits::Last => {
@@ -245,7 +256,32 @@ impl Model {
             }
         };
         let logits = self.lm_head.forward(&h.contiguous()?)?;
-        Ok(Some(logits.to_dtype(DType::F32)?))
+        Ok(Some(StepOutput {
+            logits: logits.to_dtype(DType::F32)?,
+            hidden,
+        }))
+    }
+
+    /// The final hidden states `h` (`[tokens, hidden]`) reduced as `batch.hidden` asks, per
+    /// sequence, in f32.
+    fn reduce_hidden(&self, batch: &Batch<'_>, h: &Tensor) -> Result<Vec<Option<Vec<f32>>>> {
+        let mut out = Vec::with_capacity(batch.hidden.len());
+        let mut start = 0;
+        for (seq, reduce) in batch.seqs.iter().zip(&batch.hidden) {
+            let n = seq.tokens.len();
+            let row = match reduce {
+                None => None,
+                Some(Reduce::Sum) => Some(h.narrow(0, start, n)?.to_dtype(DType::F32)?.sum(0)?),
+                Some(Reduce::First) => Some(h.get(start)?),
+                Some(Reduce::Last) => Some(h.get(start + n - 1)?),
+            };
+            out.push(
+                row.map(|r| r.to_dtype(DType::F32)?.to_vec1::<f32>())
+                    .transpose()?,
+            );
+            start += n;
+        }
+        Ok(out)
     }
 
     fn check(&self, batch: &Batch<'_>, cache: &KvCache) -> Result<()> {
@@ -261,6 +297,11 @@ impl Model {
         }
         if !batch.outputs.is_empty() && batch.outputs.len() != batch.seqs.len() {
             return Err(ModelError::Batch("one output count per sequence".into()));
+        }
+        if !batch.hidden.is_empty() && batch.hidden.len() != batch.seqs.len() {
+            return Err(ModelError::Batch(
+                "one hidden-state reduction per sequence".into(),
+            ));
         }
         for (i, seq) in batch.seqs.iter().enumerate() {
             if seq.tokens.is_empty() {

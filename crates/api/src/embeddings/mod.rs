@@ -1,6 +1,7 @@
 //! Embeddings: one typed ask that both APIs' adapters (`openai.rs`, `ollama.rs` here) parse
 //! their bodies into, checked and run once, and answered as vectors with their counts.
 
+mod decoders;
 pub mod encoders;
 pub mod ollama;
 pub mod openai;
@@ -8,6 +9,7 @@ pub mod openai;
 use crate::error::ApiError;
 use crate::keep_alive::KeepAlive;
 use crate::state::AppState;
+use ferrollama_model::Pooling;
 use std::time::{Duration, Instant};
 
 /// Most inputs in one request (OpenAI's limit for `/v1/embeddings`).
@@ -95,26 +97,123 @@ pub async fn embed(state: &AppState, ask: EmbedAsk) -> Result<Embedded, ApiError
     result
 }
 
+/// What embeds for a request: an embedding model of its own, or the generating model's engine.
+enum Embedder {
+    Encoder(encoders::EncoderLease),
+    Decoder(crate::resident::Lease, Pooling),
+}
+
+impl Embedder {
+    /// The model `key`, loaded if need be. A generating model embeds unless its file says its
+    /// states make no vector (a reranker).
+    async fn acquire(
+        state: &AppState,
+        key: &str,
+        requested: &str,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<Self, ApiError> {
+        if state.residents.loader().is_encoder(key) {
+            return Ok(Self::Encoder(
+                state.encoders.acquire(key, keep_alive).await?,
+            ));
+        }
+        let lease = state.model(requested, keep_alive).await?;
+        match lease.loaded().model.pooling {
+            Some(pooling) => Ok(Self::Decoder(lease, pooling)),
+            None => Err(ApiError::bad_request(format!(
+                "\"{requested}\" does not support embeddings: its file sets a pooling (rank) that gives no vector"
+            ))),
+        }
+    }
+
+    fn dimensions(&self) -> usize {
+        match self {
+            Self::Encoder(lease) => lease.resident.encoder.dimensions(),
+            Self::Decoder(lease, _) => lease.loaded().model.config().hidden_size,
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        match self {
+            Self::Encoder(lease) => lease.resident.encoder.vocab_size(),
+            Self::Decoder(lease, _) => lease.loaded().model.config().vocab_size,
+        }
+    }
+
+    /// The most tokens of one input: the encoder's, or the decoder's whole context.
+    fn max_tokens(&self) -> usize {
+        match self {
+            Self::Encoder(lease) => lease.resident.encoder.max_tokens(),
+            Self::Decoder(lease, _) => lease.loaded().context(),
+        }
+    }
+
+    /// Token ids as the model reads an input: an encoder's `[CLS] … [SEP]`, a decoder's BOS
+    /// and text (Ollama's embedding prompt, no template).
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, ApiError> {
+        Ok(match self {
+            Self::Encoder(lease) => lease.resident.encoder.tokenize(text)?,
+            Self::Decoder(lease, _) => lease.loaded().model.tokenizer.encode_prompt(text)?,
+        })
+    }
+
+    /// Cuts an over-long input to [`Embedder::max_tokens`]: an encoder keeps its `[SEP]`, a
+    /// decoder the beginning (as Ollama does).
+    fn truncate(&self, ids: &mut Vec<u32>) {
+        match self {
+            Self::Encoder(lease) => lease.resident.encoder.truncate(ids),
+            Self::Decoder(..) => ids.truncate(self.max_tokens()),
+        }
+    }
+
+    /// Whether its vectors come out as unit vectors: as the embedding model's head says, and
+    /// always from a decoder (Ollama normalises them).
+    fn normalizes(&self) -> bool {
+        match self {
+            Self::Encoder(lease) => lease.resident.encoder.normalizes(),
+            Self::Decoder(..) => true,
+        }
+    }
+
+    fn load_duration(&self) -> Duration {
+        match self {
+            Self::Encoder(lease) => lease.load_duration,
+            Self::Decoder(lease, _) => lease.load_duration,
+        }
+    }
+
+    async fn embed(
+        &self,
+        ids: Vec<Vec<u32>>,
+        field: &'static str,
+    ) -> Result<Vec<Vec<f32>>, ApiError> {
+        match self {
+            Self::Encoder(lease) => lease.resident.embed(ids).await,
+            Self::Decoder(lease, pooling) => {
+                let mut vectors = decoders::embed(lease.loaded(), *pooling, ids, field).await?;
+                vectors.iter_mut().for_each(|v| normalize(v));
+                Ok(vectors)
+            }
+        }
+    }
+}
+
+fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+}
+
 async fn run(state: &AppState, ask: EmbedAsk) -> Result<Embedded, ApiError> {
     let started = Instant::now();
     check_shape(&ask)?;
     let key = state.residents.find(&ask.model).await?;
-    if !state.residents.loader().is_encoder(&key) {
-        return Err(ApiError::bad_request(format!(
-            "\"{}\" does not support embeddings: it is not an embedding model (such as all-minilm or nomic-embed-text)",
-            ask.model
-        )));
-    }
-    let lease = state.encoders.acquire(&key, ask.keep_alive).await?;
-    let encoder = &lease.resident.encoder;
+    let embedder = Embedder::acquire(state, &key, &ask.model, ask.keep_alive).await?;
+    let dimensions = embedder.dimensions();
     if let Some(d) = ask.dimensions {
-        if d > encoder.dimensions() {
+        if d > dimensions {
             return Err(ApiError::invalid(
                 "dimensions",
-                format!(
-                    "dimensions: {d} is more than the model's {}",
-                    encoder.dimensions()
-                ),
+                format!("dimensions: {d} is more than the model's {dimensions}"),
             ));
         }
     }
@@ -122,10 +221,10 @@ async fn run(state: &AppState, ask: EmbedAsk) -> Result<Embedded, ApiError> {
     let mut ids: Vec<Vec<u32>> = match ask.inputs {
         Inputs::Texts(texts) => texts
             .iter()
-            .map(|t| encoder.tokenize(t))
+            .map(|t| embedder.tokenize(t))
             .collect::<Result<_, _>>()?,
         Inputs::Tokens(lists) => {
-            let vocab = encoder.vocab_size();
+            let vocab = embedder.vocab_size();
             let mut out = Vec::with_capacity(lists.len());
             for (i, list) in lists.into_iter().enumerate() {
                 if list.is_empty() {
@@ -144,7 +243,7 @@ async fn run(state: &AppState, ask: EmbedAsk) -> Result<Embedded, ApiError> {
             out
         }
     };
-    let max = encoder.max_tokens();
+    let max = embedder.max_tokens();
     for (i, input) in ids.iter_mut().enumerate() {
         if input.len() > max {
             if !ask.truncate {
@@ -153,17 +252,16 @@ async fn run(state: &AppState, ask: EmbedAsk) -> Result<Embedded, ApiError> {
                     format!("{field}[{i}] has {} tokens, more than the model's {max}; shorten it, or set truncate", input.len()),
                 ));
             }
-            encoder.truncate(input);
+            embedder.truncate(input);
         }
     }
     let prompt_tokens = ids.iter().map(Vec::len).sum();
-    let mut vectors = lease.resident.embed(ids).await?;
+    let mut vectors = embedder.embed(ids, field).await?;
     if let Some(d) = ask.dimensions {
         for v in &mut vectors {
             v.truncate(d);
-            if encoder.normalizes() {
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                v.iter_mut().for_each(|x| *x /= norm);
+            if embedder.normalizes() {
+                normalize(v);
             }
         }
     }
@@ -171,7 +269,7 @@ async fn run(state: &AppState, ask: EmbedAsk) -> Result<Embedded, ApiError> {
     Ok(Embedded {
         vectors,
         prompt_tokens,
-        load_duration: lease.load_duration,
+        load_duration: embedder.load_duration(),
         total_duration: started.elapsed(),
     })
 }

@@ -64,6 +64,8 @@ pub fn read(merged: Merged, reader: Option<ToolCallReader>, choices: usize) -> O
             (Event::Token { text, .. }, None) => vec![Piece::Text(text.clone())],
             (Event::Finished { .. }, Some(reader)) => reader.finish(),
             (Event::Finished { .. }, None) => Vec::new(),
+            // Generation never brings one (embeddings are read by `embeddings/`).
+            (Event::Embedding(_), _) => Vec::new(),
         };
         let mut out: Vec<(usize, Output)> = pieces
             .into_iter()

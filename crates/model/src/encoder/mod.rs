@@ -24,6 +24,8 @@ pub enum Pooling {
     Mean,
     /// The first token's state (`[CLS]`).
     Cls,
+    /// The last token's state: a decoder's, where it has read the whole input.
+    Last,
 }
 
 impl Pooling {
@@ -31,6 +33,21 @@ impl Pooling {
         match self {
             Pooling::Mean => "mean",
             Pooling::Cls => "cls",
+            Pooling::Last => "last",
+        }
+    }
+
+    /// llama.cpp's `{arch}.pooling_type`: 1 mean, 2 CLS, 3 last; `None` for 0 (none) and 4
+    /// (rank, a reranker's score), which give no single vector. Err names another value.
+    pub fn of_gguf(code: u64) -> Result<Option<Self>> {
+        match code {
+            0 | 4 => Ok(None),
+            1 => Ok(Some(Pooling::Mean)),
+            2 => Ok(Some(Pooling::Cls)),
+            3 => Ok(Some(Pooling::Last)),
+            other => Err(ModelError::Unsupported(format!(
+                "pooling_type {other} (llama.cpp knows 0 to 4)"
+            ))),
         }
     }
 }
@@ -174,13 +191,15 @@ impl Encoder {
         };
         let bert = Bert::load(config, &mut get, progress)?;
         let tokenizer = wordpiece::from_gguf(&file)?;
-        // llama.cpp's pooling types: 1 mean, 2 CLS. Ollama's embeddings are unit vectors.
-        let pooling = match file.uint(&format!("{arch}.pooling_type")) {
-            Some(2) => Pooling::Cls,
-            Some(1) | None => Pooling::Mean,
-            Some(other) => {
+        // Unsaid, BERT's mean. Ollama's embeddings are unit vectors.
+        let code = file.uint(&format!("{arch}.pooling_type"));
+        let pooling = match code.map(Pooling::of_gguf).transpose()? {
+            None => Pooling::Mean,
+            Some(Some(pooling)) => pooling,
+            Some(None) => {
                 return Err(ModelError::Unsupported(format!(
-                    "{arch}.pooling_type {other} (only 1, mean, and 2, CLS)"
+                    "{arch}.pooling_type {} (no single vector per input)",
+                    code.unwrap_or_default()
                 )))
             }
         };
@@ -322,6 +341,7 @@ impl Encoder {
                         pooled.iter_mut().for_each(|p| *p /= count);
                     }
                     Pooling::Cls => pooled.copy_from_slice(&rows[..h.min(rows.len())]),
+                    Pooling::Last => pooled.copy_from_slice(&rows[rows.len().saturating_sub(h)..]),
                 }
                 if self.normalize {
                     let norm = pooled.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
@@ -349,6 +369,15 @@ impl Encoder {
         let pooled = match self.pooling {
             Pooling::Mean => bert::mean_pool(&hidden, &mask)?,
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Last => {
+                let last: Vec<u32> = (0..rows)
+                    .map(|r| (r * len + batch[r].len().max(1) - 1) as u32)
+                    .collect();
+                let h = hidden.dim(2)?;
+                hidden
+                    .reshape((rows * len, h))?
+                    .index_select(&Tensor::new(last, device)?, 0)?
+            }
         };
         let pooled = if self.normalize {
             let norms = pooled
@@ -405,33 +434,37 @@ pub(crate) fn sentence_transformers_head(dir: &Path) -> Result<(Pooling, bool)> 
             .map(|m| m["path"].as_str().unwrap_or_default().to_string())
     };
     let normalize = has("sentence_transformers.models.Normalize").is_some();
-    let pooling = match has("sentence_transformers.models.Pooling") {
-        Some(path) => {
-            let config = read_json(&dir.join(path).join("config.json"))?;
-            let on = |key: &str| config[key].as_bool() == Some(true);
-            let others = [
-                "pooling_mode_max_tokens",
-                "pooling_mode_mean_sqrt_len_tokens",
-                "pooling_mode_weightedmean_tokens",
-                "pooling_mode_lasttoken",
-            ];
-            if let Some(mode) = others.iter().find(|k| on(k)) {
-                return Err(ModelError::Unsupported(format!(
-                    "sentence-transformers pooling {mode}"
-                )));
-            }
-            match (on("pooling_mode_cls_token"), on("pooling_mode_mean_tokens")) {
-                (true, false) => Pooling::Cls,
-                (false, true) => Pooling::Mean,
-                _ => {
-                    return Err(ModelError::Unsupported(
-                        "sentence-transformers pooling: exactly one of CLS and mean".into(),
-                    ))
+    let pooling =
+        match has("sentence_transformers.models.Pooling") {
+            Some(path) => {
+                let config = read_json(&dir.join(path).join("config.json"))?;
+                let on = |key: &str| config[key].as_bool() == Some(true);
+                let others = [
+                    "pooling_mode_max_tokens",
+                    "pooling_mode_mean_sqrt_len_tokens",
+                    "pooling_mode_weightedmean_tokens",
+                ];
+                if let Some(mode) = others.iter().find(|k| on(k)) {
+                    return Err(ModelError::Unsupported(format!(
+                        "sentence-transformers pooling {mode}"
+                    )));
+                }
+                let modes = [
+                    ("pooling_mode_cls_token", Pooling::Cls),
+                    ("pooling_mode_mean_tokens", Pooling::Mean),
+                    ("pooling_mode_lasttoken", Pooling::Last),
+                ];
+                let mut chosen = modes.iter().filter(|(key, _)| on(key));
+                match (chosen.next(), chosen.next()) {
+                    (Some((_, pooling)), None) => *pooling,
+                    _ => return Err(ModelError::Unsupported(
+                        "sentence-transformers pooling: exactly one of CLS, mean and last token"
+                            .into(),
+                    )),
                 }
             }
-        }
-        None => Pooling::Mean,
-    };
+            None => Pooling::Mean,
+        };
     Ok((pooling, normalize))
 }
 
