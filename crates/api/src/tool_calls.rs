@@ -1,7 +1,8 @@
 //! Reading tool calls back: one choice's output, as it streams, turned into text or calls in
-//! the model's own format (`ferrollama_model::ToolSyntax`).
+//! the model's own format (`ferrollama_model::ToolSyntax`: the format says how a reply opens
+//! calls; reading their JSON is the same for all).
 
-use ferrollama_model::{ToolCall, ToolSyntax};
+use ferrollama_model::{Opening, ToolCall, ToolSyntax};
 use serde_json::{json, Value};
 
 /// What a stretch of output turned out to be.
@@ -51,8 +52,6 @@ enum State {
     Calls,
 }
 
-const TAG: &str = "<tool_call>";
-
 impl ToolCallReader {
     pub fn new(syntax: ToolSyntax) -> Self {
         Self {
@@ -68,21 +67,14 @@ impl ToolCallReader {
     /// The next token's text (and id); what can be given out now.
     pub fn push(&mut self, text: &str, token: u32) -> Vec<Piece> {
         if self.state == State::Undecided {
-            self.state = match self.syntax {
-                ToolSyntax::Token(id) if token == id => return self.start_calls(""),
-                ToolSyntax::Token(_) => State::Text,
-                ToolSyntax::Tagged => {
-                    self.held.push_str(text);
-                    let start = self.held.trim_start_matches([' ', '\t', '\n']);
-                    if start.starts_with(TAG) {
-                        let held = std::mem::take(&mut self.held);
-                        return self.start_calls(&held);
-                    }
-                    if TAG.starts_with(start) {
-                        return Vec::new(); // could still open a call
-                    }
-                    return self.become_text();
+            self.held.push_str(text);
+            return match self.syntax.opening(&self.held, token) {
+                Opening::Calls(json) => {
+                    self.held.clear();
+                    self.start_calls(&json)
                 }
+                Opening::Text => self.become_text(),
+                Opening::Undecided => Vec::new(),
             };
         }
         match self.state {

@@ -1,7 +1,8 @@
 //! Tool calls asked for: the tools a request offers (OpenAI's and Ollama's `tools`, OpenAI's
 //! `tool_choice` and `parallel_tool_calls`), and the grammar that holds the model to its own
-//! call format with each function's arguments matching that function's schema. Reading the
-//! calls back out of the output is `tool_calls.rs`.
+//! call format (the format's rules are its file in the model crate's `chat/tool_format/`) with
+//! each function's arguments matching that function's schema. Reading the calls back out of
+//! the output is `tool_calls.rs`.
 
 use crate::error::ApiError;
 use crate::resident::Loaded;
@@ -135,26 +136,7 @@ impl Tools {
                 format!("text: %json {}", args_schema(schema))
             }
         });
-        match syntax {
-            ToolSyntax::Token(id) => {
-                // No text can spell a control token, so any text is not a call.
-                rules.push(format!(r#"calls: <[{id}]> " "? "[" {list} "]""#));
-                rules.push("TEXT: /(?s:.*)/".into());
-            }
-            ToolSyntax::Tagged => {
-                // The opening tag is one lexeme with the space before it: llguidance's lexer
-                // takes the longest match, so a separate space would be read as TEXT.
-                // Space after the last block may end the reply too.
-                let blocks = if parallel { "(TAG block)*" } else { "" };
-                rules.push(format!("calls: TAG block {blocks} WS?"));
-                rules.push(format!(
-                    r#"block: WS? (call | "[" {list} "]") WS? "</tool_call>""#
-                ));
-                rules.push(r"TAG: /[ \t\n]*<tool_call>/".into());
-                rules.push(r"WS: /[ \t\n]+/".into());
-                rules.push(r"TEXT: /(?s:.*)/ & ~/[ \t\n]*<tool_call>(?s:.*)/".into());
-            }
-        }
+        rules.extend(syntax.grammar(list, parallel));
         let callable: Vec<&FunctionSpec> = self
             .functions
             .iter()

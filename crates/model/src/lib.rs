@@ -28,7 +28,9 @@ pub mod weights;
 
 pub use attention::{AttentionKind, AttentionSpec};
 pub use batch::{Batch, Logits, Reduce, SeqChunk};
-pub use chat::{python_json, ChatMessage, ChatTemplate, FunctionSpec, Role, ToolCall, ToolSyntax};
+pub use chat::{
+    python_json, ChatMessage, ChatTemplate, FunctionSpec, Opening, Role, ToolCall, ToolSyntax,
+};
 pub use config::ModelConfig;
 pub use describe::Description;
 pub use encoder::{is_encoder, Encoder, Pooling};

@@ -6,6 +6,7 @@
 //! tools and the call format in front of the system prompt, calls as `<tool_call>` text, and
 //! results as user turns in `<tool_response>`.
 
+use super::tool_format::tagged;
 use super::tools::{self, FunctionSpec};
 use super::{ChatMessage, Role};
 use crate::error::{ModelError, Result};
@@ -65,7 +66,7 @@ impl JinjaTemplate {
             .iter()
             .any(|m| m.role == Role::Tool || !m.tool_calls.is_empty());
         if !self.writes_tools && (!tools.is_empty() || has_tool_turns) {
-            return self.render(tokenizer, &spelled_out(messages, tools), &[]);
+            return self.render(tokenizer, &tagged::spelled_out(messages, tools), &[]);
         }
         let continued = messages
             .last()
@@ -138,49 +139,6 @@ fn item(m: &ChatMessage) -> minijinja::Value {
         tool_calls => (!calls.is_empty()).then_some(calls),
         tool_call_id => m.tool_call_id,
     }
-}
-
-/// The conversation for a template that knows no tools: the tools and how to call them go
-/// in front of the system prompt, calls become `<tool_call>` text and results user turns.
-fn spelled_out(messages: &[ChatMessage], offered: &[FunctionSpec]) -> Vec<ChatMessage> {
-    let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len() + 1);
-    if !offered.is_empty() {
-        let instructions = tools::instructions(offered);
-        match messages.first().filter(|m| m.role == Role::System) {
-            Some(system) => out.push(ChatMessage::new(
-                Role::System,
-                format!("{}\n\n{instructions}", system.content),
-            )),
-            None => out.push(ChatMessage::new(Role::System, instructions)),
-        }
-    }
-    for (i, m) in messages.iter().enumerate() {
-        if i == 0 && !offered.is_empty() && m.role == Role::System {
-            continue; // merged above
-        }
-        if m.role == Role::Tool && i > 0 && messages[i - 1].role == Role::Tool {
-            if let Some(last) = out.last_mut() {
-                // Results of parallel calls share one user turn: templates that want turns to
-                // alternate accept it.
-                last.content = format!("{}\n{}", last.content, tools::tagged_result(&m.content));
-                continue;
-            }
-        }
-        out.push(match m.role {
-            Role::Tool => ChatMessage::new(Role::User, tools::tagged_result(&m.content)),
-            Role::Assistant if !m.tool_calls.is_empty() => {
-                let calls = tools::tagged_calls(&m.tool_calls);
-                let text = if m.content.is_empty() {
-                    calls
-                } else {
-                    format!("{}\n{calls}", m.content)
-                };
-                ChatMessage::new(Role::Assistant, text)
-            }
-            _ => ChatMessage::new(m.role, m.content.clone()),
-        });
-    }
-    out
 }
 
 fn cut_after_final_message(text: &str, message: &str) -> Result<String> {

@@ -6,15 +6,15 @@
 //!   before that message's `[INST]`;
 //! - each text is encoded on its own (so it starts with SentencePiece's `▁`), assistant text
 //!   without trailing spaces;
-//! - calls are `[TOOL_CALLS] [{"name": …, "arguments": {…}, "id": …}]</s>`, results
-//!   `[TOOL_RESULTS] {"content": …, "call_id": …}[/TOOL_RESULTS]`, JSON as Python writes it;
+//! - tools, calls and results as `tool_format/mistral.rs` writes them, a call's turn ending
+//!   with `</s>`;
 //! - a final assistant message gets no `</s>`: the model continues it.
 
-use super::tools::{python_json, FunctionSpec, ToolCall};
+use super::tool_format::mistral as tool_format;
+use super::tools::{FunctionSpec, ToolCall};
 use super::{ChatMessage, Role};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
-use serde_json::{json, Value};
 
 /// One turn after runs of a role are joined and the system text is taken out.
 enum Turn {
@@ -27,28 +27,6 @@ enum Turn {
         content: String,
         call_id: Option<String>,
     },
-}
-
-/// The control token that opens the model's calls, when the vocabulary has the whole tool
-/// format (v3 and later).
-pub(super) fn tool_calls_token(tokenizer: &Tokenizer) -> Option<u32> {
-    let needed = [
-        "[AVAILABLE_TOOLS]",
-        "[/AVAILABLE_TOOLS]",
-        "[TOOL_RESULTS]",
-        "[/TOOL_RESULTS]",
-    ];
-    if !needed.iter().all(|name| tokenizer.is_control(name)) {
-        return None;
-    }
-    // v11 and later (`[TOOL_CALLS]name[ARGS]{…}`, `[CALL_ID]`) are another format, not this one.
-    if tokenizer.is_control("[ARGS]") || tokenizer.is_control("[CALL_ID]") {
-        return None;
-    }
-    tokenizer
-        .is_control("[TOOL_CALLS]")
-        .then(|| tokenizer.token_to_id("[TOOL_CALLS]"))
-        .flatten()
 }
 
 pub(super) fn encode(
@@ -99,10 +77,7 @@ pub(super) fn encode(
         match turn {
             Turn::User(text) => {
                 if i == last_user && !tools.is_empty() {
-                    let listed: Vec<Value> = tools.iter().map(FunctionSpec::to_json).collect();
-                    ids.push(control("[AVAILABLE_TOOLS]")?);
-                    ids.extend(tokenizer.encode(&python_json(&Value::Array(listed)))?);
-                    ids.push(control("[/AVAILABLE_TOOLS]")?);
+                    ids.extend(tool_format::encode_tools(tokenizer, tools)?);
                 }
                 ids.push(inst);
                 ids.extend(tokenizer.encode(text)?);
@@ -114,23 +89,18 @@ pub(super) fn encode(
                     ids.extend(tokenizer.encode(text.trim_end_matches(' '))?);
                 }
                 if !calls.is_empty() {
-                    let listed: Vec<Value> = calls.iter().map(ToolCall::to_json).collect();
-                    ids.push(control("[TOOL_CALLS]")?);
-                    ids.extend(tokenizer.encode(&python_json(&Value::Array(listed)))?);
+                    ids.extend(tool_format::encode_calls(tokenizer, calls)?);
                 }
                 if i != last {
                     ids.push(eos);
                 }
             }
             Turn::ToolResult { content, call_id } => {
-                // mistral-common reads a result as JSON when it parses, as it reads arguments.
-                let mut result = json!({"content": ToolCall::arguments_from_text(content)});
-                if let Some(id) = call_id {
-                    result["call_id"] = json!(id);
-                }
-                ids.push(control("[TOOL_RESULTS]")?);
-                ids.extend(tokenizer.encode(&python_json(&result))?);
-                ids.push(control("[/TOOL_RESULTS]")?);
+                ids.extend(tool_format::encode_result(
+                    tokenizer,
+                    content,
+                    call_id.as_deref(),
+                )?);
             }
         }
     }

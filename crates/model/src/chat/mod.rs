@@ -9,9 +9,11 @@
 
 mod jinja;
 mod mistral;
+pub mod tool_format;
 mod tools;
 
-pub use tools::{python_json, FunctionSpec, ToolCall, ToolSyntax};
+pub use tool_format::{Opening, ToolSyntax};
+pub use tools::{python_json, FunctionSpec, ToolCall};
 
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
@@ -110,7 +112,7 @@ impl ChatTemplate {
     pub fn tool_syntax(&self, tokenizer: &Tokenizer) -> Option<ToolSyntax> {
         match self {
             ChatTemplate::MistralInstruct => {
-                mistral::tool_calls_token(tokenizer).map(ToolSyntax::Token)
+                tool_format::mistral::calls_token(tokenizer).map(ToolSyntax::Token)
             }
             ChatTemplate::Jinja(_) => Some(ToolSyntax::Tagged),
             ChatTemplate::None => None,

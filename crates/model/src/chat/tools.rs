@@ -1,5 +1,5 @@
-//! Tools in a conversation: the functions a request offers the model, the calls it made, and
-//! how each template family writes a call.
+//! Tools in a conversation: the functions a request offers the model and the calls it made,
+//! and JSON as Python writes it. How each format writes them is `tool_format/`.
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -73,17 +73,6 @@ impl ToolCall {
     }
 }
 
-/// How a model writes its calls, so that the server can hold it to the format and read the
-/// calls back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToolSyntax {
-    /// A control token, then a JSON array of calls (Mistral's `[TOOL_CALLS]`).
-    Token(u32),
-    /// `<tool_call>` … `</tool_call>` around a call object or an array of them (Hermes, Qwen,
-    /// SmolLM2, and the instructions this server gives templates that know no tools).
-    Tagged,
-}
-
 /// `value` as Python's `json.dumps(value, ensure_ascii=False)` writes it (`", "` and `": "`
 /// between items): what mistral-common and most chat templates put in a prompt.
 pub fn python_json(value: &Value) -> String {
@@ -134,35 +123,6 @@ impl serde_json::ser::Formatter for PythonFormatter {
     ) -> std::io::Result<()> {
         writer.write_all(b": ")
     }
-}
-
-/// What a template that knows no tools is told, in front of its system prompt: the tools,
-/// and the `<tool_call>` format (SmolLM2's and Ollama's for it).
-pub(super) fn instructions(tools: &[FunctionSpec]) -> String {
-    let listed: Vec<Value> = tools.iter().map(FunctionSpec::to_json).collect();
-    format!(
-        "You can call functions to answer. They are listed in JSON between <tools> and </tools>:\n\
-         <tools>{}</tools>\n\
-         To call functions, reply with only a JSON list of calls between <tool_call> and \
-         </tool_call>, like this:\n\
-         <tool_call>[{{\"name\": \"function_name\", \"arguments\": {{\"argument\": \"value\"}}}}]</tool_call>\n\
-         When no function is needed, answer in plain text.",
-        python_json(&Value::Array(listed))
-    )
-}
-
-/// Calls as the `<tool_call>` block an assistant turn carries.
-pub(super) fn tagged_calls(calls: &[ToolCall]) -> String {
-    let listed: Vec<Value> = calls.iter().map(ToolCall::to_json).collect();
-    format!(
-        "<tool_call>{}</tool_call>",
-        python_json(&Value::Array(listed))
-    )
-}
-
-/// A tool's result as the user turn that carries it back.
-pub(super) fn tagged_result(content: &str) -> String {
-    format!("<tool_response>\n{content}\n</tool_response>")
 }
 
 #[cfg(test)]
