@@ -3,8 +3,8 @@
 //! description serves `/api/show`, `/api/tags`, `/api/ps`, `/v1/models` and `ferrollama show`.
 //! Architectures are named as GGUF's `general.architecture` names them, whichever the format.
 
-use crate::encoder::{sentence_transformers_head, Pooling};
 use crate::error::{ModelError, Result};
+use crate::pooling::{sentence_transformers_head, Pooling};
 use crate::weights::{GgufFile, RandomDType};
 use crate::{ModelConfig, ModelSource};
 use std::path::Path;
@@ -24,6 +24,23 @@ pub struct Description {
     pub shape: Vec<(&'static str, u64)>,
     /// How an embedding model pools its tokens; `None` for a model that generates.
     pub pooling: Option<Pooling>,
+}
+
+/// Encoder families as GGUF `general.architecture` names them (config.json's `model_type`
+/// through [`family_of_model_type`]). `bert` and `nomic-bert` run; the others are known as
+/// embedding models, so that a request for one is told it is not supported yet rather than
+/// that it cannot embed.
+pub(crate) const ENCODER_FAMILIES: [&str; 4] =
+    ["bert", "nomic-bert", "jina-bert-v2", "xlm-roberta"];
+
+/// A config.json `model_type` by llama.cpp's name for the architecture, so that one family
+/// has one name in either format (`nomic_bert` is `nomic-bert`).
+pub(crate) fn family_of_model_type(model_type: &str) -> &str {
+    match model_type {
+        "nomic_bert" => "nomic-bert",
+        "xlm-roberta" | "xlm_roberta" => "xlm-roberta",
+        other => other,
+    }
 }
 
 /// The shape's keys, GGUF's name under the architecture and config.json's (the usual name,
@@ -78,13 +95,11 @@ impl Description {
                 shape.push(("vocab_size", tokens.len() as u64));
             }
         }
-        let pooling = crate::encoder::ENCODER_FAMILIES
-            .contains(&architecture.as_str())
-            .then(|| {
-                file.uint(&format!("{architecture}.pooling_type"))
-                    .and_then(|code| Pooling::of_gguf(code).ok().flatten())
-                    .unwrap_or(Pooling::Mean)
-            });
+        let pooling = ENCODER_FAMILIES.contains(&architecture.as_str()).then(|| {
+            file.uint(&format!("{architecture}.pooling_type"))
+                .and_then(|code| Pooling::of_gguf(code).ok().flatten())
+                .unwrap_or(Pooling::Mean)
+        });
         Self {
             parameters: file.parameters(),
             quantization: file.quantization(),
@@ -103,13 +118,13 @@ impl Description {
         let model_type = config["model_type"].as_str().unwrap_or("unknown");
         let architecture = match model_type {
             "mistral" | "llama" => "llama",
-            other => crate::encoder::family_of_model_type(other),
+            other => family_of_model_type(other),
         };
         let shape = SHAPE
             .iter()
             .filter_map(|(key, hf)| Some((*key, hf.iter().find_map(|k| config[*k].as_u64())?)))
             .collect();
-        let pooling = crate::encoder::ENCODER_FAMILIES
+        let pooling = ENCODER_FAMILIES
             .contains(&architecture)
             .then(|| sentence_transformers_head(dir).map(|(pooling, _)| pooling))
             .transpose()?;

@@ -20,6 +20,7 @@ pub mod linear;
 pub mod load;
 pub mod memory;
 pub mod model;
+pub mod pooling;
 pub mod rng;
 pub mod rope;
 pub mod tokenizer;

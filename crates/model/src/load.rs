@@ -4,9 +4,9 @@
 use crate::attention::{AttentionKind, AttentionSpec};
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
-use crate::encoder::Pooling;
 use crate::error::{ModelError, Result};
 use crate::model::{Model, ModelOptions};
+use crate::pooling::Pooling;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{GgufFile, GgufWeights, RandomDType, RandomWeights, SafetensorsWeights};
 use candle_core::{DType, Device};
@@ -167,7 +167,7 @@ pub fn load(
             let (tokenizer, chat_template) = safetensors_chat(dir)?;
             // A sentence-transformers decoder (Qwen3-Embedding's layout) says how it pools.
             let pooling = if dir.join("modules.json").is_file() {
-                crate::encoder::sentence_transformers_head(dir)?.0
+                crate::pooling::sentence_transformers_head(dir)?.0
             } else {
                 Pooling::Last
             };

@@ -231,20 +231,9 @@ pub struct Bert {
 }
 
 impl Bert {
-    /// Loads every weight through `get`, which takes Hugging Face names (BERT's, or
-    /// nomic-bert's for [`BertKind::Nomic`]).
+    /// Loads a BERT's weights through `get`, which takes Hugging Face names. (nomic-bert's
+    /// are `nomic::load`'s.)
     pub fn load(
-        config: BertConfig,
-        get: &mut dyn FnMut(&str) -> Result<Tensor>,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Self> {
-        match config.kind {
-            BertKind::Bert => Self::load_bert(config, get, progress),
-            BertKind::Nomic { .. } => super::nomic::load(config, get, progress),
-        }
-    }
-
-    fn load_bert(
         config: BertConfig,
         get: &mut dyn FnMut(&str) -> Result<Tensor>,
         progress: &mut dyn FnMut(usize, usize),

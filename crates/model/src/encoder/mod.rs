@@ -17,40 +17,9 @@ use bert::{Bert, BertConfig};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
-/// How token states become one vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// The mean over the input's tokens.
-    Mean,
-    /// The first token's state (`[CLS]`).
-    Cls,
-    /// The last token's state: a decoder's, where it has read the whole input.
-    Last,
-}
-
-impl Pooling {
-    pub fn name(self) -> &'static str {
-        match self {
-            Pooling::Mean => "mean",
-            Pooling::Cls => "cls",
-            Pooling::Last => "last",
-        }
-    }
-
-    /// llama.cpp's `{arch}.pooling_type`: 1 mean, 2 CLS, 3 last; `None` for 0 (none) and 4
-    /// (rank, a reranker's score), which give no single vector. Err names another value.
-    pub fn of_gguf(code: u64) -> Result<Option<Self>> {
-        match code {
-            0 | 4 => Ok(None),
-            1 => Ok(Some(Pooling::Mean)),
-            2 => Ok(Some(Pooling::Cls)),
-            3 => Ok(Some(Pooling::Last)),
-            other => Err(ModelError::Unsupported(format!(
-                "pooling_type {other} (llama.cpp knows 0 to 4)"
-            ))),
-        }
-    }
-}
+use crate::describe::{family_of_model_type, ENCODER_FAMILIES};
+use crate::pooling::sentence_transformers_head;
+pub use crate::pooling::Pooling;
 
 /// A loaded embedding model.
 pub struct Encoder {
@@ -65,23 +34,6 @@ pub struct Encoder {
     packed: bool,
     /// Its own math threads (`--threads`), else rayon's global pool.
     threads: Option<rayon::ThreadPool>,
-}
-
-/// Encoder families as GGUF `general.architecture` names them (config.json's `model_type`
-/// through [`family_of_model_type`]). `bert` and `nomic-bert` run; the others are known as
-/// embedding models, so that a request for one is told it is not supported yet rather than
-/// that it cannot embed.
-pub(crate) const ENCODER_FAMILIES: [&str; 4] =
-    ["bert", "nomic-bert", "jina-bert-v2", "xlm-roberta"];
-
-/// A config.json `model_type` by llama.cpp's name for the architecture, so that one family
-/// has one name in either format (`nomic_bert` is `nomic-bert`).
-pub(crate) fn family_of_model_type(model_type: &str) -> &str {
-    match model_type {
-        "nomic_bert" => "nomic-bert",
-        "xlm-roberta" | "xlm_roberta" => "xlm-roberta",
-        other => other,
-    }
 }
 
 /// Whether `source` holds an encoder (an embedding model) rather than a decoder: GGUF
@@ -143,7 +95,7 @@ impl Encoder {
                 .or_else(|_| tensors.load(&format!("bert.{name}"), device))
                 .map_err(|_| ModelError::MissingWeight(name.to_string()))
         };
-        let bert = Bert::load(config, &mut get, progress)?;
+        let bert = load_family(config, &mut get, progress)?;
         let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         // Lengths are ours to check: an over-long input is an error or truncated on request,
@@ -189,7 +141,7 @@ impl Encoder {
             let gguf = gguf_name(name).ok_or_else(|| ModelError::MissingWeight(name.into()))?;
             file.dequantized(&gguf, device)
         };
-        let bert = Bert::load(config, &mut get, progress)?;
+        let bert = load_family(config, &mut get, progress)?;
         let tokenizer = wordpiece::from_gguf(&file)?;
         // Unsaid, BERT's mean. Ollama's embeddings are unit vectors.
         let code = file.uint(&format!("{arch}.pooling_type"));
@@ -419,53 +371,16 @@ impl Encoder {
     }
 }
 
-/// Pooling and normalisation as `modules.json` and `1_Pooling/config.json` say; a bare
-/// Hugging Face BERT (no modules.json) gets mean pooling without normalisation, as
-/// sentence-transformers gives it.
-pub(crate) fn sentence_transformers_head(dir: &Path) -> Result<(Pooling, bool)> {
-    let Ok(modules) = read_json(&dir.join("modules.json")) else {
-        return Ok((Pooling::Mean, false));
-    };
-    let modules = modules.as_array().cloned().unwrap_or_default();
-    let has = |kind: &str| {
-        modules
-            .iter()
-            .find(|m| m["type"].as_str() == Some(kind))
-            .map(|m| m["path"].as_str().unwrap_or_default().to_string())
-    };
-    let normalize = has("sentence_transformers.models.Normalize").is_some();
-    let pooling =
-        match has("sentence_transformers.models.Pooling") {
-            Some(path) => {
-                let config = read_json(&dir.join(path).join("config.json"))?;
-                let on = |key: &str| config[key].as_bool() == Some(true);
-                let others = [
-                    "pooling_mode_max_tokens",
-                    "pooling_mode_mean_sqrt_len_tokens",
-                    "pooling_mode_weightedmean_tokens",
-                ];
-                if let Some(mode) = others.iter().find(|k| on(k)) {
-                    return Err(ModelError::Unsupported(format!(
-                        "sentence-transformers pooling {mode}"
-                    )));
-                }
-                let modes = [
-                    ("pooling_mode_cls_token", Pooling::Cls),
-                    ("pooling_mode_mean_tokens", Pooling::Mean),
-                    ("pooling_mode_lasttoken", Pooling::Last),
-                ];
-                let mut chosen = modes.iter().filter(|(key, _)| on(key));
-                match (chosen.next(), chosen.next()) {
-                    (Some((_, pooling)), None) => *pooling,
-                    _ => return Err(ModelError::Unsupported(
-                        "sentence-transformers pooling: exactly one of CLS, mean and last token"
-                            .into(),
-                    )),
-                }
-            }
-            None => Pooling::Mean,
-        };
-    Ok((pooling, normalize))
+/// The encoder's weights, by its family's loader.
+fn load_family(
+    config: BertConfig,
+    get: &mut dyn FnMut(&str) -> Result<Tensor>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Bert> {
+    match config.kind {
+        bert::BertKind::Bert => Bert::load(config, get, progress),
+        bert::BertKind::Nomic { .. } => nomic::load(config, get, progress),
+    }
 }
 
 /// Why a model of `family` does not load as an encoder.
