@@ -1,15 +1,21 @@
-//! The engine loop, on its own thread: take new requests, plan a step, run the model once on
-//! that batch, sample a token per finished chunk, send events, free what finished or was
-//! cancelled. The handle is what the rest of the program holds.
+//! The engine loop, on its own thread: take new requests, plan a step (the scheduler), run the
+//! model once on that batch, then the output step: sample each finished chunk's rows with the
+//! request's own output state (`output.rs`), send text and events, and hand the scheduler the
+//! sampled tokens as data; free what finished or was cancelled. The handle is what the rest of
+//! the program holds.
 
 use crate::block_pool::BlockPool;
+use crate::constraint::Constraint;
 use crate::draft::Drafter;
+use crate::output::{Context, RequestOutput};
 use crate::request::{Event, FinishReason, GenerationRequest, Timings, Usage};
 use crate::rows::{read_rows, Row};
-use crate::scheduler::{Scheduler, SchedulerConfig, Speculation, StepPlan};
+use crate::sampler::Need;
+use crate::scheduler::{Chunk, ChunkOutcome, Scheduler, SchedulerConfig, Speculation, StepPlan};
 use crate::sequence::{Pooled, Sequence};
 use ferrollama_model::top_k::TOP_K_MAX;
 use ferrollama_model::{KvCache, LoadedModel, Pooling};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -121,7 +127,9 @@ pub struct EngineStats {
 }
 
 enum Command {
-    Submit(Box<Sequence>),
+    /// A request: the scheduler's record of it, and what the engine turns its rows into text
+    /// with.
+    Submit(Box<(Sequence, RequestOutput)>),
     /// End every request now with this error (the server is shutting down).
     AbortAll(String),
 }
@@ -181,12 +189,12 @@ impl EngineHandle {
             .map(|r| self.sequence(r))
             .collect::<Result<Vec<_>, _>>()?;
         self.enqueue(made.len())?;
-        let leader = made.first().map(|(seq, _)| seq.id);
+        let leader = made.first().map(|((seq, _), _)| seq.id);
         let mut streams = Vec::with_capacity(made.len());
-        for (i, (mut seq, stream)) in made.into_iter().enumerate() {
+        for (i, ((mut seq, output), stream)) in made.into_iter().enumerate() {
             seq.leader = leader.filter(|_| i > 0);
             self.commands
-                .send(Command::Submit(Box::new(seq)))
+                .send(Command::Submit(Box::new((seq, output))))
                 .map_err(|_| EngineError::Stopped)?;
             streams.push(stream);
         }
@@ -199,20 +207,20 @@ impl EngineHandle {
     pub fn embed(&self, prompt: Vec<u32>, pooling: Pooling) -> Result<RequestStream, EngineError> {
         let mut request = GenerationRequest::new(prompt, 1);
         request.speculative = Some(false);
-        let (mut seq, stream) = self.checked(request, 0)?;
+        let ((mut seq, output), stream) = self.checked(request, 0)?;
         seq.embedding = Some(Pooled::new(pooling));
         self.enqueue(1)?;
         self.commands
-            .send(Command::Submit(Box::new(seq)))
+            .send(Command::Submit(Box::new((seq, output))))
             .map_err(|_| EngineError::Stopped)?;
         Ok(stream)
     }
 
     pub fn submit(&self, request: GenerationRequest) -> Result<RequestStream, EngineError> {
-        let (seq, stream) = self.sequence(request)?;
+        let (submission, stream) = self.sequence(request)?;
         self.enqueue(1)?;
         self.commands
-            .send(Command::Submit(Box::new(seq)))
+            .send(Command::Submit(Box::new(submission)))
             .map_err(|_| EngineError::Stopped)?;
         Ok(stream)
     }
@@ -239,7 +247,7 @@ impl EngineHandle {
     fn sequence(
         &self,
         request: GenerationRequest,
-    ) -> Result<(Sequence, RequestStream), EngineError> {
+    ) -> Result<(Submission, RequestStream), EngineError> {
         self.checked(request, 1)
     }
 
@@ -249,7 +257,7 @@ impl EngineHandle {
         &self,
         request: GenerationRequest,
         generates: usize,
-    ) -> Result<(Sequence, RequestStream), EngineError> {
+    ) -> Result<(Submission, RequestStream), EngineError> {
         if request.prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -286,10 +294,11 @@ impl EngineHandle {
             .speculation
             .filter(|_| request.speculative != Some(false))
             .map(|spec| Drafter::new(spec.max_draft));
-        let mut seq = Sequence::new(id, request, tx);
+        let output = RequestOutput::new(&request, tx);
+        let mut seq = Sequence::new(id, request.prompt, request.max_tokens);
         seq.drafter = drafter;
-        let cancelled = seq.cancelled.clone();
-        Ok((seq, RequestStream { rx, cancelled }))
+        let cancelled = output.cancelled.clone();
+        Ok(((seq, output), RequestStream { rx, cancelled }))
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -370,6 +379,7 @@ pub fn start(
         model,
         stats,
         queued: handle.queued.clone(),
+        outputs: HashMap::new(),
     };
     // The loop runs on a worker of the engine's own thread pool (this thread only waits for
     // it): the model's parallel loops then start from inside the pool, where handing out work
@@ -430,10 +440,15 @@ fn pin_to_core(i: usize) {
     let _ = i;
 }
 
+/// A request on its way in: the scheduler's record, and the engine's output state.
+type Submission = (Sequence, RequestOutput);
+
 struct Engine {
     model: Arc<LoadedModel>,
     cache: KvCache,
     scheduler: Scheduler,
+    /// Per request in the scheduler: what turns its rows into tokens, text and events.
+    outputs: HashMap<u64, RequestOutput>,
     /// No sequence grows past this: the model's context, or the whole cache.
     max_len: usize,
     /// See [`EngineConfig::rows_as_needed`].
@@ -457,17 +472,24 @@ impl Engine {
             let mut next = command;
             while let Some(command) = next {
                 match command {
-                    Command::Submit(seq) => self.scheduler.add(*seq),
+                    Command::Submit(submission) => {
+                        let (seq, output) = *submission;
+                        self.outputs.insert(seq.id, output);
+                        self.scheduler.add(seq);
+                    }
                     Command::AbortAll(message) => self.abort_all(&message),
                 }
                 next = inbox.try_recv().ok();
             }
             // Requests whose caller hung up or cancelled give their blocks back before the next
             // step; a cancelled one that still listens hears how far it got.
-            let (left, never_ran) = self.scheduler.take_where(Sequence::abandoned);
+            let outputs = &self.outputs;
+            let (left, never_ran) = self
+                .scheduler
+                .take_where(|seq| outputs.get(&seq.id).is_none_or(RequestOutput::abandoned));
             self.queued.fetch_sub(never_ran, Ordering::SeqCst);
             for seq in left {
-                finish(seq, FinishReason::Cancelled, None, &self.model);
+                self.finish(seq, FinishReason::Cancelled, None);
             }
             let plan = self.scheduler.schedule();
             self.queued.fetch_sub(plan.admitted, Ordering::SeqCst);
@@ -485,40 +507,50 @@ impl Engine {
             if seq.first_scheduled.is_none() {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
             }
-            finish(
-                seq,
-                FinishReason::Error,
-                Some(message.to_string()),
-                &self.model,
-            );
+            self.finish(seq, FinishReason::Error, Some(message.to_string()));
         }
     }
 
     fn step(&mut self, plan: &StepPlan) {
-        // Grammar masks are computed beside the forward, not after it: they depend only on
-        // the tokens so far.
         // Per logit row: what its draw needs (on a GPU, as little of it as crosses to the host).
         let on_device = self.rows_as_needed;
         let max_shortlist = if on_device { TOP_K_MAX } else { 0 };
-        let needs = self.scheduler.needs(plan, max_shortlist);
-        let mut constrained = self.scheduler.take_constraints(plan);
+        let needs = self.needs(plan, max_shortlist);
         // The step stops between layers once every caller in it has gone: a client that
         // hangs up during a long prompt chunk frees the engine at once, not at the chunk's end.
-        let callers = self.scheduler.callers(plan);
+        let callers: Vec<_> = plan
+            .chunks
+            .iter()
+            .filter_map(|c| self.outputs.get(&c.id))
+            .map(|o| (o.events.clone(), o.cancelled.clone()))
+            .collect();
         let all_gone = || {
             callers
                 .iter()
                 .all(|(events, cancelled)| events.is_closed() || cancelled.load(Ordering::Relaxed))
         };
+        // Grammar masks are computed beside the forward, not after it: they depend only on
+        // the tokens so far.
+        let sampling: Vec<u64> = plan
+            .chunks
+            .iter()
+            .filter(|c| self.samples(c))
+            .map(|c| c.id)
+            .collect();
+        let mut constrained: Vec<&mut Constraint> = self
+            .outputs
+            .iter_mut()
+            .filter(|(id, _)| sampling.contains(id))
+            .filter_map(|(_, o)| o.constraint.as_mut())
+            .collect();
+        let (model, cache, scheduler) = (&self.model, &mut self.cache, &self.scheduler);
         let output = std::thread::scope(|scope| {
             if !constrained.is_empty() {
-                scope.spawn(|| constrained.iter_mut().for_each(|(_, c)| c.prepare()));
+                scope.spawn(|| constrained.iter_mut().for_each(|c| c.prepare()));
             }
-            let output = self.model.model.forward_until(
-                &self.scheduler.batch(plan),
-                &mut self.cache,
-                &all_gone,
-            )?;
+            let output = model
+                .model
+                .forward_until(&scheduler.batch(plan), cache, &all_gone)?;
             output
                 .map(|out| {
                     Ok::<_, ferrollama_model::ModelError>((
@@ -528,7 +560,6 @@ impl Engine {
                 })
                 .transpose()
         });
-        self.scheduler.restore_constraints(constrained);
         let (rows, hidden) = match output {
             Ok(Some(output)) => output,
             // Abandoned mid-step: the loop takes its sequences out next.
@@ -537,18 +568,111 @@ impl Engine {
                 // The batch failed as a whole: its requests get the error, the others go on.
                 tracing::error!("forward failed: {e}");
                 for seq in self.scheduler.abort(plan) {
-                    finish(seq, FinishReason::Error, Some(e.to_string()), &self.model);
+                    self.finish(seq, FinishReason::Error, Some(e.to_string()));
                 }
                 return;
             }
         };
-        let (model, max_len) = (&self.model, self.max_len);
-        let finished = self.scheduler.update(plan, rows, hidden, |seq, row| {
-            next_token(seq, row, model, max_len)
-        });
-        for (seq, reason) in finished {
-            finish(seq, reason, None, &self.model);
+        let outcomes = self.output_step(plan, rows, hidden);
+        for (seq, reason) in self.scheduler.update(plan, outcomes) {
+            self.finish(seq, reason, None);
         }
+    }
+
+    /// Whether `chunk` ends with a sequence's last pending token: its rows are sampled (an
+    /// embedding request's never are).
+    fn samples(&self, chunk: &Chunk) -> bool {
+        let seq = self.scheduler.view(chunk.id);
+        seq.pending() == chunk.take && seq.embedding.is_none()
+    }
+
+    /// What each logit row of `plan` is needed for (a draft of k tokens brings k + 1 rows,
+    /// each sampled in turn), shortlists of at most `max_shortlist` (0: whole rows wherever a
+    /// row is sampled from, as on the CPU where the rows are in memory anyway).
+    fn needs(&self, plan: &StepPlan, max_shortlist: usize) -> Vec<Need> {
+        let mut needs = Vec::with_capacity(plan.chunks.len());
+        for chunk in &plan.chunks {
+            let seq = self.scheduler.view(chunk.id);
+            let need = match self.outputs.get(&chunk.id) {
+                Some(output) if self.samples(chunk) => output.need(&context(seq), max_shortlist),
+                // A prompt chunk, or an embedding: no token, its row unused.
+                _ => Need::Argmax,
+            };
+            needs.extend(std::iter::repeat_n(need, seq.draft + 1));
+        }
+        needs
+    }
+
+    /// The engine's output step: each chunk that samples has its rows drawn in turn (text and
+    /// events sent as they come), and the scheduler gets the tokens as data.
+    fn output_step(
+        &mut self,
+        plan: &StepPlan,
+        rows: Vec<Row>,
+        hidden: Vec<Option<Vec<f32>>>,
+    ) -> Vec<ChunkOutcome> {
+        let mut rows = rows.into_iter();
+        let mut hidden = hidden.into_iter();
+        let mut outcomes = Vec::with_capacity(plan.chunks.len());
+        for chunk in &plan.chunks {
+            let seq = self.scheduler.view(chunk.id);
+            let mut chunk_rows: Vec<Row> = rows.by_ref().take(seq.draft + 1).collect();
+            let mut outcome = ChunkOutcome {
+                hidden: hidden.next().flatten(),
+                ..Default::default()
+            };
+            if self.samples(chunk) {
+                if let Some(output) = self.outputs.get_mut(&chunk.id) {
+                    (outcome.sampled, outcome.finish) = output.sample(
+                        &context(seq),
+                        &mut chunk_rows,
+                        &self.model.tokenizer,
+                        self.max_len,
+                    );
+                }
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// Sends a finished request's last text, its vector if it is an embedding, and its final
+    /// event.
+    fn finish(&mut self, mut seq: Sequence, reason: FinishReason, error: Option<String>) {
+        let Some(mut output) = self.outputs.remove(&seq.id) else {
+            return;
+        };
+        if reason == FinishReason::Length {
+            let text = output.drain_text(&self.model.tokenizer);
+            if !text.is_empty() {
+                output.send(text, *seq.tokens.last().expect("a generated token"));
+            }
+        }
+        if let (Some(pooled), FinishReason::Stop) = (&mut seq.embedding, reason) {
+            let _ = output
+                .events
+                .send(Event::Embedding(pooled.vector(seq.prompt_len)));
+        }
+        let error = error.or_else(|| output.failure.take());
+        let end = Instant::now();
+        let first_scheduled = seq.first_scheduled.unwrap_or(end);
+        let first_token = output.first_token.unwrap_or(end);
+        let _ = output.events.send(Event::Finished {
+            reason,
+            usage: Usage {
+                prompt_tokens: seq.prompt_len,
+                cached_tokens: seq.cached_prompt_tokens.unwrap_or(0),
+                generated_tokens: seq.generated(),
+                drafted_tokens: seq.drafted,
+                accepted_tokens: seq.accepted,
+            },
+            timings: Timings {
+                queue: first_scheduled - seq.arrived,
+                prefill: first_token - first_scheduled,
+                decode: end - first_token,
+            },
+            error,
+        });
     }
 
     fn publish_occupancy(&self) {
@@ -568,136 +692,13 @@ impl Engine {
     }
 }
 
-/// Samples, detokenizes and sends the next token of `seq`; returns a finish reason if that
-/// ends it.
-fn next_token(
-    seq: &mut Sequence,
-    row: &mut Row,
-    model: &LoadedModel,
-    max_len: usize,
-) -> Option<FinishReason> {
-    let tokenizer = &model.tokenizer;
-    let generated = seq.generated();
-    let token = match row {
-        // A plain greedy pick, made on the device (see `read_rows`).
-        Row::Argmax(token) => *token,
-        Row::Shortlist(list, whole) => {
-            let normalizer = list.normalizer;
-            match seq
-                .sampler
-                .sample_shortlist(std::mem::take(list), &seq.tokens, generated)
-            {
-                Some(token) => token,
-                // The draw fell past the row's head: the rest of the row comes over after all.
-                None => match whole.to_vec1::<f32>() {
-                    Ok(mut logits) => {
-                        seq.sampler
-                            .sample_row(&mut logits, normalizer, &seq.tokens, generated)
-                    }
-                    Err(e) => {
-                        seq.failure = Some(format!("reading logits: {e}"));
-                        return Some(FinishReason::Error);
-                    }
-                },
-            }
-        }
-        Row::Logits(logits, normalizer) => {
-            if let Some(constraint) = &mut seq.constraint {
-                if let Err(e) = constraint.mask(logits) {
-                    seq.failure = Some(format!("constrained decoding: {e}"));
-                    return Some(FinishReason::Error);
-                }
-            }
-            seq.sampler
-                .sample_row(logits, *normalizer, &seq.tokens, generated)
-        }
-    };
-    seq.tokens.push(token);
-    seq.first_token.get_or_insert_with(Instant::now);
-    let complete = match &mut seq.constraint {
-        None => false,
-        Some(constraint) => match constraint.advance(token) {
-            Ok(()) => constraint.is_complete(),
-            Err(e) => {
-                seq.failure = Some(format!("constrained decoding: {e}"));
-                return Some(FinishReason::Error);
-            }
-        },
-    };
-
-    // The model's own end tokens always stop, whatever else was asked.
-    if !seq.ignore_eos && tokenizer.eos_ids().contains(&token) {
-        let text = seq.drain_text(tokenizer);
-        send_token(seq, text, token);
-        return Some(FinishReason::Stop);
+/// Where a sequence's sampling starts, from the scheduler's record of it.
+fn context(seq: &Sequence) -> Context<'_> {
+    Context {
+        tokens: &seq.tokens,
+        draft: seq.draft,
+        prompt_len: seq.prompt_len,
     }
-    let text = match seq.detokenizer.push(tokenizer, token) {
-        Ok(text) => text.unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!("detokenize: {e}");
-            String::new()
-        }
-    };
-    let release = seq.stop.push(&text);
-    send_token(seq, release.text, token);
-    if release.stopped {
-        return Some(FinishReason::Stop);
-    }
-    if complete {
-        // The grammar allows nothing more: the output is whole.
-        let text = seq.drain_text(tokenizer);
-        if !text.is_empty() {
-            send_token(seq, text, token);
-        }
-        return Some(FinishReason::Stop);
-    }
-    if seq.generated() >= seq.max_tokens || seq.tokens.len() >= max_len {
-        return Some(FinishReason::Length);
-    }
-    None
-}
-
-/// Sends a finished sequence's last text and its final event.
-fn finish(mut seq: Sequence, reason: FinishReason, error: Option<String>, model: &LoadedModel) {
-    if let (Some(pooled), FinishReason::Stop) = (&mut seq.embedding, reason) {
-        let _ = seq
-            .events
-            .send(Event::Embedding(pooled.vector(seq.prompt_len)));
-    }
-    if reason == FinishReason::Length {
-        let text = seq.drain_text(&model.tokenizer);
-        if !text.is_empty() {
-            let _ = seq.events.send(Event::Token {
-                text,
-                token_id: *seq.tokens.last().expect("a generated token"),
-            });
-        }
-    }
-    let error = error.or_else(|| seq.failure.take());
-    let end = Instant::now();
-    let first_scheduled = seq.first_scheduled.unwrap_or(end);
-    let first_token = seq.first_token.unwrap_or(end);
-    let _ = seq.events.send(Event::Finished {
-        reason,
-        usage: Usage {
-            prompt_tokens: seq.prompt_len,
-            cached_tokens: seq.cached_prompt_tokens.unwrap_or(0),
-            generated_tokens: seq.generated(),
-            drafted_tokens: seq.drafted,
-            accepted_tokens: seq.accepted,
-        },
-        timings: Timings {
-            queue: first_scheduled - seq.arrived,
-            prefill: first_token - first_scheduled,
-            decode: end - first_token,
-        },
-        error,
-    });
-}
-
-fn send_token(seq: &Sequence, text: String, token_id: u32) {
-    // A closed channel means the caller hung up; the next step drops the sequence.
-    let _ = seq.events.send(Event::Token { text, token_id });
 }
 
 #[cfg(test)]

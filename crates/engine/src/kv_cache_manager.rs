@@ -98,11 +98,9 @@ impl KvCacheManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::GenerationRequest;
 
     fn sequence(id: u64, prompt: Vec<u32>) -> Sequence {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        Sequence::new(id, GenerationRequest::new(prompt, 8), tx)
+        Sequence::new(id, prompt, 8)
     }
 
     #[test]

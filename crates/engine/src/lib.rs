@@ -4,9 +4,11 @@
 //! cache, with chunked prefill, prefix caching and preemption by recompute. It knows token
 //! ids and text, never HTTP.
 //!
-//! Where things are: the loop in `engine.rs`, what runs each step in `scheduler.rs`, KV
-//! blocks and the prefix cache in `block_pool.rs`, who holds which in `kv_cache_manager.rs`, token choice in `sampler.rs` (under the grammar of
-//! `constraint.rs`, when a request has one), stop strings in `stop.rs`, speculative drafts in
+//! Where things are: the loop in `engine.rs`, what runs each step in `scheduler.rs` (over the
+//! scheduler's record of each request, `sequence.rs`), KV blocks and the prefix cache in
+//! `block_pool.rs`, who holds which in `kv_cache_manager.rs`, what turns a request's rows into
+//! tokens and text in `output.rs`: token choice in `sampler/` (under the grammar of
+//! `constraint.rs`, when a request has one), stop strings in `stop.rs`; speculative drafts in
 //! `draft.rs`.
 
 pub mod block_pool;
@@ -14,6 +16,7 @@ pub mod constraint;
 pub mod draft;
 pub mod engine;
 pub mod kv_cache_manager;
+pub mod output;
 pub mod request;
 mod rows;
 pub mod sampler;

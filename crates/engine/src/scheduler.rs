@@ -5,15 +5,13 @@
 //! blocks back and will recompute them later (vLLM's preemption by recompute).
 //!
 //! The scheduler owns its queues and the KV cache manager (`kv_cache_manager.rs`, who holds
-//! which blocks), privately (vLLM v1's shape): the loop
-//! calls `schedule()`, runs the model on `batch(plan)`, and hands the logits to `update()`,
-//! which applies them and returns the sequences that finished.
+//! which blocks), privately (vLLM v1's shape): the loop calls `schedule()`, runs the model on
+//! `batch(plan)`, samples in its output step, and hands the sampled tokens to `update()` as
+//! data, which applies them and returns the sequences that finished.
 
 use crate::block_pool::BlockPool;
-use crate::constraint::Constraint;
 use crate::kv_cache_manager::KvCacheManager;
 use crate::request::FinishReason;
-use crate::sampler::Need;
 use crate::sequence::Sequence;
 use ferrollama_model::{Batch, SeqChunk};
 use std::collections::VecDeque;
@@ -42,6 +40,18 @@ pub struct Speculation {
     /// Speculate only while at most this many sequences run and none is reading a prompt:
     /// past it a step is compute-bound, and checking drafts costs more than it saves.
     pub max_batch: usize,
+}
+
+/// What the engine's output step made of one chunk of a step: data for [`Scheduler::update`].
+#[derive(Debug, Default)]
+pub struct ChunkOutcome {
+    /// The tokens sampled from the chunk's rows, in order: all but the last are drafted tokens
+    /// the model kept. Empty for a prompt chunk.
+    pub sampled: Vec<u32>,
+    /// Why the last of them ends the request, if it does.
+    pub finish: Option<FinishReason>,
+    /// An embedding request's reduced hidden states for the chunk, when it asked for them.
+    pub hidden: Option<Vec<f32>>,
 }
 
 /// One step's work, a plain value: which sequences run (by request id), each with how many of
@@ -129,43 +139,9 @@ impl Scheduler {
         (taken, never_ran)
     }
 
-    /// What each logit row of `plan` is needed for (a draft of k tokens brings k + 1 rows,
-    /// each sampled in turn), shortlists of at most `max_shortlist` (0: whole rows wherever a
-    /// row is sampled from, as on the CPU where the rows are in memory anyway).
-    pub fn needs(&self, plan: &StepPlan, max_shortlist: usize) -> Vec<Need> {
-        let mut needs = Vec::with_capacity(plan.chunks.len());
-        for chunk in &plan.chunks {
-            let seq = &self.running[self.position(chunk.id)];
-            let need = if seq.pending() != chunk.take || seq.embedding.is_some() {
-                Need::Argmax // a prompt chunk, or an embedding: no token, its row unused
-            } else if seq.constraint.is_some() {
-                Need::Whole { normalize: None }
-            } else {
-                // (`generated` leaves a draft out; the context has it.)
-                let generated = seq.generated() + seq.draft;
-                seq.sampler
-                    .need(&seq.tokens, generated, seq.draft, max_shortlist)
-            };
-            needs.extend(std::iter::repeat_n(need, seq.draft + 1));
-        }
-        needs
-    }
-
-    /// How to tell, during the step, whether each caller of `plan` is still there.
-    pub fn callers(
-        &self,
-        plan: &StepPlan,
-    ) -> Vec<(
-        tokio::sync::mpsc::UnboundedSender<crate::Event>,
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-    )> {
-        plan.chunks
-            .iter()
-            .map(|chunk| {
-                let seq = &self.running[self.position(chunk.id)];
-                (seq.events.clone(), seq.cancelled.clone())
-            })
-            .collect()
+    /// A running sequence, as the scheduler keeps it (the engine samples against its tokens).
+    pub fn view(&self, id: u64) -> &Sequence {
+        &self.running[self.position(id)]
     }
 
     /// Every sequence, running or waiting, leaves (the server is shutting down).
@@ -318,68 +294,49 @@ impl Scheduler {
         batch
     }
 
-    /// Applies a step's results: the chunk's tokens are now in the cache and its full blocks
-    /// registered; a sequence with nothing left pending gets its next token from `sample`,
-    /// which says whether that ends it. `rows` holds a chunk's draft length plus one rows per
-    /// chunk (as [`Scheduler::needs`]); `hidden`, per chunk, the reduced hidden states an
-    /// embedding request asked for (empty when none did): one whose prompt is read ends. A sequence with a draft samples row after row while the sampled token equals the
-    /// drafted one: the drafted tokens it kept stay in the cache, the rest is rolled back (its
-    /// length, and the blocks past it). Finished sequences leave, their blocks given back, and
-    /// are returned in plan order.
-    pub fn update<R>(
+    /// Applies a step's results, one outcome per chunk of `plan` (the engine's output step
+    /// made them from the rows): the chunk's tokens are now in the cache and its full blocks
+    /// registered. A chunk that sampled brings its tokens: all but the last are drafted ones the
+    /// model kept, so their keys and values stay; past them the draft is rolled back (its
+    /// length, and the blocks past it). An embedding request's chunk brings its reduced hidden
+    /// states; once its prompt is read it ends. Finished sequences leave, their blocks given
+    /// back, and are returned in plan order.
+    pub fn update(
         &mut self,
         plan: &StepPlan,
-        rows: Vec<R>,
-        hidden: Vec<Option<Vec<f32>>>,
-        mut sample: impl FnMut(&mut Sequence, &mut R) -> Option<FinishReason>,
+        outcomes: Vec<ChunkOutcome>,
     ) -> Vec<(Sequence, FinishReason)> {
         let mut finished = Vec::new();
-        let mut rows = rows.into_iter();
-        let mut hidden = hidden.into_iter();
-        for chunk in &plan.chunks {
+        for (chunk, outcome) in plan.chunks.iter().zip(outcomes) {
             let i = self.position(chunk.id);
             let seq = &mut self.running[i];
-            let mut chunk_rows: Vec<R> = rows.by_ref().take(seq.draft + 1).collect();
-            let reduced = hidden.next().flatten();
             let draft = seq.take_draft();
             let start = seq.computed;
             seq.computed += chunk.take - draft.len();
-            if let (Some(pooled), Some(row)) = (&mut seq.embedding, reduced) {
+            if let (Some(pooled), Some(row)) = (&mut seq.embedding, outcome.hidden) {
                 pooled.add(start, row);
             }
-            if seq.pending() > 0 {
-                self.kv.register_full(seq);
-                continue; // a prompt chunk: no token yet
-            }
-            if seq.embedding.is_some() {
-                self.kv.register_full(seq);
-                let mut seq = self.running.remove(i);
-                self.kv.free(&mut seq);
-                finished.push((seq, FinishReason::Stop));
-                continue;
-            }
-            let mut reason = None;
-            let mut accepted = 0;
-            for (j, row) in chunk_rows.iter_mut().enumerate() {
-                reason = sample(seq, row);
-                let kept = draft.get(j) == seq.tokens.last();
-                if reason.is_some() || !kept {
-                    break;
+            let reason = if seq.embedding.is_some() && seq.pending() == 0 {
+                Some(FinishReason::Stop)
+            } else if seq.pending() > 0 {
+                None // a prompt chunk: no token yet
+            } else {
+                let accepted = outcome.sampled.len().saturating_sub(1);
+                debug_assert_eq!(outcome.sampled[..accepted], draft[..accepted]);
+                seq.tokens.extend(&outcome.sampled);
+                seq.computed += accepted;
+                if !draft.is_empty() {
+                    seq.drafted += draft.len();
+                    seq.accepted += accepted;
+                    if let Some(drafter) = &mut seq.drafter {
+                        drafter.record(draft.len(), accepted);
+                    }
+                    // Past the kept tokens and the one just sampled, the blocks go back.
+                    let len = seq.computed + 1;
+                    self.kv.roll_back(seq, len);
                 }
-                // The drafted token was the one sampled: its keys and values are right.
-                accepted += 1;
-                seq.computed += 1;
-            }
-            if !draft.is_empty() {
-                seq.drafted += draft.len();
-                seq.accepted += accepted;
-                if let Some(drafter) = &mut seq.drafter {
-                    drafter.record(draft.len(), accepted);
-                }
-                // Past the kept tokens and the one just sampled, the blocks go back.
-                let len = seq.computed + 1;
-                self.kv.roll_back(seq, len);
-            }
+                outcome.finish
+            };
             self.kv.register_full(seq);
             if let Some(reason) = reason {
                 let mut seq = self.running.remove(i);
@@ -388,30 +345,6 @@ impl Scheduler {
             }
         }
         finished
-    }
-
-    /// The grammars of the sequences that sample in `plan` (their last pending token is in
-    /// it), taken out so that their next masks can be computed while the model runs. They go
-    /// back with `restore_constraints` before `update`.
-    pub fn take_constraints(&mut self, plan: &StepPlan) -> Vec<(u64, Constraint)> {
-        let mut taken = Vec::new();
-        for chunk in &plan.chunks {
-            let i = self.position(chunk.id);
-            let seq = &mut self.running[i];
-            if seq.pending() == chunk.take {
-                if let Some(constraint) = seq.constraint.take() {
-                    taken.push((chunk.id, constraint));
-                }
-            }
-        }
-        taken
-    }
-
-    pub fn restore_constraints(&mut self, taken: Vec<(u64, Constraint)>) {
-        for (id, constraint) in taken {
-            let i = self.position(id);
-            self.running[i].constraint = Some(constraint);
-        }
     }
 
     /// A step that failed as a whole: its sequences leave, blocks given back.

@@ -1,14 +1,11 @@
-//! One request in flight: its tokens, its KV blocks, and its output state.
+//! One request in flight as the scheduler keeps it: its tokens, how many are in the cache, its
+//! KV blocks and its draft. What turns its rows into tokens and text is the engine's
+//! (`output.rs`).
 
 use crate::block_pool::BlockName;
-use crate::constraint::Constraint;
 use crate::draft::Drafter;
-use crate::request::{Event, GenerationRequest};
-use crate::sampler::Sampler;
-use crate::stop::StopMatcher;
-use ferrollama_model::{Detokenizer, Pooling, Reduce};
+use ferrollama_model::{Pooling, Reduce};
 use std::time::Instant;
-use tokio::sync::mpsc::UnboundedSender;
 
 pub struct Sequence {
     pub id: u64,
@@ -25,21 +22,10 @@ pub struct Sequence {
     pub names: Vec<BlockName>,
     /// Prompt tokens found in the prefix cache at first admission.
     pub cached_prompt_tokens: Option<usize>,
+    /// Most tokens to generate: no draft runs past it.
     pub max_tokens: usize,
-    pub ignore_eos: bool,
-    pub sampler: Sampler,
-    /// Where the output stands in its grammar, when it must match one.
-    pub constraint: Option<Constraint>,
-    pub detokenizer: Detokenizer,
-    pub stop: StopMatcher,
-    pub events: UnboundedSender<Event>,
-    /// Set by the caller's [`crate::RequestStream::cancel`]: end now, with the usage so far.
-    pub cancelled: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub arrived: Instant,
     pub first_scheduled: Option<Instant>,
-    pub first_token: Option<Instant>,
-    /// Why the sequence failed, when it ends with an error of its own.
-    pub failure: Option<String>,
     /// Prompt lookup for speculative decoding, when the request has it.
     pub drafter: Option<Drafter>,
     /// This step's draft: tokens appended to `tokens` on trial, taken off again when the step's
@@ -105,33 +91,19 @@ impl Pooled {
 }
 
 impl Sequence {
-    /// Whether the caller has gone (hung up, or cancelled): the sequence should stop.
-    pub fn abandoned(&self) -> bool {
-        self.events.is_closed() || self.cancelled.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn new(id: u64, request: GenerationRequest, events: UnboundedSender<Event>) -> Self {
+    pub fn new(id: u64, prompt: Vec<u32>, max_tokens: usize) -> Self {
         Self {
             id,
             leader: None,
-            prompt_len: request.prompt.len(),
-            tokens: request.prompt,
+            prompt_len: prompt.len(),
+            tokens: prompt,
             computed: 0,
             blocks: Vec::new(),
             names: Vec::new(),
             cached_prompt_tokens: None,
-            max_tokens: request.max_tokens,
-            ignore_eos: request.ignore_eos,
-            sampler: Sampler::new(request.sampling),
-            constraint: request.grammar.as_ref().map(|g| g.start()),
-            detokenizer: Detokenizer::new(),
-            stop: StopMatcher::new(request.stop),
-            events,
-            cancelled: Default::default(),
+            max_tokens,
             arrived: Instant::now(),
             first_scheduled: None,
-            first_token: None,
-            failure: None,
             drafter: None,
             draft: 0,
             drafted: 0,
@@ -155,22 +127,5 @@ impl Sequence {
     /// again after a preemption).
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.computed
-    }
-
-    /// The text still held back (an unfinished character, a possible start of a stop string)
-    /// when generation ends for another reason: it is output after all, unless it completes
-    /// a stop string.
-    pub fn drain_text(&mut self, tokenizer: &ferrollama_model::Tokenizer) -> String {
-        let rest = self
-            .detokenizer
-            .finish(tokenizer)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let release = self.stop.push(&rest);
-        if release.stopped {
-            return release.text;
-        }
-        release.text + &self.stop.flush()
     }
 }
