@@ -73,6 +73,7 @@ fn matvec(c: &mut Criterion) {
 
 fn attention(c: &mut Criterion) {
     let config = ModelConfig {
+        architecture: ferrollama_model::Architecture::Llama,
         num_layers: 1,
         ..ModelConfig::named("mistral-7b").unwrap()
     };

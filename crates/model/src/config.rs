@@ -1,11 +1,14 @@
 //! Architecture hyper-parameters of a Mistral/Llama-family model, read from a Hugging Face
 //! `config.json`, from GGUF `llama.*` metadata, or named for random-weight benchmarks.
 
+use crate::architecture::Architecture;
 use crate::error::{ModelError, Result};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
+    /// The decoder family: what its tensors are called.
+    pub architecture: Architecture,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -66,11 +69,13 @@ impl ModelConfig {
     pub fn from_hf_json(json: &str) -> Result<Self> {
         let raw: HfConfig =
             serde_json::from_str(json).map_err(|e| ModelError::Config(e.to_string()))?;
-        if let Some(arch) = raw.architectures.as_ref().and_then(|a| a.first()) {
-            if !matches!(arch.as_str(), "MistralForCausalLM" | "LlamaForCausalLM") {
-                return Err(ModelError::Unsupported(format!("architecture {arch}")));
-            }
-        }
+        let architecture = Architecture::of_hf(
+            raw.architectures
+                .as_ref()
+                .and_then(|a| a.first())
+                .map(String::as_str),
+            raw.model_type.as_deref().or(Some("llama")),
+        )?;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         let rope_scaling = raw
             .rope_scaling
@@ -78,6 +83,7 @@ impl ModelConfig {
             .transpose()?
             .flatten();
         let config = ModelConfig {
+            architecture,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
@@ -103,6 +109,7 @@ impl ModelConfig {
         let config = match name {
             // Mistral-7B-Instruct-v0.3.
             "mistral-7b" => ModelConfig {
+                architecture: Architecture::Llama,
                 vocab_size: 32768,
                 hidden_size: 4096,
                 intermediate_size: 14336,
@@ -119,6 +126,7 @@ impl ModelConfig {
             },
             // Mistral-shaped, about 1B parameters: big enough that decode is memory-bound on a CPU.
             "mistral-1b" => ModelConfig {
+                architecture: Architecture::Llama,
                 vocab_size: 32768,
                 hidden_size: 2048,
                 intermediate_size: 7168,
@@ -130,6 +138,7 @@ impl ModelConfig {
             },
             // The shape of the committed tiny-mistral test model.
             "tiny" => ModelConfig {
+                architecture: Architecture::Llama,
                 vocab_size: 32768,
                 hidden_size: 32,
                 intermediate_size: 96,
@@ -153,6 +162,8 @@ impl ModelConfig {
 #[derive(Deserialize)]
 struct HfConfig {
     architectures: Option<Vec<String>>,
+    #[serde(default)]
+    model_type: Option<String>,
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,

@@ -116,9 +116,10 @@ impl Description {
         let config: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
         let model_type = config["model_type"].as_str().unwrap_or("unknown");
-        let architecture = match model_type {
-            "mistral" | "llama" => "llama",
-            other => family_of_model_type(other),
+        let class = config["architectures"][0].as_str();
+        let architecture = match crate::Architecture::of_hf(class, Some(model_type)) {
+            Ok(decoder) => decoder.name(),
+            Err(_) => family_of_model_type(model_type),
         };
         let shape = SHAPE
             .iter()
@@ -154,7 +155,7 @@ impl Description {
             c.vocab_size,
         ];
         Self {
-            architecture: "llama".into(),
+            architecture: c.architecture.name().into(),
             format: "random",
             parameters: (embeddings + c.num_layers * per_layer) as u64,
             quantization: format!("{dtype:?}"),

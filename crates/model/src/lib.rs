@@ -3,6 +3,7 @@
 //! loaders for safetensors, GGUF and random weights; tokenizers; chat templates; the
 //! device/dtype policy; and BERT encoders for embeddings (`encoder/`). No HTTP, no queues: the engine above decides what runs when.
 
+pub mod architecture;
 pub mod attention;
 pub mod batch;
 pub mod chat;
@@ -27,6 +28,7 @@ pub mod tokenizer;
 pub mod top_k;
 pub mod weights;
 
+pub use architecture::Architecture;
 pub use attention::{AttentionKind, AttentionSpec};
 pub use batch::{Batch, Logits, Reduce, SeqChunk};
 pub use chat::{

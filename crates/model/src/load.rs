@@ -171,7 +171,7 @@ pub fn load(
             } else {
                 Pooling::Last
             };
-            let mut weights = SafetensorsWeights::open(dir, device, dtype)?;
+            let mut weights = SafetensorsWeights::open(dir, config.architecture, device, dtype)?;
             let model = build(&config, &mut weights)?;
             Ok(LoadedModel {
                 model,

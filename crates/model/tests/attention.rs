@@ -32,11 +32,18 @@ fn generic_equals_native_on_tiny_mistral_f32() {
 fn generic_equals_native_with_a_sliding_window() {
     let base = tiny(AttentionKind::Native);
     let config = ModelConfig {
+        architecture: ferrollama_model::Architecture::Llama,
         sliding_window: Some(8),
         ..base.config().clone()
     };
     let load = |kind| {
-        let mut weights = SafetensorsWeights::open(&tiny_dir(), &Device::Cpu, DType::F32).unwrap();
+        let mut weights = SafetensorsWeights::open(
+            &tiny_dir(),
+            ferrollama_model::Architecture::Llama,
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
         let attention = AttentionSpec {
             kind,
             kv_dtype: Some(DType::F32),

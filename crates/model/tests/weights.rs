@@ -15,6 +15,7 @@ use ferrollama_model::{
 
 fn small_config() -> ModelConfig {
     ModelConfig {
+        architecture: ferrollama_model::Architecture::Llama,
         vocab_size: 512,
         hidden_size: 256,
         intermediate_size: 512,
@@ -96,7 +97,10 @@ fn k_quant_gguf_loads_and_tracks_f32() {
                 QTensor::quantize(&w, dtype).unwrap()
             }
         };
-        tensors.push((param.gguf_name(), qtensor));
+        tensors.push((
+            ferrollama_model::Architecture::Llama.gguf_name(param),
+            qtensor,
+        ));
     }
     use gguf_file::Value;
     let metadata = [

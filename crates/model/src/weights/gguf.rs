@@ -2,6 +2,7 @@
 //! quantized; candle's kernels multiply them.
 
 use super::{Param, WeightSource};
+use crate::architecture::Architecture;
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, gguf_file, QMatMul};
@@ -107,11 +108,7 @@ impl GgufFile {
     /// which Mistral GGUFs use as well).
     pub fn config(&self) -> Result<ModelConfig> {
         let arch = self.string("general.architecture").unwrap_or("llama");
-        if arch != "llama" && arch != "mistral" {
-            return Err(ModelError::Unsupported(format!(
-                "GGUF architecture `{arch}`"
-            )));
-        }
+        let architecture = Architecture::of_gguf(arch)?;
         let key = |k: &str| format!("{arch}.{k}");
         let need = |k: &str| {
             self.uint(&key(k))
@@ -164,7 +161,8 @@ impl GgufFile {
             sliding_window: self
                 .uint(&key("attention.sliding_window"))
                 .map(|v| v as usize),
-            tie_word_embeddings: !self.has_tensor(&Param::Output.gguf_name()),
+            tie_word_embeddings: !self.has_tensor(&architecture.gguf_name(Param::Output)),
+            architecture,
         };
         config.validate()?;
         Ok(config)
@@ -315,6 +313,7 @@ pub(crate) fn as_u64(value: &gguf_file::Value) -> Option<u64> {
 /// Weights out of a [`GgufFile`].
 pub struct GgufWeights {
     file: Arc<GgufFile>,
+    architecture: Architecture,
     device: Device,
     num_heads: usize,
     num_kv_heads: usize,
@@ -324,6 +323,7 @@ impl GgufWeights {
     pub fn new(file: Arc<GgufFile>, config: &ModelConfig, device: &Device) -> Self {
         Self {
             file,
+            architecture: config.architecture,
             device: device.clone(),
             num_heads: config.num_heads,
             num_kv_heads: config.num_kv_heads,
@@ -331,7 +331,7 @@ impl GgufWeights {
     }
 
     fn qtensor(&self, param: Param) -> Result<candle_core::quantized::QTensor> {
-        let (info, data) = self.file.raw_tensor(&param.gguf_name())?;
+        let (info, data) = self.file.raw_tensor(&self.architecture.gguf_name(param))?;
         let dims = info.shape.dims().to_vec();
         let heads = match param {
             Param::Q(_) => Some(self.num_heads),
@@ -379,7 +379,7 @@ impl WeightSource for GgufWeights {
     }
 
     fn contains(&self, param: Param) -> bool {
-        self.file.has_tensor(&param.gguf_name())
+        self.file.has_tensor(&self.architecture.gguf_name(param))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Hugging Face safetensors directories (one file or shards), memory-mapped.
 
 use super::{Param, WeightSource};
+use crate::architecture::Architecture;
 use crate::error::{ModelError, Result};
 use candle_core::quantized::QMatMul;
 use candle_core::safetensors::MmapedSafetensors;
@@ -9,13 +10,20 @@ use std::path::Path;
 
 pub struct SafetensorsWeights {
     files: MmapedSafetensors,
+    architecture: Architecture,
     device: Device,
     dtype: DType,
 }
 
 impl SafetensorsWeights {
-    /// Maps every `*.safetensors` file of `dir`; weights are converted to `dtype` on load.
-    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+    /// Maps every `*.safetensors` file of `dir`, whose tensors `architecture` names; weights
+    /// are converted to `dtype` on load.
+    pub fn open(
+        dir: &Path,
+        architecture: Architecture,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let mut paths: Vec<_> = std::fs::read_dir(dir)
             .map_err(|e| ModelError::io(dir, e))?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -33,13 +41,14 @@ impl SafetensorsWeights {
         let files = unsafe { MmapedSafetensors::multi(&paths)? };
         Ok(Self {
             files,
+            architecture,
             device: device.clone(),
             dtype,
         })
     }
 
     fn load(&self, param: Param) -> Result<Tensor> {
-        let name = param.hf_name();
+        let name = self.architecture.hf_name(param);
         if !self.contains(param) {
             return Err(ModelError::MissingWeight(name));
         }
@@ -57,6 +66,6 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn contains(&self, param: Param) -> bool {
-        self.files.get(&param.hf_name()).is_ok()
+        self.files.get(&self.architecture.hf_name(param)).is_ok()
     }
 }
