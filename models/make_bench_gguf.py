@@ -3,9 +3,12 @@
 on a CPU: the benchmark model of benches/compare_llamacpp.sh.
 
     python models/make_bench_gguf.py --type q4_0 --out /tmp/mistral-1b-q4_0.gguf
+    python models/make_bench_gguf.py --shape mistral-7b --type q4_0 --out /tmp/mistral-7b-q4_0.gguf
 
 The shape is ferrollama's `mistral-1b` (hidden 2048, 16 layers, 16 heads, 4 KV heads of 128,
-MLP 7168, vocabulary 32768: 1.3 B parameters with its untied head). The vocabulary is
+MLP 7168, vocabulary 32768: 1.3 B parameters with its untied head), or with `--shape mistral-7b`
+Mistral-7B-Instruct-v0.3's (hidden 4096, 32 layers, 32 heads, 8 KV heads of 128, MLP 14336:
+7.2 B parameters; about 4 GB in Q4_0, held in memory while written). The vocabulary is
 Mistral v3's, copied from the committed tiny-mistral GGUF, so prompts tokenize as they would
 for Mistral-7B-Instruct. Weights are N(0, 0.02) from a fixed seed, norms are ones: the text is
 noise, the work per token is real. Needs only `gguf` and `numpy` (models/requirements-bench.txt).
@@ -22,17 +25,31 @@ from gguf import GGMLQuantizationType, LlamaFileType
 HERE = Path(__file__).resolve().parent
 VOCAB_SOURCE = HERE / "fixtures" / "tiny-mistral" / "tiny-mistral-f16.gguf"
 
-SHAPE = {
-    "hidden": 2048,
-    "layers": 16,
-    "heads": 16,
-    "kv_heads": 4,
-    "head_dim": 128,
-    "ffn": 7168,
-    "vocab": 32768,
-    "context": 32768,
-    "rope_theta": 1e6,
-    "rms_eps": 1e-5,
+SHAPES = {
+    "mistral-1b": {
+        "hidden": 2048,
+        "layers": 16,
+        "heads": 16,
+        "kv_heads": 4,
+        "head_dim": 128,
+        "ffn": 7168,
+        "vocab": 32768,
+        "context": 32768,
+        "rope_theta": 1e6,
+        "rms_eps": 1e-5,
+    },
+    "mistral-7b": {
+        "hidden": 4096,
+        "layers": 32,
+        "heads": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "ffn": 14336,
+        "vocab": 32768,
+        "context": 32768,
+        "rope_theta": 1e6,
+        "rms_eps": 1e-5,
+    },
 }
 
 TYPES = {
@@ -76,9 +93,8 @@ def copy_tokenizer(writer: gguf.GGUFWriter) -> None:
             writer.add_uint32(key, int(value))
 
 
-def tensors(rng: np.random.Generator):
+def tensors(s: dict, rng: np.random.Generator):
     """(name, array) in llama.cpp's order; matrices are [out, in] as GGUF stores them."""
-    s = SHAPE
     q_out, kv_out = s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
 
     def matrix(rows: int, cols: int) -> np.ndarray:
@@ -103,16 +119,17 @@ def tensors(rng: np.random.Generator):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--type", choices=sorted(TYPES), required=True)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="mistral-1b")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     file_type, qtype = TYPES[args.type]
-    s = SHAPE
+    s = SHAPES[args.shape]
     tmp = args.out.with_suffix(".partial")
     w = gguf.GGUFWriter(str(tmp), "llama")
     w.add_type(gguf.GGUFType.MODEL)
-    w.add_name(f"mistral-1b-random-{args.type}")
+    w.add_name(f"{args.shape}-random-{args.type}")
     w.add_context_length(s["context"])
     w.add_embedding_length(s["hidden"])
     w.add_block_count(s["layers"])
@@ -131,7 +148,7 @@ def main() -> int:
 
     rng = np.random.default_rng(args.seed)
     total = 3 + 9 * s["layers"]
-    for done, (name, data) in enumerate(tensors(rng), start=1):
+    for done, (name, data) in enumerate(tensors(s, rng), start=1):
         if data.ndim == 1:
             w.add_tensor(name, data)
         else:
