@@ -35,6 +35,23 @@ def layer(media_type, data):
             "size": len(data)}
 
 
+def store_gguf(store, name, tag, gguf, family):
+    """An Ollama store entry `name:tag` for the GGUF file `gguf` (a model of `family`)."""
+    import json
+    data = gguf.read_bytes()
+    config = json.dumps({"model_format": "gguf", "model_family": family}).encode()
+    manifest = {"schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": layer("application/vnd.docker.container.image.v1+json", config),
+                "layers": [layer("application/vnd.ollama.image.model", data)]}
+    (store / "blobs").mkdir(parents=True, exist_ok=True)
+    for blob in (data, config):
+        (store / "blobs" / ("sha256-" + hashlib.sha256(blob).hexdigest())).write_bytes(blob)
+    manifests = store / "manifests/registry.ollama.ai/library" / name
+    manifests.mkdir(parents=True, exist_ok=True)
+    (manifests / tag).write_text(json.dumps(manifest))
+
+
 def serve(env, *args, headers=None):
     """`ferrollama serve ARGS` on a free port with a small KV cache; returns (process, base
     URL) once it answers (`headers`, for a server that wants a key)."""

@@ -8,13 +8,9 @@ models/make_decoder_embedding_refs.py):
 The engine reads each input as a prompt, beside generation.
 """
 import concurrent.futures
-import hashlib
 import json
 import math
 import os
-import pathlib
-import subprocess
-import tempfile
 import time
 
 import gguf
@@ -23,11 +19,10 @@ import openai
 import pytest
 import requests
 
-from conftest import BINARY, ROOT, free_port, layer, stop
+from conftest import ROOT, serve, stop, store_gguf
 
 TINY = ROOT / "models/fixtures/tiny-mistral"
 REFS = json.loads((TINY / "refs/transformers_embeddings.json").read_text())["inputs"]
-LOG = pathlib.Path(tempfile.mkdtemp()) / "server.log"
 
 
 def cosine(a, b):
@@ -55,46 +50,17 @@ def gguf_with(src, dst, uint32s):
     writer.close()
 
 
-def store_gguf(store, name, gguf_path):
-    data = gguf_path.read_bytes()
-    config = json.dumps({"model_format": "gguf", "model_family": "llama"}).encode()
-    manifest = {"schemaVersion": 2,
-                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                "config": layer("application/vnd.docker.container.image.v1+json", config),
-                "layers": [layer("application/vnd.ollama.image.model", data)]}
-    (store / "blobs").mkdir(parents=True, exist_ok=True)
-    for blob in (data, config):
-        (store / "blobs" / ("sha256-" + hashlib.sha256(blob).hexdigest())).write_bytes(blob)
-    manifests = store / "manifests/registry.ollama.ai/library" / name
-    manifests.mkdir(parents=True, exist_ok=True)
-    (manifests / "latest").write_text(json.dumps(manifest))
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("decoder-embeddings")
     for name, pooling in [("tiny-mean", 1), ("tiny-rank", 4)]:
         path = tmp / f"{name}.gguf"
         gguf_with(TINY / "tiny-mistral-f16.gguf", path, {"llama.pooling_type": pooling})
-        store_gguf(tmp / "store", name, path)
-    env = {**os.environ, "OLLAMA_MODELS": str(tmp / "store"), "RUST_LOG": "info"}
-    port = free_port()
-    log = open(LOG, "w")
+        store_gguf(tmp / "store", name, "latest", path, "llama")
+    env = {**os.environ, "OLLAMA_MODELS": str(tmp / "store")}
     # 64 tokens a step: the long input is read in chunks, beside whatever else runs.
-    proc = subprocess.Popen([BINARY, "serve", "--port", str(port), "--kv-cache-memory", "64MiB",
-                             "--max-batch-tokens", "64", "--model", str(TINY),
-                             "--name", "mistral:instruct"],
-                            env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if requests.get(url + "/", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, LOG.read_text()
-        time.sleep(0.2)
+    proc, url = serve(env, "--max-batch-tokens", "64", "--model", str(TINY),
+                      "--name", "mistral:instruct")
     yield url
     assert stop(proc) == 0
 

@@ -10,7 +10,6 @@ tiny-mistral as `mistral:instruct`.
 """
 import base64
 import concurrent.futures
-import hashlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ import openai
 import pytest
 import requests
 
-from conftest import BINARY, ROOT, free_port, layer, stop
+from conftest import BINARY, ROOT, free_port, stop, store_gguf
 
 LOG = pathlib.Path(tempfile.mkdtemp()) / "server.log"
 
@@ -57,22 +56,6 @@ def hugging_face_cache(home, model_dir, repo_id="sentence-transformers/all-MiniL
             target.symlink_to(path)
 
 
-def store_gguf(store, name, tag, gguf):
-    """An Ollama store entry `name:tag` for the GGUF file `gguf`."""
-    data = gguf.read_bytes()
-    config = json.dumps({"model_format": "gguf", "model_family": "bert"}).encode()
-    manifest = {"schemaVersion": 2,
-                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                "config": layer("application/vnd.docker.container.image.v1+json", config),
-                "layers": [layer("application/vnd.ollama.image.model", data)]}
-    (store / "blobs").mkdir(parents=True, exist_ok=True)
-    for blob in (data, config):
-        (store / "blobs" / ("sha256-" + hashlib.sha256(blob).hexdigest())).write_bytes(blob)
-    manifests = store / "manifests/registry.ollama.ai/library" / name
-    manifests.mkdir(parents=True, exist_ok=True)
-    (manifests / tag).write_text(json.dumps(manifest))
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     model_dir = pathlib.Path(subprocess.run([str(ROOT / "models/minilm-path.sh")], check=True,
@@ -83,11 +66,11 @@ def base(tmp_path_factory):
         gguf = tmp / f"minilm-{kind}.gguf"
         subprocess.run([sys.executable, str(ROOT / "models/make_bert_gguf.py"), str(model_dir),
                         str(gguf), "--type", kind], check=True)
-        store_gguf(tmp / "store", "all-minilm", kind, gguf)
+        store_gguf(tmp / "store", "all-minilm", kind, gguf, "bert")
     nomic = tmp / "tiny-nomic.gguf"
     subprocess.run([sys.executable, str(ROOT / "models/make_nomic_gguf.py"), str(model_dir),
                     str(nomic)], check=True)
-    store_gguf(tmp / "store", "nomic-tiny", "latest", nomic)
+    store_gguf(tmp / "store", "nomic-tiny", "latest", nomic, "nomic-bert")
     nomic_hf = tmp / "tiny-nomic-hf"
     subprocess.run([sys.executable, str(ROOT / "models/make_nomic_gguf.py"), str(model_dir),
                     str(nomic_hf), "--safetensors"], check=True)
