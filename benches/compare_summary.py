@@ -31,7 +31,8 @@ def cpu():
 def main():
     out, models, threads, rounds, peer_list = sys.argv[1:]
     rounds = int(rounds)
-    peers = [line.split("\t") for line in peer_list.strip().split("\n")]
+    # Empty fields (no version, no flags) are kept: split the lines, not the whitespace.
+    peers = [(line.split("\t") + ["", ""])[:3] for line in peer_list.split("\n") if line]
     names = [name for name, _, _ in peers]
 
     def per_round(model, server, kind, f):
@@ -82,11 +83,11 @@ def main():
             # Output tokens are two thirds of what these requests process (64-token prompts,
             # 128 outputs), so the first ratio is capped near 0.67 when a decode token costs
             # what a prompt token does; the second counts every token processed.
-            blank = " |" * (2 * len(names))
+            blank = " |" * (2 * len(names) + 1)
             for what, key in [("output", "output_throughput"),
                               ("every token", "total_token_throughput")]:
                 print(f"| {model} | ferrollama 16 streams, {what} / its own prompt processing "
-                      f"| |{blank} {sixteen[key] / ours_pp:.2f}× |")
+                      f"| {sixteen[key] / ours_pp:.2f}× |{blank}")
 
 
 if __name__ == "__main__":
