@@ -89,7 +89,8 @@ pub(crate) fn sentence_transformers_head(dir: &Path) -> Result<(Pooling, bool)> 
     Ok((pooling, normalize))
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
+/// A JSON file of a model directory, its path named in any error.
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))
 }

@@ -18,8 +18,8 @@ use candle_core::{Device, Tensor};
 use std::path::Path;
 
 use crate::describe::{family_of_model_type, ENCODER_FAMILIES};
-use crate::pooling::sentence_transformers_head;
 pub use crate::pooling::Pooling;
+use crate::pooling::{read_json, sentence_transformers_head};
 
 /// A loaded embedding model.
 pub struct Encoder {
@@ -406,9 +406,4 @@ fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         )));
     }
     Ok(files)
-}
-
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))
 }
