@@ -14,7 +14,6 @@ use super::{Attention, HeadShape, LayerKv, StepAttention, StepLayout};
 use crate::error::{ModelError, Result};
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 pub struct Native {
@@ -146,7 +145,7 @@ impl KvElement for f16 {
         f16::from_f32(x)
     }
     fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst)
+        crate::cpu::elementwise::widen_f16(src, dst)
     }
 }
 
@@ -446,11 +445,7 @@ fn scores_tile(
 #[inline(always)]
 fn softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for s in row.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
+    let sum = crate::cpu::elementwise::exp_shifted(row, max);
     row.iter_mut().for_each(|s| *s /= sum);
 }
 

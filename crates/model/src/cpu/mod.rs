@@ -1,3 +1,4 @@
 //! CPU kernels for what candle's CPU backend does slowly.
 
+pub mod elementwise;
 pub mod quant;
