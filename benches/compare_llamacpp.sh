@@ -54,6 +54,7 @@ while [ $# -gt 0 ]; do
 done
 out="${out:-$(mktemp -d /tmp/ferrollama-compare.XXXXXX)}"
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
 
 if [ -z "${FERROLLAMA_BIN:-}" ]; then
     (cd "$root" && cargo build --release --bin ferrollama)
@@ -70,6 +71,7 @@ fi
 for entry in ${PEERS:-}; do
     name="${entry%%=*}" bin="${entry#*=}"
     [ -x "$bin" ] || { echo "peer $name: $bin is not executable" >&2; exit 1; }
+    bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")" # it starts from $out
     flags_var="$(printf '%s' "$name" | tr '[:lower:]' '[:upper:]' | tr -c 'A-Z0-9' '_')_ARGS"
     peers+=("$name")
     peer_bin[$name]="$bin"
@@ -136,7 +138,9 @@ stop_servers() {
 }
 trap stop_servers EXIT
 
-# Every server holds 16 sequences of up to 2048 tokens.
+# Every server holds 16 sequences of up to $seq_ctx tokens: 2048, or 1024 for the 7B shape, so
+# that three 7B servers fit in 24 GiB (each llama.cpp-family peer clears its whole f16 KV cache
+# at start: 4 GiB at 16 x 2048 for this shape; every measure needs at most 1,001 tokens).
 start_server() { # which gguf log
     local p="${port[$1]}"
     # A leftover server on the port would be measured instead of ours.
@@ -152,12 +156,14 @@ start_server() { # which gguf log
         llama-cpp-python)
             "$venv/bin/python" -m llama_cpp.server --model "$2" --model_alias bench \
                 --host 127.0.0.1 --port "$p" --n_threads "$threads" \
-                --n_threads_batch "$threads" --n_ctx 2048 >"$3" 2>&1 &
+                --n_threads_batch "$threads" --n_ctx "$seq_ctx" >"$3" 2>&1 &
             ;;
         *)
+            # From the results directory: some builds write a llama.log where they start.
             # shellcheck disable=SC2086 # the peer's flags are a list
-            "${peer_bin[$1]}" -m "$2" --alias bench --host 127.0.0.1 --port "$p" \
-                -t "$threads" -tb "$threads" -np 16 -c $((16 * 2048)) ${peer_args[$1]} >"$3" 2>&1 &
+            (cd "$out" && exec "${peer_bin[$1]}" -m "$2" --alias bench --host 127.0.0.1 \
+                --port "$p" -t "$threads" -tb "$threads" -np 16 -c $((16 * seq_ctx)) \
+                ${peer_args[$1]} >"$3" 2>&1) &
             ;;
     esac
     pid[$1]=$!
@@ -181,6 +187,7 @@ if [ "$quick" = 1 ]; then n_decode=1; n_streams=1; else n_decode=2; n_streams=2;
 
 for model in ${models//,/ }; do
     gguf="$(model_path "$model")"
+    if [ "$model" = 7b_q4_0 ]; then seq_ctx=1024; else seq_ctx=2048; fi
     for server in "${servers[@]}"; do
         echo "== $model: starting $server ($gguf, $threads threads)" >&2
         start_server "$server" "$gguf" "$out/$model-$server.log"
