@@ -41,7 +41,12 @@ pub fn exp_shifted(row: &mut [f32], max: f32) -> f32 {
         // Safety: only reached where the CPU has AVX2 and FMA.
         return unsafe { avx2::exp_shifted(row, max) };
     }
-    let mut sum = 0.0;
+    exp_shifted_scalar(row, max, 0.0)
+}
+
+/// [`exp_shifted`] one element at a time, with libm's exp, adding onto `sum` (the SIMD loop's
+/// last few go on from its lanes' total).
+fn exp_shifted_scalar(row: &mut [f32], max: f32, mut sum: f32) -> f32 {
     for x in row.iter_mut() {
         *x = (*x - max).exp();
         sum += *x;
@@ -68,6 +73,11 @@ fn silu_mul_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
         // Safety: only reached where the CPU has AVX2 and FMA.
         return unsafe { avx2::silu_mul(gate, up, out) };
     }
+    silu_mul_scalar(gate, up, out);
+}
+
+/// [`silu_mul_row`] one element at a time, with libm's exp (and the SIMD loop's last few).
+fn silu_mul_scalar(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g / (1.0 + (-g).exp()) * u;
     }
@@ -135,10 +145,7 @@ mod avx2 {
             _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(silu, u));
             i += 8;
         }
-        tail(&mut out[i..], |o, j| {
-            let g = gate[i + j];
-            *o = g / (1.0 + (-g).exp()) * up[i + j];
-        });
+        super::silu_mul_scalar(&gate[i..], &up[i..], &mut out[i..]);
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -156,12 +163,7 @@ mod avx2 {
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
-        let mut sum: f32 = lanes.iter().sum();
-        tail(&mut row[i..], |x, _| {
-            *x = (*x - max).exp();
-            sum += *x;
-        });
-        sum
+        super::exp_shifted_scalar(&mut row[i..], max, lanes.iter().sum())
     }
 
     #[target_feature(enable = "avx,f16c")]
@@ -173,16 +175,8 @@ mod avx2 {
             _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
             i += 8;
         }
-        for j in i..n {
-            dst[j] = src[j].to_f32();
-        }
-    }
-
-    /// The last few elements, one at a time.
-    #[inline(always)]
-    fn tail(rest: &mut [f32], mut f: impl FnMut(&mut f32, usize)) {
-        for (j, x) in rest.iter_mut().enumerate() {
-            f(x, j);
+        for (d, s) in dst[i..].iter_mut().zip(&src[i..]) {
+            *d = s.to_f32();
         }
     }
 }
