@@ -13,6 +13,7 @@ use crate::rows::{read_rows, Row};
 use crate::sampler::Need;
 use crate::scheduler::{Chunk, ChunkOutcome, Scheduler, SchedulerConfig, Speculation, StepPlan};
 use crate::sequence::{Pooled, Sequence};
+use ferrollama_model::cpu::team::with_team;
 use ferrollama_model::top_k::TOP_K_MAX;
 use ferrollama_model::{KvCache, LoadedModel, Pooling};
 use std::collections::HashMap;
@@ -408,47 +409,13 @@ pub fn start(
     Ok(handle)
 }
 
-/// A step of one sequence and at most this many tokens (a decode and its longest draft) keeps
-/// the pool's workers awake through the forward ([`with_workers_awake`]).
+/// A step of one sequence and at most this many tokens (a decode and its longest draft) runs
+/// with the pool's other workers as its team ([`with_team`]): awake through the forward, taking
+/// each parallel loop's tasks from a shared counter. Only for one stream's steps: with more,
+/// the loops are long, and rayon's stealing balances them better than the spinning workers'
+/// cost (workers kept awake in every step, 2 cores, 1.3B Q4_0: one stream 1.14x, 4 streams
+/// 0.97x, 16 streams 0.88x).
 const SHORT_STEP_TOKENS: usize = 9;
-
-/// Runs `f` (on a worker of the engine's pool) with the pool's other workers kept awake,
-/// taking work as it comes, until `f` returns. A forward starts a parallel loop per matrix
-/// product, some hundred a step: a worker asleep between them is woken each time through the
-/// kernel (a futex), a few percent of a short step. Only for one stream's steps: with more,
-/// the waiting worker's stealing cost more than the wake-ups (kept awake in every step, 2
-/// cores, 1.3B Q4_0: one stream 1.14x, 4 streams 0.97x, 16 streams 0.88x).
-fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    let others = rayon::current_num_threads().saturating_sub(1);
-    if others == 0 || rayon::current_thread_index().is_none() {
-        return f();
-    }
-    let done = AtomicBool::new(false);
-    let started = AtomicUsize::new(0);
-    rayon::scope(|scope| {
-        for _ in 0..others {
-            scope.spawn(|_| {
-                started.fetch_add(1, Ordering::AcqRel);
-                while !done.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        // Not straight back: a steal attempt touches the other queues.
-                        for _ in 0..256 {
-                            std::hint::spin_loop();
-                        }
-                    }
-                }
-            });
-        }
-        // Every helper must have left this thread's queue before `f` runs: a helper taken
-        // up by this thread while it waits inside `f` would spin until `f` returns.
-        while started.load(Ordering::Acquire) < others {
-            std::hint::spin_loop();
-        }
-        let result = f();
-        done.store(true, Ordering::Release);
-        result
-    })
-}
 
 /// Keeps the calling thread on core `i` (modulo the cores this process may use).
 fn pin_to_core(i: usize) {
@@ -593,7 +560,7 @@ impl Engine {
             let batch = scheduler.batch(plan);
             let mut forward = || model.model.forward_until(&batch, cache, &all_gone);
             let output = if batch.seqs.len() == 1 && batch.num_tokens() <= SHORT_STEP_TOKENS {
-                with_workers_awake(forward)?
+                with_team(forward)?
             } else {
                 forward()?
             };
@@ -763,34 +730,5 @@ mod alive_tests {
         });
         assert!(thread.join().is_err());
         assert!(!alive.load(Ordering::SeqCst));
-    }
-}
-
-#[cfg(test)]
-mod awake_tests {
-    use super::with_workers_awake;
-    use rayon::prelude::*;
-
-    #[test]
-    fn work_runs_with_the_other_workers_awake_and_they_stop_after() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
-        let total: u64 = pool.install(|| {
-            (0..50)
-                .map(|round| {
-                    with_workers_awake(|| {
-                        (0..10_000u64)
-                            .into_par_iter()
-                            .map(|i| i * round)
-                            .sum::<u64>()
-                    })
-                })
-                .sum()
-        });
-        assert_eq!(total, (0..50u64).sum::<u64>() * (0..10_000u64).sum::<u64>());
-        // Outside a pool it is the plain call.
-        assert_eq!(with_workers_awake(|| 7), 7);
     }
 }

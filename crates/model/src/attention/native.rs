@@ -14,7 +14,7 @@ use super::{Attention, HeadShape, LayerKv, StepAttention, StepLayout};
 use crate::error::{ModelError, Result};
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor};
 use half::f16;
-use rayon::prelude::*;
+use std::sync::OnceLock;
 
 pub struct Native {
     shape: HeadShape,
@@ -235,36 +235,36 @@ fn paged_attention<E: KvElement>(
         .into_iter()
         .flat_map(|(t0, n)| (0..num_kv_heads).map(move |h| (t0, n, h)))
         .collect();
-    let results: Vec<Vec<f32>> = items
-        .par_iter()
-        .map(|&(t0, n, kv_head)| {
-            let rows = (t0..t0 + n)
-                .flat_map(|t| {
-                    (0..group).map(move |g| {
-                        let head = kv_head * group + g;
-                        let q = &queries[(t * num_heads + head) * head_dim..][..head_dim];
-                        (q, step.positions[t] as usize)
-                    })
+    let results: Vec<OnceLock<Vec<f32>>> = items.iter().map(|_| OnceLock::new()).collect();
+    crate::cpu::team::for_each(items.len(), |i| {
+        let (t0, n, kv_head) = items[i];
+        let rows = (t0..t0 + n)
+            .flat_map(|t| {
+                (0..group).map(move |g| {
+                    let head = kv_head * group + g;
+                    let q = &queries[(t * num_heads + head) * head_dim..][..head_dim];
+                    (q, step.positions[t] as usize)
                 })
-                .collect();
-            let work = Work {
-                keys,
-                values,
-                block_table: &step.seqs[tokens.seq_of_token[t0]].block_table,
-                block_size: step.block_size,
-                rows,
-                window: sliding_window,
-                kv_head,
-                kv_heads: num_kv_heads,
-                head_dim,
-            };
-            let mut out = vec![0f32; n * group * head_dim];
-            attend(&work, &mut out);
-            out
-        })
-        .collect();
+            })
+            .collect();
+        let work = Work {
+            keys,
+            values,
+            block_table: &step.seqs[tokens.seq_of_token[t0]].block_table,
+            block_size: step.block_size,
+            rows,
+            window: sliding_window,
+            kv_head,
+            kv_heads: num_kv_heads,
+            head_dim,
+        };
+        let mut out = vec![0f32; n * group * head_dim];
+        attend(&work, &mut out);
+        results[i].set(out).expect("each item runs once");
+    });
     let mut out = vec![0.0f32; queries.len()];
     for (&(t0, n, kv_head), result) in items.iter().zip(&results) {
+        let result = result.get().expect("every item ran");
         for (i, rows) in result.chunks_exact(group * head_dim).enumerate().take(n) {
             let at = ((t0 + i) * num_heads + kv_head * group) * head_dim;
             out[at..at + group * head_dim].copy_from_slice(rows);

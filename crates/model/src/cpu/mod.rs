@@ -2,3 +2,4 @@
 
 pub mod elementwise;
 pub mod quant;
+pub mod team;

@@ -1,6 +1,6 @@
 //! The AVX2 (and AVX-512 VNNI) tiles of `cpu::quant`, held to its scalar reference by the tests.
 
-use super::{Octet, Q8, ROWS, TOKENS};
+use super::{block_scale, Octet, BLOCK, Q8, ROWS, TOKENS};
 use std::arch::x86_64::*;
 
 pub const Q4_0: u8 = 0;
@@ -255,4 +255,56 @@ unsafe fn widen<const N: usize, const VNNI: bool>(sums: &mut [__m256i; N]) {
             *s = _mm256_madd_epi16(*s, _mm256_set1_epi16(1));
         }
     }
+}
+
+/// `super::quantize_block` in eight lanes, bit for bit: the same maximum, the same scale, each
+/// product rounded half away from zero by the same steps (truncate, then compare the exact
+/// remainder with ±0.5).
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_block(xs: &[f32; BLOCK]) -> Q8 {
+    let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xs.as_ptr().add(8 * i)));
+    let sign = _mm256_set1_ps(-0.0);
+    // `max_ps` returns its second operand when either is NaN: a NaN input is passed over, as
+    // `f32::max` does.
+    let mut m = _mm256_setzero_ps();
+    for x in v {
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, x), m);
+    }
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    let (d, id) = block_scale(_mm_cvtss_f32(m));
+    let id = _mm256_set1_ps(id);
+    let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+    let (half, minus_half) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));
+    let q: [__m256i; 4] = std::array::from_fn(|i| {
+        let x = _mm256_mul_ps(v[i], id);
+        // NaN (0 · inf) becomes 0, as `NaN as i32` does; then the scalar clamp.
+        let x = _mm256_and_ps(x, _mm256_cmp_ps::<_CMP_ORD_Q>(x, x));
+        let x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
+        let whole = _mm256_cvttps_epi32(x);
+        let frac = _mm256_sub_ps(x, _mm256_cvtepi32_ps(whole));
+        // Compare masks are -1 where true.
+        let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half));
+        let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, minus_half));
+        _mm256_add_epi32(_mm256_sub_epi32(whole, up), down)
+    });
+    let total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let total = _mm_add_epi32(
+        _mm256_castsi256_si128(total),
+        _mm256_extracti128_si256::<1>(total),
+    );
+    let total = _mm_add_epi32(total, _mm_shuffle_epi32::<0b01_00_11_10>(total));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(
+        total,
+        _mm_shuffle_epi32::<0b10_11_00_01>(total),
+    ));
+    // Packing works within 128-bit halves; the permutation puts the eight fours back in order.
+    let words = _mm256_packs_epi32(q[0], q[1]);
+    let words_2 = _mm256_packs_epi32(q[2], q[3]);
+    let bytes = _mm256_packs_epi16(words, words_2);
+    let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let mut qs = [0i8; BLOCK];
+    _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, bytes);
+    Q8::new(qs, d, sum)
 }

@@ -196,3 +196,63 @@ fn rounding_matches_roundf() {
         assert_eq!(super::round_half_away(y) as i8, y.round() as i8, "{y}");
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn simd_quantization_is_the_scalar_one_bit_for_bit() {
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        eprintln!("no AVX2 on this CPU: its quantizer is not tested here");
+        return;
+    }
+    let mut seed = 7u64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let mut blocks: Vec<[f32; BLOCK]> = Vec::new();
+    // Random blocks over many magnitudes, subnormals (an infinite inverse scale) included.
+    for exp in [-140, -126, -60, -8, 0, 8, 60, 120] {
+        for _ in 0..200 {
+            blocks.push(std::array::from_fn(|_| next() * 2f32.powi(exp)));
+        }
+    }
+    // Halves: 127 sets the scale to 1, so k + 0.5 lands on a half exactly, both signs.
+    blocks.push(std::array::from_fn(|i| {
+        if i == 0 {
+            127.0
+        } else {
+            (i as f32 - 16.0) * 3.0 + 0.5
+        }
+    }));
+    blocks.push(std::array::from_fn(|i| {
+        if i == 0 {
+            -127.0
+        } else {
+            -(i as f32) - 0.5
+        }
+    }));
+    // Zeros, and blocks holding a NaN or an infinity.
+    blocks.push([0.0; BLOCK]);
+    let mut nan = blocks[5];
+    nan[3] = f32::NAN;
+    blocks.push(nan);
+    let mut inf = blocks[900];
+    inf[17] = f32::NEG_INFINITY;
+    blocks.push(inf);
+    for (i, block) in blocks.iter().enumerate() {
+        let scalar = super::quantize_block(block);
+        // Safety: AVX2 was checked above.
+        let simd = unsafe { avx2::quantize_block(block) };
+        assert_eq!(simd.qs, scalar.qs, "block {i}: {block:?}");
+        assert_eq!(simd.sum, scalar.sum, "block {i}");
+        assert_eq!(simd.d.to_bits(), scalar.d.to_bits(), "block {i}");
+        assert_eq!(simd.s.to_bits(), scalar.s.to_bits(), "block {i}");
+    }
+    // The row function takes the SIMD path here and gives the same blocks.
+    let row: Vec<f32> = blocks[..64].iter().flatten().copied().collect();
+    for (got, block) in super::quantize_row(&row).iter().zip(&blocks) {
+        assert_eq!(got.qs, super::quantize_block(block).qs);
+    }
+}

@@ -1,0 +1,287 @@
+//! A team for short steps: while one forward runs, the pool's other threads stay awake beside
+//! the thread that runs it and take the tasks of its parallel loops from one shared counter.
+//!
+//! A decode step of one stream runs some hundred parallel loops (each matrix product, each
+//! layer's attention), each a few tens of microseconds long. Through rayon, each loop splits
+//! into jobs on the caller's deque, a sleeping worker is woken (a futex) and steals them, and
+//! the caller sleeps again when it waits for the stolen half: on 2 cores that came to a tenth
+//! of each thread's time in a decode step. Here a loop is published with one atomic store, the
+//! helpers are already spinning on it, every thread claims tasks from the same counter until
+//! none are left (the faster thread takes more), and the caller spins until the last one is
+//! done. ggml runs every op of its graph this way.
+//!
+//! Outside a team (many streams, prompts: long loops where rayon's cost is small and its
+//! stealing balances better) [`for_each`] is rayon's loop.
+
+use rayon::prelude::*;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+/// A loop's body as the helpers see it: a thin pointer to the caller's `&dyn Fn`.
+type Body<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// The state one forward's team shares. It outlives every loop of the forward, so a helper
+/// late to a loop touches only atomics that are still there; the loop's body, which lives on
+/// the caller's stack, is only reached through a claimed task (see [`Team::work`]).
+struct Team {
+    /// The current loop's generation (high 32 bits) and its next unclaimed task (low 32).
+    /// Claiming a task is one compare-and-swap on both: a claim made with a stale generation
+    /// fails, so no helper runs a body that has gone.
+    state: AtomicU64,
+    /// The current loop's task count and body, written before its generation is published.
+    tasks: AtomicUsize,
+    body: AtomicPtr<()>,
+    /// Tasks of the current loop that have returned.
+    done: AtomicUsize,
+    /// A task panicked on a helper: the caller panics in its place once the loop is over.
+    panicked: AtomicBool,
+    /// The forward is over: the helpers return to the pool.
+    finished: AtomicBool,
+}
+
+thread_local! {
+    /// The team this thread leads, with the last generation it published; null outside one.
+    static LEADING: Cell<(*const Team, u32)> = const { Cell::new((std::ptr::null(), 0)) };
+}
+
+/// Spins between looks at the shared counter, after an idle helper has found no rayon job
+/// either.
+const IDLE_SPINS: usize = 16;
+
+impl Team {
+    fn new() -> Self {
+        Self {
+            state: AtomicU64::new(0),
+            tasks: AtomicUsize::new(0),
+            body: AtomicPtr::new(std::ptr::null_mut()),
+            done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    /// Claims and runs tasks of loop `generation` until none are left.
+    fn work(&self, generation: u32) {
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            let next = state as u32 as usize;
+            if (state >> 32) as u32 != generation || next >= self.tasks.load(Ordering::Relaxed) {
+                return;
+            }
+            if self
+                .state
+                .compare_exchange_weak(state, state + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            // Safety: the claim succeeded in this generation with a task left, so the loop's
+            // caller is still waiting for it (it returns only once `done` counts every task)
+            // and the body it published before the generation is alive.
+            let body = unsafe { *(self.body.load(Ordering::Relaxed) as *const Body<'_>) };
+            if catch_unwind(AssertUnwindSafe(|| body(next))).is_err() {
+                self.panicked.store(true, Ordering::Relaxed);
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// A helper's life: take each loop as it is published, and rayon's jobs between loops
+    /// (the forward still runs some of its work through rayon).
+    fn help(&self) {
+        let mut seen = 0u32;
+        while !self.finished.load(Ordering::Acquire) {
+            let generation = (self.state.load(Ordering::Acquire) >> 32) as u32;
+            if generation != seen {
+                seen = generation;
+                self.work(generation);
+                continue;
+            }
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                for _ in 0..IDLE_SPINS {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+
+    /// Publishes `body` over `0..tasks` as the next loop, works on it too, and returns once
+    /// every task has.
+    fn run(&self, generation: u32, tasks: usize, body: Body<'_>) {
+        self.body
+            .store(&body as *const Body<'_> as *mut (), Ordering::Relaxed);
+        self.tasks.store(tasks, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        self.state
+            .store(u64::from(generation) << 32, Ordering::Release);
+        self.work(generation);
+        while self.done.load(Ordering::Acquire) < tasks {
+            std::hint::spin_loop();
+        }
+        if self.panicked.swap(false, Ordering::Relaxed) {
+            panic!("a task of a parallel loop panicked on a helper thread");
+        }
+    }
+}
+
+/// Runs `f` (on a worker of a rayon pool) with the pool's other workers as its team until `f`
+/// returns; elsewhere (no pool, one thread) it is the plain call.
+pub fn with_team<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let others = rayon::current_num_threads().saturating_sub(1);
+    if others == 0 || rayon::current_thread_index().is_none() || leading().is_some() {
+        return f();
+    }
+    let team = Team::new();
+    let started = AtomicUsize::new(0);
+    rayon::scope(|scope| {
+        for _ in 0..others {
+            scope.spawn(|_| {
+                started.fetch_add(1, Ordering::AcqRel);
+                team.help();
+            });
+        }
+        // Every helper must have left this thread's deque before `f` runs: a helper taken up
+        // by this thread while it waits inside `f` would spin until `f` returns.
+        while started.load(Ordering::Acquire) < others {
+            std::hint::spin_loop();
+        }
+        // Whether `f` returns or panics, the helpers are let go and the thread leads no more.
+        struct Lead<'a>(&'a Team);
+        impl Drop for Lead<'_> {
+            fn drop(&mut self) {
+                LEADING.set((std::ptr::null(), 0));
+                self.0.finished.store(true, Ordering::Release);
+            }
+        }
+        let _lead = Lead(&team);
+        LEADING.set((&team as *const Team, 0));
+        f()
+    })
+}
+
+/// The team this thread leads, if any.
+fn leading() -> Option<*const Team> {
+    let (team, _) = LEADING.get();
+    (!team.is_null()).then_some(team)
+}
+
+/// `body(i)` for every `i` in `0..tasks`, in parallel: on this thread's team if it leads one,
+/// else on rayon's pool.
+pub fn for_each(tasks: usize, body: impl Fn(usize) + Sync) {
+    let (team, generation) = LEADING.get();
+    if team.is_null() || tasks <= 1 {
+        let body = &body;
+        return (0..tasks).into_par_iter().for_each(|i| body(i));
+    }
+    let generation = generation.wrapping_add(1);
+    // A loop inside a task (this thread's share) goes to rayon: the team is busy with this one.
+    LEADING.set((std::ptr::null(), generation));
+    struct Restore(*const Team, u32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LEADING.set((self.0, self.1));
+        }
+    }
+    let _restore = Restore(team, generation);
+    // Safety: `team` was set by `with_team`, whose frame (and the team in it) outlives this
+    // call, and is cleared there before the team goes.
+    unsafe { &*team }.run(generation, tasks, &body);
+}
+
+/// Whether loops on this thread go to a team (see [`for_each`]): its callers may then cut
+/// their work finer.
+pub fn in_team() -> bool {
+    leading().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_task_runs_once_in_every_loop_and_the_helpers_stop_after() {
+        let pool = pool(3);
+        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        for round in 0..20 {
+            let counts: Vec<AtomicU32> = (0..1000).map(|_| AtomicU32::new(0)).collect();
+            pool.install(|| {
+                with_team(|| {
+                    assert!(in_team());
+                    for size in [2, 7, 64, 1000] {
+                        for_each(size, |i| {
+                            counts[i].fetch_add(1, Ordering::Relaxed);
+                            threads.lock().unwrap().insert(std::thread::current().id());
+                            // Long enough that a helper has time to claim some.
+                            std::hint::black_box((0..2000).sum::<u64>());
+                        });
+                    }
+                    // rayon's loops still run inside the team.
+                    let sum: u64 = (0..10_000u64).into_par_iter().map(|i| i * round).sum();
+                    assert_eq!(sum, round * (0..10_000u64).sum::<u64>());
+                })
+            });
+            let expected = |i: usize| [2, 7, 64, 1000].iter().filter(|&&s| i < s).count() as u32;
+            for (i, c) in counts.iter().enumerate() {
+                assert_eq!(c.load(Ordering::Relaxed), expected(i), "task {i}");
+            }
+        }
+        assert!(
+            threads.lock().unwrap().len() > 1,
+            "no helper ever took a task"
+        );
+        assert!(!pool.install(in_team));
+    }
+
+    #[test]
+    fn a_loop_inside_a_task_and_a_team_inside_a_team_still_run() {
+        pool(2).install(|| {
+            with_team(|| {
+                let total = AtomicUsize::new(0);
+                for_each(4, |_| {
+                    for_each(5, |_| {
+                        total.fetch_add(1, Ordering::Relaxed);
+                    });
+                });
+                assert_eq!(total.load(Ordering::Relaxed), 20);
+                assert_eq!(with_team(|| 3), 3);
+            })
+        });
+        // Outside a pool, both are plain calls.
+        assert_eq!(with_team(|| 7), 7);
+        let total = AtomicUsize::new(0);
+        for_each(9, |i| {
+            total.fetch_add(i, Ordering::Relaxed);
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 36);
+    }
+
+    #[test]
+    fn a_panic_in_a_task_reaches_the_caller_and_the_team_ends() {
+        let pool = pool(2);
+        let result = pool.install(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                with_team(|| {
+                    for_each(64, |i| {
+                        std::hint::black_box((0..5000).sum::<u64>());
+                        if i == 40 {
+                            panic!("task 40");
+                        }
+                    })
+                })
+            }))
+        });
+        assert!(result.is_err());
+        // The pool is whole afterwards.
+        assert_eq!(pool.install(|| with_team(|| 5)), 5);
+        assert!(!pool.install(in_team));
+    }
+}
