@@ -1,5 +1,5 @@
 //! A weight matrix as the forward pass uses it: candle's `QMatMul`, except where this crate
-//! has a faster CPU kernel for the format (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K: see `cpu::quant`).
+//! has a faster CPU kernel for the format (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K: see `cpu::quant`).
 
 use crate::cpu::quant::{self, QuantMatrix};
 use crate::error::{ModelError, Result};
@@ -33,7 +33,7 @@ impl Linear {
         match self {
             Linear::Candle(m) => Ok(m.forward(x)?),
             Linear::CpuQuant(matrix) => {
-                let out = quant_forward(matrix, x)?;
+                let out = quant_forward(&[matrix], x)?;
                 Ok(Tensor::from_vec(
                     out,
                     (x.dim(0)?, matrix.rows()),
@@ -48,33 +48,50 @@ impl Linear {
 /// matrix wherever they can be: the input is quantized once and one matmul (one launch, one
 /// parallel loop) runs instead of several, which is most of a decode step.
 pub enum Projections {
-    /// One matrix for our CPU kernels.
+    /// Our CPU kernels: parts of one format joined into one matrix, formats that differ side
+    /// by side in one product (`quant::matmul_parts`).
     Fused {
-        matrix: QuantMatrix,
+        matrices: Vec<QuantMatrix>,
         widths: Vec<usize>,
     },
     /// One candle matrix (on any device): quantized matrices of one format with their rows
     /// concatenated, or dense ones of one dtype.
     Joined { matrix: QMatMul, widths: Vec<usize> },
-    /// Formats that differ (a Q4_K_M file keeps some of them in Q6_K): each on its own.
+    /// Anything else (formats without a CPU kernel among others, or on a GPU): each on its
+    /// own.
     Separate(Vec<Linear>),
 }
 
 impl Projections {
     pub fn new(parts: Vec<QMatMul>) -> Result<Self> {
-        if let Some((dtype, cols)) = common_cpu_format(&parts)? {
-            let mut raw = Vec::new();
+        if let Some(cols) = common_cpu_width(&parts)? {
             let mut widths = Vec::with_capacity(parts.len());
+            let mut matrices = Vec::new();
+            // Runs of one format, as (dtype, raw bytes, rows).
+            let mut run: Option<(GgmlDType, Vec<u8>, usize)> = None;
             for part in &parts {
                 let QMatMul::QTensor(q) = part else {
-                    unreachable!("checked by common_cpu_format")
+                    unreachable!("checked by common_cpu_width")
                 };
-                raw.extend_from_slice(&q.data()?);
-                widths.push(q.shape().dims2()?.0);
+                let rows = q.shape().dims2()?.0;
+                widths.push(rows);
+                match &mut run {
+                    Some((dtype, raw, run_rows)) if *dtype == q.dtype() => {
+                        raw.extend_from_slice(&q.data()?);
+                        *run_rows += rows;
+                    }
+                    _ => {
+                        if let Some((dtype, raw, rows)) = run.take() {
+                            matrices.push(QuantMatrix::from_ggml(dtype, &raw, rows, cols));
+                        }
+                        run = Some((q.dtype(), q.data()?.into_owned(), rows));
+                    }
+                }
             }
-            let rows = widths.iter().sum();
-            let matrix = QuantMatrix::from_ggml(dtype, &raw, rows, cols);
-            return Ok(Projections::Fused { matrix, widths });
+            if let Some((dtype, raw, rows)) = run {
+                matrices.push(QuantMatrix::from_ggml(dtype, &raw, rows, cols));
+            }
+            return Ok(Projections::Fused { matrices, widths });
         }
         if let Some((matrix, widths)) = join(&parts)? {
             return Ok(Projections::Joined { matrix, widths });
@@ -88,11 +105,12 @@ impl Projections {
     /// by side.
     pub fn forward_joined(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Projections::Fused { matrix, .. } => {
-                let out = quant_forward(matrix, x)?;
+            Projections::Fused { matrices, widths } => {
+                let refs: Vec<&QuantMatrix> = matrices.iter().collect();
+                let out = quant_forward(&refs, x)?;
                 Ok(Tensor::from_vec(
                     out,
-                    (x.dim(0)?, matrix.rows()),
+                    (x.dim(0)?, widths.iter().sum::<usize>()),
                     x.device(),
                 )?)
             }
@@ -183,22 +201,23 @@ fn join(parts: &[QMatMul]) -> Result<Option<(QMatMul, Vec<usize>)>> {
     Ok(Some((QMatMul::from_qtensor(joined)?, widths)))
 }
 
-/// `x` (`[tokens, cols]`) through our CPU kernel: `[tokens, rows]`, flat. A malformed file
+/// `x` (`[tokens, cols]`) through our CPU kernels: `[tokens, Σ rows]`, flat. A malformed file
 /// can pair matrices of the wrong width; candle's path reports it, so do we.
-fn quant_forward(matrix: &QuantMatrix, x: &Tensor) -> Result<Vec<f32>> {
+fn quant_forward(matrices: &[&QuantMatrix], x: &Tensor) -> Result<Vec<f32>> {
     let (tokens, width) = x.dims2()?;
-    if width != matrix.cols() {
+    if let Some(m) = matrices.iter().find(|m| m.cols() != width) {
         return Err(ModelError::Config(format!(
             "a {width}-wide input meets a matrix of {} columns",
-            matrix.cols()
+            m.cols()
         )));
     }
     let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(quant::matmul(matrix, &input, tokens))
+    Ok(quant::matmul_parts(matrices, &input, tokens))
 }
 
-/// The one quant type with a CPU kernel and the input width all `parts` share, if they do.
-fn common_cpu_format(parts: &[QMatMul]) -> Result<Option<(GgmlDType, usize)>> {
+/// The input width all `parts` share, if every one is quantized in a format with a CPU
+/// kernel (not necessarily the same one) and lives on the CPU.
+fn common_cpu_width(parts: &[QMatMul]) -> Result<Option<usize>> {
     let mut common = None;
     for part in parts {
         let QMatMul::QTensor(q) = part else {
@@ -207,10 +226,10 @@ fn common_cpu_format(parts: &[QMatMul]) -> Result<Option<(GgmlDType, usize)>> {
         if !(has_cpu_kernel(q.dtype()) && q.device().is_cpu()) {
             return Ok(None);
         }
-        let key = (q.dtype(), q.shape().dims2()?.1);
+        let cols = q.shape().dims2()?.1;
         match common {
-            None => common = Some(key),
-            Some(c) if c == key => {}
+            None => common = Some(cols),
+            Some(c) if c == cols => {}
             Some(_) => return Ok(None),
         }
     }

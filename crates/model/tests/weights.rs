@@ -1,4 +1,4 @@
-//! Weight formats without a committed fixture: K-quant GGUFs (Q4_K_M mixes Q4_K and Q6_K,
+//! Weight formats without a committed fixture: K-quant GGUFs (Q4_K_M mixes Q4_K, Q5_K and Q6_K,
 //! which need rows of 256) and seeded random weights.
 
 mod common;
@@ -89,9 +89,11 @@ fn k_quant_gguf_loads_and_tracks_f32() {
                     Param::K(_) => permute_for_gguf(&w, config.num_kv_heads),
                     _ => w,
                 };
-                // Q4_K_M: Q6_K for the head and V, Q4_K elsewhere.
+                // Q4_K_M: Q6_K for the head and V, Q4_K elsewhere, and (as llama.cpp's
+                // quantizer does for some layers) one layer's V in Q5_K.
                 let dtype = match param {
-                    Param::Output | Param::V(_) => GgmlDType::Q6K,
+                    Param::Output | Param::V(0) => GgmlDType::Q6K,
+                    Param::V(_) => GgmlDType::Q5K,
                     _ => GgmlDType::Q4K,
                 };
                 QTensor::quantize(&w, dtype).unwrap()
@@ -159,7 +161,7 @@ fn k_quant_gguf_loads_and_tracks_f32() {
     let kernels = worst(&quantized, &dequantized);
     assert!(
         kernels > 0.999,
-        "Q4_K/Q6_K matmuls against their own f32 weights: cosine {kernels}"
+        "Q4_K/Q5_K/Q6_K matmuls against their own f32 weights: cosine {kernels}"
     );
     // And the file holds the model we wrote, up to 4-bit rounding of uniform random weights
     // (a layout or permutation mistake gives cosine near 0).

@@ -1,4 +1,4 @@
-//! Quantized weights (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) times f32 activations on the CPU, the way
+//! Quantized weights (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) times f32 activations on the CPU, the way
 //! ggml does it: activations are quantized to 8-bit blocks of 32, each block pair is an
 //! integer dot product (AVX2, or AVX-512 VNNI where the CPU has it), scaled and summed in
 //! float.
@@ -19,7 +19,7 @@
 //! - the work is cut into tiles of rows × tokens, sized so the rows' weights stay in L1 while
 //!   the tile's tokens pass over them, and the tokens' activations stay in L2;
 //! - weights are prefetched 4 KiB ahead: decode reads each weight once, straight from DRAM;
-//! - k-quants keep the file's size: Q4_K's and Q6_K's sub-block scales stay small integers
+//! - k-quants keep the file's size: Q4_K's, Q5_K's and Q6_K's sub-block scales stay small integers
 //!   beside one f16 per 256 weights, so decode streams no more bytes than the file holds.
 //!
 //! A scalar reference computes the same sums from the same layout; the tests hold every SIMD
@@ -49,6 +49,8 @@ pub enum Format {
     /// `(d · sc) · q - (dmin · m)`, 4-bit q, with a 6-bit `sc` and `m` per block and f16 `d`
     /// and `dmin` per super-block of eight blocks.
     Q4K,
+    /// As Q4_K with a fifth bit: `(d · sc) · q - (dmin · m)`, 5-bit q.
+    Q5K,
     /// `(d · sc) · (q - 32)`, 6-bit q, with an i8 `sc` per sixteen and an f16 `d` per
     /// super-block of eight blocks.
     Q6K,
@@ -59,6 +61,8 @@ impl Format {
     fn quant_bytes(self) -> usize {
         match self {
             Format::Q4_0 | Format::Q4_1 | Format::Q4K => 16,
+            // Sixteen bytes of low nibbles, then four of the fifth bits (see `q5_k_blocks`).
+            Format::Q5K => 20,
             // Sixteen bytes of low nibbles, then eight of the two high bits (see `q6_k_blocks`).
             Format::Q6K => 24,
             Format::Q8_0 => 32,
@@ -67,13 +71,13 @@ impl Format {
 
     /// Whether there is a second f16 per scale group: Q4_1's `m`, Q4_K's `-dmin`.
     fn has_extra(self) -> bool {
-        matches!(self, Format::Q4_1 | Format::Q4K)
+        matches!(self, Format::Q4_1 | Format::Q4K | Format::Q5K)
     }
 
     /// Whether blocks carry two small integer scales (Q4_K's `sc` and `m`, Q6_K's two `sc`)
     /// under an f16 per super-block.
     fn is_k_quant(self) -> bool {
-        matches!(self, Format::Q4K | Format::Q6K)
+        matches!(self, Format::Q4K | Format::Q5K | Format::Q6K)
     }
 
     /// Blocks that share one f16 `d` (and `extra`).
@@ -113,6 +117,7 @@ impl QuantMatrix {
             GgmlDType::Q4_1 => Some(Format::Q4_1),
             GgmlDType::Q8_0 => Some(Format::Q8_0),
             GgmlDType::Q4K => Some(Format::Q4K),
+            GgmlDType::Q5K => Some(Format::Q5K),
             GgmlDType::Q6K => Some(Format::Q6K),
             _ => None,
         }
@@ -140,6 +145,7 @@ impl QuantMatrix {
         {
             let blocks: Vec<Block> = match dtype {
                 GgmlDType::Q4K => row.chunks_exact(file_block).flat_map(q4_k_blocks).collect(),
+                GgmlDType::Q5K => row.chunks_exact(file_block).flat_map(q5_k_blocks).collect(),
                 GgmlDType::Q6K => row.chunks_exact(file_block).flat_map(q6_k_blocks).collect(),
                 _ => row
                     .chunks_exact(file_block)
@@ -250,42 +256,81 @@ impl Block {
 /// quants) as eight blocks of 32: the same quants in the 4-bit order, each block's `sc` and
 /// `m` unpacked to a byte, and `-dmin` stored so the kernel adds the offset term.
 fn q4_k_blocks(src: &[u8]) -> impl Iterator<Item = Block> + '_ {
-    let d = u16::from_le_bytes([src[0], src[1]]);
-    let minus_dmin = (-f16::from_bits(u16::from_le_bytes([src[2], src[3]]))).to_bits();
+    let (d, minus_dmin) = k_super_scales(src);
     let scales = &src[4..16];
     let qs = &src[16..144];
-    // ggml's get_scale_min_k4.
-    let scale_min = move |j: usize| -> [u8; 2] {
-        if j < 4 {
-            [scales[j] & 63, scales[j + 4] & 63]
-        } else {
-            [
-                (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4),
-                (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
-            ]
-        }
-    };
+    (0..8).map(move |sub| Block {
+        d,
+        extra: minus_dmin,
+        sub: k4_scale_min(scales, sub),
+        quants: k4_nibbles(qs, sub),
+    })
+}
+
+/// One Q5_K super-block (Q4_K's scales, then 32 bytes of fifth bits and 128 of nibbles) as
+/// eight blocks of 32. A block's 20 bytes: Q4_K's sixteen of nibbles, then four of fifth bits
+/// where byte `i`'s bit `k` belongs to element `4k + i` (k < 4: the low nibbles' elements)
+/// or `16 + 4(k - 4) + i`. Interleaved like every quant, those four bytes become one
+/// register, and chunk `c` takes its bits with one shift by `c` (low nibbles) or `4 + c`.
+fn q5_k_blocks(src: &[u8]) -> impl Iterator<Item = Block> + '_ {
+    let (d, minus_dmin) = k_super_scales(src);
+    let scales = &src[4..16];
+    let (qh, qs) = (&src[16..48], &src[48..176]);
     (0..8).map(move |sub| {
-        // Sub-blocks 2g and 2g+1 are the low and high nibbles of the same 32 bytes.
-        let bytes = &qs[32 * (sub / 2)..][..32];
-        let nibble = |l: usize| {
-            if sub % 2 == 0 {
-                bytes[l] & 0x0F
-            } else {
-                bytes[l] >> 4
-            }
-        };
-        let mut quants = [0u8; 32];
-        for (j, q) in quants[..16].iter_mut().enumerate() {
-            *q = nibble(j) | (nibble(j + 16) << 4);
+        let mut quants = k4_nibbles(qs, sub);
+        // ggml's dequantize_row_q5_K: element `l` of block `sub` has its fifth bit at bit
+        // `sub` of `qh[l]`.
+        let fifth = |l: usize| (qh[l] >> sub) & 1;
+        for i in 0..4 {
+            quants[16 + i] = (0..4)
+                .map(|k| (fifth(4 * k + i) << k) | (fifth(16 + 4 * k + i) << (4 + k)))
+                .fold(0, |a, v| a | v);
         }
         Block {
             d,
             extra: minus_dmin,
-            sub: scale_min(sub),
+            sub: k4_scale_min(scales, sub),
             quants,
         }
     })
+}
+
+/// A Q4_K or Q5_K super-block's f16 `d` and `-dmin` (negated so the kernel adds the offset
+/// term), as bits.
+fn k_super_scales(src: &[u8]) -> (u16, u16) {
+    let d = u16::from_le_bytes([src[0], src[1]]);
+    let minus_dmin = (-f16::from_bits(u16::from_le_bytes([src[2], src[3]]))).to_bits();
+    (d, minus_dmin)
+}
+
+/// Block `j`'s 6-bit scale and min: ggml's get_scale_min_k4.
+fn k4_scale_min(scales: &[u8], j: usize) -> [u8; 2] {
+    if j < 4 {
+        [scales[j] & 63, scales[j + 4] & 63]
+    } else {
+        [
+            (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4),
+            (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
+        ]
+    }
+}
+
+/// Block `sub`'s nibbles in the 4-bit order (byte `j`: elements `j` and `j + 16`), from a
+/// k-quant's 128 bytes where blocks 2g and 2g+1 are the low and high nibbles of the same 32.
+fn k4_nibbles(qs: &[u8], sub: usize) -> [u8; 32] {
+    let bytes = &qs[32 * (sub / 2)..][..32];
+    let nibble = |l: usize| {
+        if sub % 2 == 0 {
+            bytes[l] & 0x0F
+        } else {
+            bytes[l] >> 4
+        }
+    };
+    let mut quants = [0u8; 32];
+    for (j, q) in quants[..16].iter_mut().enumerate() {
+        *q = nibble(j) | (nibble(j + 16) << 4);
+    }
+    quants
 }
 
 /// One Q6_K super-block (256 weights: 4+2-bit quants in `ql` and `qh`, sixteen i8 scales, f16
@@ -445,23 +490,34 @@ pub fn matmul(w: &QuantMatrix, x: &[f32], tokens: usize) -> Vec<f32> {
     matmul_tiled(w, x, tokens, Tiling::Auto)
 }
 
+/// The products of matrices that read the same input (`[tokens, Σ rows]`, each token's
+/// outputs part after part), in any mix of formats: the input is quantized once and one
+/// parallel loop runs them all (a Q4_K_M file keeps attention's v in Q6_K beside q and k).
+pub fn matmul_parts(parts: &[&QuantMatrix], x: &[f32], tokens: usize) -> Vec<f32> {
+    let parts: Vec<_> = parts.iter().map(|&w| (w, pick_kernel(w.format))).collect();
+    matmul_with(&parts, x, tokens, TOKENS)
+}
+
 pub fn matmul_tiled(w: &QuantMatrix, x: &[f32], tokens: usize, tiling: Tiling) -> Vec<f32> {
     let per_call = match tiling {
         Tiling::Auto => TOKENS,
         Tiling::OneToken => 1,
     };
-    matmul_with(w, x, tokens, per_call, pick_kernel(w.format))
+    matmul_with(&[(w, pick_kernel(w.format))], x, tokens, per_call)
 }
 
 fn matmul_with(
-    w: &QuantMatrix,
+    parts: &[(&QuantMatrix, Kernel)],
     x: &[f32],
     tokens: usize,
     per_call: usize,
-    kernel: Kernel,
 ) -> Vec<f32> {
-    let cols = w.cols();
+    let cols = parts[0].0.cols();
     // The kernels index activation blocks unchecked: a short input must never reach them.
+    assert!(
+        parts.iter().all(|(w, _)| w.cols() == cols),
+        "parts of different widths"
+    );
     assert_eq!(x.len(), tokens * cols, "input is not tokens × cols");
     let xq: Vec<Vec<Q8>> = if tokens > 1 {
         x.par_chunks_exact(cols).map(quantize_row).collect()
@@ -469,13 +525,13 @@ fn matmul_with(
         vec![quantize_row(x)]
     };
     let xs: Vec<&[Q8]> = xq.iter().map(Vec::as_slice).collect();
-    // Tasks are tiles of (octets × tokens). A decode step has one token, so its tiles are
-    // narrow (many tasks to balance two to sixteen threads); a batch's are wider, and each
-    // octet's weights stay in L1 while the tile's tokens pass over them.
+    // Tasks are tiles of (octets of one part × tokens). A decode step has one token, so its
+    // tiles are narrow (many tasks to balance two to sixteen threads); a batch's are wider,
+    // and each octet's weights stay in L1 while the tile's tokens pass over them.
     // On a team (one stream's step) each thread runs a contiguous share of eight tasks, then
     // helps with the others' (on 2 cores, 1.3B Q4_0, decode steps A/B against rayon: 4 tasks
     // a thread 1.01x, 8 1.04-1.07x, 16 1.02x, 32 1.01x).
-    let octets = w.octets();
+    let octets: usize = parts.iter().map(|(w, _)| w.octets()).sum();
     let task_octets = if team::in_team() {
         octets.div_ceil(8 * rayon::current_num_threads()).max(2)
     } else if tokens <= TOKENS {
@@ -483,37 +539,52 @@ fn matmul_with(
     } else {
         8
     };
-    let bands = octets.div_ceil(task_octets);
+    // Each part's first output column (its rows padded to whole octets), and its bands.
+    let mut offsets = Vec::with_capacity(parts.len());
+    let mut bands = Vec::new();
+    let mut padded = 0;
+    for (p, (w, _)) in parts.iter().enumerate() {
+        offsets.push(padded);
+        padded += w.octets() * ROWS;
+        let starts = (0..w.octets()).step_by(task_octets);
+        bands.extend(starts.map(|o| (p, o..w.octets().min(o + task_octets))));
+    }
     let token_tiles = tokens.div_ceil(TASK_TOKENS);
-    let padded = octets * ROWS;
     let mut out = vec![0f32; tokens * padded];
     let out_ptr = SharedOut(out.as_mut_ptr());
-    team::for_each(bands * token_tiles, |task| {
-        let (band, tile) = (task % bands, task / bands);
+    team::for_each(bands.len() * token_tiles, |task| {
+        let (band, tile) = (task % bands.len(), task / bands.len());
+        let (p, ref band_octets) = bands[band];
+        let (w, kernel) = parts[p];
         let tile_tokens = tile * TASK_TOKENS..(tokens).min((tile + 1) * TASK_TOKENS);
-        for o in band * task_octets..octets.min((band + 1) * task_octets) {
+        for o in band_octets.clone() {
             let octet = w.octet(o);
             for t0 in tile_tokens.clone().step_by(per_call) {
                 let group = &xs[t0..tile_tokens.end.min(t0 + per_call)];
                 let mut tile_out = [[0f32; ROWS]; TOKENS];
                 kernel(octet, group, &mut tile_out);
                 for (i, values) in tile_out.iter().enumerate().take(group.len()) {
-                    // Safety: task tiles are disjoint (octet range × token range), so no two
-                    // tasks write the same element, and every index is inside `out`.
-                    unsafe { out_ptr.write((t0 + i) * padded + o * ROWS, values) };
+                    let at = (t0 + i) * padded + offsets[p] + o * ROWS;
+                    // Safety: task tiles are disjoint (octet range of one part × token
+                    // range), so no two tasks write the same element, and every index is
+                    // inside `out`.
+                    unsafe { out_ptr.write(at, values) };
                 }
             }
         }
     });
-    // Drop the padding rows of the last octet, if it has any.
-    let rows = w.rows;
-    if padded != rows {
-        for t in 1..tokens {
-            out.copy_within(t * padded..t * padded + rows, t * rows);
-        }
-        out.truncate(tokens * rows);
+    // Drop the padding rows of each part's last octet, if any has them.
+    let rows: usize = parts.iter().map(|(w, _)| w.rows).sum();
+    if padded == rows {
+        return out;
     }
-    out
+    let mut compact = Vec::with_capacity(tokens * rows);
+    for t in 0..tokens {
+        for ((w, _), offset) in parts.iter().zip(&offsets) {
+            compact.extend_from_slice(&out[t * padded + offset..][..w.rows]);
+        }
+    }
+    compact
 }
 
 /// The output buffer, shared by tasks that write disjoint tiles of it.
@@ -542,6 +613,7 @@ fn pick_kernel(format: Format) -> Kernel {
             Format::Q4_1 => avx2::pick::<{ avx2::Q4_1 }>(),
             Format::Q8_0 => avx2::pick::<{ avx2::Q8_0 }>(),
             Format::Q4K => avx2::pick::<{ avx2::Q4_K }>(),
+            Format::Q5K => avx2::pick::<{ avx2::Q5_K }>(),
             Format::Q6K => avx2::pick::<{ avx2::Q6_K }>(),
         };
     }
@@ -555,6 +627,7 @@ fn scalar_kernel(format: Format) -> Kernel {
         Format::Q4_1 => |o, x, out| scalar_tile(Format::Q4_1, o, x, out),
         Format::Q8_0 => |o, x, out| scalar_tile(Format::Q8_0, o, x, out),
         Format::Q4K => |o, x, out| scalar_tile(Format::Q4K, o, x, out),
+        Format::Q5K => |o, x, out| scalar_tile(Format::Q5K, o, x, out),
         Format::Q6K => |o, x, out| scalar_tile(Format::Q6K, o, x, out),
     }
 }
@@ -572,6 +645,12 @@ fn scalar_tile(format: Format, octet: Octet<'_>, xs: &[&[Q8]], out: &mut [[f32; 
     let nibble = |b: usize, r: usize, j: usize| {
         let q = byte(b, r, j % 16);
         (if j < 16 { q & 0x0F } else { q >> 4 }) as i32
+    };
+    // Element `j` of a Q5_K block.
+    let five = |b: usize, r: usize, j: usize| {
+        let bit = j % 16 / 4 + 4 * (j / 16);
+        let high = (byte(b, r, 16 + j % 4) >> bit) & 1;
+        nibble(b, r, j) | (high << 4) as i32
     };
     // Element `j` of a Q6_K block, less 32.
     let six = |b: usize, r: usize, j: usize| {
@@ -596,10 +675,16 @@ fn scalar_tile(format: Format, octet: Octet<'_>, xs: &[&[Q8]], out: &mut [[f32; 
                             + f16_bits(octet.extra[group]) * y.s
                     }
                     Format::Q8_0 => d * y.d * dot(0..32, &|j| byte(b, r, j) as i8 as i32),
-                    Format::Q4K => {
+                    Format::Q4K | Format::Q5K => {
                         let (sc, m) = (small(b, 0, r) as f32, small(b, 1, r) as f32);
-                        d * sc * y.d * dot(0..32, &|j| nibble(b, r, j))
-                            + f16_bits(octet.extra[group]) * m * y.s
+                        let q = |j| {
+                            if format == Format::Q5K {
+                                five(b, r, j)
+                            } else {
+                                nibble(b, r, j)
+                            }
+                        };
+                        d * sc * y.d * dot(0..32, &q) + f16_bits(octet.extra[group]) * m * y.s
                     }
                     Format::Q6K => (0..2)
                         .map(|h| {

@@ -8,6 +8,7 @@ pub const Q4_1: u8 = 1;
 pub const Q8_0: u8 = 2;
 pub const Q4_K: u8 = 3;
 pub const Q6_K: u8 = 4;
+pub const Q5_K: u8 = 5;
 
 type Out = [[f32; ROWS]; TOKENS];
 
@@ -76,9 +77,10 @@ unsafe fn tile<const F: u8, const N: usize, const VNNI: bool>(
     let block_bytes = match F {
         Q8_0 => 8 * chunk_bytes,
         Q6_K => 6 * chunk_bytes,
+        Q5_K => 5 * chunk_bytes,
         _ => 4 * chunk_bytes,
     };
-    let k_quant = F == Q4_K || F == Q6_K;
+    let k_quant = F == Q4_K || F == Q5_K || F == Q6_K;
     let per_scale = if k_quant { 8 } else { 1 };
     let low = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
@@ -96,7 +98,7 @@ unsafe fn tile<const F: u8, const N: usize, const VNNI: bool>(
         }
         if b % per_scale == 0 {
             group_d = rows_f16(octet.scales, b / per_scale);
-            if F == Q4_1 || F == Q4_K {
+            if F == Q4_1 || F == Q4_K || F == Q5_K {
                 group_extra = rows_f16(octet.extra, b / per_scale);
             }
         }
@@ -104,20 +106,24 @@ unsafe fn tile<const F: u8, const N: usize, const VNNI: bool>(
         let chunk = |c: usize| quants.add(c * chunk_bytes) as *const __m256i;
         if F == Q8_0 {
             // Signed bytes: the sign moves onto x, as u8 × i8 needs an unsigned side.
-            let mut sums = [_mm256_setzero_si256(); N];
+            // Even and odd chunks in two sums: two chains of four, not one of eight.
+            let mut sums = [[_mm256_setzero_si256(); N]; 2];
             for c in 0..8 {
                 let w = _mm256_loadu_si256(chunk(c));
                 let w_abs = _mm256_sign_epi8(w, w);
                 for t in 0..N {
                     let x = _mm256_sign_epi8(_mm256_set1_epi32(ys[t].four(c)), w);
-                    sums[t] = if VNNI {
-                        _mm256_dpbusd_epi32(sums[t], w_abs, x)
+                    let sum = &mut sums[c % 2][t];
+                    *sum = if VNNI {
+                        _mm256_dpbusd_epi32(*sum, w_abs, x)
                     } else {
                         let pairs = _mm256_maddubs_epi16(w_abs, x);
-                        _mm256_add_epi32(sums[t], _mm256_madd_epi16(pairs, ones))
+                        _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones))
                     };
                 }
             }
+            let sums: [__m256i; N] =
+                std::array::from_fn(|t| _mm256_add_epi32(sums[0][t], sums[1][t]));
             scale_into(&mut acc, &sums, group_d, &ys);
             continue;
         }
@@ -161,26 +167,51 @@ unsafe fn tile<const F: u8, const N: usize, const VNNI: bool>(
             continue;
         }
         // 4-bit weights: i32 sums (VNNI) or, for AVX2, pairs of i16 sums widened after the
-        // block (a nibble times a byte, summed sixteen times, stays under 2^15).
+        // block (a nibble times a byte, summed sixteen times, stays under 2^15). Q5_K's fifth
+        // bit doubles the bound: its AVX2 sums are widened per chunk.
         let mut sums = [_mm256_setzero_si256(); N];
+        // VNNI: the high nibbles' products go to a second sum, so no chain of eight
+        // dependent multiply-adds holds the block back.
+        let mut sums_hi = [_mm256_setzero_si256(); N];
+        let fifths = if F == Q5_K {
+            _mm256_loadu_si256(chunk(4))
+        } else {
+            _mm256_setzero_si256()
+        };
         for c in 0..4 {
             let packed = _mm256_loadu_si256(chunk(c));
             // Low nibbles are elements 4c..4c+4 of each row, high ones 16+4c...
-            let lo = _mm256_and_si256(packed, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low);
+            let mut lo = _mm256_and_si256(packed, low);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low);
+            if F == Q5_K {
+                lo = _mm256_or_si256(lo, fifth_bits(fifths, c as i32));
+                hi = _mm256_or_si256(hi, fifth_bits(fifths, 4 + c as i32));
+            }
             for t in 0..N {
                 let x_lo = _mm256_set1_epi32(ys[t].four(c));
                 let x_hi = _mm256_set1_epi32(ys[t].four(c + 4));
                 sums[t] = if VNNI {
-                    _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(sums[t], lo, x_lo), hi, x_hi)
+                    sums_hi[t] = _mm256_dpbusd_epi32(sums_hi[t], hi, x_hi);
+                    _mm256_dpbusd_epi32(sums[t], lo, x_lo)
                 } else {
                     let a = _mm256_maddubs_epi16(lo, x_lo);
                     let b = _mm256_maddubs_epi16(hi, x_hi);
-                    _mm256_add_epi16(sums[t], _mm256_add_epi16(a, b))
+                    if F == Q5_K {
+                        let pairs = _mm256_madd_epi16(_mm256_add_epi16(a, b), ones);
+                        _mm256_add_epi32(sums[t], pairs)
+                    } else {
+                        _mm256_add_epi16(sums[t], _mm256_add_epi16(a, b))
+                    }
                 };
             }
         }
-        widen::<N, VNNI>(&mut sums);
+        if VNNI {
+            for t in 0..N {
+                sums[t] = _mm256_add_epi32(sums[t], sums_hi[t]);
+            }
+        } else if F != Q5_K {
+            widen::<N, VNNI>(&mut sums);
+        }
         if F == Q4_0 {
             // Σ (q - 8) x = Σ q x - 8 Σ x: the offset once per token and block.
             for t in 0..N {
@@ -188,14 +219,14 @@ unsafe fn tile<const F: u8, const N: usize, const VNNI: bool>(
             }
         }
         // The eight rows' scales at once, times each token's; then the offset term.
-        let (d, m) = if F == Q4_K {
+        let (d, m) = if F == Q4_K || F == Q5_K {
             let m = _mm256_mul_ps(group_extra, small_scales::<F>(octet, b, 1));
             (_mm256_mul_ps(group_d, small_scales::<F>(octet, b, 0)), m)
         } else {
             (group_d, group_extra)
         };
         scale_into(&mut acc, &sums, d, &ys);
-        if F == Q4_1 || F == Q4_K {
+        if F == Q4_1 || F == Q4_K || F == Q5_K {
             for t in 0..N {
                 acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(ys[t].s), acc[t]);
             }
@@ -230,6 +261,17 @@ unsafe fn small_scales<const F: u8>(octet: Octet<'_>, b: usize, which: usize) ->
 #[inline(always)]
 unsafe fn high_bits(top: __m256i, shift: __m128i, three: __m256i) -> __m256i {
     _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(top, shift), three))
+}
+
+/// Q5_K's fifth bits of elements `4k + i` in byte `i`'s bit `k` (see `q5_k_blocks`), moved
+/// above the nibble: bit `shift` of each byte, as 16.
+#[inline(always)]
+unsafe fn fifth_bits(fifths: __m256i, shift: i32) -> __m256i {
+    let bit = _mm256_and_si256(
+        _mm256_srl_epi16(fifths, _mm_cvtsi32_si128(shift)),
+        _mm256_set1_epi8(1),
+    );
+    _mm256_slli_epi16::<4>(bit)
 }
 
 /// `sums` times each token's block scale times the rows' `scale`, into `acc`.

@@ -3,11 +3,12 @@ use super::*;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-const FORMATS: [(GgmlDType, Format); 5] = [
+const FORMATS: [(GgmlDType, Format); 6] = [
     (GgmlDType::Q4_0, Format::Q4_0),
     (GgmlDType::Q4_1, Format::Q4_1),
     (GgmlDType::Q8_0, Format::Q8_0),
     (GgmlDType::Q4K, Format::Q4K),
+    (GgmlDType::Q5K, Format::Q5K),
     (GgmlDType::Q6K, Format::Q6K),
 ];
 
@@ -81,13 +82,13 @@ fn every_simd_tile_matches_the_scalar_reference() {
             let matrix = QuantMatrix::from_ggml(dtype, &q.data().unwrap(), rows, cols);
             for tokens in 1..=17 {
                 let x = activations(tokens, cols);
-                let want = matmul_with(&matrix, &x, tokens, TOKENS, reference);
+                let want = matmul_with(&[(&matrix, reference)], &x, tokens, TOKENS);
                 for (name, f, kernel) in &kernels {
                     if *f != format {
                         continue;
                     }
                     for per_call in [1, TOKENS] {
-                        let got = matmul_with(&matrix, &x, tokens, per_call, *kernel);
+                        let got = matmul_with(&[(&matrix, *kernel)], &x, tokens, per_call);
                         for (i, (a, b)) in want.iter().zip(&got).enumerate() {
                             assert!(
                                 close(*a, *b, 1e-5),
@@ -143,20 +144,22 @@ fn simd_kernels() -> Vec<(&'static str, Format, Kernel)> {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         use std::arch::is_x86_feature_detected as has;
-        let avx2: [(Format, Kernel); 5] = [
+        let avx2: [(Format, Kernel); 6] = [
             (Format::Q4_0, avx2::tile_any::<{ avx2::Q4_0 }, false>),
             (Format::Q4_1, avx2::tile_any::<{ avx2::Q4_1 }, false>),
             (Format::Q8_0, avx2::tile_any::<{ avx2::Q8_0 }, false>),
             (Format::Q4K, avx2::tile_any::<{ avx2::Q4_K }, false>),
+            (Format::Q5K, avx2::tile_any::<{ avx2::Q5_K }, false>),
             (Format::Q6K, avx2::tile_any::<{ avx2::Q6_K }, false>),
         ];
         kernels.extend(avx2.map(|(f, k)| ("avx2", f, k)));
         if has!("avx512vnni") && has!("avx512vl") {
-            let vnni: [(Format, Kernel); 5] = [
+            let vnni: [(Format, Kernel); 6] = [
                 (Format::Q4_0, avx2::tile_any::<{ avx2::Q4_0 }, true>),
                 (Format::Q4_1, avx2::tile_any::<{ avx2::Q4_1 }, true>),
                 (Format::Q8_0, avx2::tile_any::<{ avx2::Q8_0 }, true>),
                 (Format::Q4K, avx2::tile_any::<{ avx2::Q4_K }, true>),
+                (Format::Q5K, avx2::tile_any::<{ avx2::Q5_K }, true>),
                 (Format::Q6K, avx2::tile_any::<{ avx2::Q6_K }, true>),
             ];
             kernels.extend(vnni.map(|(f, k)| ("vnni", f, k)));
@@ -254,5 +257,81 @@ fn simd_quantization_is_the_scalar_one_bit_for_bit() {
     let row: Vec<f32> = blocks[..64].iter().flatten().copied().collect();
     for (got, block) in super::quantize_row(&row).iter().zip(&blocks) {
         assert_eq!(got.qs, super::quantize_block(block).qs);
+    }
+}
+
+/// Matrices of mixed formats through one product give, token by token, each matrix's own
+/// product side by side, bit for bit: on rayon's pool and on a team, padded octets included.
+#[test]
+fn parts_of_mixed_formats_are_their_own_products_side_by_side() {
+    let cols = 256;
+    let parts: Vec<QuantMatrix> = [
+        (GgmlDType::Q4K, 38),
+        (GgmlDType::Q6K, 13),
+        (GgmlDType::Q4_0, 24),
+    ]
+    .iter()
+    .map(|&(dtype, rows)| {
+        QuantMatrix::from_ggml(
+            dtype,
+            &weights(rows, cols, dtype).data().unwrap(),
+            rows,
+            cols,
+        )
+    })
+    .collect();
+    let refs: Vec<&QuantMatrix> = parts.iter().collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for tokens in [1, 5, 40] {
+        let x = activations(tokens, cols);
+        let want: Vec<f32> = (0..tokens)
+            .flat_map(|t| {
+                let x = &x[t * cols..(t + 1) * cols];
+                parts.iter().flat_map(move |m| matmul(m, x, 1))
+            })
+            .collect();
+        let on_pool = pool.install(|| matmul_parts(&refs, &x, tokens));
+        let on_team = pool.install(|| team::with_team(|| matmul_parts(&refs, &x, tokens)));
+        assert_eq!(on_pool, want, "tokens {tokens}");
+        assert_eq!(on_team, want, "tokens {tokens}, on a team");
+    }
+}
+
+/// Weights and activations at the ends of their ranges, where integer sums are largest: the
+/// AVX2 tiles' 16-bit partial sums must not overflow in any format.
+#[test]
+fn the_largest_sums_do_not_overflow() {
+    let kernels = simd_kernels();
+    for (dtype, format) in FORMATS {
+        let (rows, cols) = (16, 256);
+        // One low value a block sets the range; every other weight quantizes to the top.
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| if i % 32 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        let q = QTensor::quantize(
+            &Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap(),
+            dtype,
+        )
+        .unwrap();
+        let matrix = QuantMatrix::from_ggml(dtype, &q.data().unwrap(), rows, cols);
+        for sign in [1.0f32, -1.0] {
+            let x = vec![sign; cols * TOKENS];
+            let want = matmul_with(&[(&matrix, scalar_kernel(format))], &x, TOKENS, TOKENS);
+            for (name, f, kernel) in &kernels {
+                if *f == format {
+                    let got = matmul_with(&[(&matrix, *kernel)], &x, TOKENS, TOKENS);
+                    for (a, b) in got.iter().zip(&want) {
+                        // Float rounding differs in order; an overflow is off by thousands.
+                        assert!(
+                            close(*a, *b, 1e-5),
+                            "{name} {format:?}, activations {sign}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
