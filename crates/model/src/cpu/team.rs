@@ -1,5 +1,5 @@
 //! A team for short steps: while one forward runs, the pool's other threads stay awake beside
-//! the thread that runs it and take the tasks of its parallel loops from one shared counter.
+//! the thread that runs it and share out the tasks of its parallel loops.
 //!
 //! A decode step of one stream runs some hundred parallel loops (each matrix product, each
 //! layer's attention), each a few tens of microseconds long. Through rayon, each loop splits
