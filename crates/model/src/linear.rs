@@ -33,7 +33,7 @@ impl Linear {
         match self {
             Linear::Candle(m) => Ok(m.forward(x)?),
             Linear::CpuQuant(matrix) => {
-                let out = quant_forward(&[matrix], x)?;
+                let out = quant_forward(std::slice::from_ref(matrix), x)?;
                 Ok(Tensor::from_vec(
                     out,
                     (x.dim(0)?, matrix.rows()),
@@ -106,8 +106,7 @@ impl Projections {
     pub fn forward_joined(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Projections::Fused { matrices, widths } => {
-                let refs: Vec<&QuantMatrix> = matrices.iter().collect();
-                let out = quant_forward(&refs, x)?;
+                let out = quant_forward(matrices, x)?;
                 Ok(Tensor::from_vec(
                     out,
                     (x.dim(0)?, widths.iter().sum::<usize>()),
@@ -203,7 +202,7 @@ fn join(parts: &[QMatMul]) -> Result<Option<(QMatMul, Vec<usize>)>> {
 
 /// `x` (`[tokens, cols]`) through our CPU kernels: `[tokens, Σ rows]`, flat. A malformed file
 /// can pair matrices of the wrong width; candle's path reports it, so do we.
-fn quant_forward(matrices: &[&QuantMatrix], x: &Tensor) -> Result<Vec<f32>> {
+fn quant_forward(matrices: &[QuantMatrix], x: &Tensor) -> Result<Vec<f32>> {
     let (tokens, width) = x.dims2()?;
     if let Some(m) = matrices.iter().find(|m| m.cols() != width) {
         return Err(ModelError::Config(format!(

@@ -493,8 +493,8 @@ pub fn matmul(w: &QuantMatrix, x: &[f32], tokens: usize) -> Vec<f32> {
 /// The products of matrices that read the same input (`[tokens, Σ rows]`, each token's
 /// outputs part after part), in any mix of formats: the input is quantized once and one
 /// parallel loop runs them all (a Q4_K_M file keeps attention's v in Q6_K beside q and k).
-pub fn matmul_parts(parts: &[&QuantMatrix], x: &[f32], tokens: usize) -> Vec<f32> {
-    let parts: Vec<_> = parts.iter().map(|&w| (w, pick_kernel(w.format))).collect();
+pub fn matmul_parts(parts: &[QuantMatrix], x: &[f32], tokens: usize) -> Vec<f32> {
+    let parts: Vec<_> = parts.iter().map(|w| (w, pick_kernel(w.format))).collect();
     matmul_with(&parts, x, tokens, TOKENS)
 }
 

@@ -280,7 +280,6 @@ fn parts_of_mixed_formats_are_their_own_products_side_by_side() {
         )
     })
     .collect();
-    let refs: Vec<&QuantMatrix> = parts.iter().collect();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
@@ -293,8 +292,8 @@ fn parts_of_mixed_formats_are_their_own_products_side_by_side() {
                 parts.iter().flat_map(move |m| matmul(m, x, 1))
             })
             .collect();
-        let on_pool = pool.install(|| matmul_parts(&refs, &x, tokens));
-        let on_team = pool.install(|| team::with_team(|| matmul_parts(&refs, &x, tokens)));
+        let on_pool = pool.install(|| matmul_parts(&parts, &x, tokens));
+        let on_team = pool.install(|| team::with_team(|| matmul_parts(&parts, &x, tokens)));
         assert_eq!(on_pool, want, "tokens {tokens}");
         assert_eq!(on_team, want, "tokens {tokens}, on a team");
     }
