@@ -14,7 +14,7 @@
 //! - AVX2 sums a 4-bit block in 16-bit lanes and widens once per block (the products of a
 //!   nibble and a byte cannot overflow there), so the hot loop is one multiply-add and one
 //!   add per token and chunk;
-//! - a call takes up to four tokens (`TOKENS`), chosen per call by how many are left: each
+//! - a call takes up to eight tokens (`TOKENS`), chosen per call by how many are left: each
 //!   weight chunk is unpacked once for all of them;
 //! - the work is cut into tiles of rows × tokens, sized so the rows' weights stay in L1 while
 //!   the tile's tokens pass over them, and the tokens' activations stay in L2;
@@ -34,7 +34,7 @@ const BLOCK: usize = 32;
 /// Rows interleaved in one block: one lane of a 256-bit register each.
 const ROWS: usize = 8;
 /// Most tokens one kernel call takes.
-pub const TOKENS: usize = 4;
+pub const TOKENS: usize = 8;
 /// Tokens of one parallel task: their activations (48 bytes a block) stay in L2.
 const TASK_TOKENS: usize = 32;
 
@@ -44,7 +44,7 @@ pub enum Format {
     Q4_0,
     /// `d · q + m`, 4-bit q.
     Q4_1,
-    /// `d · q`, signed 8-bit q.
+    /// `d · q`, signed 8-bit q (stored as q + 128, see `QuantMatrix::from_ggml`).
     Q8_0,
     /// `(d · sc) · q - (dmin · m)`, 4-bit q, with a 6-bit `sc` and `m` per block and f16 `d`
     /// and `dmin` per super-block of eight blocks.
@@ -168,6 +168,11 @@ impl QuantMatrix {
                 for (c, four) in block.quants[..qb].chunks_exact(4).enumerate() {
                     let at = slot * ROWS * qb + (c * ROWS + lane) * 4;
                     quants[at..at + 4].copy_from_slice(four);
+                    if format == Format::Q8_0 {
+                        // Stored as w + 128, unsigned: VNNI multiplies unsigned bytes by
+                        // signed ones, and then takes x as it is (the tile subtracts Σ 128 x).
+                        quants[at..at + 4].iter_mut().for_each(|q| *q ^= 0x80);
+                    }
                 }
             }
         }
@@ -391,7 +396,8 @@ fn f16_bits(bits: u16) -> f32 {
 }
 
 /// One block of activations quantized as ggml's Q8_0/Q8_1: `d` rounded through f16, the
-/// integer sum of the quants, and `s = f16(d · sum)` (the Q4_1 offset term uses it).
+/// integer sum of the quants (and of each sixteen: Q6_K's offset is taken per sixteen), and
+/// `s = f16(d · sum)` (the Q4_1 offset term uses it).
 #[derive(Clone, Copy)]
 #[repr(C, align(16))]
 pub struct Q8 {
@@ -399,16 +405,27 @@ pub struct Q8 {
     d: f32,
     s: f32,
     sum: i32,
+    /// The sums of quants `0..16` and `16..32`.
+    halves: [i16; 2],
 }
 
 impl Q8 {
     /// `d` and `s` rounded through f16, as ggml keeps them.
-    fn new(qs: [i8; BLOCK], d: f32, sum: i32) -> Self {
+    fn new(qs: [i8; BLOCK], d: f32) -> Self {
+        let half = |h: usize| {
+            qs[16 * h..16 * h + 16]
+                .iter()
+                .map(|&q| q as i16)
+                .sum::<i16>()
+        };
+        let halves = [half(0), half(1)];
+        let sum = i32::from(halves[0]) + i32::from(halves[1]);
         Q8 {
             qs,
             d: f16::from_f32(d).to_f32(),
             s: f16::from_f32(d * sum as f32).to_f32(),
             sum,
+            halves,
         }
     }
 
@@ -446,12 +463,10 @@ fn quantize_block(xs: &[f32; BLOCK]) -> Q8 {
     let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
     let (d, id) = block_scale(amax);
     let mut qs = [0i8; BLOCK];
-    let mut sum = 0i32;
     for (q, &v) in qs.iter_mut().zip(xs) {
         *q = round_half_away(v * id) as i8;
-        sum += *q as i32;
     }
-    Q8::new(qs, d, sum)
+    Q8::new(qs, d)
 }
 
 /// A block's scale and its inverse, from its largest magnitude.
@@ -534,7 +549,7 @@ fn matmul_with(
     let octets: usize = parts.iter().map(|(w, _)| w.octets()).sum();
     let task_octets = if team::in_team() {
         octets.div_ceil(8 * rayon::current_num_threads()).max(2)
-    } else if tokens <= TOKENS {
+    } else if tokens <= 4 {
         2
     } else {
         8
@@ -674,7 +689,7 @@ fn scalar_tile(format: Format, octet: Octet<'_>, xs: &[&[Q8]], out: &mut [[f32; 
                         d * y.d * dot(0..32, &|j| nibble(b, r, j))
                             + f16_bits(octet.extra[group]) * y.s
                     }
-                    Format::Q8_0 => d * y.d * dot(0..32, &|j| byte(b, r, j) as i8 as i32),
+                    Format::Q8_0 => d * y.d * dot(0..32, &|j| byte(b, r, j) as i32 - 128),
                     Format::Q4K | Format::Q5K => {
                         let (sc, m) = (small(b, 0, r) as f32, small(b, 1, r) as f32);
                         let q = |j| {
