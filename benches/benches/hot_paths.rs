@@ -38,6 +38,7 @@ fn matvec(c: &mut Criterion) {
         GgmlDType::Q4_1,
         GgmlDType::Q8_0,
         GgmlDType::Q4K,
+        GgmlDType::Q5K,
         GgmlDType::Q6K,
     ] {
         let mut group = c.benchmark_group(format!("matvec/{dtype:?}"));
