@@ -37,6 +37,9 @@ const ROWS: usize = 8;
 pub const TOKENS: usize = 8;
 /// Tokens of one parallel task: their activations (48 bytes a block) stay in L2.
 const TASK_TOKENS: usize = 32;
+/// Steps of at most this many tokens (a decode, a short draft) cut their products into narrow
+/// tasks: many of them, to balance the threads.
+const NARROW_TOKENS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -44,7 +47,7 @@ pub enum Format {
     Q4_0,
     /// `d · q + m`, 4-bit q.
     Q4_1,
-    /// `d · q`, signed 8-bit q (stored as q + 128, see `QuantMatrix::from_ggml`).
+    /// `d · q`, signed 8-bit q (stored as q + 128, see `Block::ggml`).
     Q8_0,
     /// `(d · sc) · q - (dmin · m)`, 4-bit q, with a 6-bit `sc` and `m` per block and f16 `d`
     /// and `dmin` per super-block of eight blocks.
@@ -168,11 +171,6 @@ impl QuantMatrix {
                 for (c, four) in block.quants[..qb].chunks_exact(4).enumerate() {
                     let at = slot * ROWS * qb + (c * ROWS + lane) * 4;
                     quants[at..at + 4].copy_from_slice(four);
-                    if format == Format::Q8_0 {
-                        // Stored as w + 128, unsigned: VNNI multiplies unsigned bytes by
-                        // signed ones, and then takes x as it is (the tile subtracts Σ 128 x).
-                        quants[at..at + 4].iter_mut().for_each(|q| *q ^= 0x80);
-                    }
                 }
             }
         }
@@ -244,6 +242,11 @@ impl Block {
         let qb = format.quant_bytes();
         let mut quants = [0u8; 32];
         quants[..qb].copy_from_slice(&src[src.len() - qb..]);
+        if format == Format::Q8_0 {
+            // Stored as w + 128, unsigned: VNNI multiplies unsigned bytes by signed ones, and
+            // then takes x as it is (the tile subtracts Σ 128 x).
+            quants.iter_mut().for_each(|q| *q ^= 0x80);
+        }
         Self {
             d: u16::from_le_bytes([src[0], src[1]]),
             extra: if format == Format::Q4_1 {
@@ -549,7 +552,7 @@ fn matmul_with(
     let octets: usize = parts.iter().map(|(w, _)| w.octets()).sum();
     let task_octets = if team::in_team() {
         octets.div_ceil(8 * rayon::current_num_threads()).max(2)
-    } else if tokens <= 4 {
+    } else if tokens <= NARROW_TOKENS {
         2
     } else {
         8

@@ -11,6 +11,8 @@ pub const Q6_K: u8 = 4;
 pub const Q5_K: u8 = 5;
 
 type Out = [[f32; ROWS]; TOKENS];
+/// A tile's outputs, from its first token's: a group of tokens writes into its place in `Out`.
+type Rows = [[f32; ROWS]];
 
 /// How far ahead of the block being multiplied its weights are prefetched. A decode step
 /// streams every weight once from DRAM; measured end to end on the 1.3B Q4_0 model (2
@@ -58,18 +60,17 @@ pub(super) fn tile_any<const F: u8, const VNNI: bool>(
             return;
         }
         for (g, group) in xs.chunks(AVX2_TOKENS).enumerate() {
-            let mut part = [[0f32; ROWS]; TOKENS];
+            let out = &mut out[g * AVX2_TOKENS..];
             match (group.len(), VNNI) {
-                (1, false) => avx2_tile::<F, 1>(octet, group, &mut part),
-                (2, false) => avx2_tile::<F, 2>(octet, group, &mut part),
-                (3, false) => avx2_tile::<F, 3>(octet, group, &mut part),
-                (_, false) => avx2_tile::<F, 4>(octet, group, &mut part),
-                (1, true) => vnni_tile::<F, 1>(octet, group, &mut part),
-                (2, true) => vnni_tile::<F, 2>(octet, group, &mut part),
-                (3, true) => vnni_tile::<F, 3>(octet, group, &mut part),
-                (_, true) => vnni_tile::<F, 4>(octet, group, &mut part),
+                (1, false) => avx2_tile::<F, 1>(octet, group, out),
+                (2, false) => avx2_tile::<F, 2>(octet, group, out),
+                (3, false) => avx2_tile::<F, 3>(octet, group, out),
+                (_, false) => avx2_tile::<F, 4>(octet, group, out),
+                (1, true) => vnni_tile::<F, 1>(octet, group, out),
+                (2, true) => vnni_tile::<F, 2>(octet, group, out),
+                (3, true) => vnni_tile::<F, 3>(octet, group, out),
+                (_, true) => vnni_tile::<F, 4>(octet, group, out),
             }
-            out[g * AVX2_TOKENS..][..group.len()].copy_from_slice(&part[..group.len()]);
         }
     }
 }
@@ -78,12 +79,12 @@ pub(super) fn tile_any<const F: u8, const VNNI: bool>(
 const AVX2_TOKENS: usize = 4;
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_tile<const F: u8, const N: usize>(octet: Octet<'_>, xs: &[&[Q8]], out: &mut Out) {
+unsafe fn avx2_tile<const F: u8, const N: usize>(octet: Octet<'_>, xs: &[&[Q8]], out: &mut Rows) {
     tile::<F, N, false>(octet, xs, out)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn vnni_tile<const F: u8, const N: usize>(octet: Octet<'_>, xs: &[&[Q8]], out: &mut Out) {
+unsafe fn vnni_tile<const F: u8, const N: usize>(octet: Octet<'_>, xs: &[&[Q8]], out: &mut Rows) {
     tile::<F, N, true>(octet, xs, out)
 }
 
@@ -93,7 +94,7 @@ unsafe fn vnni_tile<const F: u8, const N: usize>(octet: Octet<'_>, xs: &[&[Q8]],
 unsafe fn tile<const F: u8, const N: usize, const VNNI: bool>(
     octet: Octet<'_>,
     xs: &[&[Q8]],
-    out: &mut Out,
+    out: &mut Rows,
 ) {
     let xs: &[&[Q8]; N] = xs.try_into().expect("N activation rows");
     let chunk_bytes = ROWS * 4;
@@ -128,7 +129,7 @@ unsafe fn tile<const F: u8, const N: usize, const VNNI: bool>(
         let ys: [&Q8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
         let chunk = |c: usize| quants.add(c * chunk_bytes) as *const __m256i;
         if F == Q8_0 {
-            // The weights are stored as w + 128 (unsigned; see `QuantMatrix::from_ggml`).
+            // The weights are stored as w + 128 (unsigned; see `Block::ggml`).
             // Even and odd chunks in two sums: two chains of four, not one of eight.
             let mut sums = [[_mm256_setzero_si256(); N]; 2];
             for c in 0..8 {
