@@ -66,7 +66,9 @@ call() {
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-deadline=$((SECONDS + wait_s))
+# SECONDS ticks on whole wall-clock seconds, so it can advance just after the script starts:
+# one more second keeps the wait from ever being shorter than asked.
+deadline=$((SECONDS + wait_s + 1))
 until models="$(call -fsS --max-time 10 "$url/v1/models" 2>/dev/null)"; do
   [ "$SECONDS" -lt "$deadline" ] || fail "$url/v1/models does not answer"
   sleep 2
