@@ -22,9 +22,9 @@
 #                   the first peer), so it needs a llama.cpp build.
 #   --threads N     threads for every server (default: every core)
 #   --rounds N      single-stream decode and prompt processing are measured N times per server
-#                   (default 5), the servers' order turning each round, with every server up;
-#                   the table gives medians and the median of the per-round ratios, so a drift
-#                   of the host's speed during the run hits all servers alike
+#                   (default 10; one request each), the servers' order turning each round, with
+#                   every server up; the table gives medians and the median of the per-round
+#                   ratios, so a drift of the host's speed during the run hits all servers alike
 #   --quick         fewer requests per measurement (a smoke run, not a result)
 #   --out DIR       where the JSON, SVG and summary.md go (default: a new dir under /tmp);
 #                   MODEL-compare.svg draws every server on the same axes
@@ -39,7 +39,7 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/ferrollama"
 models="smollm2,q4_0,q8_0,q4_k_m"
 threads="$(nproc)"
 quick=0
-rounds=5
+rounds=10
 out=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
         --rounds) rounds="$2"; shift 2 ;;
         --quick) quick=1; shift ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
 done
@@ -183,7 +183,7 @@ bench() { # server tokenizer json-prefix args...
         --tokenizer "$tokenizer" --label "$name" --json "$prefix.json" --plot "$prefix.svg" "$@"
 }
 
-if [ "$quick" = 1 ]; then n_decode=1; n_streams=1; else n_decode=2; n_streams=2; fi
+if [ "$quick" = 1 ]; then n_streams=1; else n_streams=2; fi
 
 for model in ${models//,/ }; do
     gguf="$(model_path "$model")"
@@ -193,19 +193,26 @@ for model in ${models//,/ }; do
         start_server "$server" "$gguf" "$out/$model-$server.log"
     done
     # Short measures, in rounds whose order turns (a, b, c; b, c, a; ...). Each round draws new
-    # prompts (its own seed), so no prompt cache helps.
+    # prompts (its own seed), so no prompt cache helps. In a round every server's decode runs
+    # back to back, then every server's prompt: the VM's memory bandwidth drifts within a
+    # minute, and the ratio of a round compares measures seconds apart. Only the first round
+    # warms up.
     for r in $(seq "$rounds"); do
         n=${#servers[@]} order=()
         for i in $(seq 0 $((n - 1))); do order+=("${servers[$(((i + r - 1) % n))]}"); done
+        warmup=$((r == 1 ? 1 : 0))
         for server in "${order[@]}"; do
-            echo "== $model, round $r/$rounds: $server" >&2
-            prefix="$out/$model-$server"
-            # Single-stream decode: short prompts, long outputs, TPOT.
-            bench "$server" "$gguf" "$prefix-decode-r$r" --concurrency 1 --num-prompts "$n_decode" \
-                --input-len 32 --output-len 128 --warmup 1 --seed "$r"
+            echo "== $model, round $r/$rounds: $server, one stream" >&2
+            # Single-stream decode: a short prompt, a long output, TPOT.
+            bench "$server" "$gguf" "$out/$model-$server-decode-r$r" --concurrency 1 \
+                --num-prompts 1 --input-len 32 --output-len 128 --warmup "$warmup" --seed "$r"
+        done
+        for server in "${order[@]}"; do
+            echo "== $model, round $r/$rounds: $server, 1,000-token prompt" >&2
             # Prompt processing: a 1,000-token prompt, one output token, prompt tokens / TTFT.
-            bench "$server" "$gguf" "$prefix-prefill-r$r" --concurrency 1 --num-prompts 1 \
-                --input-len 1000 --output-len 1 --warmup 1 --seed "$((100 + r))"
+            bench "$server" "$gguf" "$out/$model-$server-prefill-r$r" --concurrency 1 \
+                --num-prompts 1 --input-len 1000 --output-len 1 --warmup "$warmup" \
+                --seed "$((100 + r))"
         done
     done
     # Aggregate throughput with 4 and 16 streams always in flight: long measures, once each.

@@ -80,7 +80,9 @@ pub struct BenchArgs {
     /// is complete, whatever --output-len says: give one whose output is long enough.
     #[arg(long)]
     pub json_schema: Option<PathBuf>,
-    /// Requests sent and discarded before the first level.
+    /// Requests sent and discarded before the first level. They also find out whether the
+    /// server takes `ignore_eos`; with 0 it is sent without asking (a rerun against a server
+    /// already warmed up).
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     #[arg(long, default_value_t = 0)]
@@ -271,12 +273,9 @@ pub async fn bench(args: &BenchArgs) -> Result<Report> {
         }
     };
 
-    warm_up(
-        &client,
-        &mut target,
-        prompts_for(args.warmup.max(1), &mut rng)?,
-    )
-    .await?;
+    if args.warmup > 0 {
+        warm_up(&client, &mut target, prompts_for(args.warmup, &mut rng)?).await?;
+    }
     let sizes: Vec<usize> = levels
         .iter()
         .map(|l| requests_per_level(args, *l))

@@ -171,21 +171,32 @@ pub trait StepAttention {
         shape: &HeadShape,
         rope: &RopeRows,
     ) -> Result<Tensor> {
-        let n = qkv.dim(0)?;
-        let (heads, kv_heads, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
-        let [q, k, v]: [Tensor; 3] = split(qkv, &[heads * d, kv_heads * d, kv_heads * d])?
-            .try_into()
-            .expect("three projections");
-        let (cos, sin) = (&rope.cos_in_dtype, &rope.sin_in_dtype);
-        let q = rope_thd(&q.reshape((1, n, heads, d))?, cos, sin)?;
-        let k = rope_thd(&k.reshape((1, n, kv_heads, d))?, cos, sin)?;
-        self.forward(
-            kv,
-            &q.reshape((n, heads, d))?,
-            &k.reshape((n, kv_heads, d))?,
-            &v.reshape((n, kv_heads, d))?,
-        )
+        split_rope_forward(self, kv, qkv, shape, rope)
     }
+}
+
+/// [`StepAttention::forward_qkv`] in candle ops: split, rotate q and k, then `forward`.
+fn split_rope_forward<A: StepAttention + ?Sized>(
+    attention: &A,
+    kv: &LayerKv,
+    qkv: &Tensor,
+    shape: &HeadShape,
+    rope: &RopeRows,
+) -> Result<Tensor> {
+    let n = qkv.dim(0)?;
+    let (heads, kv_heads, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+    let [q, k, v]: [Tensor; 3] = split(qkv, &[heads * d, kv_heads * d, kv_heads * d])?
+        .try_into()
+        .expect("three projections");
+    let (cos, sin) = (&rope.cos_in_dtype, &rope.sin_in_dtype);
+    let q = rope_thd(&q.reshape((1, n, heads, d))?, cos, sin)?;
+    let k = rope_thd(&k.reshape((1, n, kv_heads, d))?, cos, sin)?;
+    attention.forward(
+        kv,
+        &q.reshape((n, heads, d))?,
+        &k.reshape((n, kv_heads, d))?,
+        &v.reshape((n, kv_heads, d))?,
+    )
 }
 
 /// Where one sequence's new tokens sit in a step's flat batch and in the cache.
