@@ -52,8 +52,9 @@ pub struct EngineArgs {
     /// Threads for the model's math [default: RAYON_NUM_THREADS, else one per core].
     #[arg(long, env = "FERROLLAMA_THREADS")]
     pub threads: Option<usize>,
-    /// Pin each math thread to one core. On a 2-core VM it made one stream decode ~12%
-    /// faster and 16 streams ~5% slower (an HTTP thread can then stall a pinned worker).
+    /// Pin each math thread to one core. On a 2-core VM it gains nothing since one stream's
+    /// steps run on a spinning team (one stream 0.998×), and 16 streams ran ~5% slower (an
+    /// HTTP thread can then stall a pinned worker).
     #[arg(long, env = "FERROLLAMA_PIN_THREADS")]
     pub pin_threads: bool,
     /// Speculative decoding: ngram (drafts from the prompt and output so far, checked in one
