@@ -83,7 +83,8 @@ impl StepAttention for NativeStep<'_> {
         shape: &HeadShape,
         rope: &RopeRows,
     ) -> Result<Tensor> {
-        if qkv.dtype() != DType::F32 || rope.cos.dtype() != DType::F32 {
+        // `rope.cos` and `rope.sin` are f32 whatever the model computes in.
+        if qkv.dtype() != DType::F32 {
             return super::split_rope_forward(self, kv, qkv, shape, rope);
         }
         let n = qkv.dim(0)?;
@@ -92,17 +93,24 @@ impl StepAttention for NativeStep<'_> {
         let mut q = Vec::with_capacity(n * q_width);
         let mut k = Vec::with_capacity(n * kv_width);
         let mut v = Vec::with_capacity(n * kv_width);
-        let cos = rope.cos.flatten_all()?.to_vec1::<f32>()?;
-        let sin = rope.sin.flatten_all()?.to_vec1::<f32>()?;
-        let half = d / 2;
-        with_f32(&qkv.contiguous()?, |rows| {
+        {
+            let qkv = qkv.contiguous()?;
+            let (qkv, qkv_layout) = qkv.storage_and_layout();
+            let (cos, cos_layout) = rope.cos.storage_and_layout();
+            let (sin, sin_layout) = rope.sin.storage_and_layout();
+            let rows = f32_elements(&qkv, qkv_layout)?;
+            let (cos, sin) = (
+                f32_elements(&cos, cos_layout)?,
+                f32_elements(&sin, sin_layout)?,
+            );
+            let half = d / 2;
             for (t, row) in rows.chunks_exact(q_width + 2 * kv_width).enumerate() {
                 let (cos, sin) = (&cos[t * half..][..half], &sin[t * half..][..half]);
                 rotate_into(&row[..q_width], cos, sin, &mut q);
                 rotate_into(&row[q_width..][..kv_width], cos, sin, &mut k);
                 v.extend_from_slice(&row[q_width + kv_width..]);
             }
-        })?;
+        }
         self.forward(
             kv,
             &Tensor::from_vec(q, (n, heads, d), &Device::Cpu)?,
@@ -130,8 +138,7 @@ impl StepAttention for NativeStep<'_> {
             let (keys, _) = kv.keys.storage_and_layout();
             let (values, _) = kv.values.storage_and_layout();
             let (queries, q_layout) = q.storage_and_layout();
-            let queries =
-                &cpu(&queries)?.as_slice::<f32>()?[q_layout.start_offset()..][..q.elem_count()];
+            let queries = f32_elements(&queries, q_layout)?;
             match (cpu(&keys)?, cpu(&values)?) {
                 (CpuStorage::F16(keys), CpuStorage::F16(values)) => {
                     paged_attention(keys, values, self, queries)
@@ -165,15 +172,14 @@ fn rotate_into(x: &[f32], cos: &[f32], sin: &[f32], out: &mut Vec<f32>) {
     }
 }
 
-/// `f` of the elements of a contiguous f32 tensor on the CPU, without copying them.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
+/// The elements of a contiguous f32 tensor on the CPU, in order, from its storage.
+fn f32_elements<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     let Some((start, end)) = layout.contiguous_offsets() else {
         return Err(ModelError::Unsupported(
             "native attention: a strided input".into(),
         ));
     };
-    Ok(f(&cpu(&storage)?.as_slice::<f32>()?[start..end]))
+    Ok(&cpu(storage)?.as_slice::<f32>()?[start..end])
 }
 
 fn cpu(storage: &Storage) -> Result<&CpuStorage> {
