@@ -19,8 +19,7 @@
 //! - the work is cut into tiles of rows × tokens, sized so the rows' weights stay in L1 while
 //!   the tile's tokens pass over them, and the tokens' activations stay in L2;
 //! - weights are prefetched 4 KiB ahead into L1 (and, for one token of a 4- to 6-bit format,
-//!   32 KiB ahead into L2):
-//!   decode reads each weight once, straight from DRAM;
+//!   32 KiB ahead into L2): decode reads each weight once, straight from DRAM;
 //! - k-quants keep the file's size: Q4_K's, Q5_K's and Q6_K's sub-block scales stay small integers
 //!   beside one f16 per 256 weights, so decode streams no more bytes than the file holds.
 //!
