@@ -124,16 +124,9 @@ unsafe fn tile<const F: u8, const N: usize, const VNNI: bool>(
     // features, and an intrinsic that is not inlined costs a hundredfold.)
     for b in 0..octet.blocks {
         let quants = octet.quants.as_ptr().add(b * block_bytes);
-        // A hint only: past the end of the matrix it reads nothing and cannot fault.
-        let ahead = quants.wrapping_add(PREFETCH_BYTES);
-        for line in (0..block_bytes).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
-        }
+        prefetch_lines::<_MM_HINT_T0>(quants.wrapping_add(PREFETCH_BYTES), block_bytes);
         if N == 1 && F != Q8_0 {
-            let far = quants.wrapping_add(PREFETCH_FAR_BYTES);
-            for line in (0..block_bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(line) as *const i8);
-            }
+            prefetch_lines::<_MM_HINT_T1>(quants.wrapping_add(PREFETCH_FAR_BYTES), block_bytes);
         }
         if b % per_scale == 0 {
             group_d = rows_f16(octet.scales, b / per_scale);
@@ -296,6 +289,16 @@ unsafe fn tile<const F: u8, const N: usize, const VNNI: bool>(
     }
     for t in 0..N {
         _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+    }
+}
+
+/// Asks for the cache lines of `bytes` from `at` into the cache level `HINT` names. A hint
+/// only: past the end of the matrix it reads nothing and cannot fault.
+#[inline(always)]
+fn prefetch_lines<const HINT: i32>(at: *const u8, bytes: usize) {
+    for line in (0..bytes).step_by(64) {
+        // Safety: a prefetch never faults, whatever the address.
+        unsafe { _mm_prefetch::<HINT>(at.wrapping_add(line) as *const i8) };
     }
 }
 
