@@ -26,6 +26,7 @@
 //! A scalar reference computes the same sums from the same layout; the tests hold every SIMD
 //! tile to it.
 
+use super::huge_pages::HugeBuf;
 use super::team;
 use candle_core::quantized::GgmlDType;
 use half::f16;
@@ -102,15 +103,15 @@ pub struct QuantMatrix {
     blocks_per_row: usize,
     /// `d` per scale group (a block, or a k-quant's super-block) as f16 bits:
     /// `[octet][group][row in octet]`.
-    scales: Vec<u16>,
+    scales: HugeBuf<u16>,
     /// The group's second f16 (`m` for Q4_1, `-dmin` for Q4_K), same order; empty for other
     /// formats.
-    extra: Vec<u16>,
+    extra: HugeBuf<u16>,
     /// k-quants only: two small scales per block, `[octet][block][which][row in octet]`
     /// (Q4_K: `sc` then `m`, unsigned; Q6_K: the two sixteens' `sc`, signed).
-    sub_scales: Vec<u8>,
+    sub_scales: HugeBuf<u8>,
     /// `[octet][block][chunk c][row r][4 bytes]`: bytes `4c..4c+4` of row `r`'s block.
-    quants: Vec<u8>,
+    quants: HugeBuf<u8>,
 }
 
 impl QuantMatrix {
@@ -139,10 +140,10 @@ impl QuantMatrix {
         let per_scale = format.blocks_per_scale();
         let slots = rows.div_ceil(ROWS) * blocks_per_row * ROWS;
         let groups = slots / per_scale;
-        let mut scales = vec![0u16; groups];
-        let mut extra = vec![0u16; if format.has_extra() { groups } else { 0 }];
-        let mut sub_scales = vec![0u8; if format.is_k_quant() { 2 * slots } else { 0 }];
-        let mut quants = vec![0u8; slots * qb];
+        let mut scales = HugeBuf::zeroed(groups);
+        let mut extra = HugeBuf::zeroed(if format.has_extra() { groups } else { 0 });
+        let mut sub_scales = HugeBuf::zeroed(if format.is_k_quant() { 2 * slots } else { 0 });
+        let mut quants = HugeBuf::zeroed(slots * qb);
         for (r, row) in raw
             .chunks_exact(file_blocks_per_row * file_block)
             .enumerate()
