@@ -8,9 +8,14 @@
 use std::ops::{Deref, DerefMut};
 
 /// Element types whose all-zero bytes are a value (what a fresh anonymous mapping holds).
-pub trait Zeroable: Copy + Default {}
-impl Zeroable for u8 {}
-impl Zeroable for u16 {}
+///
+/// # Safety
+/// Every all-zero bit pattern of the type must be a valid value of it.
+pub unsafe trait Zeroable: Copy + Default {}
+// SAFETY: zero is a valid integer.
+unsafe impl Zeroable for u8 {}
+// SAFETY: as above.
+unsafe impl Zeroable for u16 {}
 
 /// A zeroed, fixed-length buffer: on huge pages when it is big enough to hold one, on the
 /// heap otherwise.
