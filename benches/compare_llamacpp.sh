@@ -25,6 +25,12 @@
 #                   (default 10; one request each), the servers' order turning each round, with
 #                   every server up; the table gives medians and the median of the per-round
 #                   ratios, so a drift of the host's speed during the run hits all servers alike
+#   --stream-rounds N  the 4- and 16-stream aggregate throughputs are measured N times per
+#                   server the same way (default 3; each measure is 32 requests, a minute or
+#                   more on 2 cores): in a round every server's 16 streams run back to back,
+#                   then every server's 4 streams
+#   --stream-requests N  requests in each 4- and 16-stream measure (default 32; 16 is one
+#                   wave of 16 streams, for the 7B shape on 2 cores)
 #   --quick         fewer requests per measurement (a smoke run, not a result)
 #   --out DIR       where the JSON, SVG and summary.md go (default: a new dir under /tmp);
 #                   MODEL-compare.svg draws every server on the same axes
@@ -40,15 +46,19 @@ models="smollm2,q4_0,q8_0,q4_k_m"
 threads="$(nproc)"
 quick=0
 rounds=10
+stream_rounds=3
+stream_requests=""
 out=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --models) models="$2"; shift 2 ;;
         --threads) threads="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
+        --stream-rounds) stream_rounds="$2"; shift 2 ;;
+        --stream-requests) stream_requests="$2"; shift 2 ;;
         --quick) quick=1; shift ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
 done
@@ -184,6 +194,7 @@ bench() { # server tokenizer json-prefix args...
 }
 
 if [ "$quick" = 1 ]; then n_streams=1; else n_streams=2; fi
+stream_requests="${stream_requests:-$((16 * n_streams))}"
 
 for model in ${models//,/ }; do
     gguf="$(model_path "$model")"
@@ -215,15 +226,30 @@ for model in ${models//,/ }; do
                 --seed "$((100 + r))"
         done
     done
-    # Aggregate throughput with 4 and 16 streams always in flight: long measures, once each.
+    # Aggregate throughput with 16 and 4 streams always in flight, in turning rounds like the
+    # above: a single long measure per server read 0.93x one evening and 1.21x another, as the
+    # host's bandwidth drifted between two servers measured minutes apart.
+    stream_servers=()
+    for server in "${servers[@]}"; do
+        [ "$server" = llama-cpp-python ] || stream_servers+=("$server")
+    done
+    for r in $(seq "$stream_rounds"); do
+        n=${#stream_servers[@]} order=()
+        for i in $(seq 0 $((n - 1))); do order+=("${stream_servers[$(((i + r - 1) % n))]}"); done
+        for streams in 16 4; do
+            for server in "${order[@]}"; do
+                echo "== $model, stream round $r/$stream_rounds: $server, $streams streams" >&2
+                bench "$server" "$gguf" "$out/$model-$server-streams$streams-r$r" \
+                    --concurrency "$streams" --num-prompts "$stream_requests" --input-len 64 \
+                    --output-len 128 --warmup "$((r == 1 ? 1 : 0))" --seed "$((100 * streams + r))"
+            done
+        done
+    done
     compared=()
     for server in "${servers[@]}"; do
         compared+=("$out/$model-$server-decode-r1.json")
         [ "$server" = llama-cpp-python ] && continue
-        echo "== $model: 4 and 16 streams on $server" >&2
-        bench "$server" "$gguf" "$out/$model-$server-streams" --concurrency 4,16 \
-            --num-prompts $((16 * n_streams)) --input-len 64 --output-len 128 --warmup 1
-        compared+=("$out/$model-$server-streams.json")
+        compared+=("$out/$model-$server-streams4-r1.json" "$out/$model-$server-streams16-r1.json")
     done
     stop_servers
     # Every server on the same axes: single-stream decode (1) and the 4- and 16-stream levels.
@@ -237,6 +263,7 @@ for name in "${peers[@]}"; do
 "
 done
 
-python3 "$root/benches/compare_summary.py" "$out" "$models" "$threads" "$rounds" "$peer_list" \
+python3 "$root/benches/compare_summary.py" "$out" "$models" "$threads" "$rounds" \
+    "$stream_rounds" "$peer_list" \
     | tee "$out/summary.md"
 echo "results: $out" >&2

@@ -28,5 +28,5 @@ tests/deploy/run.sh
 # The GPU image's Dockerfile (no Docker engine here: lint only) and the CUDA scripts, then the
 # CUDA build.
 .venv/bin/hadolint Dockerfile.cuda
-shellcheck models/*.sh kernels/*.sh tests/cuda.sh benches/gpu/*.sh benches/compare_speculative.sh benches/compare_builds.sh benches/compare_embeddings.sh
+shellcheck models/*.sh kernels/*.sh tests/cuda.sh benches/*.sh benches/gpu/*.sh
 tests/cuda.sh
