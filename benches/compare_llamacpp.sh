@@ -193,8 +193,15 @@ bench() { # server tokenizer json-prefix args...
         --tokenizer "$tokenizer" --label "$name" --json "$prefix.json" --plot "$prefix.svg" "$@"
 }
 
-if [ "$quick" = 1 ]; then n_streams=1; else n_streams=2; fi
-stream_requests="${stream_requests:-$((16 * n_streams))}"
+stream_requests="${stream_requests:-$((quick ? 16 : 32))}"
+
+# Round r's order of the servers given: the list turned r - 1 places (a, b, c; b, c, a; ...).
+turned() { # round server...
+    local r="$1"
+    shift
+    local servers=("$@") i
+    for i in "${!servers[@]}"; do echo "${servers[$(((i + r - 1) % $#))]}"; done
+}
 
 for model in ${models//,/ }; do
     gguf="$(model_path "$model")"
@@ -209,8 +216,7 @@ for model in ${models//,/ }; do
     # minute, and the ratio of a round compares measures seconds apart. Only the first round
     # warms up.
     for r in $(seq "$rounds"); do
-        n=${#servers[@]} order=()
-        for i in $(seq 0 $((n - 1))); do order+=("${servers[$(((i + r - 1) % n))]}"); done
+        mapfile -t order < <(turned "$r" "${servers[@]}")
         warmup=$((r == 1 ? 1 : 0))
         for server in "${order[@]}"; do
             echo "== $model, round $r/$rounds: $server, one stream" >&2
@@ -234,8 +240,7 @@ for model in ${models//,/ }; do
         [ "$server" = llama-cpp-python ] || stream_servers+=("$server")
     done
     for r in $(seq "$stream_rounds"); do
-        n=${#stream_servers[@]} order=()
-        for i in $(seq 0 $((n - 1))); do order+=("${stream_servers[$(((i + r - 1) % n))]}"); done
+        mapfile -t order < <(turned "$r" "${stream_servers[@]}")
         for streams in 16 4; do
             for server in "${order[@]}"; do
                 echo "== $model, stream round $r/$stream_rounds: $server, $streams streams" >&2

@@ -64,7 +64,8 @@ def main():
             ("prompt processing, 1,000 tokens (tok/s)", "prefill", rounds,
              lambda l: l["prefill_throughput"]),
         ]
-        if level(out, model, "ferrollama", "streams16-r1"):
+        has_streams = level(out, model, "ferrollama", "streams16-r1") is not None
+        if has_streams:
             measures += [(f"{n} streams, aggregate output (tok/s)", f"streams{n}", stream_rounds,
                           lambda l: l["output_throughput"]) for n in (4, 16)]
         for name, kind, n, f in measures:
@@ -82,7 +83,7 @@ def main():
                 notes.append(f"{peer}: {', '.join(f'{x:.2f}' for x in ratios)}")
             print(f"| {model} | {name} | {statistics.median(ours):.1f} | " + " | ".join(cells)
                   + " | " + "; ".join(notes) + " |")
-        if level(out, model, "ferrollama", "streams16-r1") and ours_pp:
+        if has_streams and ours_pp:
             # Output tokens are two thirds of what these requests process (64-token prompts,
             # 128 outputs), so the first ratio is capped near 0.67 when a decode token costs
             # what a prompt token does; the second counts every token processed.
@@ -93,6 +94,7 @@ def main():
                     per_round(model, "ferrollama", "streams16", lambda l: l[key], stream_rounds))
                 print(f"| {model} | ferrollama 16 streams, {what} / its own prompt processing "
                       f"| {sixteen / ours_pp:.2f}× |{blank}")
+
 
 if __name__ == "__main__":
     main()
