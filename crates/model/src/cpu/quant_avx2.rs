@@ -155,27 +155,17 @@ unsafe fn tile<const F: u8, const N: usize, const VNNI: bool>(
             //   stay under 2^15.
             // One sixteen at a time keeps N sums live, not 2N: the nibbles are read twice,
             // from L1.
-            // AVX2's chunk loop stays rolled (see `rolled`), so its `c` is not a constant:
-            // the high bits come from a copy of `top` shifted down two bits per chunk.
             for h in 0..2 {
                 let top = _mm256_loadu_si256(chunk(4 + h));
-                let mut top_down = top;
                 let mut sums = [_mm256_setzero_si256(); N];
-                for c in 0..rolled::<N, VNNI>(4) {
+                for c in 0..4 {
                     let packed = _mm256_loadu_si256(chunk(c));
                     let nibbles = if h == 0 {
                         packed
                     } else {
                         _mm256_srli_epi16::<4>(packed)
                     };
-                    let high = if VNNI {
-                        high_bits(top, c)
-                    } else {
-                        let high = high_bits(top_down, 0);
-                        top_down = _mm256_srli_epi16::<2>(top_down);
-                        high
-                    };
-                    let q = _mm256_or_si256(_mm256_and_si256(nibbles, low), high);
+                    let q = _mm256_or_si256(_mm256_and_si256(nibbles, low), high_bits(top, c));
                     if VNNI {
                         for t in 0..N {
                             let x = _mm256_set1_epi32(ys[t].four(c + 4 * h));
@@ -327,8 +317,9 @@ unsafe fn q8_0_avx2<const N: usize>(
 /// die. With a count it can see, LLVM unrolled it and reordered it token by token, which keeps
 /// every chunk's weights live at once (Q8_0: `w` and `|w|` of eight chunks, 16 registers),
 /// spilled to the stack and reloaded for every product. Rolled, on one AVX2 core (AMD EPYC,
-/// 5632 x 2048, 64 tokens): Q8_0 41 -> 54 GMAC/s, Q4_0 75 -> 82, Q4_K 69 -> 81. One token
-/// reuses nothing, and its unrolled loop is as fast or faster. With VNNI (AVX-512VL's 32
+/// 5632 x 2048, 64 tokens): Q8_0 41 -> 54 GMAC/s, Q4_0 75 -> 82, Q4_K 69 -> 81. Q6_K's loop,
+/// rolled, ran at its unrolled rate (43), so it stays unrolled, with its constant shifts. One
+/// token reuses nothing, and its unrolled loop is as fast or faster. With VNNI (AVX-512VL's 32
 /// registers) the loops stay as they were measured on that host: unrolled.
 #[inline(always)]
 fn rolled<const N: usize, const VNNI: bool>(count: usize) -> usize {
